@@ -1,0 +1,724 @@
+"""The client library: files of a daxfs server, loaded and stored straight in the shared region.
+
+``connect(address)`` says Hello, maps the region the server names (MAP_SHARED)
+and returns a :class:`Client`. ``Client.open`` gives a :class:`DaxFile` whose
+reads and writes are memory copies between the caller's buffer and the file's
+extents; the server only answers layout calls, and a cached layout costs no
+RPC. ``DaxFile.array`` gives a numpy array whose memory *is* the file's
+extents: each extent is mapped MAP_FIXED into one reserved address range, so
+the array is contiguous however many extents the file has.
+
+Visibility and durability: a store is visible to every other guest at once
+(same memory). ``persist`` makes it durable (libpmem on pmem, msync
+otherwise). ``flush`` publishes a new size and mtime to the server
+(CommitLayout); ``fsync`` does both.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import io
+import logging
+import math
+import mmap
+import os
+import socket
+import stat as _stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from daxfs.client.layout_cache import LayoutCache
+from daxfs.client.rpc import Connection
+from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared import errors
+from daxfs.shared.extent import Extent, InodeId, align_up
+from daxfs.shared.flush import FlushMode
+from daxfs.shared.format import MIB
+from daxfs.shared.region import Region
+
+log = logging.getLogger(__name__)
+
+#: Growth asked for when a write passes the file's allocation: at least 1 MiB,
+#: at most 64 MiB, else as much as the file already holds (doubling).
+MIN_GROWTH = 1 * MIB
+MAX_GROWTH = 64 * MIB
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
+_libc.mmap.restype = ctypes.c_void_p
+_MAP_FIXED = 0x10
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """What ``Client.stat`` returns; sizes in bytes, times in ns."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    allocated: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @property
+    def is_dir(self) -> bool:
+        return _stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return _stat.S_ISREG(self.mode)
+
+
+def _stat_of(a: pb.Attr) -> Stat:
+    return Stat(
+        a.ino,
+        a.mode,
+        a.nlink,
+        a.uid,
+        a.gid,
+        a.size,
+        a.allocated,
+        a.atime_ns,
+        a.mtime_ns,
+        a.ctime_ns,
+    )
+
+
+def _tiles(msg: pb.Layout) -> list[Extent]:
+    return [
+        Extent(e.file_offset, e.length, None if e.hole else e.region_offset) for e in msg.extents
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMode:
+    read: bool
+    write: bool
+    create: bool
+    truncate: bool
+    exclusive: bool
+    append: bool
+
+    @classmethod
+    def parse(cls, mode: str) -> OpenMode:
+        """Python's binary open() modes: rb, r+b, wb, w+b, ab, a+b, xb, x+b."""
+        chars = set(mode)
+        if (
+            "b" not in chars
+            or len(mode) != len(chars)
+            or not chars <= set("rwaxb+")
+            or len(chars & set("rwax")) != 1
+        ):
+            raise errors.InvalidArgument(
+                f"invalid mode {mode!r}: use a binary mode such as 'rb', 'r+b', 'wb', 'ab'"
+            )
+        plus = "+" in chars
+        kind = (chars & set("rwax")).pop()
+        return cls(
+            read=kind == "r" or plus,
+            write=kind != "r" or plus,
+            create=kind in "wax",
+            truncate=kind == "w",
+            exclusive=kind == "x",
+            append=kind == "a",
+        )
+
+
+class Client:
+    """A session with one server and one mapping of its region. Thread-safe."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        region_path: str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        groups: tuple[int, ...] | None = None,
+        timeout: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        self.address = address
+        self.conn = Connection(address, timeout=timeout)
+        try:
+            hello = self.conn.call(
+                "Hello",
+                pb.HelloRequest(client_name=name or f"{socket.gethostname()}:{os.getpid()}"),
+            )
+        except BaseException:
+            self.conn.close()
+            raise
+        self.client_id = int(hello.client_id)
+        self.block_size = int(hello.block_size)
+        self.lease_ns = int(hello.lease_ns)
+        self.region_uuid = str(hello.region_uuid)
+        self.caller = pb.Caller(
+            uid=os.getuid() if uid is None else uid,
+            gid=os.getgid() if gid is None else gid,
+            groups=list(os.getgroups() if groups is None else groups),
+            client_id=self.client_id,
+        )
+        path = region_path or hello.region_path
+        try:
+            self.region = Region(path)
+        except (OSError, errors.DaxfsError) as exc:
+            self._goodbye()
+            raise errors.NotFound(
+                f"cannot map the region at {path} ({exc}); pass region_path= "
+                "(or --region) where this guest sees it"
+            ) from None
+        if self.region.superblock.uuid_str != self.region_uuid:
+            self.region.close()
+            self._goodbye()
+            raise errors.FormatError(
+                f"{path} is region {self.region.superblock.uuid_str}, but the server serves "
+                f"{self.region_uuid}; pass the right region path"
+            )
+        self.layouts = LayoutCache()
+        self._closed = False
+        old = os.umask(0)
+        os.umask(old)
+        self.umask = old
+
+    # -- session -------------------------------------------------------------
+
+    def _goodbye(self) -> None:
+        try:
+            self.conn.call("Goodbye", pb.GoodbyeRequest(caller=self.caller), timeout=5)
+        except errors.DaxfsError as exc:
+            log.debug("goodbye failed: %s", exc)
+        finally:
+            self.conn.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._goodbye()
+        self.region.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def flush_mode(self) -> FlushMode:
+        return self.region.flush_mode
+
+    def call(self, method: str, request: Any) -> Any:
+        return self.conn.call(method, request)
+
+    # -- namespace -----------------------------------------------------------
+
+    def stat(self, path: str) -> Stat:
+        return _stat_of(self.call("GetAttr", pb.GetAttrRequest(caller=self.caller, path=path)))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except errors.NotFound:
+            return False
+        return True
+
+    def listdir(self, path: str = "/") -> list[str]:
+        reply = self.call("ReadDir", pb.PathRequest(caller=self.caller, path=path))
+        return [e.name for e in reply.entries]
+
+    def scandir(self, path: str = "/") -> Iterator[tuple[str, Stat]]:
+        reply = self.call("ReadDir", pb.PathRequest(caller=self.caller, path=path))
+        for e in reply.entries:
+            yield e.name, _stat_of(e.attr)
+
+    def mkdir(self, path: str, mode: int = 0o777) -> Stat:
+        req = pb.MkdirRequest(caller=self.caller, path=path, mode=mode & ~self.umask)
+        return _stat_of(self.call("Mkdir", req))
+
+    def unlink(self, path: str) -> None:
+        self.call("Unlink", pb.PathRequest(caller=self.caller, path=path))
+
+    remove = unlink
+
+    def rmdir(self, path: str) -> None:
+        self.call("Rmdir", pb.PathRequest(caller=self.caller, path=path))
+
+    def rename(self, old: str, new: str, *, flags: int = 0) -> None:
+        req = pb.RenameRequest(caller=self.caller, old_path=old, new_path=new, flags=flags)
+        self.call("Rename", req)
+
+    def symlink(self, target: str, path: str) -> Stat:
+        req = pb.SymlinkRequest(caller=self.caller, target=target, path=path)
+        return _stat_of(self.call("Symlink", req))
+
+    def readlink(self, path: str) -> str:
+        return str(self.call("Readlink", pb.PathRequest(caller=self.caller, path=path)).target)
+
+    def link(self, existing: str, new: str) -> Stat:
+        req = pb.LinkRequest(caller=self.caller, existing=existing, new_path=new)
+        return _stat_of(self.call("Link", req))
+
+    def chmod(self, path: str, mode: int) -> Stat:
+        return _stat_of(
+            self.call("SetAttr", pb.SetAttrRequest(caller=self.caller, path=path, mode=mode))
+        )
+
+    def truncate(self, path: str, size: int) -> Stat:
+        req = pb.SetAttrRequest(caller=self.caller, path=path, size=size)
+        attr = self.call("SetAttr", req)
+        self.layouts.invalidate(InodeId(attr.ino))
+        return _stat_of(attr)
+
+    def statfs(self) -> pb.StatFsReply:
+        reply: pb.StatFsReply = self.call("StatFs", pb.StatFsRequest(caller=self.caller))
+        return reply
+
+    def stats(self) -> pb.StatsReply:
+        """Server counters (Read/Write RPCs served, layouts granted, free bytes...)."""
+        reply: pb.StatsReply = self.call("Stats", pb.StatsRequest())
+        return reply
+
+    def extents(self, path: str) -> list[Extent]:
+        """The whole extent map of a file (no holes), like FIEMAP."""
+        reply = self.call("Extents", pb.PathRequest(caller=self.caller, path=path))
+        return [Extent(e.file_offset, e.length, e.region_offset) for e in reply.extents]
+
+    def layout(self, path: str, offset: int = 0, length: int | None = None) -> list[Extent]:
+        """Extents holding bytes [offset, offset+length) of a file; holes: region_offset None."""
+        with self.open(path, "rb") as f:
+            if length is None:
+                length = max(f.size - offset, 0)
+            return f.layout(offset, length)
+
+    # -- files ---------------------------------------------------------------
+
+    def open(self, path: str, mode: str = "rb") -> DaxFile:
+        m = OpenMode.parse(mode)
+        if m.create:
+            req = pb.CreateRequest(
+                caller=self.caller,
+                path=path,
+                mode=0o666 & ~self.umask,
+                exclusive=m.exclusive,
+                truncate=m.truncate,
+                read=m.read,
+                write=m.write,
+                append=m.append,
+            )
+            reply = self.call("Create", req)
+        else:
+            req2 = pb.OpenRequest(
+                caller=self.caller, path=path, read=m.read, write=m.write, append=m.append
+            )
+            reply = self.call("Open", req2)
+        if _stat.S_ISDIR(reply.attr.mode):
+            self.call("Release", pb.ReleaseRequest(caller=self.caller, handle=reply.handle))
+            raise errors.IsADirectory(f"{path} is a directory")
+        # Close-to-open: whatever we cached of this file may be stale now.
+        self.layouts.invalidate(InodeId(reply.attr.ino))
+        return DaxFile(self, path, m, int(reply.handle), reply.attr)
+
+
+class DaxFile(io.RawIOBase):
+    """An open daxfs file. Not thread-safe; open one per thread."""
+
+    def __init__(
+        self, client: Client, path: str, mode: OpenMode, handle: int, attr: pb.Attr
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.path = path
+        self.mode_info = mode
+        self.handle = handle
+        self.ino = InodeId(attr.ino)
+        self._size = int(attr.size)
+        self._committed_size = self._size
+        self._pos = 0
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._u8 = client.region.u8
+        self._bs = client.block_size
+
+    # -- io.RawIOBase --------------------------------------------------------
+
+    def readable(self) -> bool:
+        return self.mode_info.read
+
+    def writable(self) -> bool:
+        return self.mode_info.write
+
+    def seekable(self) -> bool:
+        return True
+
+    @property
+    def size(self) -> int:
+        """The file size as this handle sees it (including its own uncommitted growth)."""
+        return self._size
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise errors.InvalidArgument(f"bad whence {whence}")
+        if pos < 0:
+            raise errors.InvalidArgument(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check_open()
+        if size is None or size < 0:
+            size = max(self._size - self._pos, 0)
+        data = self.pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        self._check_open()
+        dst = np.frombuffer(buffer, dtype=np.uint8)
+        n = self.preadinto(dst, self._pos)
+        self._pos += n
+        return n
+
+    def write(self, data: Any) -> int:
+        self._check_open()
+        if self.mode_info.append:
+            self._pos = self._size
+        n = self.pwrite(data, self._pos)
+        self._pos += n
+        return n
+
+    # -- positional I/O ------------------------------------------------------
+
+    def _layout(self, start: int, end: int, *, write: bool) -> list[Extent]:
+        """Tiles for [start, end), from the cache or one GetLayout."""
+        cached = self.client.layouts.lookup(self.ino, start, end)
+        if cached is not None and (not write or not any(t.hole for t in cached)):
+            return cached
+        ask_start, ask_end = start, end
+        if write:
+            alloc_end = self.client.layouts.allocated_end(self.ino)
+            if end > alloc_end:
+                # Growing: ask for a chunk so sequential writers need few layouts.
+                growth = min(MAX_GROWTH, max(MIN_GROWTH, alloc_end))
+                ask_end = max(end, align_up(max(start, alloc_end) + growth, self._bs))
+        else:
+            # Reads: one layout for the whole file, so later reads cost no RPC.
+            ask_start, ask_end = 0, max(end, align_up(self._size, self._bs))
+        try:
+            reply = self._get_layout(ask_start, ask_end, write)
+        except errors.NoSpace:
+            if (ask_start, ask_end) == (start, end):
+                raise
+            # The growth chunk was only a hint: retry with exactly what is needed.
+            ask_start, ask_end = start, end
+            reply = self._get_layout(start, end, write)
+        tiles = _tiles(reply)
+        self.client.layouts.insert(self.ino, tiles, ask_start, ask_end, reply.expires_ns)
+        return [p for t in tiles if (p := t.clip(start, end)) is not None]
+
+    def _get_layout(self, start: int, end: int, write: bool) -> pb.Layout:
+        reply: pb.Layout = self.client.call(
+            "GetLayout",
+            pb.GetLayoutRequest(
+                caller=self.client.caller,
+                handle=self.handle,
+                offset=start,
+                length=end - start,
+                mode=pb.LAYOUT_MODE_WRITE if write else pb.LAYOUT_MODE_READ,
+            ),
+        )
+        return reply
+
+    def layout(self, offset: int, length: int) -> list[Extent]:
+        """Extents of [offset, offset+length); holes have region_offset None. Takes a layout."""
+        if offset < 0 or length < 0:
+            raise errors.InvalidArgument("negative offset or length")
+        if length == 0:
+            return []
+        if not self.mode_info.read:
+            reply = self.client.call(
+                "GetLayout",
+                pb.GetLayoutRequest(
+                    caller=self.client.caller,
+                    handle=self.handle,
+                    offset=offset,
+                    length=length,
+                    mode=pb.LAYOUT_MODE_WRITE,
+                ),
+            )
+            return _tiles(reply)
+        return self._layout(offset, offset + length, write=False)
+
+    def preadinto(self, dst: npt.NDArray[np.uint8], offset: int) -> int:
+        """Copy bytes at ``offset`` into ``dst`` (stops at EOF); returns the count."""
+        self._check_open()
+        if not self.mode_info.read:
+            raise errors.BadHandle("file not open for reading")
+        if offset < 0:
+            raise errors.InvalidArgument(f"negative offset {offset}")
+        end = min(self._size, offset + len(dst))
+        if end <= offset:
+            return 0
+        for tile in self._layout(offset, end, write=False):
+            a, b = tile.file_offset - offset, tile.file_end - offset
+            if tile.region_offset is None:
+                dst[a:b] = 0
+            else:
+                r = tile.region_offset
+                dst[a:b] = self._u8[r : r + tile.length]
+        return end - offset
+
+    def pread(self, size: int, offset: int) -> bytes:
+        self._check_open()
+        if size < 0:
+            raise errors.InvalidArgument(f"negative size {size}")
+        if not self.mode_info.read:
+            raise errors.BadHandle("file not open for reading")
+        if offset < 0:
+            raise errors.InvalidArgument(f"negative offset {offset}")
+        end = min(self._size, offset + size)
+        if end <= offset:
+            return b""
+        tiles = self._layout(offset, end, write=False)
+        if len(tiles) == 1 and tiles[0].region_offset is not None:
+            r = tiles[0].region_offset
+            return self._u8[r : r + tiles[0].length].tobytes()  # one copy
+        out = np.empty(end - offset, dtype=np.uint8)
+        self.preadinto(out, offset)
+        return out.tobytes()
+
+    def pwrite(self, data: Any, offset: int) -> int:
+        """Store ``data`` at ``offset``; the new size is published by flush/fsync/close."""
+        self._check_open()
+        if not self.mode_info.write:
+            raise errors.BadHandle("file not open for writing")
+        if offset < 0:
+            raise errors.InvalidArgument(f"negative offset {offset}")
+        src = np.frombuffer(data, dtype=np.uint8)
+        n = len(src)
+        if n == 0:
+            return 0
+        end = offset + n
+        for tile in self._layout(offset, end, write=True):
+            if tile.region_offset is None:
+                raise errors.StaleHandle("server returned a hole for a WRITE layout")
+            r = tile.region_offset
+            self._u8[r : r + tile.length] = src[tile.file_offset - offset : tile.file_end - offset]
+        self._dirty = True
+        if end > self._size:
+            self._size = end
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        self._check_open()
+        if not self.mode_info.write:
+            raise errors.BadHandle("file not open for writing")
+        if size is None:
+            size = self._pos
+        self._commit()
+        attr = self.client.call(
+            "SetAttr",
+            pb.SetAttrRequest(caller=self.client.caller, handle=self.handle, size=size),
+        )
+        self.client.layouts.invalidate(self.ino)
+        self._size = self._committed_size = int(attr.size)
+        return self._size
+
+    def allocate(
+        self, offset: int, length: int, *, keep_size: bool = False, contiguous: bool = False
+    ) -> None:
+        """fallocate: back [offset, offset+length) with storage; ``contiguous`` as one extent."""
+        self._check_open()
+        attr = self.client.call(
+            "Allocate",
+            pb.AllocateRequest(
+                caller=self.client.caller,
+                handle=self.handle,
+                offset=offset,
+                length=length,
+                keep_size=keep_size,
+                contiguous=contiguous,
+            ),
+        )
+        self.client.layouts.invalidate(self.ino)
+        self._size = max(self._size, int(attr.size))
+        self._committed_size = int(attr.size)
+
+    # -- visibility and durability ------------------------------------------
+
+    def _commit(self) -> None:
+        if not self.mode_info.write or not (self._dirty or self._size != self._committed_size):
+            return
+        self.client.call(
+            "CommitLayout",
+            pb.CommitLayoutRequest(
+                caller=self.client.caller,
+                handle=self.handle,
+                new_size=self._size if self._size > self._committed_size else -1,
+            ),
+        )
+        self._committed_size = max(self._committed_size, self._size)
+        self._dirty = False
+
+    def flush(self) -> None:
+        """Publish size and mtime to the server (CommitLayout). Bytes are visible already."""
+        if self.closed:
+            return
+        self._commit()
+
+    def persist(self, offset: int = 0, length: int | None = None) -> FlushMode:
+        """Make bytes [offset, offset+length) durable; returns the flush path used."""
+        self._check_open()
+        if length is None:
+            length = max(self._size - offset, 0)
+        if offset < 0 or length < 0:
+            raise errors.InvalidArgument("negative offset or length")
+        region = self.client.region
+        if length:
+            for tile in (
+                self._layout(offset, offset + length, write=False)
+                if self.mode_info.read
+                else self.layout(offset, length)
+            ):
+                if tile.region_offset is not None:
+                    region.persist(tile.region_offset, tile.length)
+        region.flusher.drain()
+        return region.flush_mode
+
+    def fsync(self) -> None:
+        """persist() every byte, then publish size and mtime."""
+        self.persist(0, self._size)
+        self._commit()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._commit()
+        finally:
+            try:
+                self.client.call(
+                    "Release", pb.ReleaseRequest(caller=self.client.caller, handle=self.handle)
+                )
+            finally:
+                super().close()
+                self._u8 = None  # type: ignore[assignment]
+
+    def __enter__(self) -> DaxFile:
+        return self
+
+    # -- zero-copy view ------------------------------------------------------
+
+    def array(
+        self, dtype: npt.DTypeLike = np.uint8, shape: int | tuple[int, ...] | None = None
+    ) -> npt.NDArray[Any]:
+        """A numpy array whose memory is the file's extents in the region (zero copy).
+
+        ``shape`` None gives a 1-D array over the whole file. A writable file
+        grows to fit a larger shape (like ``np.memmap`` mode 'r+'); a read-only
+        one refuses. Stores are visible to other guests at once; call
+        :meth:`persist` for durability. The array stays valid after the file is
+        closed; a truncate or unlink elsewhere may make its bytes read as zeros.
+        """
+        self._check_open()
+        dt = np.dtype(dtype)
+        if dt.itemsize == 0:
+            raise errors.InvalidArgument("dtype with no size")
+        if shape is None:
+            if self._size % dt.itemsize:
+                raise errors.InvalidArgument(
+                    f"file size {self._size} is not a multiple of {dt} ({dt.itemsize} bytes)"
+                )
+            shape_t: tuple[int, ...] = (self._size // dt.itemsize,)
+        else:
+            shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
+        if any(s < 0 for s in shape_t):
+            raise errors.InvalidArgument(f"negative dimension in {shape_t}")
+        nbytes = math.prod(shape_t) * dt.itemsize
+        writable = self.mode_info.write
+        if nbytes > self._size and not writable:
+            raise errors.InvalidArgument(
+                f"shape {shape_t} needs {nbytes} bytes but the file has {self._size} "
+                "and is open read-only"
+            )
+        if nbytes == 0:
+            return np.empty(shape_t, dtype=dt)
+        span = align_up(nbytes, max(self._bs, mmap.PAGESIZE))
+        if writable:
+            tiles = self._layout(0, span, write=True)
+            if nbytes > self._size:
+                self._size = nbytes
+                self._commit()
+        else:
+            tiles = self._layout(0, span, write=False)
+        view = _map_tiles(self.client.region.fd, tiles, span, writable)
+        arr = np.frombuffer(view, dtype=dt, count=nbytes // dt.itemsize).reshape(shape_t)
+        if not writable:
+            arr.flags.writeable = False
+        return arr
+
+
+def _map_tiles(fd: int, tiles: list[Extent], span: int, writable: bool) -> mmap.mmap:
+    """Reserve ``span`` bytes of address space and map each tile there with MAP_FIXED.
+
+    The reservation is an anonymous Python mmap; when the last array viewing it
+    is collected, its munmap removes the whole range, fixed mappings included.
+    Holes stay anonymous zero pages.
+    """
+    reserve = mmap.mmap(-1, span, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    probe = np.frombuffer(reserve, dtype=np.uint8)
+    base = int(probe.ctypes.data)
+    del probe
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    for tile in tiles:
+        if tile.region_offset is None:
+            continue
+        addr = base + tile.file_offset
+        got = _libc.mmap(
+            addr, tile.length, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, tile.region_offset
+        )
+        if got is None or got == _MAP_FAILED or got != addr:
+            err = ctypes.get_errno()
+            reserve.close()
+            raise errors.DaxfsError(f"mmap of an extent failed: {os.strerror(err)}")
+    return reserve
+
+
+def connect(address: str, *, region_path: str | None = None, **kwargs: Any) -> Client:
+    """Connect to a daxfs server at ``unix:/path`` or ``host:port`` and map its region."""
+    return Client(address, region_path=region_path, **kwargs)

@@ -1,0 +1,1 @@
+"""The host server: namespace, allocator, leases and the gRPC edge."""

@@ -1,0 +1,168 @@
+"""The server process: open the volume, serve gRPC, sweep leases, stop cleanly on a signal.
+
+``create_server`` is separate from ``serve`` so that tests can bind a temporary
+socket or port 0 and drive a real server in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from daxfs.proto import daxfs_pb2 as pb
+from daxfs.proto import daxfs_pb2_grpc as pb_grpc
+from daxfs.server.namespace import Namespace
+from daxfs.server.service import DaxfsServicer
+from daxfs.server.volume import close_volume, format_volume, open_volume
+from daxfs.shared.errors import InvalidArgument
+from daxfs.shared.format import DEFAULT_BLOCK_SIZE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "unix:/run/daxfs/daxfs.sock"
+#: Largest gRPC message: a 16 MiB Read/Write payload plus headroom.
+MAX_MESSAGE = 64 * 1024 * 1024
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Daxfs"].full_name
+SWEEP_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    region: str
+    meta: str
+    listen: str = DEFAULT_LISTEN
+    size: int | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
+    format: bool = False
+    socket_mode: int = 0o600
+    workers: int = 16
+    #: Region path announced to clients, if they see it elsewhere than the server does.
+    announce_region: str | None = None
+
+
+def unix_path(listen: str) -> str | None:
+    """The socket path of a ``unix:`` address, or None for TCP."""
+    if listen.startswith("unix://"):
+        return listen[len("unix://") :]
+    if listen.startswith("unix:"):
+        return listen[len("unix:") :]
+    return None
+
+
+def create_server(
+    ns: Namespace, listen: str, *, region_path: str, workers: int = 16, socket_mode: int = 0o600
+) -> tuple[grpc.Server, str, health.HealthServicer]:
+    """Build and start a server; returns it, the address it answers on, and its health servicer.
+
+    A unix socket is bound under a temporary name and renamed into place after
+    the server has started, so the path appears only once it can answer.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="daxfs-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_DaxfsServicer_to_server(DaxfsServicer(ns, region_path=region_path), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    path = unix_path(listen)
+    if path is not None:
+        if not path:
+            raise InvalidArgument(f"empty unix socket path in {listen!r}")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        server.add_insecure_port(f"unix:{tmp}")
+        server.start()
+        os.chmod(tmp, socket_mode)
+        os.replace(tmp, path)
+        address = f"unix:{path}"
+    else:
+        port = server.add_insecure_port(listen)
+        if port == 0:
+            raise InvalidArgument(f"cannot listen on {listen!r}")
+        server.start()
+        host = listen.rsplit(":", 1)[0]
+        address = f"{host}:{port}"
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, address, health_servicer
+
+
+def _sweeper(ns: Namespace, stop: threading.Event) -> None:
+    while not stop.wait(SWEEP_INTERVAL_S):
+        try:
+            released = ns.sweep()
+            if released:
+                log.info("quarantine released bytes=%d", released)
+        except Exception:
+            log.exception("lease sweep failed")
+
+
+def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status."""
+    if config.format:
+        format_volume(config.region, config.meta, config.size, config.block_size)
+    ns = open_volume(config.region, config.meta, size=config.size)
+    stop = threading.Event()
+    try:
+        server, address, health_servicer = create_server(
+            ns,
+            config.listen,
+            region_path=config.announce_region or os.path.abspath(config.region),
+            workers=config.workers,
+            socket_mode=config.socket_mode,
+        )
+    except BaseException:
+        close_volume(ns)
+        raise
+    sweeper = threading.Thread(target=_sweeper, args=(ns, stop), name="daxfs-sweep", daemon=True)
+    sweeper.start()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    sb = ns.region.superblock
+    log.info(
+        "serving address=%s region=%s uuid=%s size=%d block=%d flush=%s",
+        address,
+        config.region,
+        sb.uuid_str,
+        sb.region_size,
+        sb.block_size,
+        ns.region.flush_mode,
+    )
+    if ready is not None:
+        ready.set()
+    stop.wait()
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace=5).wait()
+    sweeper.join()
+    path = unix_path(config.listen)
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    close_volume(ns)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,338 @@
+"""Metadata in SQLite: inodes, directory entries, extents and the free list.
+
+Every change of the namespace is one SQLite transaction (WAL, synchronous=FULL),
+so a crash leaves either the old or the new state. The free list is stored, not
+derived, so that fsck can check that free + used + quarantined tile the region
+exactly: a leaked or doubly used extent is then a detectable inconsistency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from daxfs.shared.errors import FormatError
+from daxfs.shared.extent import Extent, InodeId
+
+log = logging.getLogger(__name__)
+
+#: Bump on any incompatible schema change; stored in PRAGMA user_version.
+SCHEMA_VERSION = 1
+ROOT_INO = InodeId(1)
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE inodes (
+    ino INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    mode INTEGER NOT NULL,          -- st_mode: type and permission bits
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    size INTEGER NOT NULL,          -- bytes
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    target TEXT,                    -- symlink target
+    keep_prealloc INTEGER NOT NULL DEFAULT 0  -- fallocate(KEEP_SIZE) blocks survive close
+);
+CREATE TABLE dirents (
+    parent INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    ino INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE INDEX dirents_by_ino ON dirents (ino);
+CREATE TABLE extents (
+    ino INTEGER NOT NULL,
+    file_offset INTEGER NOT NULL,   -- bytes, block aligned
+    region_offset INTEGER NOT NULL, -- bytes, block aligned
+    length INTEGER NOT NULL,        -- bytes, a multiple of the block size
+    PRIMARY KEY (ino, file_offset)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX extents_by_region ON extents (region_offset);
+CREATE TABLE free_extents (region_offset INTEGER PRIMARY KEY, length INTEGER NOT NULL);
+CREATE TABLE quarantine (
+    region_offset INTEGER PRIMARY KEY,
+    length INTEGER NOT NULL,
+    until_ns INTEGER NOT NULL       -- wall clock after which no lease can still reach it
+);
+CREATE TABLE xattrs (
+    ino INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InodeRow:
+    """One row of ``inodes``; times are ns since the epoch, sizes bytes."""
+
+    ino: InodeId
+    generation: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    target: str | None
+    keep_prealloc: bool
+
+
+_INODE_COLS = (
+    "ino, generation, mode, uid, gid, nlink, size, atime_ns, mtime_ns, ctime_ns, "
+    "target, keep_prealloc"
+)
+
+
+def _inode(row: tuple[object, ...]) -> InodeRow:
+    return InodeRow(*row[:11], bool(row[11]))  # type: ignore[arg-type,call-arg]
+
+
+class Metadata:
+    """The SQLite store. Not thread-safe by itself: the namespace serialises access."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._depth = 0  # guarded by self._lock: nesting of transaction()
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise FormatError(f"{path}: not a daxfs metadata file ({exc})") from None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def is_empty(self) -> bool:
+        row = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return int(row[0]) == 0
+
+    def create_schema(self, values: dict[str, str]) -> None:
+        with self.transaction():
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    self._conn.execute(stmt)
+            self._conn.executemany("INSERT INTO meta VALUES (?, ?)", values.items())
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def check_schema(self) -> None:
+        version = self.schema_version
+        if version != SCHEMA_VERSION:
+            raise FormatError(
+                f"{self.path}: metadata schema version {version}, this daxfs needs {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic change; nested uses join the outer transaction."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    # -- meta ----------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- inodes --------------------------------------------------------------
+
+    def get_inode(self, ino: int) -> InodeRow | None:
+        row = self._conn.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino=?", (ino,)).fetchone()
+        return None if row is None else _inode(row)
+
+    def insert_inode(
+        self,
+        *,
+        generation: int,
+        mode: int,
+        uid: int,
+        gid: int,
+        nlink: int,
+        now_ns: int,
+        target: str | None = None,
+        ino: int | None = None,
+    ) -> InodeId:
+        size = len(target.encode()) if target is not None else 0
+        cur = self._conn.execute(
+            "INSERT INTO inodes (ino, generation, mode, uid, gid, nlink, size, atime_ns, "
+            "mtime_ns, ctime_ns, target) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (ino, generation, mode, uid, gid, nlink, size, now_ns, now_ns, now_ns, target),
+        )
+        assert cur.lastrowid is not None
+        return InodeId(cur.lastrowid)
+
+    def update_inode(self, ino: int, **fields: object) -> None:
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self._conn.execute(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
+
+    def delete_inode(self, ino: int) -> None:
+        self._conn.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self._conn.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
+
+    def orphans(self) -> list[InodeId]:
+        """Inodes with no directory entry left (unlinked while open before a restart)."""
+        rows = self._conn.execute("SELECT ino FROM inodes WHERE nlink=0").fetchall()
+        return [InodeId(r[0]) for r in rows]
+
+    def all_inodes(self) -> list[InodeRow]:
+        rows = self._conn.execute(f"SELECT {_INODE_COLS} FROM inodes").fetchall()
+        return [_inode(r) for r in rows]
+
+    def count_inodes(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM inodes").fetchone()[0])
+
+    # -- directory entries ---------------------------------------------------
+
+    def lookup(self, parent: int, name: str) -> InodeId | None:
+        row = self._conn.execute(
+            "SELECT ino FROM dirents WHERE parent=? AND name=?", (parent, name)
+        ).fetchone()
+        return None if row is None else InodeId(row[0])
+
+    def add_dirent(self, parent: int, name: str, ino: int) -> None:
+        self._conn.execute("INSERT INTO dirents VALUES (?, ?, ?)", (parent, name, ino))
+
+    def set_dirent(self, parent: int, name: str, ino: int) -> None:
+        self._conn.execute(
+            "UPDATE dirents SET ino=? WHERE parent=? AND name=?", (ino, parent, name)
+        )
+
+    def remove_dirent(self, parent: int, name: str) -> None:
+        self._conn.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
+
+    def list_dir(self, parent: int) -> list[tuple[str, InodeId]]:
+        rows = self._conn.execute(
+            "SELECT name, ino FROM dirents WHERE parent=? ORDER BY name", (parent,)
+        ).fetchall()
+        return [(str(n), InodeId(i)) for n, i in rows]
+
+    def has_children(self, parent: int) -> bool:
+        row = self._conn.execute("SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (parent,))
+        return row.fetchone() is not None
+
+    def parent_of(self, ino: int) -> InodeId | None:
+        """The directory holding a directory inode (directories have one entry)."""
+        row = self._conn.execute("SELECT parent FROM dirents WHERE ino=? LIMIT 1", (ino,))
+        found = row.fetchone()
+        return None if found is None else InodeId(found[0])
+
+    def all_dirents(self) -> list[tuple[InodeId, str, InodeId]]:
+        rows = self._conn.execute("SELECT parent, name, ino FROM dirents").fetchall()
+        return [(InodeId(p), str(n), InodeId(i)) for p, n, i in rows]
+
+    # -- extents -------------------------------------------------------------
+
+    def extents(self, ino: int) -> list[Extent]:
+        rows = self._conn.execute(
+            "SELECT file_offset, length, region_offset FROM extents WHERE ino=? "
+            "ORDER BY file_offset",
+            (ino,),
+        ).fetchall()
+        return [Extent(f, n, r) for f, n, r in rows]
+
+    def add_extent(self, ino: int, ext: Extent) -> None:
+        self._conn.execute(
+            "INSERT INTO extents VALUES (?, ?, ?, ?)",
+            (ino, ext.file_offset, ext.region_offset, ext.length),
+        )
+
+    def delete_extent(self, ino: int, file_offset: int) -> None:
+        self._conn.execute("DELETE FROM extents WHERE ino=? AND file_offset=?", (ino, file_offset))
+
+    def delete_extents(self, ino: int) -> None:
+        self._conn.execute("DELETE FROM extents WHERE ino=?", (ino,))
+
+    def all_extents(self) -> list[tuple[InodeId, Extent]]:
+        rows = self._conn.execute(
+            "SELECT ino, file_offset, length, region_offset FROM extents"
+        ).fetchall()
+        return [(InodeId(i), Extent(f, n, r)) for i, f, n, r in rows]
+
+    def allocated_bytes(self, ino: int) -> int:
+        row = self._conn.execute("SELECT coalesce(sum(length), 0) FROM extents WHERE ino=?", (ino,))
+        return int(row.fetchone()[0])
+
+    # -- free list and quarantine -------------------------------------------
+
+    def free_extents(self) -> list[tuple[int, int]]:
+        rows = self._conn.execute(
+            "SELECT region_offset, length FROM free_extents ORDER BY region_offset"
+        ).fetchall()
+        return [(int(o), int(n)) for o, n in rows]
+
+    def add_free(self, offset: int, length: int) -> None:
+        self._conn.execute("INSERT INTO free_extents VALUES (?, ?)", (offset, length))
+
+    def remove_free(self, offset: int) -> None:
+        self._conn.execute("DELETE FROM free_extents WHERE region_offset=?", (offset,))
+
+    def quarantined(self) -> list[tuple[int, int, int]]:
+        rows = self._conn.execute(
+            "SELECT region_offset, length, until_ns FROM quarantine ORDER BY region_offset"
+        ).fetchall()
+        return [(int(o), int(n), int(u)) for o, n, u in rows]
+
+    def add_quarantine(self, offset: int, length: int, until_ns: int) -> None:
+        self._conn.execute("INSERT INTO quarantine VALUES (?, ?, ?)", (offset, length, until_ns))
+
+    def remove_quarantine(self, offset: int) -> None:
+        self._conn.execute("DELETE FROM quarantine WHERE region_offset=?", (offset,))
+
+    # -- extended attributes -------------------------------------------------
+
+    def get_xattr(self, ino: int, name: str) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT value FROM xattrs WHERE ino=? AND name=?", (ino, name)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_xattr(self, ino: int, name: str, value: bytes) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
+
+    def remove_xattr(self, ino: int, name: str) -> bool:
+        cur = self._conn.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, name))
+        return cur.rowcount > 0
+
+    def list_xattrs(self, ino: int) -> list[str]:
+        rows = self._conn.execute("SELECT name FROM xattrs WHERE ino=? ORDER BY name", (ino,))
+        return [str(r[0]) for r in rows.fetchall()]

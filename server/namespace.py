@@ -1,0 +1,1025 @@
+"""The core: POSIX namespace, open files and layouts over one region and one metadata store.
+
+This module decides; the gRPC servicer only translates. It imports neither grpc
+nor mfusepy (tests/test_architecture.py enforces that).
+
+Paths are absolute, ``/``-separated, already resolved by the caller (the FUSE
+kernel resolves ``.``, ``..`` and symlinks before a request reaches a FUSE
+daemon; the client library does the same). A ``.`` or ``..`` component, a NUL,
+a component over 255 bytes or a path over 4096 bytes is refused.
+
+Concurrency: every public method holds ``self._lock`` and runs as one SQLite
+transaction; on failure nothing changes (the allocator is reloaded from SQLite
+if it was touched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from daxfs.server.allocator import Allocator
+from daxfs.server.leases import LeaseTable
+from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
+from daxfs.shared import errors
+from daxfs.shared.extent import (
+    MAX_FILE_SIZE,
+    ClientId,
+    Extent,
+    FileHandle,
+    InodeId,
+    Layout,
+    LeaseId,
+    align_down,
+    align_up,
+    fill_holes,
+)
+from daxfs.shared.format import MIB
+from daxfs.shared.region import Region
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+PATH_MAX = 4096
+#: Largest Read/Write RPC payload; bigger requests are refused, the client splits them.
+MAX_IO = 16 * MIB
+#: Speculative growth for a file written past its allocation: at least this much…
+MIN_GROWTH = 1 * MIB
+#: …and at most this much, or the file's current allocation if smaller.
+MAX_GROWTH = 64 * MIB
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+R_OK, W_OK, X_OK = 4, 2, 1
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks: POSIX credentials checked against mode bits, and the client session."""
+
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    client: ClientId = ClientId(0)  # noqa: RUF009 - NewType() is the identity at run time
+    """Session from Hello; 0 for a one-shot caller without layouts."""
+
+
+ROOT = Caller()
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What stat() reports; sizes in bytes, times in ns since the epoch."""
+
+    ino: InodeId
+    generation: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    allocated: int
+    """Bytes of region held by the file's extents (st_blocks * 512)."""
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    blksize: int
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: str
+    attr: Attr
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    files: int
+    name_max: int = NAME_MAX
+
+
+@dataclass(slots=True)
+class OpenFile:
+    """A file opened by one client; layouts and data calls go through it."""
+
+    handle: FileHandle
+    client: ClientId
+    ino: InodeId
+    generation: int
+    readable: bool
+    writable: bool
+    append: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    handle: FileHandle
+    attr: Attr
+
+
+@dataclass(slots=True)
+class Counters:
+    """Data-path RPC counters: a DAX client should leave these at zero."""
+
+    read_calls: int = 0
+    read_bytes: int = 0
+    write_calls: int = 0
+    write_bytes: int = 0
+    layouts: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0:
+        raise errors.InvalidArgument(f"negative offset {offset}")
+    if length < 0:
+        raise errors.InvalidArgument(f"negative length {length}")
+    if offset + length > MAX_FILE_SIZE:
+        raise errors.FileTooBig(f"range [{offset}, {offset}+{length}) passes the largest file size")
+
+
+def check_name(name: str) -> None:
+    """A directory entry name: 1..255 bytes of UTF-8, no '/', no NUL, not '.' or '..'."""
+    if not name:
+        raise errors.InvalidArgument("empty name")
+    if "/" in name:
+        raise errors.InvalidArgument(f"name {name!r} contains '/'")
+    if "\0" in name:
+        raise errors.InvalidArgument("name contains NUL")
+    if name in (".", ".."):
+        raise errors.InvalidArgument(f"name {name!r} is reserved")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidArgument(f"name {name!r} is not valid UTF-8") from None
+    if len(encoded) > NAME_MAX:
+        raise errors.NameTooLong(f"name of {len(encoded)} bytes exceeds {NAME_MAX}")
+
+
+def split_path(path: str) -> list[str]:
+    """Components of an absolute path; '//' collapses."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise errors.InvalidArgument(f"path {path!r} must be absolute")
+    if len(path.encode("utf-8", "surrogatepass")) > PATH_MAX:
+        raise errors.NameTooLong(f"path exceeds {PATH_MAX} bytes")
+    parts = [p for p in path.split("/") if p]
+    for p in parts:
+        check_name(p)
+    return parts
+
+
+class Namespace:
+    """Files, directories and symlinks whose bytes live in extents of ``region``."""
+
+    def __init__(
+        self,
+        region: Region,
+        meta: Metadata,
+        *,
+        leases: LeaseTable | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.region = region
+        self.meta = meta
+        self.block_size = region.block_size
+        self.leases = leases or LeaseTable(clock=clock)
+        self.clock = clock
+        self.counters = Counters()
+        self._lock = threading.RLock()
+        self.allocator = Allocator(
+            meta, region.superblock.data_offset, region.size, region.block_size
+        )
+        # guarded by self._lock
+        self._opens: dict[FileHandle, OpenFile] = {}
+        self._open_count: Counter[InodeId] = Counter()
+        self._handles = itertools.count(1)
+        self._clients = itertools.count(1)
+        self._next_generation = int(meta.get_meta("next_generation") or "1")
+
+    # -- plumbing ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[None]:
+        with self._lock:
+            try:
+                with self.meta.transaction():
+                    yield
+            except BaseException:
+                self.allocator.reload()
+                raise
+
+    def _gen(self) -> int:
+        gen = self._next_generation
+        self._next_generation += 1
+        self.meta.set_meta("next_generation", str(self._next_generation))
+        return gen
+
+    def _inode(self, ino: InodeId) -> InodeRow:
+        row = self.meta.get_inode(ino)
+        if row is None:
+            raise errors.StaleHandle(f"inode {ino} no longer exists")
+        return row
+
+    def _attr(self, row: InodeRow) -> Attr:
+        return Attr(
+            ino=row.ino,
+            generation=row.generation,
+            mode=row.mode,
+            nlink=row.nlink,
+            uid=row.uid,
+            gid=row.gid,
+            size=row.size,
+            allocated=self.meta.allocated_bytes(row.ino),
+            atime_ns=row.atime_ns,
+            mtime_ns=row.mtime_ns,
+            ctime_ns=row.ctime_ns,
+            blksize=self.block_size,
+        )
+
+    @staticmethod
+    def _may(row: InodeRow, caller: Caller, mask: int) -> None:
+        """POSIX permission check; root passes except for exec on a file with no x bit."""
+        if caller.uid == 0:
+            if mask & X_OK and not stat.S_ISDIR(row.mode) and not row.mode & 0o111:
+                raise errors.PermissionDenied("no execute bit set")
+            return
+        if caller.uid == row.uid:
+            bits = (row.mode >> 6) & 7
+        elif row.gid == caller.gid or row.gid in caller.groups:
+            bits = (row.mode >> 3) & 7
+        else:
+            bits = row.mode & 7
+        if mask & ~bits:
+            raise errors.PermissionDenied(f"permission denied (inode {row.ino})")
+
+    def _walk(self, parts: list[str], caller: Caller) -> InodeRow:
+        row = self._inode(ROOT_INO)
+        for name in parts:
+            if not stat.S_ISDIR(row.mode):
+                raise errors.NotADirectory(f"{name!r}: a path component is not a directory")
+            self._may(row, caller, X_OK)
+            child = self.meta.lookup(row.ino, name)
+            if child is None:
+                raise errors.NotFound(f"no such file or directory: {name!r}")
+            row = self._inode(child)
+        return row
+
+    def _resolve(self, path: str, caller: Caller) -> InodeRow:
+        return self._walk(split_path(path), caller)
+
+    def _resolve_parent(self, path: str, caller: Caller) -> tuple[InodeRow, str]:
+        parts = split_path(path)
+        if not parts:
+            raise errors.Busy("the root directory has no parent")
+        parent = self._walk(parts[:-1], caller)
+        if not stat.S_ISDIR(parent.mode):
+            raise errors.NotADirectory(f"{path!r}: parent is not a directory")
+        return parent, parts[-1]
+
+    def _may_modify_dir(self, parent: InodeRow, victim: InodeRow | None, caller: Caller) -> None:
+        self._may(parent, caller, W_OK | X_OK)
+        # Sticky directory: only the owner of the entry or of the directory may remove it.
+        sticky = victim is not None and parent.mode & stat.S_ISVTX and caller.uid != 0
+        if sticky and victim is not None and caller.uid not in (victim.uid, parent.uid):
+            raise errors.NotPermitted("sticky directory: not the owner")
+
+    def _open_file(self, fh: int, client: ClientId) -> OpenFile:
+        of = self._opens.get(FileHandle(fh))
+        if of is None or of.client != client:
+            raise errors.BadHandle(f"file handle {fh} is not open for this client")
+        return of
+
+    def _touch(self, ino: InodeId, *, mtime: bool = True) -> None:
+        now = self.clock()
+        if mtime:
+            self.meta.update_inode(ino, mtime_ns=now, ctime_ns=now)
+        else:
+            self.meta.update_inode(ino, ctime_ns=now)
+
+    # -- extents -------------------------------------------------------------
+
+    def _release_range(self, ino: InodeId, offset: int, length: int, caller: Caller) -> None:
+        """Give region bytes back: at once, or to quarantine while another client may reach them."""
+        deadline = self.leases.reach_deadline(ino, exclude=caller.client)
+        if deadline is None:
+            self.allocator.free(offset, length)
+        else:
+            self.allocator.quarantine(offset, length, deadline)
+        self.leases.drop_inode(ino, caller.client)
+
+    def _drop_extents_from(self, ino: InodeId, keep_end: int, caller: Caller) -> None:
+        """Free every block of ``ino`` at or beyond file offset ``keep_end`` (block aligned)."""
+        for ext in self.meta.extents(ino):
+            assert ext.region_offset is not None
+            if ext.file_end <= keep_end:
+                continue
+            if ext.file_offset >= keep_end:
+                self.meta.delete_extent(ino, ext.file_offset)
+                self._release_range(ino, ext.region_offset, ext.length, caller)
+            else:
+                kept = keep_end - ext.file_offset
+                self.meta.delete_extent(ino, ext.file_offset)
+                self.meta.add_extent(ino, Extent(ext.file_offset, kept, ext.region_offset))
+                self._release_range(ino, ext.region_offset + kept, ext.length - kept, caller)
+
+    def _zero_file_range(self, ino: InodeId, start: int, end: int) -> None:
+        """Zero the mapped bytes of file range [start, end) in the region."""
+        if start >= end:
+            return
+        for ext in self.meta.extents(ino):
+            part = ext.clip(start, end)
+            if part is not None and part.region_offset is not None:
+                self.region.zero(part.region_offset, part.length)
+
+    def _set_size(self, row: InodeRow, new_size: int, caller: Caller) -> None:
+        if new_size < row.size:
+            keep_end = align_up(new_size, self.block_size)
+            self._drop_extents_from(row.ino, keep_end, caller)
+            self._zero_file_range(row.ino, new_size, keep_end)
+        elif new_size > row.size:
+            # Bytes past the old EOF may hold stores that were never committed.
+            self._zero_file_range(row.ino, row.size, new_size)
+        self.meta.update_inode(row.ino, size=new_size)
+
+    def _ensure_allocated(
+        self, ino: InodeId, start: int, end: int, *, contiguous: bool = False
+    ) -> None:
+        """Back every block of file range [start, end) with region storage (zeroed)."""
+        bs = self.block_size
+        start, end = align_down(start, bs), align_up(end, bs)
+        mapped = self.meta.extents(ino)
+        gaps = [e for e in fill_holes(mapped, start, end) if e.hole]
+        if not gaps:
+            return
+        alloc_end = mapped[-1].file_end if mapped else 0
+        for gap in gaps:
+            prev = [e for e in mapped if e.file_end <= gap.file_offset]
+            goal = None
+            if prev and prev[-1].file_end == gap.file_offset:
+                assert prev[-1].region_offset is not None
+                goal = prev[-1].region_offset + prev[-1].length
+            want = gap.length
+            if gap.file_end >= alloc_end and not contiguous:
+                # Growing at the end: allocate a chunk so sequential writers get few extents.
+                already = sum(e.length for e in mapped)
+                growth = min(MAX_GROWTH, max(MIN_GROWTH, already))
+                want = max(want, align_up(growth, bs))
+            try:
+                pieces = self.allocator.allocate(want, goal=goal, contiguous=contiguous)
+            except errors.NoSpace:
+                if want == gap.length:
+                    raise
+                pieces = self.allocator.allocate(gap.length, goal=goal, contiguous=contiguous)
+            fpos = gap.file_offset
+            for roff, n in pieces:
+                self.region.zero(roff, n)
+                self._add_extent(ino, Extent(fpos, n, roff))
+                fpos += n
+            mapped = self.meta.extents(ino)
+
+    def _add_extent(self, ino: InodeId, ext: Extent) -> None:
+        """Insert an extent, merging with the previous one when both file and region continue."""
+        assert ext.region_offset is not None
+        prev = [e for e in self.meta.extents(ino) if e.file_end == ext.file_offset]
+        if prev and prev[0].region_offset is not None:
+            p = prev[0]
+            assert p.region_offset is not None
+            if p.region_offset + p.length == ext.region_offset:
+                self.meta.delete_extent(ino, p.file_offset)
+                self.meta.add_extent(
+                    ino, Extent(p.file_offset, p.length + ext.length, p.region_offset)
+                )
+                return
+        self.meta.add_extent(ino, ext)
+
+    def _destroy(self, row: InodeRow, caller: Caller) -> None:
+        for ext in self.meta.extents(row.ino):
+            assert ext.region_offset is not None
+            self._release_range(row.ino, ext.region_offset, ext.length, caller)
+        self.meta.delete_extents(row.ino)
+        self.meta.delete_inode(row.ino)
+
+    def _unref(self, ino: InodeId, caller: Caller) -> None:
+        """Drop one link; destroy the inode when no link and no open remain."""
+        row = self._inode(ino)
+        nlink = row.nlink - (2 if stat.S_ISDIR(row.mode) else 1)
+        nlink = max(nlink, 0)
+        self.meta.update_inode(ino, nlink=nlink, ctime_ns=self.clock())
+        if nlink == 0 and self._open_count[ino] == 0:
+            self._destroy(self._inode(ino), caller)
+
+    @property
+    def open_files(self) -> int:
+        with self._lock:
+            return len(self._opens)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def hello(self) -> ClientId:
+        with self._lock:
+            return ClientId(next(self._clients))
+
+    def goodbye(self, client: ClientId) -> None:
+        """A client leaves: close its files and forget its leases."""
+        with self._txn():
+            for fh in [h for h, of in self._opens.items() if of.client == client]:
+                self._release(self._opens[fh], ROOT)
+            self.leases.drop_client(client)
+
+    def reclaim_orphans(self) -> int:
+        """Destroy inodes unlinked while open before a restart; their opens died with it."""
+        with self._txn():
+            orphans = self.meta.orphans()
+            for ino in orphans:
+                self._destroy(self._inode(ino), ROOT)
+            return len(orphans)
+
+    def sweep(self) -> int:
+        """Expire leases and return quarantined extents whose deadline passed."""
+        with self._txn():
+            self.leases.expire()
+            return self.allocator.release_quarantine(self.clock())
+
+    # -- namespace calls -----------------------------------------------------
+
+    def getattr(self, path: str, caller: Caller = ROOT) -> Attr:
+        with self._lock:
+            return self._attr(self._resolve(path, caller))
+
+    def fgetattr(self, fh: int, caller: Caller) -> Attr:
+        with self._lock:
+            of = self._open_file(fh, caller.client)
+            return self._attr(self._inode(of.ino))
+
+    def lookup(self, parent: str, name: str, caller: Caller = ROOT) -> Attr:
+        check_name(name)
+        with self._lock:
+            dirrow = self._resolve(parent, caller)
+            return self._attr(self._walk_one(dirrow, name, caller))
+
+    def _walk_one(self, dirrow: InodeRow, name: str, caller: Caller) -> InodeRow:
+        if not stat.S_ISDIR(dirrow.mode):
+            raise errors.NotADirectory("not a directory")
+        self._may(dirrow, caller, X_OK)
+        child = self.meta.lookup(dirrow.ino, name)
+        if child is None:
+            raise errors.NotFound(f"no such file or directory: {name!r}")
+        return self._inode(child)
+
+    def setattr(
+        self,
+        path: str | None,
+        caller: Caller = ROOT,
+        *,
+        fh: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Attr:
+        """chmod/chown/truncate/utimens; by path, or by open handle (ftruncate)."""
+        with self._txn():
+            if fh is not None:
+                of = self._open_file(fh, caller.client)
+                row = self._inode(of.ino)
+            else:
+                if path is None:
+                    raise errors.InvalidArgument("setattr needs a path or a handle")
+                of = None
+                row = self._resolve(path, caller)
+            now = self.clock()
+            owner = caller.uid in (0, row.uid)
+            if mode is not None:
+                if not owner:
+                    raise errors.NotPermitted("only the owner may chmod")
+                if mode < 0 or mode > 0o7777:
+                    raise errors.InvalidArgument(f"mode {mode:o} out of range")
+                new_mode = stat.S_IFMT(row.mode) | mode
+                if caller.uid != 0 and row.gid != caller.gid and row.gid not in caller.groups:
+                    new_mode &= ~stat.S_ISGID
+                self.meta.update_inode(row.ino, mode=new_mode, ctime_ns=now)
+            if uid is not None or gid is not None:
+                if (uid is not None and uid < 0) or (gid is not None and gid < 0):
+                    raise errors.InvalidArgument("negative uid or gid")
+                if caller.uid != 0:
+                    if uid is not None and uid != row.uid:
+                        raise errors.NotPermitted("only root may change the owner")
+                    if gid is not None and (
+                        caller.uid != row.uid or (gid != caller.gid and gid not in caller.groups)
+                    ):
+                        raise errors.NotPermitted("not allowed to change the group")
+                self.meta.update_inode(
+                    row.ino,
+                    uid=row.uid if uid is None else uid,
+                    gid=row.gid if gid is None else gid,
+                    mode=self._inode(row.ino).mode & ~(stat.S_ISUID | stat.S_ISGID)
+                    if caller.uid != 0
+                    else self._inode(row.ino).mode,
+                    ctime_ns=now,
+                )
+            if size is not None:
+                if stat.S_ISDIR(row.mode):
+                    raise errors.IsADirectory("cannot truncate a directory")
+                if not stat.S_ISREG(row.mode):
+                    raise errors.InvalidArgument("can only truncate a regular file")
+                _check_range(size, 0)
+                if of is not None:
+                    if not of.writable:
+                        raise errors.BadHandle("handle not open for writing")
+                else:
+                    self._may(row, caller, W_OK)
+                self._set_size(self._inode(row.ino), size, caller)
+                self.meta.update_inode(row.ino, mtime_ns=now, ctime_ns=now)
+            if atime_ns is not None or mtime_ns is not None:
+                if not owner:
+                    self._may(row, caller, W_OK)
+                fields: dict[str, Any] = {"ctime_ns": now}
+                if atime_ns is not None:
+                    fields["atime_ns"] = atime_ns
+                if mtime_ns is not None:
+                    fields["mtime_ns"] = mtime_ns
+                self.meta.update_inode(row.ino, **fields)
+            return self._attr(self._inode(row.ino))
+
+    def _new_inode(
+        self, parent: InodeRow, name: str, mode: int, caller: Caller, target: str | None = None
+    ) -> InodeRow:
+        if self.meta.lookup(parent.ino, name) is not None:
+            raise errors.AlreadyExists(f"{name!r} already exists")
+        self._may_modify_dir(parent, None, caller)
+        gid = parent.gid if parent.mode & stat.S_ISGID else caller.gid
+        if stat.S_ISDIR(mode) and parent.mode & stat.S_ISGID:
+            mode |= stat.S_ISGID
+        ino = self.meta.insert_inode(
+            generation=self._gen(),
+            mode=mode,
+            uid=caller.uid,
+            gid=gid,
+            nlink=2 if stat.S_ISDIR(mode) else 1,
+            now_ns=self.clock(),
+            target=target,
+        )
+        self.meta.add_dirent(parent.ino, name, ino)
+        if stat.S_ISDIR(mode):
+            self.meta.update_inode(parent.ino, nlink=parent.nlink + 1)
+        self._touch(parent.ino)
+        return self._inode(ino)
+
+    def create(
+        self,
+        path: str,
+        mode: int,
+        caller: Caller = ROOT,
+        *,
+        exclusive: bool = False,
+        truncate: bool = False,
+        readable: bool = True,
+        writable: bool = True,
+        append: bool = False,
+    ) -> Opened:
+        """open(O_CREAT): make a regular file, or open the existing one unless ``exclusive``."""
+        if mode & ~0o7777:
+            raise errors.InvalidArgument(f"mode {mode:o}: only permission bits belong here")
+        with self._txn():
+            parent, name = self._resolve_parent(path, caller)
+            self._may(parent, caller, X_OK)
+            existing = self.meta.lookup(parent.ino, name)
+            if existing is not None:
+                if exclusive:
+                    raise errors.AlreadyExists(f"{path} already exists")
+                return self._open(
+                    self._inode(existing), caller, readable, writable, append, truncate
+                )
+            row = self._new_inode(parent, name, stat.S_IFREG | mode, caller)
+            return self._register_open(row, caller, readable, writable, append)
+
+    def open(
+        self,
+        path: str,
+        caller: Caller = ROOT,
+        *,
+        readable: bool = True,
+        writable: bool = False,
+        append: bool = False,
+        truncate: bool = False,
+    ) -> Opened:
+        with self._txn():
+            row = self._resolve(path, caller)
+            return self._open(row, caller, readable, writable, append, truncate)
+
+    def _open(
+        self,
+        row: InodeRow,
+        caller: Caller,
+        readable: bool,
+        writable: bool,
+        append: bool,
+        truncate: bool,
+    ) -> Opened:
+        if stat.S_ISDIR(row.mode):
+            if writable or truncate:
+                raise errors.IsADirectory("cannot open a directory for writing")
+        elif not stat.S_ISREG(row.mode):
+            raise errors.InvalidArgument("only regular files and directories can be opened")
+        mask = (R_OK if readable else 0) | (W_OK if writable or truncate else 0)
+        self._may(row, caller, mask)
+        if truncate and row.size:
+            self._set_size(row, 0, caller)
+            self._touch(row.ino)
+        return self._register_open(self._inode(row.ino), caller, readable, writable, append)
+
+    def _register_open(
+        self, row: InodeRow, caller: Caller, readable: bool, writable: bool, append: bool
+    ) -> Opened:
+        fh = FileHandle(next(self._handles))
+        self._opens[fh] = OpenFile(
+            fh, caller.client, row.ino, row.generation, readable, writable, append
+        )
+        self._open_count[row.ino] += 1
+        return Opened(fh, self._attr(row))
+
+    def release(self, fh: int, caller: Caller) -> None:
+        """close(): on the last close, trim speculative preallocation; destroy if unlinked."""
+        with self._txn():
+            self._release(self._open_file(fh, caller.client), caller)
+
+    def _release(self, of: OpenFile, caller: Caller) -> None:
+        del self._opens[of.handle]
+        self._open_count[of.ino] -= 1
+        if self._open_count[of.ino] > 0:
+            return
+        del self._open_count[of.ino]
+        row = self.meta.get_inode(of.ino)
+        if row is None:
+            return
+        if row.nlink == 0:
+            self._destroy(row, caller)
+        elif stat.S_ISREG(row.mode) and not row.keep_prealloc:
+            self._drop_extents_from(row.ino, align_up(row.size, self.block_size), caller)
+
+    def mkdir(self, path: str, mode: int, caller: Caller = ROOT) -> Attr:
+        if mode & ~0o7777:
+            raise errors.InvalidArgument(f"mode {mode:o}: only permission bits belong here")
+        with self._txn():
+            parent, name = self._resolve_parent(path, caller)
+            return self._attr(self._new_inode(parent, name, stat.S_IFDIR | mode, caller))
+
+    def symlink(self, target: str, path: str, caller: Caller = ROOT) -> Attr:
+        if not target or "\0" in target or len(target.encode()) > PATH_MAX:
+            raise errors.InvalidArgument("symlink target must be 1..4096 bytes without NUL")
+        with self._txn():
+            parent, name = self._resolve_parent(path, caller)
+            return self._attr(self._new_inode(parent, name, stat.S_IFLNK | 0o777, caller, target))
+
+    def readlink(self, path: str, caller: Caller = ROOT) -> str:
+        with self._lock:
+            row = self._resolve(path, caller)
+            if not stat.S_ISLNK(row.mode) or row.target is None:
+                raise errors.InvalidArgument(f"{path} is not a symbolic link")
+            return row.target
+
+    def link(self, existing: str, new: str, caller: Caller = ROOT) -> Attr:
+        with self._txn():
+            row = self._resolve(existing, caller)
+            if stat.S_ISDIR(row.mode):
+                raise errors.NotPermitted("hard links to directories are not allowed")
+            parent, name = self._resolve_parent(new, caller)
+            if self.meta.lookup(parent.ino, name) is not None:
+                raise errors.AlreadyExists(f"{new} already exists")
+            self._may_modify_dir(parent, None, caller)
+            self.meta.add_dirent(parent.ino, name, row.ino)
+            self.meta.update_inode(row.ino, nlink=row.nlink + 1, ctime_ns=self.clock())
+            self._touch(parent.ino)
+            return self._attr(self._inode(row.ino))
+
+    def unlink(self, path: str, caller: Caller = ROOT) -> None:
+        with self._txn():
+            parent, name = self._resolve_parent(path, caller)
+            row = self._walk_one(parent, name, caller)
+            if stat.S_ISDIR(row.mode):
+                raise errors.IsADirectory(f"{path} is a directory (use rmdir)")
+            self._may_modify_dir(parent, row, caller)
+            self.meta.remove_dirent(parent.ino, name)
+            self._touch(parent.ino)
+            self._unref(row.ino, caller)
+
+    def rmdir(self, path: str, caller: Caller = ROOT) -> None:
+        with self._txn():
+            parent, name = self._resolve_parent(path, caller)
+            row = self._walk_one(parent, name, caller)
+            if not stat.S_ISDIR(row.mode):
+                raise errors.NotADirectory(f"{path} is not a directory")
+            if self.meta.has_children(row.ino):
+                raise errors.DirectoryNotEmpty(f"{path} is not empty")
+            self._may_modify_dir(parent, row, caller)
+            self.meta.remove_dirent(parent.ino, name)
+            self.meta.update_inode(parent.ino, nlink=self._inode(parent.ino).nlink - 1)
+            self._touch(parent.ino)
+            self._unref(row.ino, caller)
+
+    def rename(self, old: str, new: str, caller: Caller = ROOT, *, flags: int = 0) -> None:
+        """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise errors.InvalidArgument(f"unsupported rename flags {flags:#x}")
+        with self._txn():
+            src_parent, src_name = self._resolve_parent(old, caller)
+            dst_parent, dst_name = self._resolve_parent(new, caller)
+            src = self._walk_one(src_parent, src_name, caller)
+            dst_ino = self.meta.lookup(dst_parent.ino, dst_name)
+            dst = None if dst_ino is None else self._inode(dst_ino)
+            self._may_modify_dir(src_parent, src, caller)
+            self._may_modify_dir(dst_parent, dst, caller)
+            src_dir = stat.S_ISDIR(src.mode)
+            if src_dir and self._descends(dst_parent.ino, src.ino):
+                raise errors.InvalidArgument("cannot move a directory into itself")
+            if flags & RENAME_EXCHANGE:
+                if dst is None:
+                    raise errors.NotFound(f"{new} does not exist")
+                if stat.S_ISDIR(dst.mode) and self._descends(src_parent.ino, dst.ino):
+                    raise errors.InvalidArgument("cannot move a directory into itself")
+                self.meta.set_dirent(src_parent.ino, src_name, dst.ino)
+                self.meta.set_dirent(dst_parent.ino, dst_name, src.ino)
+                if src_parent.ino != dst_parent.ino and src_dir != stat.S_ISDIR(dst.mode):
+                    delta = 1 if src_dir else -1
+                    self.meta.update_inode(
+                        dst_parent.ino, nlink=self._inode(dst_parent.ino).nlink + delta
+                    )
+                    self.meta.update_inode(
+                        src_parent.ino, nlink=self._inode(src_parent.ino).nlink - delta
+                    )
+                self._touch(src.ino, mtime=False)
+                self._touch(dst.ino, mtime=False)
+                self._touch(src_parent.ino)
+                self._touch(dst_parent.ino)
+                return
+            if dst is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise errors.AlreadyExists(f"{new} already exists")
+                if dst.ino == src.ino:
+                    return  # POSIX: two links to the same file; nothing happens
+                if stat.S_ISDIR(dst.mode):
+                    if not src_dir:
+                        raise errors.IsADirectory(f"{new} is a directory")
+                    if self.meta.has_children(dst.ino):
+                        raise errors.DirectoryNotEmpty(f"{new} is not empty")
+                elif src_dir:
+                    raise errors.NotADirectory(f"{new} is not a directory")
+                self.meta.remove_dirent(dst_parent.ino, dst_name)
+                if stat.S_ISDIR(dst.mode):
+                    self.meta.update_inode(
+                        dst_parent.ino, nlink=self._inode(dst_parent.ino).nlink - 1
+                    )
+                self._unref(dst.ino, caller)
+            self.meta.remove_dirent(src_parent.ino, src_name)
+            self.meta.add_dirent(dst_parent.ino, dst_name, src.ino)
+            if src_dir and src_parent.ino != dst_parent.ino:
+                self.meta.update_inode(src_parent.ino, nlink=self._inode(src_parent.ino).nlink - 1)
+                self.meta.update_inode(dst_parent.ino, nlink=self._inode(dst_parent.ino).nlink + 1)
+            self._touch(src.ino, mtime=False)
+            self._touch(src_parent.ino)
+            self._touch(dst_parent.ino)
+
+    def _descends(self, ino: InodeId, ancestor: InodeId) -> bool:
+        """True when directory ``ino`` is ``ancestor`` or lies below it."""
+        cur: InodeId | None = ino
+        while cur is not None:
+            if cur == ancestor:
+                return True
+            if cur == ROOT_INO:
+                return False
+            cur = self.meta.parent_of(cur)
+        return False
+
+    def readdir(self, path: str, caller: Caller = ROOT) -> list[DirEntry]:
+        with self._lock:
+            row = self._resolve(path, caller)
+            if not stat.S_ISDIR(row.mode):
+                raise errors.NotADirectory(f"{path} is not a directory")
+            self._may(row, caller, R_OK)
+            return [
+                DirEntry(name, self._attr(self._inode(ino)))
+                for name, ino in self.meta.list_dir(row.ino)
+            ]
+
+    def statfs(self) -> StatFs:
+        with self._lock:
+            bs = self.block_size
+            return StatFs(
+                block_size=bs,
+                blocks=(self.region.size - self.region.superblock.data_offset) // bs,
+                blocks_free=self.allocator.free_bytes // bs,
+                files=self.meta.count_inodes(),
+            )
+
+    # -- extended attributes -------------------------------------------------
+
+    def getxattr(self, path: str, name: str, caller: Caller = ROOT) -> bytes:
+        with self._lock:
+            row = self._resolve(path, caller)
+            self._may(row, caller, R_OK)
+            value = self.meta.get_xattr(row.ino, name)
+            if value is None:
+                raise errors.NoData(f"no attribute {name!r}")
+            return value
+
+    def setxattr(
+        self, path: str, name: str, value: bytes, caller: Caller = ROOT, *, flags: int = 0
+    ) -> None:
+        if not name or len(name.encode()) > 255 or len(value) > 65536:
+            raise errors.InvalidArgument("xattr name 1..255 bytes, value up to 64 KiB")
+        with self._txn():
+            row = self._resolve(path, caller)
+            if caller.uid not in (0, row.uid):
+                self._may(row, caller, W_OK)
+            exists = self.meta.get_xattr(row.ino, name) is not None
+            if flags == 1 and exists:  # XATTR_CREATE
+                raise errors.AlreadyExists(f"attribute {name!r} exists")
+            if flags == 2 and not exists:  # XATTR_REPLACE
+                raise errors.NoData(f"no attribute {name!r}")
+            self.meta.set_xattr(row.ino, name, value)
+            self._touch(row.ino, mtime=False)
+
+    def listxattr(self, path: str, caller: Caller = ROOT) -> list[str]:
+        with self._lock:
+            return self.meta.list_xattrs(self._resolve(path, caller).ino)
+
+    def removexattr(self, path: str, name: str, caller: Caller = ROOT) -> None:
+        with self._txn():
+            row = self._resolve(path, caller)
+            if caller.uid not in (0, row.uid):
+                self._may(row, caller, W_OK)
+            if not self.meta.remove_xattr(row.ino, name):
+                raise errors.NoData(f"no attribute {name!r}")
+
+    # -- layouts -------------------------------------------------------------
+
+    def extents(self, path: str, caller: Caller = ROOT) -> list[Extent]:
+        """The whole extent map of a file (for inspection; takes no lease)."""
+        with self._lock:
+            return self.meta.extents(self._resolve(path, caller).ino)
+
+    def get_layout(
+        self,
+        fh: int,
+        offset: int,
+        length: int,
+        caller: Caller,
+        *,
+        write: bool = False,
+        contiguous: bool = False,
+    ) -> Layout:
+        """The extents covering [offset, offset+length), holes included, under a lease.
+
+        With ``write`` every block of the range is backed by zeroed region storage
+        first (and a file growing at its end gets a chunk beyond, so that
+        sequential writers need few layouts and few extents). The file size is
+        not changed: CommitLayout publishes it.
+        """
+        _check_range(offset, length)
+        with self._txn():
+            of = self._open_file(fh, caller.client)
+            if write and not of.writable:
+                raise errors.BadHandle("handle not open for writing")
+            if not write and not of.readable:
+                raise errors.BadHandle("handle not open for reading")
+            if write and length:
+                self._ensure_allocated(of.ino, offset, offset + length, contiguous=contiguous)
+            mapped = self.meta.extents(of.ino)
+            tiles = tuple(fill_holes(mapped, offset, offset + length))
+            lease = self.leases.grant(caller.client, of.ino, offset, length, write)
+            self.counters.layouts += 1
+            return Layout(offset, length, tiles, lease.id, lease.expires_ns)
+
+    def commit_layout(
+        self, fh: int, caller: Caller, *, new_size: int | None = None, mtime_ns: int | None = None
+    ) -> Attr:
+        """Publish writes made through a layout: grow the size, set mtime."""
+        if new_size is not None:
+            _check_range(new_size, 0)
+        with self._txn():
+            of = self._open_file(fh, caller.client)
+            if not of.writable:
+                raise errors.BadHandle("handle not open for writing")
+            row = self._inode(of.ino)
+            now = self.clock()
+            fields: dict[str, Any] = {"mtime_ns": mtime_ns or now, "ctime_ns": now}
+            if new_size is not None and new_size > row.size:
+                fields["size"] = new_size
+            self.meta.update_inode(of.ino, **fields)
+            return self._attr(self._inode(of.ino))
+
+    def return_layout(self, lease_id: int, caller: Caller) -> None:
+        with self._lock:
+            self.leases.give_back(LeaseId(lease_id), caller.client)
+
+    def fallocate(
+        self,
+        fh: int,
+        offset: int,
+        length: int,
+        caller: Caller,
+        *,
+        keep_size: bool = False,
+        contiguous: bool = False,
+    ) -> Attr:
+        """Preallocate; ``contiguous`` asks for the range in one extent (or ENOSPC)."""
+        _check_range(offset, length)
+        if length == 0:
+            raise errors.InvalidArgument("fallocate of zero bytes")
+        with self._txn():
+            of = self._open_file(fh, caller.client)
+            if not of.writable:
+                raise errors.BadHandle("handle not open for writing")
+            if contiguous:
+                bs = self.block_size
+                lo, hi = align_down(offset, bs), align_up(offset + length, bs)
+                if any(not e.hole for e in fill_holes(self.meta.extents(of.ino), lo, hi)):
+                    raise errors.InvalidArgument("contiguous preallocation needs an empty range")
+            self._ensure_allocated(of.ino, offset, offset + length, contiguous=contiguous)
+            row = self._inode(of.ino)
+            if keep_size:
+                self.meta.update_inode(of.ino, keep_prealloc=1)
+            elif offset + length > row.size:
+                self.meta.update_inode(of.ino, size=offset + length)
+            self._touch(of.ino, mtime=False)
+            return self._attr(self._inode(of.ino))
+
+    # -- the byte path (for clients that cannot map the region) --------------
+
+    def read(self, fh: int, offset: int, length: int, caller: Caller) -> bytes:
+        _check_range(offset, length)
+        if length > MAX_IO:
+            raise errors.InvalidArgument(f"read of {length} bytes exceeds {MAX_IO}; split it")
+        with self._lock:
+            of = self._open_file(fh, caller.client)
+            if not of.readable:
+                raise errors.BadHandle("handle not open for reading")
+            row = self._inode(of.ino)
+            end = min(row.size, offset + length)
+            self.counters.read_calls += 1
+            if end <= offset:
+                return b""
+            out = bytearray(end - offset)
+            dst = memoryview(out)
+            for ext in self.meta.extents(of.ino):
+                part = ext.clip(offset, end)
+                if part is not None and part.region_offset is not None:
+                    r = part.region_offset
+                    dst[part.file_offset - offset : part.file_end - offset] = self.region.u8[
+                        r : r + part.length
+                    ].data
+            self.counters.read_bytes += len(out)
+            return bytes(out)
+
+    def write(self, fh: int, offset: int, data: bytes, caller: Caller) -> int:
+        if len(data) > MAX_IO:
+            raise errors.InvalidArgument(f"write of {len(data)} bytes exceeds {MAX_IO}; split it")
+        with self._txn():
+            of = self._open_file(fh, caller.client)
+            if not of.writable:
+                raise errors.BadHandle("handle not open for writing")
+            if of.append:
+                offset = self._inode(of.ino).size
+            _check_range(offset, len(data))
+            self.counters.write_calls += 1
+            if not data:
+                return 0
+            end = offset + len(data)
+            self._ensure_allocated(of.ino, offset, end)
+            src = memoryview(data)
+            for ext in self.meta.extents(of.ino):
+                part = ext.clip(offset, end)
+                if part is not None and part.region_offset is not None:
+                    r = part.region_offset
+                    self.region.u8[r : r + part.length] = src[
+                        part.file_offset - offset : part.file_end - offset
+                    ]
+            row = self._inode(of.ino)
+            now = self.clock()
+            self.meta.update_inode(of.ino, size=max(row.size, end), mtime_ns=now, ctime_ns=now)
+            self.counters.write_bytes += len(data)
+            return len(data)
+
+    def persist(self, fh: int, caller: Caller) -> None:
+        """fsync for byte-path clients: flush the file's extents in the region."""
+        with self._lock:
+            of = self._open_file(fh, caller.client)
+            for ext in self.meta.extents(of.ino):
+                assert ext.region_offset is not None
+                self.region.persist(ext.region_offset, ext.length)

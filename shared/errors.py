@@ -1,0 +1,161 @@
+"""The one error model of daxfs.
+
+Every failure the core can report is a leaf of :class:`DaxfsError`. Leaves mix in
+the builtin ``OSError`` subclass that matches their errno, so callers that know
+nothing of daxfs can still ``except FileNotFoundError``. The edges translate:
+FUSE raises ``FuseOSError(e.errno)``, gRPC aborts with the status code in
+``daxfs.server.service.STATUS_FOR`` and carries the errno in trailing metadata,
+and the client turns that back into the same leaf with :func:`from_errno`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any, ClassVar
+
+
+class DaxfsError(Exception):
+    """Root of every daxfs error. Unknown failures surface as EIO."""
+
+    code: ClassVar[int] = _errno.EIO
+
+    def __init__(self, message: str, **context: Any) -> None:
+        if isinstance(self, OSError):
+            super().__init__(self.code, message)
+        else:
+            super().__init__(message)
+        self.message = message
+        #: Free-form context (path, offset, ...) for logs; never parsed.
+        self.context = context
+
+    @property
+    def errno_value(self) -> int:
+        """The POSIX errno this error stands for."""
+        return self.code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(DaxfsError, FileNotFoundError):
+    code = _errno.ENOENT
+
+
+class AlreadyExists(DaxfsError, FileExistsError):
+    code = _errno.EEXIST
+
+
+class NoSpace(DaxfsError, OSError):
+    code = _errno.ENOSPC
+
+
+class InvalidArgument(DaxfsError, OSError):
+    code = _errno.EINVAL
+
+
+class NameTooLong(DaxfsError, OSError):
+    code = _errno.ENAMETOOLONG
+
+
+class NotADirectory(DaxfsError, NotADirectoryError):
+    code = _errno.ENOTDIR
+
+
+class IsADirectory(DaxfsError, IsADirectoryError):
+    code = _errno.EISDIR
+
+
+class DirectoryNotEmpty(DaxfsError, OSError):
+    code = _errno.ENOTEMPTY
+
+
+class PermissionDenied(DaxfsError, PermissionError):
+    code = _errno.EACCES
+
+
+class NotPermitted(DaxfsError, PermissionError):
+    code = _errno.EPERM
+
+
+class FileTooBig(DaxfsError, OSError):
+    """An offset or offset + length beyond the largest file daxfs can address."""
+
+    code = _errno.EFBIG
+
+
+class BadHandle(DaxfsError, OSError):
+    """An open-file handle that does not exist or was opened without the needed access."""
+
+    code = _errno.EBADF
+
+
+class StaleHandle(DaxfsError, OSError):
+    """A handle, layout or lease that the server has revoked or no longer knows."""
+
+    code = _errno.ESTALE
+
+
+class Busy(DaxfsError, OSError):
+    code = _errno.EBUSY
+
+
+class NotSupported(DaxfsError, OSError):
+    code = _errno.EOPNOTSUPP
+
+
+class NoData(DaxfsError, OSError):
+    """No such extended attribute."""
+
+    code = _errno.ENODATA
+
+
+class RangeError(DaxfsError, OSError):
+    """A result would not fit the caller's buffer (xattr values)."""
+
+    code = _errno.ERANGE
+
+
+class ReadOnly(DaxfsError, OSError):
+    code = _errno.EROFS
+
+
+class FormatError(DaxfsError, OSError):
+    """A region or metadata file that is not daxfs's, or not this version's, or damaged."""
+
+    code = _errno.EIO
+
+
+class Unavailable(DaxfsError, ConnectionError):
+    """The server cannot be reached or went away."""
+
+    code = _errno.EIO
+
+
+_BY_ERRNO: dict[int, type[DaxfsError]] = {}
+for _cls in (
+    NotFound,
+    AlreadyExists,
+    NoSpace,
+    InvalidArgument,
+    NameTooLong,
+    NotADirectory,
+    IsADirectory,
+    DirectoryNotEmpty,
+    PermissionDenied,
+    NotPermitted,
+    FileTooBig,
+    BadHandle,
+    StaleHandle,
+    Busy,
+    NotSupported,
+    NoData,
+    RangeError,
+    ReadOnly,
+):
+    _BY_ERRNO.setdefault(_cls.code, _cls)
+
+
+def from_errno(code: int, message: str) -> DaxfsError:
+    """Rebuild the error leaf for ``code`` (as sent by the server); EIO for unknown codes."""
+    cls = _BY_ERRNO.get(code, DaxfsError)
+    return cls(message)

@@ -1,0 +1,167 @@
+"""The region: a byte array shared by the server and every client, mapped MAP_SHARED.
+
+Backing stores:
+- a regular file (the embedded default lives in /dev/shm; a file on a DAX-mounted
+  filesystem gives real pmem), sized by ftruncate at format time;
+- a /dev/dax character device, whose size comes from sysfs and cannot change.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from daxfs.shared.errors import FormatError, InvalidArgument, NotFound
+from daxfs.shared.flush import Flusher, FlushMode
+from daxfs.shared.format import SUPERBLOCK_SIZE, Superblock
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION_PATH = "/dev/shm/daxfs.region"
+
+
+def _device_size(path: str, st: os.stat_result) -> int:
+    """Size of a /dev/dax character device, read from sysfs."""
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    sysfs = Path(f"/sys/dev/char/{major}:{minor}/size")
+    try:
+        return int(sysfs.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{path}: cannot read the device size from {sysfs}: {exc}") from None
+
+
+def backing_size(path: str) -> int:
+    """Current size of a region's backing store (file or device)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(f"region {path} does not exist; create it with `daxfs mkfs`") from None
+    if stat.S_ISCHR(st.st_mode):
+        return _device_size(path, st)
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{path}: a region must be a regular file or a /dev/dax device")
+    return st.st_size
+
+
+def format_region(path: str, size: int | None, block_size: int) -> Superblock:
+    """Write a fresh superblock; a regular file is created (mode 0600) and sized.
+
+    Formatting a file zero-fills it (ftruncate to 0, then to ``size``), so no
+    byte of an earlier life of the region can show through a new file.
+    """
+    is_device = os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)
+    if is_device:
+        dev_size = backing_size(path)
+        size = dev_size if size is None else size
+        if size > dev_size:
+            raise InvalidArgument(f"{path}: --size {size} exceeds the device's {dev_size} bytes")
+    elif size is None:
+        raise InvalidArgument("formatting a file region needs a size (e.g. --size 1G)")
+    sb = Superblock.new(size, block_size)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        if not is_device:
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, size)
+        else:
+            os.pwrite(fd, bytes(sb.block_size), 0)
+        os.pwrite(fd, sb.pack(), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    log.info(
+        "formatted region path=%s size=%d block=%d uuid=%s", path, size, block_size, sb.uuid_str
+    )
+    return sb
+
+
+def read_superblock(path: str) -> Superblock:
+    """Read and check the superblock without mapping the region."""
+    with open(path, "rb") as f:
+        raw = f.read(SUPERBLOCK_SIZE)
+    return Superblock.unpack(raw, source=path)
+
+
+class Region:
+    """A mapped region. ``u8`` is a zero-copy uint8 view of all of it.
+
+    The mapping stays valid until :meth:`close`; views taken from ``u8`` must be
+    dropped before that.
+    """
+
+    def __init__(self, path: str, *, writable: bool = True) -> None:
+        self.path = path
+        size = backing_size(path)
+        self.superblock = read_superblock(path)
+        if size < self.superblock.region_size:
+            raise FormatError(
+                f"{path}: the backing store has {size} bytes but the superblock says "
+                f"{self.superblock.region_size}; it was truncated behind daxfs's back"
+            )
+        self.writable = writable
+        self.fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        try:
+            self._mm = mmap.mmap(
+                self.fd, self.superblock.region_size, flags=mmap.MAP_SHARED, prot=prot
+            )
+        except OSError:
+            os.close(self.fd)
+            raise
+        self.u8: npt.NDArray[np.uint8] = np.frombuffer(self._mm, dtype=np.uint8)
+        if not writable:
+            self.u8.flags.writeable = False
+        self.base = int(self.u8.ctypes.data)
+        self.flusher = Flusher(self.base, self.size)
+
+    @property
+    def size(self) -> int:
+        return self.superblock.region_size
+
+    @property
+    def block_size(self) -> int:
+        return self.superblock.block_size
+
+    @property
+    def flush_mode(self) -> FlushMode:
+        return self.flusher.mode
+
+    def check_range(self, offset: int, length: int) -> None:
+        """Refuse a range that is not inside the data area."""
+        if offset < self.superblock.data_offset or length < 0 or offset + length > self.size:
+            raise InvalidArgument(
+                f"range [{offset}, {offset + length}) is outside the region's data area"
+            )
+
+    def zero(self, offset: int, length: int) -> None:
+        self.check_range(offset, length)
+        self.u8[offset : offset + length] = 0
+
+    def persist(self, offset: int, length: int) -> None:
+        self.flusher.persist(offset, length)
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        del self.u8
+        try:
+            self._mm.close()
+        except BufferError:
+            # Views handed out (numpy slices) are still alive; the mapping goes
+            # away with the last of them.
+            log.debug("region %s still has live views; unmapped when they go", self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> Region:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

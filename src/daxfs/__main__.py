@@ -1,0 +1,3 @@
+from daxfs.cli import main
+
+raise SystemExit(main())

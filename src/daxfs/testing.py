@@ -1,0 +1,105 @@
+"""Test and benchmark support: a real volume, a real server process, fsck assertions.
+
+Shipped in the package (like zarr's ``testing``) so tests, benchmarks and the
+demo share one way to start a server; it imports no test framework.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from daxfs.server.fsck import fsck
+from daxfs.server.volume import format_volume
+
+DEFAULT_TEST_REGION = 256 * 1024 * 1024
+
+
+@dataclass
+class Volume:
+    dir: Path
+    region: str
+    meta: str
+
+    @classmethod
+    def create(
+        cls, directory: Path, size: int = DEFAULT_TEST_REGION, block_size: int = 4096
+    ) -> Volume:
+        v = cls(directory, str(directory / "region"), str(directory / "region.meta"))
+        format_volume(v.region, v.meta, size, block_size)
+        return v
+
+
+@dataclass
+class ServerProc:
+    volume: Volume
+    address: str
+    socket: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; raises if the server does not stop in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"server did not stop on SIGTERM within {timeout} s") from None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def daxfs_cmd(*args: str) -> list[str]:
+    """The daxfs CLI as a subprocess command line, with this interpreter."""
+    return [sys.executable, "-m", "daxfs", *args]
+
+
+def assert_fsck_clean(volume: Volume) -> None:
+    report = fsck(volume.region, volume.meta)
+    assert report.clean, "fsck found problems:\n" + "\n".join(report.problems)
+
+
+def start_server(
+    volume: Volume, *extra: str, timeout: float = 20.0, env: dict[str, str] | None = None
+) -> ServerProc:
+    """Start ``daxfs server`` on ``volume``; returns once its socket exists (= it answers)."""
+    sock = str(volume.dir / "daxfs.sock")
+    log = volume.dir / "server.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            daxfs_cmd(
+                "server",
+                "--region",
+                volume.region,
+                "--meta",
+                volume.meta,
+                "--listen",
+                f"unix:{sock}",
+                *extra,
+            ),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(sock):
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"server socket did not appear:\n{log.read_text()}")
+        time.sleep(0.02)
+    return ServerProc(volume, f"unix:{sock}", sock, proc, log)

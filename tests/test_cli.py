@@ -1,0 +1,117 @@
+"""The daxfs command: verbs called in-process (main([...])) and as processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from daxfs.cli import fsck_main, main, mkfs_main
+from daxfs.testing import ServerProc, Volume, daxfs_cmd, start_server
+
+
+def test_put_ls_stat_extents_get_rm(
+    server: ServerProc, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = workdir / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    assert main(["put", server.address, str(src), "/copy.bin"]) == 0
+    assert main(["mkdir", server.address, "/dir"]) == 0
+    assert main(["ls", server.address, "/"]) == 0
+    out = capsys.readouterr().out
+    assert "copy.bin" in out and "300000" in out and "dir" in out
+    assert main(["stat", server.address, "/copy.bin"]) == 0
+    assert "Size: 300000" in capsys.readouterr().out
+    assert main(["extents", server.address, "/copy.bin"]) == 0
+    assert "1 extent(s)" in capsys.readouterr().out
+    dst = workdir / "dst.bin"
+    assert main(["get", server.address, "/copy.bin", str(dst)]) == 0
+    assert dst.read_bytes() == src.read_bytes()
+    assert main(["rm", "-r", server.address, "/copy.bin", "/dir"]) == 0
+    assert main(["ls", server.address]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_client_verbs_report_errors_without_traceback(
+    server: ServerProc, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["rm", server.address, "/nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+    assert main(["ls", "not-an-address"]) == 2
+
+
+def test_mkfs_refuses_to_erase_without_force(
+    volume: Volume, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["mkfs", "--region", volume.region, "--size", "64M"]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert mkfs_main(["--force", "--size", "64M", volume.region]) == 0
+    assert fsck_main([volume.region]) == 0
+
+
+def test_fsck_reports_and_fails_on_a_leak(
+    volume: Volume, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    with sqlite3.connect(volume.meta) as db:
+        db.execute("UPDATE free_extents SET length = length - 4096")
+    assert main(["fsck", "--region", volume.region, "--meta", volume.meta]) == 1
+    assert "leaked" in capsys.readouterr().out
+
+
+def test_server_answers_health_and_reflection(server: ServerProc) -> None:
+    with grpc.insecure_channel(server.address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="daxfs.v1.Daxfs"), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        responses = refl.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+        assert "daxfs.v1.Daxfs" in names
+
+
+def test_fresh_server_creates_the_embedded_region_and_reopens_it(workdir: Path) -> None:
+    region = workdir / "fresh.region"
+    v = Volume(workdir, str(region), str(region) + ".meta")
+    srv = start_server(v, "--size", "64M")
+    assert srv.stop() == 0
+    assert region.stat().st_size == 64 * 1024 * 1024
+    assert oct(region.stat().st_mode & 0o777) == "0o600"
+    again = start_server(v)  # no --size: reopen
+    assert again.stop() == 0
+
+
+def test_server_over_tcp(volume: Volume) -> None:
+    from daxfs.client import connect
+
+    proc = subprocess.Popen(
+        daxfs_cmd(
+            "server", "--region", volume.region, "--meta", volume.meta, "--listen", "127.0.0.1:0"
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        address = None
+        for line in proc.stderr:
+            if "serving address=" in line:
+                address = line.split("serving address=")[1].split()[0]
+                break
+        assert address is not None and address.startswith("127.0.0.1:")
+        with connect(address) as c, c.open("/tcp", "wb") as f:
+            f.write(b"over tcp")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()

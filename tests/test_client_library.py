@@ -1,0 +1,240 @@
+"""The client library against a real server process on a real region file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from daxfs.client import Client, connect
+from daxfs.shared import errors
+from daxfs.testing import ServerProc
+
+MIB = 1024 * 1024
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def test_64mib_write_lands_at_the_region_offsets_the_layout_names(
+    client: Client, server: ServerProc
+) -> None:
+    data = pattern(64 * MIB, seed=1)
+    with client.open("/big", "wb") as f:
+        for i in range(0, len(data), 4 * MIB):
+            assert f.write(data[i : i + 4 * MIB]) == 4 * MIB
+        f.fsync()
+    extents = client.layout("/big", 0, len(data))
+    assert sum(e.length for e in extents) == len(data)
+    assert all(e.region_offset is not None for e in extents)
+    # Read the region file itself, not through daxfs.
+    with open(server.volume.region, "rb") as region:
+        for e in extents:
+            assert e.region_offset is not None
+            region.seek(e.region_offset)
+            got = region.read(e.length)
+            assert got == data[e.file_offset : e.file_end]
+    with client.open("/big", "rb") as f:
+        assert f.read() == data
+    assert client.stat("/big").size == len(data)
+
+
+def test_numpy_store_through_array_is_seen_by_read_in_another_process(
+    client: Client, server: ServerProc
+) -> None:
+    with client.open("/arr", "w+b") as f:
+        a = f.array(np.int64, (256, 1024))
+        a[:] = np.arange(256 * 1024, dtype=np.int64).reshape(256, 1024)
+        a[17, 3] = -42
+        f.persist()
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, sys
+        from daxfs.client import connect
+        with connect({server.address!r}) as c, c.open("/arr", "rb") as f:
+            got = np.frombuffer(f.read(), dtype=np.int64).reshape(256, 1024)
+        want = np.arange(256 * 1024, dtype=np.int64).reshape(256, 1024)
+        want[17, 3] = -42
+        sys.exit(0 if np.array_equal(got, want) else 3)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    # And a store after the other side opened: same memory, visible at once.
+    with client.open("/arr", "r+b") as f:
+        view = f.array(np.int64)
+        view[0] = 7
+    with client.open("/arr", "rb") as f:
+        assert np.frombuffer(f.pread(8, 0), np.int64)[0] == 7
+
+
+def test_array_is_zero_copy(client: Client) -> None:
+    with client.open("/z", "w+b") as f:
+        a = f.array(np.uint8, 3 * 4096)
+        a[5000] = 99
+        assert f.pread(1, 5000) == b"\x63"
+        f.pwrite(b"\x07", 6000)
+        assert a[6000] == 7
+
+
+def test_fragmented_region_still_gives_one_contiguous_array(client: Client) -> None:
+    # Fill with 1 MiB files, then free every other one: the free space is many 1 MiB holes.
+    names = []
+    i = 0
+    while True:
+        name = f"/frag{i}"
+        try:
+            with client.open(name, "wb") as f:
+                f.write(b"\xaa" * MIB)
+        except errors.NoSpace:
+            client.unlink(name)
+            break
+        names.append(name)
+        i += 1
+    for name in names[::2]:
+        client.unlink(name)
+    assert client.statfs().blocks_free * 4096 >= 8 * MIB
+    payload = pattern(6 * MIB, seed=5)
+    with client.open("/scattered", "w+b") as f:
+        f.write(payload)
+        f.flush()
+        arr = f.array(np.uint8)
+        assert arr.flags.c_contiguous and arr.nbytes == len(payload)
+        assert arr.tobytes() == payload
+    extents = client.extents("/scattered")
+    assert len(extents) > 1, "the region should have been fragmented"
+    for name in names[1::2]:
+        client.unlink(name)
+
+
+def test_enospc_changes_nothing(client: Client) -> None:
+    before = client.statfs().blocks_free
+    with client.open("/huge", "wb") as f, pytest.raises(errors.NoSpace):
+        f.pwrite(b"x" * MIB, 1024 * MIB * 1024)  # a huge sparse offset is fine...
+        f.allocate(0, 10 * 1024 * MIB, contiguous=True)  # ...but this does not fit
+    with client.open("/huge2", "wb") as f, pytest.raises(errors.NoSpace):
+        f.allocate(0, 10 * 1024 * MIB)
+    after = client.statfs().blocks_free
+    assert after <= before  # /huge kept its one written block at most
+    client.unlink("/huge")
+    client.unlink("/huge2")
+    assert client.statfs().blocks_free == before
+
+
+def test_sparse_file_reads_zeros_in_holes(client: Client) -> None:
+    with client.open("/sparse", "wb") as f:
+        f.pwrite(b"tail", 10 * MIB)
+    with client.open("/sparse", "rb") as f:
+        assert f.size == 10 * MIB + 4
+        assert f.pread(16, 5 * MIB) == bytes(16)
+        assert f.pread(4, 10 * MIB) == b"tail"
+    assert client.stat("/sparse").allocated < 2 * MIB
+
+
+def test_modes_seek_append_truncate(client: Client) -> None:
+    with client.open("/m", "wb") as f:
+        f.write(b"hello world")
+    with client.open("/m", "ab") as f:
+        f.write(b"!")
+    with client.open("/m", "r+b") as f:
+        assert f.read(5) == b"hello"
+        f.seek(-1, os.SEEK_END)
+        assert f.read() == b"!"
+        f.seek(0)
+        f.write(b"J")
+        f.truncate(5)
+    with client.open("/m", "rb") as f:
+        assert f.read() == b"Jello"
+        buf = bytearray(10)
+        f.seek(1)
+        assert f.readinto(buf) == 4
+        assert bytes(buf[:4]) == b"ello"
+        with pytest.raises(errors.BadHandle):
+            f.write(b"no")
+    with pytest.raises(errors.AlreadyExists):
+        client.open("/m", "xb")
+    with pytest.raises(errors.InvalidArgument):
+        client.open("/m", "r")  # text mode
+    with client.open("/m", "wb") as f:
+        pass
+    assert client.stat("/m").size == 0
+
+
+def test_truncate_zeroes_the_tail_before_regrowth(client: Client) -> None:
+    with client.open("/t", "w+b") as f:
+        f.write(b"\xff" * 8192)
+        f.truncate(100)
+        f.truncate(8192)
+        assert f.pread(8192, 0) == b"\xff" * 100 + bytes(8092)
+
+
+def test_namespace_calls(client: Client) -> None:
+    client.mkdir("/d")
+    client.mkdir("/d/e")
+    with client.open("/d/e/f", "wb") as f:
+        f.write(b"abc")
+    client.symlink("e/f", "/d/link")
+    assert client.readlink("/d/link") == "e/f"
+    client.link("/d/e/f", "/d/hard")
+    assert client.stat("/d/hard").nlink == 2
+    client.rename("/d/e/f", "/d/g")
+    assert sorted(client.listdir("/d")) == ["e", "g", "hard", "link"]
+    with pytest.raises(errors.DirectoryNotEmpty):
+        client.rmdir("/d")
+    with pytest.raises(errors.NotADirectory):
+        client.listdir("/d/g")
+    with pytest.raises(errors.IsADirectory):
+        client.unlink("/d/e")
+    client.chmod("/d/g", 0o600)
+    assert client.stat("/d/g").mode & 0o777 == 0o600
+    for p in ("/d/g", "/d/hard", "/d/link"):
+        client.unlink(p)
+    client.rmdir("/d/e")
+    client.rmdir("/d")
+    assert client.listdir("/") == []
+
+
+def test_unlink_while_open_keeps_the_file_until_close(client: Client) -> None:
+    with client.open("/u", "wb") as f:
+        f.write(b"still here")
+    free_before = client.statfs().blocks_free
+    f = client.open("/u", "rb")
+    client.unlink("/u")
+    assert not client.exists("/u")
+    assert f.read() == b"still here"
+    f.close()
+    assert client.statfs().blocks_free == free_before + 1
+
+
+def test_a_cached_layout_costs_no_rpc(client: Client) -> None:
+    with client.open("/c", "wb") as f:
+        f.write(pattern(8 * MIB))
+    with client.open("/c", "rb") as f:
+        f.pread(4096, 0)
+        before = client.stats().layouts
+        for off in range(0, 8 * MIB, 64 * 1024):
+            f.pread(4096, off)
+        assert client.stats().layouts == before
+
+
+def test_digest_survives_server_restart(volume, server: ServerProc) -> None:  # type: ignore[no-untyped-def]
+    from daxfs.testing import start_server
+
+    data = pattern(3 * MIB + 17, seed=9)
+    with connect(server.address) as c, c.open("/keep", "wb") as f:
+        f.write(data)
+        f.fsync()
+    assert server.stop() == 0
+    again = start_server(volume)
+    try:
+        with connect(again.address) as c, c.open("/keep", "rb") as f:
+            assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+    finally:
+        assert again.stop() == 0
+    server.proc = again.proc  # the fixture's stop() sees an exited process
