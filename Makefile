@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libpmem1 fio sqlite3 python3-venv
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all deps venv install proto demo test lint typecheck unit bench clean
+.PHONY: all deps venv install proto demo test lint typecheck unit bench clean wheels compose-test
 
 all: test
 
@@ -51,6 +51,15 @@ demo: install
 
 bench: install
 	$(PY) -m daxfs bench --json bench-out/bench.json
+
+# Wheels of daxfs and its dependencies, for images built without network.
+wheels: install
+	rm -rf build/wheels
+	$(PY) -m pip wheel -q --wheel-dir build/wheels . >/dev/null
+
+# The two-guest docker-compose demo on a real engine (see docker/compose-test.sh).
+compose-test: install
+	bash docker/compose-test.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -79,6 +79,13 @@ def test_server_answers_health_and_reflection(server: ServerProc) -> None:
         assert "daxfs.v1.Daxfs" in names
 
 
+def test_health_verb(server: ServerProc, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["health", server.address]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    assert main(["health", f"unix:{workdir}/none.sock", "--wait", "0.5"]) == 1
+    assert "unreachable" in capsys.readouterr().err
+
+
 def test_fresh_server_creates_the_embedded_region_and_reopens_it(workdir: Path) -> None:
     region = workdir / "fresh.region"
     v = Volume(workdir, str(region), str(region) + ".meta")

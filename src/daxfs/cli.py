@@ -239,6 +239,31 @@ def cmd_extents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server's gRPC health service says SERVING (for container healthchecks)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = normalize_address(args.addr)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            with grpc.insecure_channel(address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="daxfs.v1.Daxfs"), timeout=5
+                )
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                print("SERVING")
+                return 0
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.RpcError as exc:
+            status = f"unreachable ({exc.code().name})"
+        if time.monotonic() >= deadline:
+            print(f"daxfs server at {address}: {status}", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="daxfs", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="verbose daxfs logs")
@@ -289,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("paths", nargs="+")
     client_verb("mkdir", cmd_mkdir, "make directories").add_argument("paths", nargs="+")
     client_verb("extents", cmd_extents, "show a file's extent map").add_argument("path")
+    q = sub.add_parser("health", help="exit 0 when the server is SERVING")
+    q.add_argument("addr", metavar="ADDR")
+    q.add_argument("--wait", type=float, default=0.0, help="keep trying for this many seconds")
+    q.set_defaults(fn=cmd_health)
 
     _add_optional_verbs(sub)
     return parser
