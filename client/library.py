@@ -544,6 +544,19 @@ class DaxFile(io.RawIOBase):
             self._size = end
         return n
 
+    def adopt_size(self, size: int) -> None:
+        """Take ``size`` as the file size: another handle of this client grew or truncated the file.
+
+        Reads then stop at ``size``; a later flush publishes no growth this
+        handle saw before a truncation (the FUSE mount shares one size among
+        the handles of an inode).
+        """
+        self._check_open()
+        if size < 0:
+            raise errors.InvalidArgument(f"negative size {size}")
+        self._size = size
+        self._committed_size = min(self._committed_size, size)
+
     def truncate(self, size: int | None = None) -> int:
         self._check_open()
         if not self.mode_info.write:

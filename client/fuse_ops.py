@@ -1,0 +1,751 @@
+"""The FUSE edge: POSIX calls from the guest kernel, answered by the client library.
+
+``DaxfsOperations`` is an mfusepy ``Operations`` built on one :class:`Client`
+(one region mapping, one layout cache). Namespace calls become one RPC each,
+sent with the credentials of the process that made the system call
+(``fuse_get_context``), so the server enforces permission bits per request.
+Open files are :class:`DaxFile` objects: a read or write is a memory copy
+between the kernel's FUSE buffer and the file's extents in the region; the
+server sees layout calls only.
+
+Every handler maps its own errors (``_edge``): a :class:`DaxfsError` becomes
+its errno, anything else is logged and becomes EIO (mfusepy would say EINVAL).
+
+``DaxfsFuse`` is the binding's ``FUSE`` class with four callbacks replaced:
+``read``/``write`` hand the operations the kernel's buffer (no bytes object in
+between), ``rename`` passes renameat2 flags through (mfusepy 3.1.1 drops them,
+which would turn RENAME_NOREPLACE into a replacing rename), and ``init`` is
+untouched but the operations raise ``max_write`` there so the kernel sends
+reads and writes of up to 1 MiB.
+
+Sizes within one mount: a write past EOF is published to the server at
+flush/fsync/close (CommitLayout), like every daxfs client. Until then the
+mount itself knows the larger size (``_Inode.size``) and reports it in
+getattr, so the kernel, ``fstat`` and O_APPEND see every local write at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import itertools
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+import mfusepy
+import numpy as np
+import numpy.typing as npt
+
+from daxfs.client.library import Client, DaxFile, OpenMode
+from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared import errors
+from daxfs.shared.errors import DaxfsError
+from daxfs.shared.extent import InodeId
+from daxfs.shared.format import MIB
+
+log = logging.getLogger(__name__)
+
+#: Largest read/write the kernel is asked to send (FUSE max_write, and through
+#: libfuse's FUSE_MAX_PAGES reply, max_pages = 256 pages of 4 KiB).
+MAX_IO = 1 * MIB
+
+#: Read-only virtual attribute: the file's extent map, one
+#: "FILE_OFFSET REGION_OFFSET LENGTH" line per extent (bytes, decimal), like FIEMAP.
+XATTR_EXTENTS = "user.daxfs.extents"
+#: Read-only virtual attribute (any path): JSON counters of the reads and
+#: writes this mount received from the kernel, with their largest sizes.
+XATTR_IOSTATS = "user.daxfs.iostats"
+_VIRTUAL = (XATTR_EXTENTS, XATTR_IOSTATS)
+
+#: libfuse's name for an unlinked file that is still open; not listed.
+HIDDEN_PREFIX = ".fuse_hidden"
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+FALLOC_FL_KEEP_SIZE = 1
+#: utimensat's special nanosecond values, as libfuse passes them through.
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _edge(fn: F) -> F:
+    """The one place where a handler's failure becomes an errno."""
+
+    @functools.wraps(fn)
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except mfusepy.FuseOSError:
+            raise
+        except DaxfsError as exc:
+            log.debug("%s: %s (errno %d)", fn.__name__, exc, exc.code)
+            raise mfusepy.FuseOSError(exc.code) from None
+        except Exception:
+            log.exception("FUSE %s failed; answering EIO", fn.__name__)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return cast(F, handler)
+
+
+def _kernel_buffer(address: int, size: int) -> npt.NDArray[np.uint8]:
+    """A numpy view (no copy) of libfuse's request buffer at ``address``."""
+    return np.frombuffer(memoryview((ctypes.c_uint8 * size).from_address(address)), np.uint8)
+
+
+def _groups_of(pid: int) -> list[int]:
+    """Supplementary groups of the calling process (empty when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return [int(g) for g in line.split()[1:]]
+    except OSError:
+        pass
+    return []
+
+
+def _stat_dict(a: pb.Attr, size: int) -> dict[str, int]:
+    return {
+        "st_ino": a.ino,
+        "st_mode": a.mode,
+        "st_nlink": a.nlink,
+        "st_uid": a.uid,
+        "st_gid": a.gid,
+        "st_size": size,
+        "st_blocks": (a.allocated + 511) // 512,
+        "st_blksize": a.blksize,
+        "st_atime": a.atime_ns,
+        "st_mtime": a.mtime_ns,
+        "st_ctime": a.ctime_ns,
+    }
+
+
+def _may(a: pb.Attr, caller: pb.Caller, amode: int) -> bool:
+    """access(2) by mode bits, the rule the server applies on every real operation."""
+    if caller.uid == 0:
+        return not (amode & os.X_OK) or stat.S_ISDIR(a.mode) or bool(a.mode & 0o111)
+    if caller.uid == a.uid:
+        bits = (a.mode >> 6) & 7
+    elif a.gid == caller.gid or a.gid in caller.groups:
+        bits = (a.mode >> 3) & 7
+    else:
+        bits = a.mode & 7
+    return not (amode & ~bits & 7)
+
+
+class IoStats:
+    """Reads and writes as the kernel sent them. Guarded by ``self._lock``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reads = 0
+        self.read_bytes = 0
+        self.read_max = 0
+        self.writes = 0
+        self.write_bytes = 0
+        self.write_max = 0
+        self.read_sizes: Counter[int] = Counter()
+        self.write_sizes: Counter[int] = Counter()
+
+    def read(self, size: int) -> None:
+        with self._lock:
+            self.reads += 1
+            self.read_bytes += size
+            self.read_max = max(self.read_max, size)
+            self.read_sizes[size] += 1
+
+    def write(self, size: int) -> None:
+        with self._lock:
+            self.writes += 1
+            self.write_bytes += size
+            self.write_max = max(self.write_max, size)
+            self.write_sizes[size] += 1
+
+    def to_json(self) -> bytes:
+        with self._lock:
+            doc = {
+                "reads": self.reads,
+                "read_bytes": self.read_bytes,
+                "read_max": self.read_max,
+                "writes": self.writes,
+                "write_bytes": self.write_bytes,
+                "write_max": self.write_max,
+                # The five most frequent request sizes, {size: count}.
+                "read_sizes": dict(self.read_sizes.most_common(5)),
+                "write_sizes": dict(self.write_sizes.most_common(5)),
+            }
+        return json.dumps(doc, sort_keys=True).encode()
+
+
+class _Inode:
+    """What this mount knows of an inode it has open. Guarded by ``self.lock``."""
+
+    __slots__ = ("dirty", "handles", "ino", "lock", "size")
+
+    def __init__(self, ino: InodeId, size: int) -> None:
+        self.ino = ino
+        self.lock = threading.Lock()
+        #: The size as this mount sees it, uncommitted growth included (bytes).
+        self.size = size
+        #: Handles open on the inode in this mount.
+        self.handles: set[_Handle] = set()
+        #: Byte ranges [start, end) written since the last fsync, sorted, disjoint.
+        self.dirty: list[tuple[int, int]] = []
+
+    def mark_dirty(self, start: int, end: int) -> None:
+        merged: list[tuple[int, int]] = []
+        for a, b in self.dirty:
+            if b < start or a > end:
+                merged.append((a, b))
+            else:
+                start, end = min(a, start), max(b, end)
+        merged.append((start, end))
+        merged.sort()
+        if len(merged) > 256:  # bound the bookkeeping: persist one covering span instead
+            merged = [(merged[0][0], merged[-1][1])]
+        self.dirty = merged
+
+
+class _Handle:
+    """One FUSE open: a DaxFile (a server handle). ``lock`` guards ``file``."""
+
+    __slots__ = ("append", "file", "inode", "lock")
+
+    def __init__(self, file: DaxFile, inode: _Inode, append: bool) -> None:
+        self.file = file
+        self.inode = inode
+        self.append = append
+        self.lock = threading.Lock()
+
+
+class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
+    """The daxfs FUSE filesystem. Thread-safe: libfuse calls it from many threads."""
+
+    #: Times cross the binding as integer nanoseconds.
+    use_ns = True
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        cache: bool = False,
+        attr_timeout: float | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.cache = cache
+        #: Seconds the kernel may trust attributes and names. Without the page
+        #: cache, 0: every stat asks the server, so another guest's commits
+        #: show at once. With --cache, 1 s, as libfuse's default.
+        self.attr_timeout = attr_timeout if attr_timeout is not None else (1.0 if cache else 0.0)
+        self.on_ready = on_ready
+        self.iostats = IoStats()
+        self._lock = threading.Lock()
+        # guarded by self._lock
+        self._handles: dict[int, _Handle] = {}
+        self._inodes: dict[InodeId, _Inode] = {}
+        self._fh = itertools.count(1)
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _caller(self) -> pb.Caller:
+        """The credentials of the process whose system call this is."""
+        uid, gid, pid = mfusepy.fuse_get_context()
+        # Root passes every permission check, so its groups need no /proc read.
+        groups = _groups_of(pid) if uid != 0 and pid > 0 else []
+        return pb.Caller(uid=uid, gid=gid, groups=groups, client_id=self.client.client_id)
+
+    def _call(self, method: str, request: Any) -> Any:
+        return self.client.call(method, request)
+
+    def _handle(self, fh: int) -> _Handle:
+        with self._lock:
+            h = self._handles.get(fh)
+        if h is None:
+            raise errors.BadHandle(f"no open file with FUSE handle {fh}")
+        return h
+
+    @staticmethod
+    def _sync(h: _Handle) -> None:
+        """Give the handle the size the mount knows (call with ``h.lock`` held)."""
+        with h.inode.lock:
+            size = h.inode.size
+        if h.file.size != size:
+            h.file.adopt_size(size)
+
+    def _register(self, file: DaxFile, attr: pb.Attr, append: bool, truncated: bool) -> int:
+        ino = InodeId(attr.ino)
+        with self._lock:
+            inode = self._inodes.get(ino)
+            if inode is None:
+                inode = self._inodes[ino] = _Inode(ino, int(attr.size))
+                # Close-to-open: nothing cached of this file may be trusted now.
+                self.client.layouts.invalidate(ino)
+            h = _Handle(file, inode, append)
+            with inode.lock:
+                if truncated:
+                    inode.size = int(attr.size)
+                    inode.dirty.clear()
+                    self.client.layouts.invalidate(ino)
+                else:
+                    inode.size = max(inode.size, int(attr.size))
+                inode.handles.add(h)
+            fh = next(self._fh)
+            self._handles[fh] = h
+            return fh
+
+    def _local_size(self, ino: InodeId, server_size: int) -> int:
+        """The size to report: the server's, or this mount's while it has the file open."""
+        with self._lock:
+            inode = self._inodes.get(ino)
+        if inode is None:
+            return server_size
+        with inode.lock:
+            inode.size = max(inode.size, server_size)
+            return inode.size
+
+    def _commit_inode(self, ino: InodeId) -> None:
+        """Publish this mount's uncommitted growth of ``ino`` (before a path truncate)."""
+        with self._lock:
+            inode = self._inodes.get(ino)
+            handles = list(inode.handles) if inode is not None else []
+        for h in handles:
+            if h.file.mode_info.write:
+                with h.lock:
+                    self._sync(h)
+                    h.file.flush()
+                return
+
+    def _truncated(self, ino: InodeId, size: int) -> None:
+        self.client.layouts.invalidate(ino)
+        with self._lock:
+            inode = self._inodes.get(ino)
+        if inode is not None:
+            with inode.lock:
+                inode.size = size
+                inode.dirty = [(a, min(b, size)) for a, b in inode.dirty if a < size]
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        # Bigger requests: libfuse replies FUSE_MAX_PAGES = max_write / page size,
+        # and the kernel then sends reads and writes of up to MAX_IO bytes.
+        if conn is not None:
+            conn.max_write = MAX_IO
+            conn.max_readahead = MAX_IO if self.cache else 0
+        if config is not None:
+            config.use_ino = 1  # st_ino is the server's inode number
+            # An unlinked open file is renamed to .fuse_hiddenNNN and removed at its
+            # last close (libfuse's default). hard_remove would leave it without a
+            # path, and libfuse answers fstat() of a pathless file with ESTALE.
+            config.hard_remove = 0
+            config.direct_io = 0 if self.cache else 1
+            config.kernel_cache = 0
+            # With the page cache, drop it at open when size or mtime changed
+            # (close-to-open consistency across guests).
+            config.auto_cache = 1 if self.cache else 0
+            config.entry_timeout = self.attr_timeout
+            config.attr_timeout = self.attr_timeout
+            config.negative_timeout = 0.0
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def destroy(self, path: str) -> None:
+        with self._lock:
+            left = list(self._handles.items())
+            self._handles.clear()
+            self._inodes.clear()
+        for fh, h in left:
+            try:
+                with h.lock:
+                    h.file.close()
+            except DaxfsError as exc:
+                log.warning("closing handle %d at unmount: %s", fh, exc)
+
+    # -- attributes ----------------------------------------------------------
+
+    @_edge
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
+        caller = self._caller()
+        if fh is not None:
+            h = self._handle(fh)
+            req = pb.GetAttrRequest(caller=caller, handle=h.file.handle)
+        elif path is not None:
+            req = pb.GetAttrRequest(caller=caller, path=path)
+        else:
+            raise errors.NotFound("no path and no handle")
+        a: pb.Attr = self._call("GetAttr", req)
+        size = self._local_size(InodeId(a.ino), int(a.size)) if stat.S_ISREG(a.mode) else a.size
+        return _stat_dict(a, size)
+
+    def _setattr(self, path: str | None, **fields: Any) -> pb.Attr:
+        if path is None:
+            # libfuse found no path for the inode (it was removed meanwhile).
+            raise errors.NotFound("the file was unlinked")
+        req = pb.SetAttrRequest(caller=self._caller(), path=path, **fields)
+        attr: pb.Attr = self._call("SetAttr", req)
+        return attr
+
+    @_edge
+    def chmod(self, path: str | None, mode: int) -> int:
+        self._setattr(path, mode=mode & 0o7777)
+        return 0
+
+    @_edge
+    def chown(self, path: str | None, uid: int, gid: int) -> int:
+        fields = {}
+        if uid != -1:
+            fields["uid"] = uid
+        if gid != -1:
+            fields["gid"] = gid
+        if fields:
+            self._setattr(path, **fields)
+        return 0
+
+    @_edge
+    def utimens(self, path: str | None, times: tuple[int, int] | None = None) -> int:
+        now = time.time_ns()
+        if times is None:
+            self._setattr(path, atime_ns=now, mtime_ns=now)
+            return 0
+        fields = {}
+        for name, ns in zip(("atime_ns", "mtime_ns"), times, strict=True):
+            # libfuse passes the special values with tv_sec 0.
+            if ns == UTIME_OMIT:
+                continue
+            fields[name] = now if ns == UTIME_NOW else ns
+        if fields:
+            self._setattr(path, **fields)
+        return 0
+
+    @_edge
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        if length < 0:
+            raise errors.InvalidArgument(f"negative size {length}")
+        if fh is not None:
+            h = self._handle(fh)
+            if h.file.mode_info.write:
+                with h.lock:
+                    self._sync(h)
+                    size = h.file.truncate(length)
+                self._truncated(h.file.ino, size)
+                return 0
+            path = path or h.file.path
+        if path is None:
+            raise errors.NotFound("the file was unlinked")
+        caller = self._caller()
+        a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=caller, path=path))
+        # The server zeroes what lies past its size when a file grows: publish
+        # this mount's writes first, or a truncate up would erase them.
+        self._commit_inode(InodeId(a.ino))
+        attr = self._setattr(path, size=length)
+        self._truncated(InodeId(attr.ino), int(attr.size))
+        return 0
+
+    # -- namespace -----------------------------------------------------------
+
+    @_edge
+    def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
+        reply = self._call("ReadDir", pb.PathRequest(caller=self._caller(), path=path))
+        out: list[tuple[str, dict[str, int], int]] = [
+            (".", {"st_mode": stat.S_IFDIR}, 0),
+            ("..", {"st_mode": stat.S_IFDIR}, 0),
+        ]
+        out.extend(
+            (e.name, {"st_mode": e.attr.mode, "st_ino": e.attr.ino}, 0)
+            for e in reply.entries
+            if not e.name.startswith(HIDDEN_PREFIX)
+        )
+        return out
+
+    @_edge
+    def mkdir(self, path: str, mode: int) -> int:
+        req = pb.MkdirRequest(caller=self._caller(), path=path, mode=mode & 0o7777)
+        self._call("Mkdir", req)
+        return 0
+
+    @_edge
+    def rmdir(self, path: str) -> int:
+        self._call("Rmdir", pb.PathRequest(caller=self._caller(), path=path))
+        return 0
+
+    @_edge
+    def unlink(self, path: str) -> int:
+        self._call("Unlink", pb.PathRequest(caller=self._caller(), path=path))
+        return 0
+
+    @_edge
+    def rename(self, old: str, new: str) -> int:
+        return int(self.rename_flags(old, new, 0))
+
+    @_edge
+    def rename_flags(self, old: str, new: str, flags: int) -> int:
+        """rename(2) and renameat2(2): RENAME_NOREPLACE and RENAME_EXCHANGE reach the server."""
+        req = pb.RenameRequest(caller=self._caller(), old_path=old, new_path=new, flags=flags)
+        self._call("Rename", req)
+        return 0
+
+    @_edge
+    def symlink(self, path: str, target: str) -> int:
+        """mfusepy's order: the new link's path first, then what it points to."""
+        self._call("Symlink", pb.SymlinkRequest(caller=self._caller(), target=target, path=path))
+        return 0
+
+    @_edge
+    def readlink(self, path: str) -> str:
+        reply = self._call("Readlink", pb.PathRequest(caller=self._caller(), path=path))
+        return str(reply.target)
+
+    @_edge
+    def link(self, new: str, existing: str) -> int:
+        """mfusepy's order: the new name first, then the existing file."""
+        req = pb.LinkRequest(caller=self._caller(), existing=existing, new_path=new)
+        self._call("Link", req)
+        return 0
+
+    @_edge
+    def statfs(self, path: str) -> dict[str, int]:
+        s = self._call("StatFs", pb.StatFsRequest(caller=self._caller()))
+        return {
+            "f_bsize": s.block_size,
+            "f_frsize": s.block_size,
+            "f_blocks": s.blocks,
+            "f_bfree": s.blocks_free,
+            "f_bavail": s.blocks_free,
+            "f_files": s.files + s.blocks_free,
+            "f_ffree": s.blocks_free,
+            "f_favail": s.blocks_free,
+            "f_namemax": s.name_max,
+        }
+
+    @_edge
+    def access(self, path: str, amode: int) -> int:
+        caller = self._caller()
+        # Resolving the path checks search permission on every directory on the way.
+        a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=caller, path=path))
+        if amode != os.F_OK and not _may(a, caller, amode):
+            raise errors.PermissionDenied(f"access {amode:o} to {path} denied")
+        return 0
+
+    # -- open files ----------------------------------------------------------
+
+    @staticmethod
+    def _mode(flags: int) -> tuple[OpenMode, bool]:
+        acc = flags & os.O_ACCMODE
+        mode = OpenMode(
+            read=acc in (os.O_RDONLY, os.O_RDWR),
+            write=acc in (os.O_WRONLY, os.O_RDWR),
+            create=bool(flags & os.O_CREAT),
+            truncate=bool(flags & os.O_TRUNC),
+            exclusive=bool(flags & os.O_EXCL),
+            append=bool(flags & os.O_APPEND),
+        )
+        return mode, mode.truncate
+
+    @_edge
+    def create(self, path: str, mode: int, flags: int) -> int:
+        m, trunc = self._mode(flags | os.O_CREAT)
+        req = pb.CreateRequest(
+            caller=self._caller(),
+            path=path,
+            mode=mode & 0o7777,
+            exclusive=m.exclusive,
+            truncate=m.truncate,
+            read=m.read,
+            write=m.write,
+            append=m.append,
+        )
+        reply = self._call("Create", req)
+        return self._opened(path, m, reply, trunc)
+
+    @_edge
+    def open(self, path: str, flags: int) -> int:
+        m, trunc = self._mode(flags)
+        req = pb.OpenRequest(
+            caller=self._caller(),
+            path=path,
+            read=m.read,
+            write=m.write,
+            append=m.append,
+            truncate=m.truncate,
+        )
+        reply = self._call("Open", req)
+        return self._opened(path, m, reply, trunc)
+
+    def _opened(self, path: str, m: OpenMode, reply: pb.OpenReply, trunc: bool) -> int:
+        file = DaxFile(self.client, path, m, int(reply.handle), reply.attr)
+        try:
+            return self._register(file, reply.attr, m.append, trunc)
+        except BaseException:
+            file.close()
+            raise
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        """The Operations form (bytes); the mount uses :meth:`read_into`."""
+        buf = ctypes.create_string_buffer(size)
+        n = self.read_into(fh, ctypes.addressof(buf), size, offset)
+        return buf.raw[:n]
+
+    @_edge
+    def read_into(self, fh: int, address: int, size: int, offset: int) -> int:
+        """Copy up to ``size`` bytes at ``offset`` straight into the kernel's buffer."""
+        self.iostats.read(size)
+        h = self._handle(fh)
+        dst = _kernel_buffer(address, size)
+        with h.lock:
+            self._sync(h)
+            return h.file.preadinto(dst, offset)
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        """The Operations form (bytes); the mount uses :meth:`write_from`."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return self.write_from(fh, ctypes.addressof(buf), len(data), offset)
+
+    @_edge
+    def write_from(self, fh: int, address: int, size: int, offset: int) -> int:
+        """Store ``size`` bytes of the kernel's buffer at ``offset`` in the region."""
+        self.iostats.write(size)
+        h = self._handle(fh)
+        src = _kernel_buffer(address, size)
+        inode = h.inode
+        with h.lock:
+            self._sync(h)
+            if h.append:
+                # O_APPEND: at the end this mount knows, held so appenders do not interleave.
+                with inode.lock:
+                    offset = inode.size
+                    n = h.file.pwrite(src, offset)
+                    inode.size = max(inode.size, offset + n)
+                    inode.mark_dirty(offset, offset + n)
+                return n
+            n = h.file.pwrite(src, offset)
+            with inode.lock:
+                inode.size = max(inode.size, offset + n)
+                inode.mark_dirty(offset, offset + n)
+            return n
+
+    @_edge
+    def flush(self, path: str | None, fh: int) -> int:
+        """close(2) of a descriptor: publish size and mtime (close-to-open)."""
+        h = self._handle(fh)
+        with h.lock:
+            self._sync(h)
+            h.file.flush()
+        return 0
+
+    @_edge
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        """Persist the ranges written since the last fsync, then publish size and mtime."""
+        h = self._handle(fh)
+        with h.lock:
+            self._sync(h)
+            with h.inode.lock:
+                ranges, h.inode.dirty = h.inode.dirty, []
+            try:
+                for start, end in ranges:
+                    end = min(end, h.file.size)
+                    if end > start:
+                        h.file.persist(start, end - start)
+                h.file.flush()
+            except BaseException:
+                with h.inode.lock:
+                    for start, end in ranges:
+                        h.inode.mark_dirty(start, end)
+                raise
+        return 0
+
+    @_edge
+    def release(self, path: str | None, fh: int) -> int:
+        with self._lock:
+            h = self._handles.pop(fh, None)
+            if h is None:
+                raise errors.BadHandle(f"no open file with FUSE handle {fh}")
+            with h.inode.lock:
+                h.inode.handles.discard(h)
+                if not h.inode.handles:
+                    del self._inodes[h.inode.ino]
+        with h.lock:
+            self._sync(h)
+            h.file.close()
+        return 0
+
+    @_edge
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
+        if mode & ~FALLOC_FL_KEEP_SIZE:
+            raise errors.NotSupported(f"fallocate mode {mode:#x}")
+        h = self._handle(fh)
+        keep = bool(mode & FALLOC_FL_KEEP_SIZE)
+        with h.lock:
+            self._sync(h)
+            h.file.allocate(offset, size, keep_size=keep)
+            with h.inode.lock:
+                h.inode.size = max(h.inode.size, h.file.size)
+        return 0
+
+    # -- extended attributes -------------------------------------------------
+
+    @_edge
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        caller = self._caller()
+        if name == XATTR_IOSTATS:
+            return self.iostats.to_json()
+        if name == XATTR_EXTENTS:
+            reply = self._call("Extents", pb.PathRequest(caller=caller, path=path))
+            return "".join(
+                f"{e.file_offset} {e.region_offset} {e.length}\n" for e in reply.extents
+            ).encode()
+        req = pb.XattrRequest(caller=caller, path=path, name=name)
+        return bytes(self._call("GetXattr", req).value)
+
+    @_edge
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        if name in _VIRTUAL:
+            raise errors.NotPermitted(f"{name} is read-only")
+        req = pb.XattrRequest(
+            caller=self._caller(), path=path, name=name, value=value, flags=options
+        )
+        self._call("SetXattr", req)
+        return 0
+
+    @_edge
+    def listxattr(self, path: str) -> list[str]:
+        # The virtual attributes are not listed, so cp -a and tar --xattrs do not
+        # try to copy them.
+        reply = self._call("ListXattr", pb.PathRequest(caller=self._caller(), path=path))
+        return list(reply.names)
+
+    @_edge
+    def removexattr(self, path: str, name: str) -> int:
+        if name in _VIRTUAL:
+            raise errors.NotPermitted(f"{name} is read-only")
+        self._call("RemoveXattr", pb.XattrRequest(caller=self._caller(), path=path, name=name))
+        return 0
+
+
+class DaxfsFuse(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE with the payload path and renameat2 flags wired to DaxfsOperations."""
+
+    operations: DaxfsOperations
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        address = ctypes.cast(buf, ctypes.c_void_p).value or 0
+        return self.operations.read_into(fip.contents.fh, address, size, offset)
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        address = ctypes.cast(buf, ctypes.c_void_p).value or 0
+        return self.operations.write_from(fip.contents.fh, address, size, offset)
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename_flags(
+            old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags
+        )

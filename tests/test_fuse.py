@@ -1,0 +1,414 @@
+"""The FUSE mount, mounted for real in a subprocess against a real server.
+
+Every test unmounts in a finally (a leftover mount breaks the next run), the
+mount daemon's log must hold no traceback, and the ``server`` fixture fscks
+the volume after the server stopped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import mmap
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from daxfs.client import Client, connect
+from daxfs.client.mount import is_mounted
+from daxfs.shared.format import MIB
+from daxfs.testing import ServerProc, Volume, assert_fsck_clean, daxfs_cmd, start_server
+
+pytestmark = [
+    pytest.mark.fuse,
+    pytest.mark.skipif(
+        not os.path.exists("/dev/fuse"), reason="/dev/fuse is missing: no FUSE in this machine"
+    ),
+]
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@dataclass
+class Mount:
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def iostats(self) -> dict[str, int]:
+        doc: dict[str, int] = json.loads(os.getxattr(self.path, "user.daxfs.iostats"))
+        return doc
+
+    def stop(self) -> None:
+        """SIGTERM: the daemon unmounts and exits 0. Falls back to a lazy unmount."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    code = self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise AssertionError("mount daemon did not stop on SIGTERM") from None
+                assert code == 0, f"mount daemon exited {code}:\n{self.log.read_text()}"
+        finally:
+            if is_mounted(str(self.path)):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        text = self.log.read_text()
+        assert "Traceback" not in text, text
+
+
+def start_mount(
+    address: str, mountpoint: Path, *extra: str, timeout: float = 60, user_log: str = "mount"
+) -> Mount:
+    """``daxfs mount --foreground`` in a subprocess; returns once the mount is live."""
+    mountpoint.mkdir(exist_ok=True)
+    log = mountpoint.parent / f"{user_log}-{mountpoint.name}.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            daxfs_cmd("mount", address, str(mountpoint), "--foreground", *extra),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+    m = Mount(mountpoint, proc, log)
+    deadline = time.monotonic() + timeout
+    while not is_mounted(str(mountpoint)):
+        if proc.poll() is not None:
+            raise AssertionError(f"mount exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            m.stop()
+            raise AssertionError(f"mount did not appear:\n{log.read_text()}")
+        time.sleep(0.02)
+    return m
+
+
+@pytest.fixture
+def mnt(server: ServerProc, workdir: Path) -> Iterator[Path]:
+    m = start_mount(server.address, workdir / "mnt")
+    try:
+        yield m.path
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def mount(server: ServerProc, workdir: Path) -> Iterator[Mount]:
+    m = start_mount(server.address, workdir / "mnt")
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def errno_of(fn: object, *args: object) -> int:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except OSError as exc:
+        return exc.errno or 0
+    raise AssertionError(f"{fn} did not fail")
+
+
+# -- everyday operations ---------------------------------------------------
+
+
+def test_files_directories_links_attributes(mnt: Path) -> None:
+    (mnt / "a.txt").write_bytes(b"hello daxfs\n")
+    assert (mnt / "a.txt").read_bytes() == b"hello daxfs\n"
+    st = os.stat(mnt / "a.txt")
+    assert st.st_size == 12 and stat.S_ISREG(st.st_mode)
+    (mnt / "d" / "e").mkdir(parents=True)
+    assert sorted(os.listdir(mnt)) == ["a.txt", "d"]
+    os.symlink("a.txt", mnt / "s")
+    assert os.readlink(mnt / "s") == "a.txt"
+    assert (mnt / "s").read_bytes() == b"hello daxfs\n"
+    os.link(mnt / "a.txt", mnt / "hard")
+    assert os.stat(mnt / "hard").st_ino == st.st_ino
+    assert os.stat(mnt / "a.txt").st_nlink == 2
+    os.chmod(mnt / "a.txt", 0o640)
+    assert stat.S_IMODE(os.stat(mnt / "a.txt").st_mode) == 0o640
+    os.chown(mnt / "a.txt", 1234, 5678)
+    st = os.stat(mnt / "a.txt")
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    os.utime(mnt / "a.txt", ns=(1_000_000_000, 2_000_000_123))
+    st = os.stat(mnt / "a.txt")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_000, 2_000_000_123)
+    os.utime(mnt / "a.txt")  # now
+    assert abs(os.stat(mnt / "a.txt").st_mtime - time.time()) < 600
+    sv = os.statvfs(mnt)
+    assert sv.f_bsize == 4096 and sv.f_blocks > 0 and 0 < sv.f_bfree <= sv.f_blocks
+    assert sv.f_namemax == 255
+    assert os.access(mnt / "a.txt", os.R_OK | os.W_OK)
+    assert not os.access(mnt / "a.txt", os.X_OK)
+
+    assert errno_of(os.open, mnt / "nope", os.O_RDONLY) == errno.ENOENT
+    assert errno_of(os.mkdir, mnt / "d") == errno.EEXIST
+    assert errno_of(os.rmdir, mnt / "d") == errno.ENOTEMPTY
+    assert errno_of(os.unlink, mnt / "d") == errno.EISDIR
+    assert errno_of(os.rmdir, mnt / "a.txt") == errno.ENOTDIR
+    assert errno_of(os.open, mnt / "a.txt", os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
+    assert errno_of(os.link, mnt / "d", mnt / "dlink") == errno.EPERM
+    assert errno_of(os.readlink, mnt / "a.txt") == errno.EINVAL
+
+    os.unlink(mnt / "hard")
+    os.unlink(mnt / "s")
+    os.rmdir(mnt / "d" / "e")
+    os.rmdir(mnt / "d")
+    assert os.listdir(mnt) == ["a.txt"]
+
+
+def test_long_names(mnt: Path) -> None:
+    ok = mnt / ("n" * 255)
+    ok.write_bytes(b"x")
+    assert ok.read_bytes() == b"x"
+    assert errno_of(os.open, mnt / ("n" * 256), os.O_CREAT | os.O_WRONLY) == errno.ENAMETOOLONG
+    assert errno_of(os.mkdir, mnt / ("m" * 256)) == errno.ENAMETOOLONG
+
+
+def test_xattrs_and_the_extent_map(mnt: Path, server: ServerProc) -> None:
+    f = mnt / "x.bin"
+    f.write_bytes(os.urandom(3 * MIB + 5))
+    os.setxattr(f, "user.comment", b"shared memory")
+    assert os.getxattr(f, "user.comment") == b"shared memory"
+    assert os.listxattr(f) == ["user.comment"]
+    assert errno_of(os.setxattr, f, "user.comment", b"x", os.XATTR_CREATE) == errno.EEXIST
+    os.removexattr(f, "user.comment")
+    assert errno_of(os.getxattr, f, "user.comment") == errno.ENODATA
+    lines = os.getxattr(f, "user.daxfs.extents").decode().splitlines()
+    with connect(server.address) as c:
+        want = [f"{e.file_offset} {e.region_offset} {e.length}" for e in c.extents("/x.bin")]
+    assert lines == want and lines
+    assert sum(int(line.split()[2]) for line in lines) >= 3 * MIB + 5
+    assert errno_of(os.setxattr, f, "user.daxfs.extents", b"0 0 0") == errno.EPERM
+    assert errno_of(os.removexattr, f, "user.daxfs.extents") == errno.EPERM
+
+
+# -- file semantics --------------------------------------------------------
+
+
+def test_rename_over_and_renameat2(mnt: Path) -> None:
+    (mnt / "a").write_bytes(b"A")
+    (mnt / "b").write_bytes(b"B")
+    os.rename(mnt / "a", mnt / "b")  # over an existing file
+    assert (mnt / "b").read_bytes() == b"A" and not (mnt / "a").exists()
+    (mnt / "c").write_bytes(b"C")
+    with pytest.raises(OSError) as exc:
+        renameat2(mnt / "c", mnt / "b", RENAME_NOREPLACE)
+    assert exc.value.errno == errno.EEXIST
+    assert (mnt / "b").read_bytes() == b"A" and (mnt / "c").read_bytes() == b"C"
+    renameat2(mnt / "c", mnt / "b", RENAME_EXCHANGE)
+    assert (mnt / "b").read_bytes() == b"C" and (mnt / "c").read_bytes() == b"A"
+    renameat2(mnt / "c", mnt / "fresh", RENAME_NOREPLACE)
+    assert (mnt / "fresh").read_bytes() == b"A"
+    (mnt / "dir").mkdir()
+    os.rename(mnt / "fresh", mnt / "dir" / "moved")
+    assert os.listdir(mnt / "dir") == ["moved"]
+    assert errno_of(os.rename, mnt / "dir", mnt / "dir" / "sub") == errno.EINVAL
+
+
+def test_unlink_while_open(mnt: Path) -> None:
+    path = mnt / "ghost"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"still here")
+        os.unlink(path)
+        assert not path.exists() and os.listdir(mnt) == []
+        os.write(fd, b", and growing")
+        assert os.pread(fd, 100, 0) == b"still here, and growing"
+        st = os.fstat(fd)
+        assert st.st_nlink == 0 and st.st_size == 23
+    finally:
+        os.close(fd)
+    assert os.listdir(mnt) == []
+
+
+def test_truncate_sparse_and_append(mnt: Path) -> None:
+    path = mnt / "t"
+    data = os.urandom(3 * MIB)
+    path.write_bytes(data)
+    os.truncate(path, MIB + 7)
+    assert path.read_bytes() == data[: MIB + 7]
+    with open(path, "r+b") as f:
+        f.truncate(2 * MIB)  # ftruncate up: the new part reads zeros
+        f.seek(0)
+        got = f.read()
+    assert got == data[: MIB + 7] + bytes(2 * MIB - MIB - 7)
+    os.truncate(path, 0)
+    assert os.stat(path).st_size == 0 and path.read_bytes() == b""
+
+    sparse = mnt / "sparse"
+    with open(sparse, "wb") as f:
+        f.seek(40 * MIB)
+        f.write(b"end")
+    st = os.stat(sparse)
+    assert st.st_size == 40 * MIB + 3
+    assert st.st_blocks * 512 < 40 * MIB  # the hole holds no storage
+    with open(sparse, "rb") as f:
+        assert f.read(MIB) == bytes(MIB)
+        f.seek(40 * MIB - 2)
+        assert f.read() == b"\0\0end"
+
+    log = mnt / "log"
+    a = os.open(log, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+    b = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        for i in range(5):
+            os.write(a, f"a{i}\n".encode())
+            os.write(b, f"b{i}\n".encode())
+        os.lseek(a, 0, os.SEEK_SET)
+        os.write(a, b"end\n")  # O_APPEND ignores the position
+    finally:
+        os.close(a)
+        os.close(b)
+    want = "".join(f"a{i}\nb{i}\n" for i in range(5)) + "end\n"
+    assert log.read_text() == want
+
+
+def test_four_concurrent_writers(mnt: Path) -> None:
+    shared = mnt / "shared.bin"
+    chunk = 2 * MIB
+    shared.write_bytes(b"")
+    blobs = [os.urandom(4 * chunk) for _ in range(4)]
+    failures: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            # Interleaved stripes of one file, plus a file of its own.
+            fd = os.open(shared, os.O_WRONLY)
+            try:
+                for s in range(4):
+                    off = (s * 4 + i) * chunk
+                    os.pwrite(fd, blobs[i][s * chunk : (s + 1) * chunk], off)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            own = mnt / f"own{i}"
+            with open(own, "wb") as f:
+                for s in range(0, len(blobs[i]), 256 * 1024):
+                    f.write(blobs[i][s : s + 256 * 1024])
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    got = shared.read_bytes()
+    assert len(got) == 16 * chunk
+    for i in range(4):
+        for s in range(4):
+            off = (s * 4 + i) * chunk
+            assert got[off : off + chunk] == blobs[i][s * chunk : (s + 1) * chunk]
+        assert (mnt / f"own{i}").read_bytes() == blobs[i]
+
+
+def test_private_mmap_works_shared_mmap_is_refused(mnt: Path) -> None:
+    path = mnt / "m"
+    data = os.urandom(64 * 1024)
+    path.write_bytes(data)
+    with open(path, "r+b") as f:
+        with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE) as m:
+            assert m[:] == data
+            m[0:4] = b"priv"  # copy-on-write: the file does not change
+        with pytest.raises(OSError) as exc:
+            mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED)
+        assert exc.value.errno == errno.ENODEV
+    assert path.read_bytes() == data
+
+
+# -- the DAX properties ----------------------------------------------------
+
+
+def test_no_guest_page_cache(mnt: Path, server: ServerProc) -> None:
+    path = mnt / "coherent.bin"
+    path.write_bytes(b"A" * 8192)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 8192, 0) == b"A" * 8192
+        with connect(server.address) as c, c.open("/coherent.bin", "r+b") as f:
+            [ext] = c.layout("/coherent.bin")
+            assert ext.region_offset is not None
+            view = f.array()
+            view[100:200] = ord("B")  # a store into the region, bypassing the mount
+            # The same bytes, seen in the region file at the extent's offset.
+            with open(server.volume.region, "rb") as region:
+                region.seek(ext.region_offset + 100)
+                assert region.read(100) == b"B" * 100
+        # The very next read through the same descriptor sees the store.
+        assert os.pread(fd, 8192, 0) == b"A" * 100 + b"B" * 100 + b"A" * 7992
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"A" * 100 + b"B" * 100 + b"A" * 7992
+
+
+def test_kernel_sends_one_mib_requests(mount: Mount) -> None:
+    path = mount.path / "big"
+    # Page-aligned buffers, as dd and fio use: the kernel pins user pages for
+    # direct_io, and an unaligned 1 MiB buffer spans 257 pages (two requests).
+    block = mmap.mmap(-1, MIB)
+    block[:] = os.urandom(MIB)
+    back = mmap.mmap(-1, MIB)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(8):
+            assert os.write(fd, block) == MIB
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(8):
+            assert os.readv(fd, [back]) == MIB
+            assert back[:] == block[:]
+    finally:
+        os.close(fd)
+    stats = mount.iostats()
+    print("kernel request sizes:", stats)
+    assert stats["write_max"] == MIB and stats["read_max"] == MIB
+    assert stats["write_sizes"][str(MIB)] >= 8 and stats["read_sizes"][str(MIB)] >= 8
+
+
+def test_bytes_do_not_pass_through_the_server(workdir: Path) -> None:
+    volume = Volume.create(workdir, size=640 * MIB)
+    srv = start_server(volume)
+    try:
+        src = workdir / "src.bin"
+        with open(src, "wb") as f:
+            block = os.urandom(MIB)
+            for i in range(256):
+                f.write(i.to_bytes(8, "little") + block[8:])
+        m = start_mount(srv.address, workdir / "mnt")
+        try:
+            subprocess.run(["cp", str(src), str(m.path / "big.bin")], check=True)
+            back = workdir / "back.bin"
+            subprocess.run(["cp", str(m.path / "big.bin"), str(back)], check=True)
+            subprocess.run(["cmp", str(src), str(back)], check=True)
+            assert os.stat(m.path / "big.bin").st_size == 256 * MIB
+        finally:
+            m.stop()
+        with Client(srv.address) as c:
+            stats = c.stats()
+        assert stats.read_calls == 0 and stats.write_calls == 0
+        assert stats.layouts > 0
+    finally:
+        assert srv.stop() == 0
+    assert_fsck_clean(volume)
