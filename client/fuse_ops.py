@@ -585,10 +585,19 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def _opened(self, path: str, m: OpenMode, reply: pb.OpenReply, trunc: bool) -> int:
         file = DaxFile(self.client, path, m, int(reply.handle), reply.attr)
         try:
-            return self._register(file, reply.attr, m.append, trunc)
+            fh = self._register(file, reply.attr, m.append, trunc)
         except BaseException:
             file.close()
             raise
+        if m.read and m.write and file.size:
+            # One layout of the whole file now: writes inside it then find their
+            # extents in the cache, instead of one GetLayout per small write.
+            try:
+                file.layout(0, 1)
+            except BaseException:
+                self.release(path, fh)
+                raise
+        return fh
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         """The Operations form (bytes); the mount uses :meth:`read_into`."""
@@ -676,7 +685,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
                     del self._inodes[h.inode.ino]
         with h.lock:
             self._sync(h)
-            h.file.close()
+            h.file.close()  # publishes size and mtime, then Release
         return 0
 
     @_edge

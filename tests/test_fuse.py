@@ -14,6 +14,7 @@ import json
 import mmap
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import threading
@@ -412,3 +413,312 @@ def test_bytes_do_not_pass_through_the_server(workdir: Path) -> None:
     finally:
         assert srv.stop() == 0
     assert_fsck_clean(volume)
+
+
+def test_truncate_keeps_unpublished_writes(mnt: Path) -> None:
+    """A path truncate while this mount holds writes the server has not been told of."""
+    path = mnt / "growing"
+    data = os.urandom(3 * MIB)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, data)  # size not published yet: no flush, no close
+        os.truncate(path, 5 * MIB)
+        assert os.pread(fd, 6 * MIB, 0) == data + bytes(2 * MIB)
+        os.truncate(path, MIB)
+        assert os.fstat(fd).st_size == MIB
+        assert os.pread(fd, 6 * MIB, 0) == data[:MIB]
+        os.write(fd, b"tail")  # the descriptor's position is past EOF now: a hole
+        assert os.fstat(fd).st_size == 3 * MIB + 4
+    finally:
+        os.close(fd)
+    got = path.read_bytes()
+    assert got == data[:MIB] + bytes(2 * MIB) + b"tail"
+
+
+def test_fsync_and_close_publish_to_other_guests(mnt: Path, server: ServerProc) -> None:
+    path = mnt / "pub"
+    with connect(server.address) as c:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"x" * 10_000)
+            os.fsync(fd)
+            assert c.stat("/pub").size == 10_000
+            os.write(fd, b"y" * 5_000)
+        finally:
+            os.close(fd)
+        assert c.stat("/pub").size == 15_000
+        with c.open("/pub", "rb") as f:
+            assert f.read() == b"x" * 10_000 + b"y" * 5_000
+
+
+def test_two_guests_share_files(server: ServerProc, workdir: Path) -> None:
+    a = start_mount(server.address, workdir / "guest-a")
+    try:
+        b = start_mount(server.address, workdir / "guest-b")
+        try:
+            (a.path / "note").write_bytes(b"from a")
+            assert (b.path / "note").read_bytes() == b"from a"
+            fd = os.open(b.path / "note", os.O_RDONLY)
+            try:
+                with open(a.path / "note", "ab") as f:
+                    f.write(b", then more")
+                # No attribute cache, no page cache: B sees A's close at once.
+                assert os.fstat(fd).st_size == 17
+                assert os.pread(fd, 100, 0) == b"from a, then more"
+            finally:
+                os.close(fd)
+            os.rename(b.path / "note", b.path / "renamed")
+            assert os.listdir(a.path) == ["renamed"]
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+# -- real programs ---------------------------------------------------------
+
+
+def _fio(mnt: Path, name: str, *args: str) -> dict[str, object]:
+    out = subprocess.run(
+        [
+            "fio",
+            f"--name={name}",
+            f"--filename={mnt / name}",
+            "--ioengine=psync",
+            "--fallocate=none",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--output-format=json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc: dict[str, object] = json.loads(out.stdout[out.stdout.index("{") :])
+    return doc
+
+
+def test_fio_verifies_sequential_and_random(mount: Mount) -> None:
+    seq = _fio(mount.path, "seq", "--rw=write", "--bs=1M", "--size=64M")
+    # overwrite=1: fio lays the file out first, then writes 4 KiB blocks at random
+    # offsets inside it and reads every one back against its checksum.
+    rnd = _fio(mount.path, "rnd", "--rw=randwrite", "--bs=4k", "--size=32M", "--overwrite=1")
+    for doc in (seq, rnd):
+        [job] = doc["jobs"]  # type: ignore[misc]
+        assert job["error"] == 0
+    assert os.stat(mount.path / "seq").st_size == 64 * MIB
+    assert os.stat(mount.path / "rnd").st_size == 32 * MIB
+
+
+def test_sqlite_twenty_thousand_rows(mnt: Path) -> None:
+    db = sqlite3.connect(mnt / "test.db")
+    try:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, blob BLOB)")
+        for start in range(0, 20_000, 5_000):
+            with db:
+                db.executemany(
+                    "INSERT INTO t (id, name, blob) VALUES (?, ?, ?)",
+                    ((i, f"row {i}", os.urandom(64)) for i in range(start, start + 5_000)),
+                )
+        db.execute("CREATE INDEX t_name ON t (name)")
+        with db:
+            db.execute("DELETE FROM t WHERE id % 7 = 0")
+        db.execute("VACUUM")
+    finally:
+        db.close()
+    db = sqlite3.connect(mnt / "test.db")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (20_000 - 2_858,)
+        assert db.execute("SELECT name FROM t WHERE id = 19998").fetchone() == ("row 19998",)
+    finally:
+        db.close()
+
+
+def test_tar_round_trip_of_a_real_tree(mnt: Path, workdir: Path) -> None:
+    names = sorted(p.name for p in Path("/usr/share/doc").iterdir() if p.name[0] in "abcd")
+    assert names, "no /usr/share/doc entries to copy"
+    out = workdir / "out"
+    out.mkdir()
+
+    def copy(src: Path, dst: Path) -> None:
+        subprocess.run(
+            f"tar -C {src} -cf - {' '.join(names)} | tar -C {dst} -xpf -",
+            shell=True,
+            check=True,
+        )
+
+    def same(a: Path, b: Path) -> None:
+        for name in names:
+            subprocess.run(["diff", "-r", "--no-dereference", a / name, b / name], check=True)
+
+    doc = Path("/usr/share/doc")
+    copy(doc, mnt)
+    same(doc, mnt)
+    copy(mnt, out)
+    same(doc, out)
+    subprocess.run(["rm", "-r", *[mnt / n for n in names]], check=True)
+    assert os.listdir(mnt) == []
+
+
+# -- credentials -----------------------------------------------------------
+
+NOBODY = 65534
+
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    """Run Python code as uid/gid 65534 with no supplementary groups."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         "/usr/bin/python3", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+OPEN_ERRNO = """
+import os, sys
+try:
+    os.close(os.open(sys.argv[1] if len(sys.argv) > 1 else {path!r}, os.O_RDONLY))
+    print(0)
+except OSError as e:
+    print(e.errno)
+"""
+
+
+@pytest.mark.parametrize(
+    "options", ["allow_other,default_permissions", "allow_other"], ids=["kernel", "server"]
+)
+def test_callers_credentials_are_enforced(server: ServerProc, workdir: Path, options: str) -> None:
+    """default_permissions: the kernel checks; without it, the server checks the Caller."""
+    os.chmod(workdir, 0o755)  # let uid 65534 reach the mountpoint
+    m = start_mount(server.address, workdir / "mnt", "-o", options)
+    try:
+        secret = m.path / "secret"
+        secret.write_bytes(b"root only")
+        os.chmod(secret, 0o600)
+        shared = m.path / "public"
+        shared.mkdir(mode=0o777)
+        os.chmod(shared, 0o1777)
+        out = _as_nobody(OPEN_ERRNO.format(path=str(secret)))
+        assert out.stdout.strip() == str(errno.EACCES), out
+        os.chmod(secret, 0o604)
+        out = _as_nobody(OPEN_ERRNO.format(path=str(secret)))
+        assert out.stdout.strip() == "0", out
+        # A file made by uid 65534 belongs to it: the Caller travels with Create.
+        out = _as_nobody(f"open({str(shared / 'mine')!r}, 'w').write('x')")
+        assert out.returncode == 0, out
+        st = os.stat(shared / "mine")
+        assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+        out = _as_nobody(f"import os; os.unlink({str(secret)!r})")
+        assert "Permission denied" in out.stderr, out
+    finally:
+        m.stop()
+
+
+# -- failure and life cycle ------------------------------------------------
+
+
+def test_server_gone_gives_eio_not_a_hang(workdir: Path) -> None:
+    volume = Volume.create(workdir)
+    srv = start_server(volume)
+    try:
+        m = start_mount(srv.address, workdir / "mnt", "--timeout", "3")
+        try:
+            (m.path / "f").write_bytes(b"before")
+            fd = os.open(m.path / "f", os.O_RDWR)
+            try:
+                srv.proc.send_signal(signal.SIGSTOP)  # alive but silent: deadlines fire
+                try:
+                    assert errno_of(os.stat, m.path / "g") == errno.EIO
+                    assert errno_of(os.pwrite, fd, b"x" * MIB, 64 * MIB) == errno.EIO
+                finally:
+                    srv.proc.send_signal(signal.SIGCONT)
+                srv.kill()  # gone for good: calls fail at once
+                assert errno_of(os.stat, m.path / "f") == errno.EIO
+                assert errno_of(os.listdir, m.path) == errno.EIO
+            finally:
+                os.close(fd)  # nothing unpublished: close needs no server
+        finally:
+            m.stop()
+    finally:
+        srv.kill()
+
+
+def _daxfs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(daxfs_cmd(*args), capture_output=True, text=True, timeout=120)
+
+
+def test_mount_and_umount_commands(server: ServerProc, workdir: Path) -> None:
+    mp = workdir / "mp"
+    out = _daxfs("mount", server.address, str(mp))
+    assert out.returncode == 1 and "does not exist" in out.stderr, out
+    mp.mkdir()
+    out = _daxfs("mount", "unix:" + str(workdir / "no.sock"), str(mp))
+    assert out.returncode == 1 and "cannot use the daxfs server" in out.stderr, out
+    assert "Traceback" not in out.stderr
+    out = _daxfs("umount", str(mp))
+    assert out.returncode == 1 and "not mounted" in out.stderr, out
+
+    # Detached: returns once mounted; umount ends it.
+    out = _daxfs("mount", server.address, str(mp), "--log", str(workdir / "bg.log"))
+    assert out.returncode == 0, out
+    try:
+        assert is_mounted(str(mp))
+        (mp / "hello").write_bytes(b"bg")
+        out = _daxfs("mount", server.address, str(mp))
+        assert out.returncode == 1 and "busy" in out.stderr, out
+    finally:
+        out = _daxfs("umount", str(mp))
+    assert out.returncode == 0, out
+    assert not is_mounted(str(mp))
+
+    # A daemon killed with SIGKILL leaves a dead mount; umount detaches it.
+    m = start_mount(server.address, mp)
+    try:
+        m.proc.kill()
+        m.proc.wait()
+        assert errno_of(os.stat, mp) == errno.ENOTCONN
+        out = _daxfs("mount", server.address, str(mp))
+        assert out.returncode == 1 and "dead FUSE mount" in out.stderr, out
+        out = _daxfs("umount", str(mp))
+        assert out.returncode == 0 and "detached" in out.stderr, out
+        assert not is_mounted(str(mp))
+    finally:
+        if is_mounted(str(mp)):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_unmounts_cleanly(server: ServerProc, workdir: Path, sig: int) -> None:
+    m = start_mount(server.address, workdir / "mnt")
+    try:
+        (m.path / "x").write_bytes(b"x")
+        m.proc.send_signal(sig)
+        assert m.proc.wait(timeout=60) == 0
+        assert not is_mounted(str(m.path))
+    finally:
+        m.stop()
+    assert "Traceback" not in m.log.read_text()
+
+
+def test_cached_mode(server: ServerProc, workdir: Path) -> None:
+    m = start_mount(server.address, workdir / "mnt", "--cache")
+    try:
+        path = m.path / "c"
+        data = os.urandom(3 * MIB)
+        path.write_bytes(data)
+        assert path.read_bytes() == data
+        with connect(server.address) as c, c.open("/c", "r+b") as f:
+            f.pwrite(b"NEW", 0)
+        # Close-to-open: a fresh open drops the cached pages (size and mtime changed).
+        assert path.read_bytes()[:3] == b"NEW"
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+            mm[3:6] = b"MAP"  # the page cache allows a shared mapping
+        assert path.read_bytes()[:6] == b"NEWMAP"
+    finally:
+        m.stop()
