@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -489,12 +490,14 @@ def _fio(mnt: Path, name: str, *args: str) -> dict[str, object]:
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            "--verify_state_save=0",  # no *-verify.state files in the working directory
             "--output-format=json",
             *args,
         ],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=mnt.parent,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     doc: dict[str, object] = json.loads(out.stdout[out.stdout.index("{") :])
@@ -675,6 +678,28 @@ def test_mount_and_umount_commands(server: ServerProc, workdir: Path) -> None:
     finally:
         out = _daxfs("umount", str(mp))
     assert out.returncode == 0, out
+    assert not is_mounted(str(mp))
+
+    # mount -t daxfs runs mount.daxfs ADDR MOUNTPOINT -o OPTIONS; plain umount works.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from daxfs.client.mount import mount_main; raise SystemExit(mount_main())",
+            server.address,
+            str(mp),
+            "-o",
+            f"rw,region={server.volume.region},timeout=10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out
+    try:
+        assert (mp / "hello").read_bytes() == b"bg"
+    finally:
+        subprocess.run(["umount", str(mp)], check=True)
     assert not is_mounted(str(mp))
 
     # A daemon killed with SIGKILL leaves a dead mount; umount detaches it.
