@@ -85,6 +85,12 @@ class LayoutCache:
             ends = [t.file_end for t in f.tiles if not t.hole]
             return max(ends, default=0)
 
+    def extend(self, expires_ns: int) -> None:
+        """The session renewed every lease: cached layouts stay valid until ``expires_ns``."""
+        with self._lock:
+            for f in self._files.values():
+                f.expires_ns = max(f.expires_ns, expires_ns)
+
     def invalidate(self, ino: InodeId) -> None:
         with self._lock:
             self._files.pop(ino, None)

@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from daxfs.client.fence import Fence
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.rpc import Connection
+from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
 from daxfs.shared.extent import Extent, InodeId, align_up
@@ -155,6 +157,7 @@ class Client:
         groups: tuple[int, ...] | None = None,
         timeout: float = 30.0,
         name: str | None = None,
+        session: bool = True,
     ) -> None:
         self.address = address
         self.conn = Connection(address, timeout=timeout)
@@ -193,7 +196,24 @@ class Client:
                 f"{self.region_uuid}; pass the right region path"
             )
         self.layouts = LayoutCache()
+        self.fence = Fence()
+        #: Recalls seen per file; an open file refreshes its size when this moves.
+        self.epochs: dict[InodeId, int] = {}
+        #: Open DaxFiles and the lease id per file, for return-on-close. Guarded by _lock.
+        self._lock = threading.Lock()
+        self._open_counts: dict[InodeId, int] = {}
+        self._lease_ids: dict[InodeId, int] = {}
         self._closed = False
+        self.session: Session | None = None
+        if session:
+            self.session = Session(
+                self.conn.stub,
+                self.caller,
+                self.lease_ns,
+                on_recall=self._on_recall,
+                on_deadline=self._on_deadline,
+                on_renewed=self.layouts.extend,
+            )
         old = os.umask(0)
         os.umask(old)
         self.umask = old
@@ -208,10 +228,71 @@ class Client:
         finally:
             self.conn.close()
 
+    # -- recalls and fencing -------------------------------------------------
+
+    def _on_recall(self, recall: pb.LayoutRecall) -> None:
+        ino = InodeId(recall.ino)
+        with self.fence.io.exclusive():  # no copy from the range is in flight after this
+            self.layouts.invalidate(ino)
+            self.fence.fence(ino, recall.offset, recall.length)
+            self.epochs[ino] = self.epochs.get(ino, 0) + 1
+        log.debug(
+            "recall %d: ino=%d [%d, +%d)", recall.recall_id, ino, recall.offset, recall.length
+        )
+
+    def _on_deadline(self) -> None:
+        with self.fence.io.exclusive():
+            self.layouts.clear()
+            self.fence.fence(None)
+
+    def _opened(self, ino: InodeId) -> None:
+        with self._lock:
+            self._open_counts[ino] = self._open_counts.get(ino, 0) + 1
+
+    def _closed_file(self, ino: InodeId) -> None:
+        """Return-on-close: the last handle of a file gives its lease back unless a view maps it.
+
+        Extents the file frees later then go straight back to the free list
+        instead of waiting for this client's recall acknowledgement.
+        """
+        with self._lock:
+            left = self._open_counts.get(ino, 1) - 1
+            if left:
+                self._open_counts[ino] = left
+                return
+            self._open_counts.pop(ino, None)
+            if self.fence.live_views(ino):
+                return
+            lease_id = self._lease_ids.pop(ino, None)
+        self.layouts.invalidate(ino)
+        if lease_id is not None:
+            try:
+                self.call(
+                    "ReturnLayout", pb.ReturnLayoutRequest(caller=self.caller, lease_id=lease_id)
+                )
+            except errors.StaleHandle:
+                pass  # expired or recalled meanwhile: nothing to return
+
+    def _got_lease(self, ino: InodeId, lease_id: int) -> None:
+        with self._lock:
+            self._lease_ids[ino] = lease_id
+
+    @property
+    def recalls(self) -> int:
+        """Layout recalls received from the server."""
+        return 0 if self.session is None else self.session.recalls
+
+    @property
+    def fenced(self) -> bool:
+        """True while the lease is lapsed: copies raise StaleHandle, views read zeros."""
+        return self.session is not None and self.session.fenced
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.session is not None:
+            self.session.close()
         self._goodbye()
         self.region.close()
 
@@ -356,6 +437,8 @@ class DaxFile(io.RawIOBase):
         self._lock = threading.Lock()
         self._u8 = client.region.u8
         self._bs = client.block_size
+        self._epoch = client.epochs.get(self.ino, 0)
+        client._opened(self.ino)
 
     # -- io.RawIOBase --------------------------------------------------------
 
@@ -424,6 +507,19 @@ class DaxFile(io.RawIOBase):
 
     # -- positional I/O ------------------------------------------------------
 
+    def _check_lease(self) -> None:
+        """Refuse copies while fenced; after a recall of this file, learn its size again."""
+        client = self.client
+        if client.fenced:
+            raise errors.StaleHandle("the client's lease lapsed; its layouts are fenced")
+        epoch = client.epochs.get(self.ino, 0)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            attr = client.call(
+                "GetAttr", pb.GetAttrRequest(caller=client.caller, handle=self.handle)
+            )
+            self._size = self._committed_size = int(attr.size)
+
     def _layout(self, start: int, end: int, *, write: bool) -> list[Extent]:
         """Tiles for [start, end), from the cache or one GetLayout."""
         cached = self.client.layouts.lookup(self.ino, start, end)
@@ -448,6 +544,7 @@ class DaxFile(io.RawIOBase):
             ask_start, ask_end = start, end
             reply = self._get_layout(start, end, write)
         tiles = _tiles(reply)
+        self.client._got_lease(self.ino, reply.lease_id)
         self.client.layouts.insert(self.ino, tiles, ask_start, ask_end, reply.expires_ns)
         return [p for t in tiles if (p := t.clip(start, end)) is not None]
 
@@ -491,16 +588,21 @@ class DaxFile(io.RawIOBase):
             raise errors.BadHandle("file not open for reading")
         if offset < 0:
             raise errors.InvalidArgument(f"negative offset {offset}")
+        self._check_lease()
         end = min(self._size, offset + len(dst))
         if end <= offset:
             return 0
-        for tile in self._layout(offset, end, write=False):
-            a, b = tile.file_offset - offset, tile.file_end - offset
-            if tile.region_offset is None:
-                dst[a:b] = 0
-            else:
-                r = tile.region_offset
-                dst[a:b] = self._u8[r : r + tile.length]
+        tiles = self._layout(offset, end, write=False)
+        with self.client.fence.io.shared():
+            if self.client.layouts.lookup(self.ino, offset, end) is None:
+                return self.preadinto(dst, offset)  # recalled meanwhile: start over
+            for tile in tiles:
+                a, b = tile.file_offset - offset, tile.file_end - offset
+                if tile.region_offset is None:
+                    dst[a:b] = 0
+                else:
+                    r = tile.region_offset
+                    dst[a:b] = self._u8[r : r + tile.length]
         return end - offset
 
     def pread(self, size: int, offset: int) -> bytes:
@@ -511,13 +613,16 @@ class DaxFile(io.RawIOBase):
             raise errors.BadHandle("file not open for reading")
         if offset < 0:
             raise errors.InvalidArgument(f"negative offset {offset}")
+        self._check_lease()
         end = min(self._size, offset + size)
         if end <= offset:
             return b""
         tiles = self._layout(offset, end, write=False)
         if len(tiles) == 1 and tiles[0].region_offset is not None:
             r = tiles[0].region_offset
-            return self._u8[r : r + tiles[0].length].tobytes()  # one copy
+            with self.client.fence.io.shared():
+                if self.client.layouts.lookup(self.ino, offset, end) is not None:
+                    return self._u8[r : r + tiles[0].length].tobytes()  # one copy
         out = np.empty(end - offset, dtype=np.uint8)
         self.preadinto(out, offset)
         return out.tobytes()
@@ -534,11 +639,18 @@ class DaxFile(io.RawIOBase):
         if n == 0:
             return 0
         end = offset + n
-        for tile in self._layout(offset, end, write=True):
-            if tile.region_offset is None:
-                raise errors.StaleHandle("server returned a hole for a WRITE layout")
-            r = tile.region_offset
-            self._u8[r : r + tile.length] = src[tile.file_offset - offset : tile.file_end - offset]
+        self._check_lease()
+        tiles = self._layout(offset, end, write=True)
+        with self.client.fence.io.shared():
+            if self.client.layouts.lookup(self.ino, offset, end) is None:
+                return self.pwrite(data, offset)  # recalled meanwhile: start over
+            for tile in tiles:
+                if tile.region_offset is None:
+                    raise errors.StaleHandle("server returned a hole for a WRITE layout")
+                r = tile.region_offset
+                self._u8[r : r + tile.length] = src[
+                    tile.file_offset - offset : tile.file_end - offset
+                ]
         self._dirty = True
         if end > self._size:
             self._size = end
@@ -645,6 +757,9 @@ class DaxFile(io.RawIOBase):
             self._commit()
         finally:
             try:
+                # Lease first, then the handle: a release that frees blocks
+                # (unlinked file, trimmed preallocation) then needs no recall.
+                self.client._closed_file(self.ino)
                 self.client.call(
                     "Release", pb.ReleaseRequest(caller=self.client.caller, handle=self.handle)
                 )
@@ -699,14 +814,15 @@ class DaxFile(io.RawIOBase):
                 self._commit()
         else:
             tiles = self._layout(0, span, write=False)
-        view = _map_tiles(self.client.region.fd, tiles, span, writable)
+        view, base = _map_tiles(self.client.region.fd, tiles, span, writable)
+        self.client.fence.register(self.ino, view, base, span)
         arr = np.frombuffer(view, dtype=dt, count=nbytes // dt.itemsize).reshape(shape_t)
         if not writable:
             arr.flags.writeable = False
         return arr
 
 
-def _map_tiles(fd: int, tiles: list[Extent], span: int, writable: bool) -> mmap.mmap:
+def _map_tiles(fd: int, tiles: list[Extent], span: int, writable: bool) -> tuple[mmap.mmap, int]:
     """Reserve ``span`` bytes of address space and map each tile there with MAP_FIXED.
 
     The reservation is an anonymous Python mmap; when the last array viewing it
@@ -729,7 +845,7 @@ def _map_tiles(fd: int, tiles: list[Extent], span: int, writable: bool) -> mmap.
             err = ctypes.get_errno()
             reserve.close()
             raise errors.DaxfsError(f"mmap of an extent failed: {os.strerror(err)}")
-    return reserve
+    return reserve, base
 
 
 def connect(address: str, *, region_path: str | None = None, **kwargs: Any) -> Client:

@@ -210,6 +210,178 @@ class GoodbyeRequest(_message.Message):
 Global___GoodbyeRequest: _TypeAlias = GoodbyeRequest  # noqa: Y015
 
 @_typing.final
+class SessionRequest(_message.Message):
+    """A message from client to server on the session stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    RENEW_FIELD_NUMBER: _builtins.int
+    RECALL_DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def caller(self) -> Global___Caller:
+        """Credentials; the first message of a stream must carry the session id."""
+
+    @_builtins.property
+    def renew(self) -> Global___Renew:
+        """Extend all of this session's leases."""
+
+    @_builtins.property
+    def recall_done(self) -> Global___RecallDone:
+        """The client stopped using what a recall named."""
+
+    def __init__(
+        self,
+        *,
+        caller: Global___Caller | None = ...,
+        renew: Global___Renew | None = ...,
+        recall_done: Global___RecallDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "kind", b"kind", "recall_done", b"recall_done", "renew", b"renew"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "kind", b"kind", "recall_done", b"recall_done", "renew", b"renew"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["renew", "recall_done"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class Renew(_message.Message):
+    """Asks to extend all leases of the session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Renew: _TypeAlias = Renew  # noqa: Y015
+
+@_typing.final
+class RecallDone(_message.Message):
+    """Acknowledges a recall."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECALL_ID_FIELD_NUMBER: _builtins.int
+    recall_id: _builtins.int
+    """The recall's id."""
+    def __init__(
+        self,
+        *,
+        recall_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recall_id", b"recall_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecallDone: _TypeAlias = RecallDone  # noqa: Y015
+
+@_typing.final
+class SessionEvent(_message.Message):
+    """A message from server to client on the session stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RENEWED_FIELD_NUMBER: _builtins.int
+    RECALL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def renewed(self) -> Global___Renewed:
+        """Every lease of the session now lasts until this deadline."""
+
+    @_builtins.property
+    def recall(self) -> Global___LayoutRecall:
+        """Stop using these extents."""
+
+    def __init__(
+        self,
+        *,
+        renewed: Global___Renewed | None = ...,
+        recall: Global___LayoutRecall | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "recall", b"recall", "renewed", b"renewed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "recall", b"recall", "renewed", b"renewed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["renewed", "recall"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___SessionEvent: _TypeAlias = SessionEvent  # noqa: Y015
+
+@_typing.final
+class Renewed(_message.Message):
+    """Answer to Renew."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRES_NS_FIELD_NUMBER: _builtins.int
+    expires_ns: _builtins.int
+    """Wall-clock ns until which every lease of the session is valid."""
+    def __init__(
+        self,
+        *,
+        expires_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_ns", b"expires_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Renewed: _TypeAlias = Renewed  # noqa: Y015
+
+@_typing.final
+class LayoutRecall(_message.Message):
+    """The server takes back a file range: its extents were freed (truncate,
+    unlink, rename over the file). The client must drop cached layouts of the
+    range and fence any mapping of it, then answer with RecallDone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECALL_ID_FIELD_NUMBER: _builtins.int
+    INO_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    recall_id: _builtins.int
+    """Recall id for RecallDone."""
+    ino: _builtins.int
+    """The file's inode number."""
+    offset: _builtins.int
+    """First file byte recalled."""
+    length: _builtins.int
+    """Bytes recalled."""
+    reason: _builtins.str
+    """Why, for logs."""
+    def __init__(
+        self,
+        *,
+        recall_id: _builtins.int = ...,
+        ino: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ino", b"ino", "length", b"length", "offset", b"offset", "reason", b"reason", "recall_id", b"recall_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayoutRecall: _TypeAlias = LayoutRecall  # noqa: Y015
+
+@_typing.final
 class LookupRequest(_message.Message):
     """Looks up one name."""
 
@@ -1380,6 +1552,9 @@ class StatsReply(_message.Message):
     FREE_BYTES_FIELD_NUMBER: _builtins.int
     QUARANTINED_BYTES_FIELD_NUMBER: _builtins.int
     OPEN_FILES_FIELD_NUMBER: _builtins.int
+    PENDING_RECALLS_FIELD_NUMBER: _builtins.int
+    RECALLS_SENT_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
     read_calls: _builtins.int
     """Read RPCs served."""
     read_bytes: _builtins.int
@@ -1398,6 +1573,12 @@ class StatsReply(_message.Message):
     """Bytes waiting in quarantine."""
     open_files: _builtins.int
     """Files open across all sessions."""
+    pending_recalls: _builtins.int
+    """Recalls waiting for acknowledgements."""
+    recalls_sent: _builtins.int
+    """Recalls sent since start."""
+    sessions: _builtins.int
+    """Session streams attached."""
     def __init__(
         self,
         *,
@@ -1410,10 +1591,13 @@ class StatsReply(_message.Message):
         free_bytes: _builtins.int = ...,
         quarantined_bytes: _builtins.int = ...,
         open_files: _builtins.int = ...,
+        pending_recalls: _builtins.int = ...,
+        recalls_sent: _builtins.int = ...,
+        sessions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "layouts", b"layouts", "leases", b"leases", "open_files", b"open_files", "quarantined_bytes", b"quarantined_bytes", "read_bytes", b"read_bytes", "read_calls", b"read_calls", "write_bytes", b"write_bytes", "write_calls", b"write_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "layouts", b"layouts", "leases", b"leases", "open_files", b"open_files", "pending_recalls", b"pending_recalls", "quarantined_bytes", b"quarantined_bytes", "read_bytes", b"read_bytes", "read_calls", b"read_calls", "recalls_sent", b"recalls_sent", "sessions", b"sessions", "write_bytes", b"write_bytes", "write_calls", b"write_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -45,6 +45,11 @@ class DaxfsStub:
                 request_serializer=daxfs_dot_proto_dot_daxfs__pb2.GoodbyeRequest.SerializeToString,
                 response_deserializer=daxfs_dot_proto_dot_daxfs__pb2.Empty.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/daxfs.v1.Daxfs/Session',
+                request_serializer=daxfs_dot_proto_dot_daxfs__pb2.SessionRequest.SerializeToString,
+                response_deserializer=daxfs_dot_proto_dot_daxfs__pb2.SessionEvent.FromString,
+                _registered_method=True)
         self.Lookup = channel.unary_unary(
                 '/daxfs.v1.Daxfs/Lookup',
                 request_serializer=daxfs_dot_proto_dot_daxfs__pb2.LookupRequest.SerializeToString,
@@ -200,6 +205,16 @@ class DaxfsServicer:
 
     def Goodbye(self, request, context):
         """Ends a client session: closes its files and drops its layouts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """The session stream, one per client for its whole life: the client sends
+        renewals and recall acknowledgements, the server sends renewal deadlines
+        and layout recalls (pNFS CB_LAYOUTRECALL). A client that cannot renew must
+        stop using every mapping before its lease deadline.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -415,6 +430,11 @@ def add_DaxfsServicer_to_server(servicer, server):
                     request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.GoodbyeRequest.FromString,
                     response_serializer=daxfs_dot_proto_dot_daxfs__pb2.Empty.SerializeToString,
             ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.SessionRequest.FromString,
+                    response_serializer=daxfs_dot_proto_dot_daxfs__pb2.SessionEvent.SerializeToString,
+            ),
             'Lookup': grpc.unary_unary_rpc_method_handler(
                     servicer.Lookup,
                     request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.LookupRequest.FromString,
@@ -611,6 +631,33 @@ class Daxfs:
             '/daxfs.v1.Daxfs/Goodbye',
             daxfs_dot_proto_dot_daxfs__pb2.GoodbyeRequest.SerializeToString,
             daxfs_dot_proto_dot_daxfs__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/daxfs.v1.Daxfs/Session',
+            daxfs_dot_proto_dot_daxfs__pb2.SessionRequest.SerializeToString,
+            daxfs_dot_proto_dot_daxfs__pb2.SessionEvent.FromString,
             options,
             channel_credentials,
             insecure,

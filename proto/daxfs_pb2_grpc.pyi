@@ -52,6 +52,12 @@ class DaxfsStub:
     """Opens a client session and describes the region to map."""
     Goodbye: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.GoodbyeRequest, _daxfs_pb2.Empty]
     """Ends a client session: closes its files and drops its layouts."""
+    Session: _grpc.StreamStreamMultiCallable[_daxfs_pb2.SessionRequest, _daxfs_pb2.SessionEvent]
+    """The session stream, one per client for its whole life: the client sends
+    renewals and recall acknowledgements, the server sends renewal deadlines
+    and layout recalls (pNFS CB_LAYOUTRECALL). A client that cannot renew must
+    stop using every mapping before its lease deadline.
+    """
     Lookup: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.LookupRequest, _daxfs_pb2.Attr]
     """Attributes of the entry `name` in directory `parent`."""
     GetAttr: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.GetAttrRequest, _daxfs_pb2.Attr]
@@ -120,6 +126,12 @@ class DaxfsAsyncStub(DaxfsStub):
     """Opens a client session and describes the region to map."""
     Goodbye: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.GoodbyeRequest, _daxfs_pb2.Empty]  # type: ignore[assignment]
     """Ends a client session: closes its files and drops its layouts."""
+    Session: _aio.StreamStreamMultiCallable[_daxfs_pb2.SessionRequest, _daxfs_pb2.SessionEvent]  # type: ignore[assignment]
+    """The session stream, one per client for its whole life: the client sends
+    renewals and recall acknowledgements, the server sends renewal deadlines
+    and layout recalls (pNFS CB_LAYOUTRECALL). A client that cannot renew must
+    stop using every mapping before its lease deadline.
+    """
     Lookup: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.LookupRequest, _daxfs_pb2.Attr]  # type: ignore[assignment]
     """Attributes of the entry `name` in directory `parent`."""
     GetAttr: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.GetAttrRequest, _daxfs_pb2.Attr]  # type: ignore[assignment]
@@ -197,6 +209,18 @@ class DaxfsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_daxfs_pb2.Empty, _abc.Awaitable[_daxfs_pb2.Empty]]:
         """Ends a client session: closes its files and drops its layouts."""
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_daxfs_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_daxfs_pb2.SessionEvent], _abc.AsyncIterator[_daxfs_pb2.SessionEvent]]:
+        """The session stream, one per client for its whole life: the client sends
+        renewals and recall acknowledgements, the server sends renewal deadlines
+        and layout recalls (pNFS CB_LAYOUTRECALL). A client that cannot renew must
+        stop using every mapping before its lease deadline.
+        """
 
     @_abc_1.abstractmethod
     def Lookup(

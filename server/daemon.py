@@ -43,9 +43,11 @@ class ServerConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     format: bool = False
     socket_mode: int = 0o600
-    workers: int = 16
+    workers: int = 64
     #: Region path announced to clients, if they see it elsewhere than the server does.
     announce_region: str | None = None
+    #: Layout lease duration in ns (None: leases.DEFAULT_LEASE_NS).
+    lease_ns: int | None = None
 
 
 def unix_path(listen: str) -> str | None:
@@ -58,7 +60,7 @@ def unix_path(listen: str) -> str | None:
 
 
 def create_server(
-    ns: Namespace, listen: str, *, region_path: str, workers: int = 16, socket_mode: int = 0o600
+    ns: Namespace, listen: str, *, region_path: str, workers: int = 64, socket_mode: int = 0o600
 ) -> tuple[grpc.Server, str, health.HealthServicer]:
     """Build and start a server; returns it, the address it answers on, and its health servicer.
 
@@ -118,7 +120,7 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status."""
     if config.format:
         format_volume(config.region, config.meta, config.size, config.block_size)
-    ns = open_volume(config.region, config.meta, size=config.size)
+    ns = open_volume(config.region, config.meta, size=config.size, lease_ns=config.lease_ns)
     stop = threading.Event()
     try:
         server, address, health_servicer = create_server(

@@ -117,6 +117,11 @@ class Metadata:
     # -- lifecycle -----------------------------------------------------------
 
     @property
+    def depth(self) -> int:
+        """Nesting of open transaction() blocks (0: none)."""
+        return self._depth
+
+    @property
     def schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daxfs.server.allocator import Allocator
-from daxfs.server.leases import LeaseTable
+from daxfs.server.leases import LeaseTable, Recall
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
 from daxfs.shared import errors
 from daxfs.shared.extent import (
@@ -194,7 +194,7 @@ class Namespace:
         self.region = region
         self.meta = meta
         self.block_size = region.block_size
-        self.leases = leases or LeaseTable(clock=clock)
+        self.leases = leases if leases is not None else LeaseTable(clock=clock)
         self.clock = clock
         self.counters = Counters()
         self._lock = threading.RLock()
@@ -207,18 +207,63 @@ class Namespace:
         self._handles = itertools.count(1)
         self._clients = itertools.count(1)
         self._next_generation = int(meta.get_meta("next_generation") or "1")
+        #: Extents freed under other clients' leases in the current transaction,
+        #: per file: (file offset, length, region offset). Guarded by self._lock.
+        self._freed: dict[InodeId, list[tuple[int, int, int]]] = {}
+        self._last_sweep = clock()  # wall-clock ns of the last sweep; guarded by self._lock
+        #: Delivers a recall to a client's session stream (set by the edge).
+        self.notify: Callable[[ClientId, Recall], None] = lambda client, recall: None
 
     # -- plumbing ------------------------------------------------------------
 
     @contextlib.contextmanager
     def _txn(self) -> Iterator[None]:
         with self._lock:
+            outer = self.meta.depth == 0
             try:
                 with self.meta.transaction():
                     yield
             except BaseException:
+                if outer:
+                    self._freed.clear()
                 self.allocator.reload()
                 raise
+            if outer:
+                self._send_recalls()
+
+    def _send_recalls(self) -> None:
+        """After a commit: one recall per file whose freed extents others may still map."""
+        freed, self._freed = self._freed, {}
+        for ino, pieces in freed.items():
+            holders = self.leases.holders(ino)
+            start = min(f for f, _, _ in pieces)
+            end = max(f + n for f, n, _ in pieces)
+            recall = self.leases.start_recall(
+                ino,
+                start,
+                end - start,
+                "extents freed",
+                set(holders),
+                [(r, n) for _, n, r in pieces],
+            )
+            log.debug(
+                "recall id=%d ino=%d range=[%d,%d) holders=%s",
+                recall.id,
+                ino,
+                start,
+                end,
+                sorted(holders),
+            )
+            for client in holders:
+                self.notify(client, recall)
+
+    def _complete_recalls(self, done: list[Any]) -> int:
+        """Every holder acknowledged (or expired): quarantined extents go back to the free list."""
+        released = 0
+        for pending in done:
+            for offset, length in pending.ranges:
+                released += self.allocator.release_quarantined(offset, length)
+        return released
 
     def _gen(self) -> int:
         gen = self._next_generation
@@ -299,6 +344,7 @@ class Namespace:
         of = self._opens.get(FileHandle(fh))
         if of is None or of.client != client:
             raise errors.BadHandle(f"file handle {fh} is not open for this client")
+        self.leases.client_seen(client)
         return of
 
     def _touch(self, ino: InodeId, *, mtime: bool = True) -> None:
@@ -310,14 +356,20 @@ class Namespace:
 
     # -- extents -------------------------------------------------------------
 
-    def _release_range(self, ino: InodeId, offset: int, length: int, caller: Caller) -> None:
-        """Give region bytes back: at once, or to quarantine while another client may reach them."""
-        deadline = self.leases.reach_deadline(ino, exclude=caller.client)
-        if deadline is None:
+    def _release_range(
+        self, ino: InodeId, offset: int, length: int, caller: Caller, file_offset: int = 0
+    ) -> None:
+        """Give region bytes back: at once, or to quarantine while a client may still map them.
+
+        Every lease holder (the caller included: its arrays may map the range)
+        gets a recall once the transaction commits.
+        """
+        holders = self.leases.holders(ino)
+        if not holders:
             self.allocator.free(offset, length)
-        else:
-            self.allocator.quarantine(offset, length, deadline)
-        self.leases.drop_inode(ino, caller.client)
+            return
+        self.allocator.quarantine(offset, length, max(holders.values()))
+        self._freed.setdefault(ino, []).append((file_offset, length, offset))
 
     def _drop_extents_from(self, ino: InodeId, keep_end: int, caller: Caller) -> None:
         """Free every block of ``ino`` at or beyond file offset ``keep_end`` (block aligned)."""
@@ -327,12 +379,14 @@ class Namespace:
                 continue
             if ext.file_offset >= keep_end:
                 self.meta.delete_extent(ino, ext.file_offset)
-                self._release_range(ino, ext.region_offset, ext.length, caller)
+                self._release_range(ino, ext.region_offset, ext.length, caller, ext.file_offset)
             else:
                 kept = keep_end - ext.file_offset
                 self.meta.delete_extent(ino, ext.file_offset)
                 self.meta.add_extent(ino, Extent(ext.file_offset, kept, ext.region_offset))
-                self._release_range(ino, ext.region_offset + kept, ext.length - kept, caller)
+                self._release_range(
+                    ino, ext.region_offset + kept, ext.length - kept, caller, ext.file_offset + kept
+                )
 
     def _zero_file_range(self, ino: InodeId, start: int, end: int) -> None:
         """Zero the mapped bytes of file range [start, end) in the region."""
@@ -407,7 +461,7 @@ class Namespace:
     def _destroy(self, row: InodeRow, caller: Caller) -> None:
         for ext in self.meta.extents(row.ino):
             assert ext.region_offset is not None
-            self._release_range(row.ino, ext.region_offset, ext.length, caller)
+            self._release_range(row.ino, ext.region_offset, ext.length, caller, ext.file_offset)
         self.meta.delete_extents(row.ino)
         self.meta.delete_inode(row.ino)
 
@@ -429,14 +483,32 @@ class Namespace:
 
     def hello(self) -> ClientId:
         with self._lock:
-            return ClientId(next(self._clients))
+            client = ClientId(next(self._clients))
+            self.leases.client_seen(client)
+            return client
 
     def goodbye(self, client: ClientId) -> None:
         """A client leaves: close its files and forget its leases."""
         with self._txn():
-            for fh in [h for h, of in self._opens.items() if of.client == client]:
-                self._release(self._opens[fh], ROOT)
-            self.leases.drop_client(client)
+            self._drop_client(client)
+
+    def _drop_client(self, client: ClientId) -> int:
+        handles = [h for h, of in self._opens.items() if of.client == client]
+        for fh in handles:
+            self._release(self._opens[fh], ROOT)
+        self._complete_recalls(self.leases.drop_client(client))
+        self.leases.forget_client(client)
+        return len(handles)
+
+    def renew(self, client: ClientId) -> int:
+        """Extend all of a client's leases; returns the new deadline (wall-clock ns)."""
+        with self._lock:
+            return self.leases.renew(client)
+
+    def recall_done(self, client: ClientId, recall_id: int) -> None:
+        """A client fenced what a recall asked for."""
+        with self._txn():
+            self._complete_recalls(self.leases.recall_done(client, recall_id))
 
     def reclaim_orphans(self) -> int:
         """Destroy inodes unlinked while open before a restart; their opens died with it."""
@@ -449,8 +521,26 @@ class Namespace:
     def sweep(self) -> int:
         """Expire leases and return quarantined extents whose deadline passed."""
         with self._txn():
-            self.leases.expire()
-            return self.allocator.release_quarantine(self.clock())
+            now = self.clock()
+            # A gap longer than a client's renewal period (a third of a lease;
+            # at least two sweep periods) means the server, not the clients, stalled.
+            stall = max(self.leases.duration_ns // 3, 2_000_000_000)
+            if now - self._last_sweep > stall:
+                log.warning(
+                    "server stalled %.1f s: clients get a grace period to renew",
+                    (now - self._last_sweep) / 1e9,
+                )
+                self.leases.grace()
+            self._last_sweep = now
+            for client in self.leases.dead_clients():
+                closed = self._drop_client(client)
+                log.info(
+                    "client %d stopped renewing: closed %d files, dropped its leases",
+                    client,
+                    closed,
+                )
+            released = self._complete_recalls(self.leases.expire())
+            return released + self.allocator.release_quarantine(self.clock())
 
     # -- namespace calls -----------------------------------------------------
 
@@ -902,7 +992,7 @@ class Namespace:
                 self._ensure_allocated(of.ino, offset, offset + length, contiguous=contiguous)
             mapped = self.meta.extents(of.ino)
             tiles = tuple(fill_holes(mapped, offset, offset + length))
-            lease = self.leases.grant(caller.client, of.ino, offset, length, write)
+            lease = self.leases.grant(caller.client, of.ino)
             self.counters.layouts += 1
             return Layout(offset, length, tiles, lease.id, lease.expires_ns)
 
@@ -925,8 +1015,8 @@ class Namespace:
             return self._attr(self._inode(of.ino))
 
     def return_layout(self, lease_id: int, caller: Caller) -> None:
-        with self._lock:
-            self.leases.give_back(LeaseId(lease_id), caller.client)
+        with self._txn():
+            self._complete_recalls(self.leases.give_back(LeaseId(lease_id), caller.client))
 
     def fallocate(
         self,
@@ -956,7 +1046,8 @@ class Namespace:
             if keep_size:
                 self.meta.update_inode(of.ino, keep_prealloc=1)
             elif offset + length > row.size:
-                self.meta.update_inode(of.ino, size=offset + length)
+                # _set_size zeroes uncommitted layout stores between the old and new EOF.
+                self._set_size(row, offset + length, caller)
             self._touch(of.ino, mtime=False)
             return self._attr(self._inode(of.ino))
 
@@ -1002,6 +1093,11 @@ class Namespace:
                 return 0
             end = offset + len(data)
             self._ensure_allocated(of.ino, offset, end)
+            row = self._inode(of.ino)
+            if offset > row.size:
+                # As for a growing truncate: blocks past EOF may hold stores made
+                # through a write layout and never committed; the gap reads as zeros.
+                self._zero_file_range(of.ino, row.size, offset)
             src = memoryview(data)
             for ext in self.meta.extents(of.ino):
                 part = ext.clip(offset, end)
@@ -1010,7 +1106,6 @@ class Namespace:
                     self.region.u8[r : r + part.length] = src[
                         part.file_offset - offset : part.file_end - offset
                     ]
-            row = self._inode(of.ino)
             now = self.clock()
             self.meta.update_inode(of.ino, size=max(row.size, end), mtime_ns=now, ctime_ns=now)
             self.counters.write_bytes += len(data)

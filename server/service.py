@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
+from daxfs.server.leases import Recall
 from daxfs.server.namespace import Attr, Caller, Namespace
+from daxfs.server.sessions import SessionHub
 from daxfs.shared.errors import DaxfsError
 from daxfs.shared.extent import ClientId, Extent
 
@@ -108,6 +112,61 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     def __init__(self, ns: Namespace, *, region_path: str) -> None:
         self.ns = ns
         self.region_path = region_path
+        self.hub = SessionHub()
+        ns.notify = self.hub.deliver
+
+    def Session(
+        self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.SessionEvent]:
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            return
+        client = ClientId(first.caller.client_id)
+        if not client:
+            context.set_trailing_metadata(((ERRNO_KEY, str(errno.EINVAL)),))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message needs client_id")
+        q = self.hub.attach(client)
+        context.add_callback(lambda: q.put(None))
+        log.debug("session attached client=%d", client)
+
+        def read_requests() -> None:
+            try:
+                for msg in itertools.chain([first], request_iterator):
+                    kind = msg.WhichOneof("kind")
+                    if kind == "renew":
+                        q.put(self.ns.renew(client))
+                    elif kind == "recall_done":
+                        self.ns.recall_done(client, msg.recall_done.recall_id)
+            except grpc.RpcError:
+                pass  # the client went away; its leases expire on their own
+            except Exception:
+                log.exception("session of client %d failed", client)
+            finally:
+                q.put(None)
+
+        reader = threading.Thread(target=read_requests, name=f"daxfs-session-{client}", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, Recall):
+                    yield pb.SessionEvent(
+                        recall=pb.LayoutRecall(
+                            recall_id=item.id,
+                            ino=item.ino,
+                            offset=item.offset,
+                            length=item.length,
+                            reason=item.reason,
+                        )
+                    )
+                else:
+                    yield pb.SessionEvent(renewed=pb.Renewed(expires_ns=item))
+        finally:
+            self.hub.detach(client, q)
+            log.debug("session detached client=%d", client)
 
     @_edge
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
@@ -356,4 +415,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             free_bytes=self.ns.allocator.free_bytes,
             quarantined_bytes=self.ns.allocator.quarantined_bytes,
             open_files=self.ns.open_files,
+            pending_recalls=self.ns.leases.pending_recalls,
+            recalls_sent=self.hub.recalls_sent,
+            sessions=len(self.hub),
         )

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from daxfs.server.leases import LeaseTable
 from daxfs.server.metadata import ROOT_INO, Metadata
 from daxfs.server.namespace import Namespace
 from daxfs.shared.errors import FormatError, InvalidArgument, NotFound
@@ -89,7 +90,9 @@ def check_pairing(region_path: str, meta: Metadata) -> None:
             )
 
 
-def open_volume(region_path: str, meta_path: str, *, size: int | None = None) -> Namespace:
+def open_volume(
+    region_path: str, meta_path: str, *, size: int | None = None, lease_ns: int | None = None
+) -> Namespace:
     """Open an existing volume; never formats. ``size``, if given, must match."""
     if not os.path.exists(region_path):
         raise NotFound(
@@ -116,7 +119,8 @@ def open_volume(region_path: str, meta_path: str, *, size: int | None = None) ->
     except BaseException:
         meta.close()
         raise
-    ns = Namespace(region, meta)
+    leases = LeaseTable() if lease_ns is None else LeaseTable(duration_ns=lease_ns)
+    ns = Namespace(region, meta, leases=leases)
     reclaimed = ns.reclaim_orphans()
     if reclaimed:
         log.info("reclaimed %d orphan inodes left by the previous run", reclaimed)

@@ -113,6 +113,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         format=do_format,
         socket_mode=int(args.socket_mode, 8),
         announce_region=args.announce_region,
+        lease_ns=None if args.lease_seconds is None else int(args.lease_seconds * 1e9),
     )
     return serve(config)
 
@@ -277,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", action="store_true", help="erase and format the region first")
     p.add_argument("--socket-mode", default="600", help="octal mode of the unix socket")
     p.add_argument("--announce-region", help="region path to tell clients (default: --region)")
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        help="layout lease duration (default 30); a dead guest's extents return after it",
+    )
     p.set_defaults(fn=cmd_server, log_default=logging.INFO)
 
     p = sub.add_parser("mkfs", help="format a region and a fresh metadata file")
