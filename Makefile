@@ -44,7 +44,7 @@ typecheck: install
 unit: install
 	$(PY) -m pytest
 
-test: lint typecheck unit
+test: lint typecheck unit compose-test
 
 demo: install
 	$(PY) scripts/demo.py

@@ -23,7 +23,7 @@ import numpy as np
 from daxfs.client import connect
 
 ADDRESS = os.environ.get("DAXFS_ADDRESS", "unix:/run/daxfs/daxfs.sock")
-MOUNT = "/mnt/daxfs"
+MOUNT = os.environ.get("DAXFS_MOUNT", "/mnt/daxfs")
 TIMEOUT_S = 120.0
 NAME = "guest-?"
 
@@ -106,6 +106,8 @@ def guest_b() -> None:
                 text = f.read()
             assert hashlib.sha256(text).hexdigest() == digests["hello.txt"], "hello.txt differs"
             say(f"read /demo/hello.txt through its own mount: digest matches ({len(text)} bytes)")
+            extents = os.getxattr(f"{MOUNT}/demo/hello.txt", "user.daxfs.extents").decode()
+            say(f"its extent map (xattr user.daxfs.extents): {extents.strip()}")
             with c.open("/demo/matrix.f64", "rb") as f:
                 m = f.array(np.float64, (1024, 1024))
                 assert hashlib.sha256(m.tobytes()).hexdigest() == digests["matrix.f64"]

@@ -9,6 +9,7 @@ and shares a numpy array zero-copy with a second process. Exits 0 on success.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,38 @@ MIB = 1024 * 1024
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
+
+
+def run_two_guests(address: str, work: Path) -> bool:
+    """The compose demo's scenario, with each guest a process in its own mount namespace."""
+    step("two guests, each in its own mount namespace (unshare -m) with its own FUSE mount")
+    guest = Path(__file__).resolve().parent.parent / "docker" / "guest_demo.py"
+    mnt = work / "mnt"
+    mnt.mkdir()
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "DAXFS_ADDRESS": address,
+        "DAXFS_MOUNT": str(mnt),
+        "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
+    }
+    procs = [
+        subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", sys.executable, str(guest), role],
+            env=env,
+        )
+        for role in ("a", "b")
+    ]
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=180))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    # Each guest mounted inside its own namespace: the host namespace saw nothing.
+    assert not os.path.ismount(mnt), "a guest's mount leaked into the host namespace"
+    return codes == [0, 0]
 
 
 def main() -> int:
@@ -85,12 +118,13 @@ def main() -> int:
                 c.unlink("/dir/hello.bin")
                 c.rmdir("/dir")
                 c.unlink("/matrix.f64")
+            two_guests_ok = run_two_guests(server.address, work)
         finally:
             code = server.stop()
         step("fsck")
         report = fsck(volume.region, volume.meta)
         print("  clean" if report.clean else "\n".join(report.problems))
-        ok = code == 0 and report.clean
+        ok = code == 0 and report.clean and two_guests_ok
         print("\ndemo " + ("passed" if ok else "FAILED"))
         return 0 if ok else 1
     finally:
