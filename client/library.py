@@ -158,9 +158,14 @@ class Client:
         timeout: float = 30.0,
         name: str | None = None,
         session: bool = True,
+        token: str | None = None,
+        token_file: str | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         self.address = address
-        self.conn = Connection(address, timeout=timeout)
+        self.conn = Connection(
+            address, timeout=timeout, token=token, token_file=token_file, tls_ca=tls_ca
+        )
         try:
             hello = self.conn.call(
                 "Hello",
@@ -208,6 +213,7 @@ class Client:
         if session:
             self.session = Session(
                 self.conn.stub,
+                self.conn.metadata,
                 self.caller,
                 self.lease_ns,
                 on_recall=self._on_recall,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
-from daxfs.shared.errors import DaxfsError, Unavailable, from_errno
+from daxfs.shared.errors import DaxfsError, PermissionDenied, Unavailable, from_errno
 
 log = logging.getLogger(__name__)
 
@@ -28,30 +30,64 @@ def to_error(exc: grpc.RpcError, address: str) -> DaxfsError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"daxfs server at {address} is unreachable ({details})")
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        from daxfs.shared.errors import PermissionDenied
-
         return PermissionDenied(f"daxfs server at {address} refused the token: {details}")
     return DaxfsError(f"daxfs server at {address}: {code}: {details}")
 
 
-class Connection:
-    """A channel to one server. Thread-safe (gRPC channels are)."""
+def resolve_token(token: str | None, token_file: str | None) -> str | None:
+    """The token to send: given, else read from ``token_file`` or $DAXFS_TOKEN_FILE."""
+    if token:
+        return token
+    path = token_file or os.environ.get("DAXFS_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise PermissionDenied(f"cannot read the token file {path}: {exc.strerror}") from None
 
-    def __init__(self, address: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+
+class Connection:
+    """A channel to one server. Thread-safe (gRPC channels are).
+
+    ``token`` (or ``token_file``, or $DAXFS_TOKEN_FILE) is sent with every
+    call; ``tls_ca`` (or $DAXFS_TLS_CA), a PEM file of trusted roots, makes a
+    TCP channel use TLS.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        token_file: str | None = None,
+        tls_ca: str | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-            ],
+        secret = resolve_token(token, token_file)
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {secret}"),) if secret else ()
         )
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+        ca = tls_ca or os.environ.get("DAXFS_TLS_CA")
+        if ca and not address.startswith("unix:"):
+            roots = Path(ca).read_bytes()
+            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+            self.channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.DaxfsStub(self.channel)
 
     def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         try:
-            return getattr(self.stub, method)(request, timeout=timeout or self.timeout)
+            return getattr(self.stub, method)(
+                request, timeout=timeout or self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as exc:
             raise to_error(exc, self.address) from None
 

@@ -33,6 +33,7 @@ class Session:
     def __init__(
         self,
         stub: Any,
+        metadata: tuple[tuple[str, str], ...],
         caller: pb.Caller,
         lease_ns: int,
         *,
@@ -41,6 +42,7 @@ class Session:
         on_renewed: Callable[[int], None],
     ) -> None:
         self._stub = stub
+        self._metadata = metadata
         self._caller = caller
         self.lease_ns = lease_ns
         self.expires_ns = time.time_ns() + lease_ns
@@ -70,7 +72,7 @@ class Session:
     def _read_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self._call = self._stub.Session(self._requests(self._out))
+                self._call = self._stub.Session(self._requests(self._out), metadata=self._metadata)
                 for event in self._call:
                     kind = event.WhichOneof("kind")
                     if kind == "renewed":

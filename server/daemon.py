@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
+from daxfs.server.auth import TokenAuthInterceptor
 from daxfs.server.namespace import Namespace
 from daxfs.server.service import DaxfsServicer
 from daxfs.server.volume import close_volume, format_volume, open_volume
@@ -48,6 +49,13 @@ class ServerConfig:
     announce_region: str | None = None
     #: Layout lease duration in ns (None: leases.DEFAULT_LEASE_NS).
     lease_ns: int | None = None
+    #: Shared secret clients must send; None accepts everyone who can reach the socket.
+    token: str | None = None
+    #: TLS for TCP listening: PEM certificate chain and private key files.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: Group (name or gid) that may use the unix socket; its mode becomes 0660.
+    socket_group: str | None = None
 
 
 def unix_path(listen: str) -> str | None:
@@ -60,7 +68,15 @@ def unix_path(listen: str) -> str | None:
 
 
 def create_server(
-    ns: Namespace, listen: str, *, region_path: str, workers: int = 64, socket_mode: int = 0o600
+    ns: Namespace,
+    listen: str,
+    *,
+    region_path: str,
+    workers: int = 64,
+    socket_mode: int = 0o600,
+    token: str | None = None,
+    tls: tuple[bytes, bytes] | None = None,
+    socket_gid: int | None = None,
 ) -> tuple[grpc.Server, str, health.HealthServicer]:
     """Build and start a server; returns it, the address it answers on, and its health servicer.
 
@@ -69,6 +85,7 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="daxfs-rpc"),
+        interceptors=[TokenAuthInterceptor(token)] if token else [],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -91,11 +108,18 @@ def create_server(
             os.unlink(tmp)
         server.add_insecure_port(f"unix:{tmp}")
         server.start()
+        if socket_gid is not None:
+            os.chown(tmp, -1, socket_gid)
+            socket_mode |= 0o060
         os.chmod(tmp, socket_mode)
         os.replace(tmp, path)
         address = f"unix:{path}"
     else:
-        port = server.add_insecure_port(listen)
+        if tls is not None:
+            creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            port = server.add_secure_port(listen, creds)
+        else:
+            port = server.add_insecure_port(listen)
         if port == 0:
             raise InvalidArgument(f"cannot listen on {listen!r}")
         server.start()
@@ -104,6 +128,31 @@ def create_server(
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, address, health_servicer
+
+
+def _read_tls(config: ServerConfig) -> tuple[bytes, bytes] | None:
+    """(certificate chain, private key) PEM bytes, or None for plaintext."""
+    if config.tls_cert is None and config.tls_key is None:
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
+    if unix_path(config.listen) is not None:
+        raise InvalidArgument(
+            "TLS applies to TCP listening; a unix socket is protected by its mode"
+        )
+    with open(config.tls_cert, "rb") as c, open(config.tls_key, "rb") as k:
+        return c.read(), k.read()
+
+
+def _group_id(group: str | None) -> int | None:
+    if group is None:
+        return None
+    import grp
+
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise InvalidArgument(f"no such group: {group}") from None
 
 
 def _sweeper(ns: Namespace, stop: threading.Event) -> None:
@@ -129,6 +178,9 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
             region_path=config.announce_region or os.path.abspath(config.region),
             workers=config.workers,
             socket_mode=config.socket_mode,
+            token=config.token,
+            tls=_read_tls(config),
+            socket_gid=_group_id(config.socket_group),
         )
     except BaseException:
         close_volume(ns)

@@ -114,8 +114,23 @@ def cmd_server(args: argparse.Namespace) -> int:
         socket_mode=int(args.socket_mode, 8),
         announce_region=args.announce_region,
         lease_ns=None if args.lease_seconds is None else int(args.lease_seconds * 1e9),
+        token=_server_token(args.token_file),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        socket_group=args.socket_group,
     )
     return serve(config)
+
+
+def _server_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    from daxfs.server.auth import read_token
+
+    try:
+        return read_token(path)
+    except (OSError, ValueError) as exc:
+        raise QuietError(f"--token-file: {exc}", 1) from None
 
 
 def cmd_mkfs(args: argparse.Namespace) -> int:
@@ -163,7 +178,12 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 def _connect(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from daxfs.client import connect
 
-    return connect(normalize_address(args.addr), region_path=args.region)
+    return connect(
+        normalize_address(args.addr),
+        region_path=args.region,
+        token_file=args.token_file,
+        tls_ca=args.tls_ca,
+    )
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -278,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", action="store_true", help="erase and format the region first")
     p.add_argument("--socket-mode", default="600", help="octal mode of the unix socket")
     p.add_argument("--announce-region", help="region path to tell clients (default: --region)")
+    p.add_argument("--token-file", help="clients must send this file's token (>= 16 chars)")
+    p.add_argument("--tls-cert", help="PEM certificate chain for TCP listening")
+    p.add_argument("--tls-key", help="PEM private key for TCP listening")
+    p.add_argument("--socket-group", help="group allowed to use the unix socket (mode 0660)")
     p.add_argument(
         "--lease-seconds",
         type=float,
@@ -304,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument(
             "--region", help="where this host sees the region (default: as the server says)"
         )
+        q.add_argument("--token-file", help="the server's token (default: $DAXFS_TOKEN_FILE)")
+        q.add_argument("--tls-ca", help="PEM roots to verify a TLS server (default: $DAXFS_TLS_CA)")
         q.set_defaults(fn=fn)
         return q
 
