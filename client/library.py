@@ -766,9 +766,12 @@ class DaxFile(io.RawIOBase):
                 # Lease first, then the handle: a release that frees blocks
                 # (unlinked file, trimmed preallocation) then needs no recall.
                 self.client._closed_file(self.ino)
-                self.client.call(
-                    "Release", pb.ReleaseRequest(caller=self.client.caller, handle=self.handle)
-                )
+                try:
+                    self.client.call(
+                        "Release", pb.ReleaseRequest(caller=self.client.caller, handle=self.handle)
+                    )
+                except errors.StaleHandle:
+                    pass  # the server restarted and forgot the handle: nothing left to release
             finally:
                 super().close()
                 self._u8 = None  # type: ignore[assignment]

@@ -204,8 +204,11 @@ class Namespace:
         # guarded by self._lock
         self._opens: dict[FileHandle, OpenFile] = {}
         self._open_count: Counter[InodeId] = Counter()
-        self._handles = itertools.count(1)
-        self._clients = itertools.count(1)
+        # Session and handle ids start from this server's boot time (ms << 16), so
+        # an id from before a restart never names another client's new state.
+        boot = (time.time_ns() // 1_000_000) << 16
+        self._handles = itertools.count(boot + 1)
+        self._clients = itertools.count(boot + 1)
         self._next_generation = int(meta.get_meta("next_generation") or "1")
         #: Extents freed under other clients' leases in the current transaction,
         #: per file: (file offset, length, region offset). Guarded by self._lock.
@@ -343,7 +346,8 @@ class Namespace:
     def _open_file(self, fh: int, client: ClientId) -> OpenFile:
         of = self._opens.get(FileHandle(fh))
         if of is None or of.client != client:
-            raise errors.BadHandle(f"file handle {fh} is not open for this client")
+            # ESTALE, as NFS says: typically a handle from before a server restart.
+            raise errors.StaleHandle(f"file handle {fh} is not open for this client; reopen it")
         self.leases.client_seen(client)
         return of
 
@@ -735,6 +739,7 @@ class Namespace:
     def _register_open(
         self, row: InodeRow, caller: Caller, readable: bool, writable: bool, append: bool
     ) -> Opened:
+        self.leases.client_seen(caller.client)  # a session from before a restart reclaims here
         fh = FileHandle(next(self._handles))
         self._opens[fh] = OpenFile(
             fh, caller.client, row.ino, row.generation, readable, writable, append

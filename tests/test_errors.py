@@ -157,7 +157,7 @@ def test_status_codes_and_errno_on_the_wire(server: ServerProc) -> None:
 
 
 def test_unknown_handle_and_stale_lease(client: Client) -> None:
-    with pytest.raises(errors.BadHandle):
+    with pytest.raises(errors.StaleHandle):
         client.call("Release", pb.ReleaseRequest(caller=client.caller, handle=999))
     with pytest.raises(errors.StaleHandle):
         client.call("ReturnLayout", pb.ReturnLayoutRequest(caller=client.caller, lease_id=999))

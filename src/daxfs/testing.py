@@ -77,6 +77,8 @@ def start_server(
     """Start ``daxfs server`` on ``volume``; returns once its socket exists (= it answers)."""
     sock = str(volume.dir / "daxfs.sock")
     log = volume.dir / "server.log"
+    if os.path.exists(sock):
+        os.unlink(sock)  # left by a killed server: wait for the new one's socket
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
             daxfs_cmd(
