@@ -155,8 +155,16 @@ def _group_id(group: str | None) -> int | None:
         raise InvalidArgument(f"no such group: {group}") from None
 
 
-def _sweeper(ns: Namespace, stop: threading.Event) -> None:
+def _sweeper(ns: Namespace, stop: threading.Event, health_servicer: health.HealthServicer) -> None:
     while not stop.wait(SWEEP_INTERVAL_S):
+        problem = ns.region.check() if not ns.failed else None
+        if problem:
+            log.error(
+                "region %s was %s: refusing every call; restart when fixed", ns.region.path, problem
+            )
+            ns.fail(problem)
+            for name in ("", SERVICE_NAME):
+                health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
             released = ns.sweep()
             if released:
@@ -185,7 +193,9 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
     except BaseException:
         close_volume(ns)
         raise
-    sweeper = threading.Thread(target=_sweeper, args=(ns, stop), name="daxfs-sweep", daemon=True)
+    sweeper = threading.Thread(
+        target=_sweeper, args=(ns, stop, health_servicer), name="daxfs-sweep", daemon=True
+    )
     sweeper.start()
 
     def on_signal(signum: int, _frame: object) -> None:

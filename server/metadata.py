@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from daxfs.shared.errors import FormatError
+from daxfs.shared.errors import DaxfsError, FormatError, NoSpace
 from daxfs.shared.extent import Extent, InodeId
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,14 @@ CREATE TABLE xattrs (
 """
 
 
+def storage_error(path: str, exc: sqlite3.DatabaseError) -> DaxfsError:
+    """An SQLite failure as a daxfs error: a full disk is ENOSPC, anything else EIO."""
+    text = str(exc)
+    if "full" in text:
+        return NoSpace(f"metadata {path}: the disk holding it is full ({text}); free space there")
+    return DaxfsError(f"metadata {path}: {text}")
+
+
 @dataclass(frozen=True, slots=True)
 class InodeRow:
     """One row of ``inodes``; times are ns since the epoch, sizes bytes."""
@@ -110,6 +118,9 @@ class Metadata:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=5000")
+            # Checkpoint every 256 pages (1 MiB) instead of 1000: metadata changes
+            # are small, and a short WAL keeps a nearly full disk usable.
+            self._conn.execute("PRAGMA wal_autocheckpoint=256")
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise FormatError(f"{path}: not a daxfs metadata file ({exc})") from None
@@ -158,17 +169,32 @@ class Metadata:
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                raise storage_error(self.path, exc) from None
             self._depth = 1
             try:
                 yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
                 self._conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.DatabaseError:
+                    pass  # SQLite rolled back by itself (e.g. on a full disk)
+                if isinstance(exc, sqlite3.DatabaseError):
+                    self._checkpoint()
+                    raise storage_error(self.path, exc) from None
+                raise
             finally:
                 self._depth = 0
+
+    def _checkpoint(self) -> None:
+        """Best effort after a storage error: fold the WAL back so its space can be reused."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError:
+            pass
 
     # -- meta ----------------------------------------------------------------
 

@@ -213,14 +213,26 @@ class Namespace:
         #: Extents freed under other clients' leases in the current transaction,
         #: per file: (file offset, length, region offset). Guarded by self._lock.
         self._freed: dict[InodeId, list[tuple[int, int, int]]] = {}
+        self.failed: str | None = None  # set by fail(): why every call now gets EIO
         self._last_sweep = clock()  # wall-clock ns of the last sweep; guarded by self._lock
         #: Delivers a recall to a client's session stream (set by the edge).
         self.notify: Callable[[ClientId, Recall], None] = lambda client, recall: None
 
     # -- plumbing ------------------------------------------------------------
 
+    def fail(self, reason: str) -> None:
+        """Refuse every further call with EIO (the region went bad under us)."""
+        self.failed = reason
+
+    def _check_usable(self) -> None:
+        if self.failed:
+            raise errors.DaxfsError(
+                f"the region is unusable ({self.failed}); fix it and restart the server"
+            )
+
     @contextlib.contextmanager
     def _txn(self) -> Iterator[None]:
+        self._check_usable()
         with self._lock:
             outer = self.meta.depth == 0
             try:
@@ -1062,6 +1074,7 @@ class Namespace:
         _check_range(offset, length)
         if length > MAX_IO:
             raise errors.InvalidArgument(f"read of {length} bytes exceeds {MAX_IO}; split it")
+        self._check_usable()
         with self._lock:
             of = self._open_file(fh, caller.client)
             if not of.readable:

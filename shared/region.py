@@ -140,6 +140,23 @@ class Region:
                 f"range [{offset}, {offset + length}) is outside the region's data area"
             )
 
+    def check(self) -> str | None:
+        """What is wrong with the backing store now, or None (a region watchdog's probe).
+
+        A truncated file would fault (SIGBUS) on access; a replaced or removed
+        one means new clients would map something else than this mapping.
+        """
+        st = os.fstat(self.fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size < self.size:
+            return f"truncated to {st.st_size} bytes behind daxfs's back"
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "removed behind daxfs's back"
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return "replaced by another file behind daxfs's back"
+        return None
+
     def zero(self, offset: int, length: int) -> None:
         self.check_range(offset, length)
         self.u8[offset : offset + length] = 0

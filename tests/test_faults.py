@@ -1,0 +1,106 @@
+"""Faults caused for real: a full metadata disk, a region changed behind the server's back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daxfs.client import connect
+from daxfs.proto import daxfs_pb2 as pb
+from daxfs.server.volume import format_volume
+from daxfs.shared import errors
+from daxfs.testing import Volume, assert_fsck_clean, daxfs_cmd, start_server
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def small_meta_fs(workdir: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs for the metadata file: the disk that fills up."""
+    mnt = workdir / "metafs"
+    mnt.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_metadata_disk_is_a_clean_enospc(workdir: Path, small_meta_fs: Path) -> None:
+    volume = Volume(workdir, str(workdir / "region"), str(small_meta_fs / "meta"))
+    format_volume(volume.region, volume.meta, 64 * MIB)
+    ballast = small_meta_fs / "ballast"
+    ballast.write_bytes(bytes(1024 * 1024))  # what the admin frees once the disk is full
+    srv = start_server(volume)
+    try:
+        with connect(srv.address) as c:
+            made = []
+            with pytest.raises(errors.NoSpace, match="metadata"):
+                for i in range(10_000):
+                    path = f"/file-{i:05d}-" + "x" * 200
+                    with c.open(path, "wb"):
+                        pass
+                    made.append(path)
+                    pad = pb.XattrRequest(
+                        caller=c.caller, path=path, name="user.pad", value=b"p" * 8000
+                    )
+                    c.call("SetXattr", pad)
+            assert made, "some files fit before the disk filled"
+            # The server is alive and consistent; freeing space on that disk makes it usable again.
+            assert c.exists(made[0])
+            ballast.unlink()
+            for path in made[: len(made) // 2]:
+                c.unlink(path)
+            with c.open("/after", "wb") as f:
+                f.write(b"room again")
+            with c.open("/after", "rb") as f:
+                assert f.read() == b"room again"
+    finally:
+        assert srv.stop() == 0
+    assert "Traceback" not in srv.log.read_text()
+    assert_fsck_clean(volume)
+
+
+def test_a_region_replaced_behind_the_servers_back_is_detected(volume: Volume) -> None:
+    srv = start_server(volume)
+    try:
+        with connect(srv.address) as c, c.open("/a", "wb") as f:
+            f.write(b"data")
+        # Replace the region file (new inode at the same path).
+        os.rename(volume.region, volume.region + ".old")
+        with open(volume.region, "wb") as f:
+            f.truncate(64 * MIB)
+        deadline = time.monotonic() + 10
+        while "replaced" not in srv.log.read_text():
+            assert time.monotonic() < deadline, "the server did not notice"
+            time.sleep(0.1)
+        # New clients map the new file: refused with a clear message, not served garbage.
+        with pytest.raises(errors.DaxfsError):
+            connect(srv.address, region_path=volume.region)
+    finally:
+        assert srv.stop() == 0
+    # Restarting on the replacement is refused too.
+    out = subprocess.run(
+        daxfs_cmd(
+            "server",
+            "--region",
+            volume.region,
+            "--meta",
+            volume.meta,
+            "--listen",
+            f"unix:{volume.dir}/x.sock",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode != 0 and "not a daxfs region" in out.stderr
