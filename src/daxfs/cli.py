@@ -45,9 +45,26 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+class _MalformedRequestFilter(logging.Filter):
+    """grpc logs a traceback for every request it cannot parse: one line is enough.
+
+    Anyone can send garbage to the socket; a traceback per attempt would drown
+    the log and suggest a bug in daxfs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "grpc._common" and "deserializ" in record.getMessage():
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed request refused (not a valid message)", ()
+        return True
+
+
 def setup_logging(debug: bool, default: int = logging.WARNING) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
+    handler.addFilter(_MalformedRequestFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else default)
