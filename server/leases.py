@@ -204,6 +204,9 @@ class LeaseTable:
                     done.append(pending)
         return done
 
+    def is_pending(self, recall_id: int) -> bool:
+        return recall_id in self._pending
+
     @property
     def pending_recalls(self) -> int:
         return len(self._pending)

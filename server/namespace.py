@@ -214,6 +214,10 @@ class Namespace:
         #: per file: (file offset, length, region offset). Guarded by self._lock.
         self._freed: dict[InodeId, list[tuple[int, int, int]]] = {}
         self.failed: str | None = None  # set by fail(): why every call now gets EIO
+        #: Notified whenever recalls complete; waits release self._lock.
+        self._recalls_done = threading.Condition(self._lock)
+        #: Recalls started by the calling thread's last operation (see wait_recalls).
+        self._local = threading.local()
         self._last_sweep = clock()  # wall-clock ns of the last sweep; guarded by self._lock
         #: Delivers a recall to a client's session stream (set by the edge).
         self.notify: Callable[[ClientId, Recall], None] = lambda client, recall: None
@@ -271,6 +275,10 @@ class Namespace:
             )
             for client in holders:
                 self.notify(client, recall)
+            started = getattr(self._local, "started", None)
+            if started is None:
+                started = self._local.started = []
+            started.append(recall.id)
 
     def _complete_recalls(self, done: list[Any]) -> int:
         """Every holder acknowledged (or expired): quarantined extents go back to the free list."""
@@ -278,7 +286,27 @@ class Namespace:
         for pending in done:
             for offset, length in pending.ranges:
                 released += self.allocator.release_quarantined(offset, length)
+        if done:
+            self._recalls_done.notify_all()
         return released
+
+    def wait_recalls(self, timeout_s: float) -> bool:
+        """Wait until the recalls this thread's last operation started are acknowledged.
+
+        Like a pNFS server that recalls layouts before it answers a conflicting
+        SETATTR or REMOVE: once truncate, unlink or rename returns, no other
+        guest still reads the old extents (unless one did not answer within
+        ``timeout_s``; then quarantine still keeps their bytes from anyone
+        else until its lease ends). Returns False on timeout.
+        """
+        started = getattr(self._local, "started", None)
+        if not started:
+            return True
+        self._local.started = []
+        with self._recalls_done:
+            return self._recalls_done.wait_for(
+                lambda: not any(self.leases.is_pending(r) for r in started), timeout_s
+            )
 
     def _gen(self) -> int:
         gen = self._next_generation

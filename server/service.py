@@ -29,6 +29,9 @@ from daxfs.shared.extent import ClientId, Extent
 log = logging.getLogger(__name__)
 
 ERRNO_KEY = "daxfs-errno"
+#: How long a call that freed extents waits for other guests to acknowledge the
+#: recall before it answers (a silent guest is covered by quarantine after that).
+RECALL_WAIT_S = 2.0
 
 #: errno -> gRPC status, after grpc's doc/statuscodes.md.
 STATUS_FOR: dict[int, grpc.StatusCode] = {
@@ -60,7 +63,9 @@ def _edge(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: DaxfsServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(self, request, context)
+            reply = fn(self, request, context)
+            self.ns.wait_recalls(RECALL_WAIT_S)
+            return reply
         except DaxfsError as exc:
             code = exc.code
             status = STATUS_FOR.get(code, grpc.StatusCode.INTERNAL)

@@ -6,11 +6,13 @@ demo share one way to start a server; it imports no test framework.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +107,36 @@ def start_server(
             raise AssertionError(f"server socket did not appear:\n{log.read_text()}")
         time.sleep(0.02)
     return ServerProc(volume, f"unix:{sock}", sock, proc, log)
+
+
+@contextlib.contextmanager
+def fuse_mount(
+    address: str, mountpoint: Path, *extra: str, timeout: float = 20.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``daxfs mount`` in the foreground, unmounted (lazily if need be) on exit."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    log = mountpoint.parent / f"{mountpoint.name}.mount.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            daxfs_cmd("mount", address, str(mountpoint), "-f", *extra),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(mountpoint):
+            if proc.poll() is not None:
+                raise AssertionError(f"daxfs mount exited {proc.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mount did not appear:\n{log.read_text()}")
+            time.sleep(0.02)
+        yield proc
+    finally:
+        subprocess.run(daxfs_cmd("umount", str(mountpoint)), capture_output=True, timeout=60)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
