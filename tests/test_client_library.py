@@ -238,3 +238,52 @@ def test_digest_survives_server_restart(volume, server: ServerProc) -> None:  # 
     finally:
         assert again.stop() == 0
     server.proc = again.proc  # the fixture's stop() sees an exited process
+
+
+def test_huge_block_regions_align_extents_to_2mib(workdir) -> None:  # type: ignore[no-untyped-def]
+    from daxfs.testing import Volume, start_server
+
+    volume = Volume.create(workdir, size=64 * MIB, block_size=2 * MIB)
+    srv = start_server(volume)
+    try:
+        with connect(srv.address) as c:
+            with c.open("/h", "w+b") as f:
+                f.write(pattern(5 * MIB, seed=3))
+                f.flush()
+                arr = f.array(np.uint8)
+                assert arr.tobytes() == pattern(5 * MIB, seed=3)
+            for e in c.extents("/h"):
+                assert e.region_offset is not None
+                assert e.region_offset % (2 * MIB) == 0 and e.length % (2 * MIB) == 0
+            assert c.statfs().block_size == 2 * MIB
+    finally:
+        assert srv.stop() == 0
+    from daxfs.testing import assert_fsck_clean
+
+    assert_fsck_clean(volume)
+
+
+def test_concurrent_clients_in_threads(server: ServerProc) -> None:
+    import threading
+
+    errors_seen: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            with connect(server.address) as c:
+                data = pattern(300_000 + i, seed=i)
+                for _ in range(5):
+                    with c.open(f"/t{i}", "wb") as f:
+                        f.write(data)
+                    with c.open(f"/t{i}", "rb") as f:
+                        assert f.read() == data
+                c.unlink(f"/t{i}")
+        except BaseException as exc:
+            errors_seen.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors_seen, errors_seen
