@@ -65,6 +65,12 @@ XATTR_EXTENTS = "user.daxfs.extents"
 XATTR_IOSTATS = "user.daxfs.iostats"
 _VIRTUAL = (XATTR_EXTENTS, XATTR_IOSTATS)
 
+#: libfuse's FUSE_UNKNOWN_INO: a directory entry whose inode number is not given.
+UNKNOWN_INO = 0xFFFFFFFF
+
+#: How long a mutating call's reply may answer the getattr that libfuse sends after it.
+FRESH_S = 0.5
+
 #: libfuse's name for an unlinked file that is still open; not listed.
 HIDDEN_PREFIX = ".fuse_hidden"
 
@@ -255,6 +261,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         self._handles: dict[int, _Handle] = {}
         self._inodes: dict[InodeId, _Inode] = {}
         self._fh = itertools.count(1)
+        self._fresh: dict[str, tuple[pb.Attr, float]] = {}
 
     # -- plumbing ------------------------------------------------------------
 
@@ -267,6 +274,29 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
 
     def _call(self, method: str, request: Any) -> Any:
         return self.client.call(method, request)
+
+    def _remember(self, path: str, attr: pb.Attr) -> pb.Attr:
+        """Keep the attributes a mutating call returned, for libfuse's getattr right after it.
+
+        libfuse's high-level layer follows create, mkdir, symlink, link and every
+        setattr with a getattr of the same path; answering that one from the reply
+        saves a round trip per call. One use, and only for FRESH_S seconds.
+        """
+        with self._lock:
+            self._fresh[path] = (attr, time.monotonic())
+        return attr
+
+    def _forget(self, *paths: str) -> None:
+        with self._lock:
+            for path in paths:
+                self._fresh.pop(path, None)
+
+    def _fresh_attr(self, path: str) -> pb.Attr | None:
+        with self._lock:
+            item = self._fresh.pop(path, None)
+        if item is None or time.monotonic() - item[1] > FRESH_S:
+            return None
+        return item[0]
 
     def _handle(self, fh: int) -> _Handle:
         with self._lock:
@@ -314,17 +344,26 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             inode.size = max(inode.size, server_size)
             return inode.size
 
-    def _commit_inode(self, ino: InodeId) -> None:
-        """Publish this mount's uncommitted growth of ``ino`` (before a path truncate)."""
+    def _publish(self, path: str) -> None:
+        """Publish what this mount wrote to ``path`` and not yet told the server.
+
+        Before a truncate or utimens by path: the server zeroes what lies past
+        its size when a file grows (a truncate up would erase those writes), and
+        a later CommitLayout would overwrite explicit times with "now".
+        """
         with self._lock:
-            inode = self._inodes.get(ino)
+            writers = any(h.file.mode_info.write for h in self._handles.values())
+        if not writers:
+            return
+        a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=self._caller(), path=path))
+        with self._lock:
+            inode = self._inodes.get(InodeId(a.ino))
             handles = list(inode.handles) if inode is not None else []
         for h in handles:
             if h.file.mode_info.write:
                 with h.lock:
                     self._sync(h)
                     h.file.flush()
-                return
 
     def _truncated(self, ino: InodeId, size: int) -> None:
         self.client.layouts.invalidate(ino)
@@ -376,15 +415,17 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_edge
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
-        caller = self._caller()
-        if fh is not None:
-            h = self._handle(fh)
-            req = pb.GetAttrRequest(caller=caller, handle=h.file.handle)
-        elif path is not None:
-            req = pb.GetAttrRequest(caller=caller, path=path)
-        else:
-            raise errors.NotFound("no path and no handle")
-        a: pb.Attr = self._call("GetAttr", req)
+        a = self._fresh_attr(path) if path is not None else None
+        if a is None:
+            caller = self._caller()
+            if fh is not None:
+                h = self._handle(fh)
+                req = pb.GetAttrRequest(caller=caller, handle=h.file.handle)
+            elif path is not None:
+                req = pb.GetAttrRequest(caller=caller, path=path)
+            else:
+                raise errors.NotFound("no path and no handle")
+            a = self._call("GetAttr", req)
         size = self._local_size(InodeId(a.ino), int(a.size)) if stat.S_ISREG(a.mode) else a.size
         return _stat_dict(a, size)
 
@@ -393,8 +434,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             # libfuse found no path for the inode (it was removed meanwhile).
             raise errors.NotFound("the file was unlinked")
         req = pb.SetAttrRequest(caller=self._caller(), path=path, **fields)
-        attr: pb.Attr = self._call("SetAttr", req)
-        return attr
+        return self._remember(path, self._call("SetAttr", req))
 
     @_edge
     def chmod(self, path: str | None, mode: int) -> int:
@@ -414,6 +454,9 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_edge
     def utimens(self, path: str | None, times: tuple[int, int] | None = None) -> int:
+        if path is None:
+            raise errors.NotFound("the file was unlinked")
+        self._publish(path)
         now = time.time_ns()
         if times is None:
             self._setattr(path, atime_ns=now, mtime_ns=now)
@@ -443,11 +486,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             path = path or h.file.path
         if path is None:
             raise errors.NotFound("the file was unlinked")
-        caller = self._caller()
-        a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=caller, path=path))
-        # The server zeroes what lies past its size when a file grows: publish
-        # this mount's writes first, or a truncate up would erase them.
-        self._commit_inode(InodeId(a.ino))
+        self._publish(path)
         attr = self._setattr(path, size=length)
         self._truncated(InodeId(attr.ino), int(attr.size))
         return 0
@@ -458,8 +497,10 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
         reply = self._call("ReadDir", pb.PathRequest(caller=self._caller(), path=path))
         out: list[tuple[str, dict[str, int], int]] = [
-            (".", {"st_mode": stat.S_IFDIR}, 0),
-            ("..", {"st_mode": stat.S_IFDIR}, 0),
+            # With use_ino an entry with inode 0 is dropped by readdir(3); the
+            # listing does not carry these two numbers, stat() has them.
+            (".", {"st_mode": stat.S_IFDIR, "st_ino": UNKNOWN_INO}, 0),
+            ("..", {"st_mode": stat.S_IFDIR, "st_ino": UNKNOWN_INO}, 0),
         ]
         out.extend(
             (e.name, {"st_mode": e.attr.mode, "st_ino": e.attr.ino}, 0)
@@ -471,16 +512,18 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     @_edge
     def mkdir(self, path: str, mode: int) -> int:
         req = pb.MkdirRequest(caller=self._caller(), path=path, mode=mode & 0o7777)
-        self._call("Mkdir", req)
+        self._remember(path, self._call("Mkdir", req))
         return 0
 
     @_edge
     def rmdir(self, path: str) -> int:
+        self._forget(path)
         self._call("Rmdir", pb.PathRequest(caller=self._caller(), path=path))
         return 0
 
     @_edge
     def unlink(self, path: str) -> int:
+        self._forget(path)
         self._call("Unlink", pb.PathRequest(caller=self._caller(), path=path))
         return 0
 
@@ -491,6 +534,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     @_edge
     def rename_flags(self, old: str, new: str, flags: int) -> int:
         """rename(2) and renameat2(2): RENAME_NOREPLACE and RENAME_EXCHANGE reach the server."""
+        self._forget(old, new)
         req = pb.RenameRequest(caller=self._caller(), old_path=old, new_path=new, flags=flags)
         self._call("Rename", req)
         return 0
@@ -498,7 +542,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     @_edge
     def symlink(self, path: str, target: str) -> int:
         """mfusepy's order: the new link's path first, then what it points to."""
-        self._call("Symlink", pb.SymlinkRequest(caller=self._caller(), target=target, path=path))
+        req = pb.SymlinkRequest(caller=self._caller(), target=target, path=path)
+        self._remember(path, self._call("Symlink", req))
         return 0
 
     @_edge
@@ -510,7 +555,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def link(self, new: str, existing: str) -> int:
         """mfusepy's order: the new name first, then the existing file."""
         req = pb.LinkRequest(caller=self._caller(), existing=existing, new_path=new)
-        self._call("Link", req)
+        self._remember(new, self._call("Link", req))
         return 0
 
     @_edge
@@ -566,7 +611,9 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             append=m.append,
         )
         reply = self._call("Create", req)
-        return self._opened(path, m, reply, trunc)
+        fh = self._opened(path, m, reply, trunc)
+        self._remember(path, reply.attr)
+        return fh
 
     @_edge
     def open(self, path: str, flags: int) -> int:

@@ -139,6 +139,8 @@ def test_files_directories_links_attributes(mnt: Path) -> None:
     assert st.st_size == 12 and stat.S_ISREG(st.st_mode)
     (mnt / "d" / "e").mkdir(parents=True)
     assert sorted(os.listdir(mnt)) == ["a.txt", "d"]
+    ls = subprocess.run(["ls", "-a", mnt / "d"], capture_output=True, text=True, check=True)
+    assert ls.stdout.split() == [".", "..", "e"]
     os.symlink("a.txt", mnt / "s")
     assert os.readlink(mnt / "s") == "a.txt"
     assert (mnt / "s").read_bytes() == b"hello daxfs\n"
@@ -436,6 +438,19 @@ def test_truncate_keeps_unpublished_writes(mnt: Path) -> None:
     assert got == data[:MIB] + bytes(2 * MIB) + b"tail"
 
 
+def test_explicit_times_survive_the_close(mnt: Path) -> None:
+    """tar -p: write, set the times, then close (whose flush must not touch mtime)."""
+    path = mnt / "dated"
+    with open(path, "wb") as f:
+        f.write(b"old news")
+        f.flush()
+        times = (1_500_000_000_123_456_789, 1_400_000_000_000_000_001)
+        os.utime(path, ns=times)
+    st = os.stat(path)
+    assert (st.st_atime_ns, st.st_mtime_ns) == times
+    assert st.st_size == 8
+
+
 def test_fsync_and_close_publish_to_other_guests(mnt: Path, server: ServerProc) -> None:
     path = mnt / "pub"
     with connect(server.address) as c:
@@ -561,6 +576,11 @@ def test_tar_round_trip_of_a_real_tree(mnt: Path, workdir: Path) -> None:
     doc = Path("/usr/share/doc")
     copy(doc, mnt)
     same(doc, mnt)
+    # tar --diff compares modes, owners, sizes, mtimes and contents as well.
+    archive = workdir / "doc.tar"
+    subprocess.run(["tar", "-C", doc, "-cf", archive, *names], check=True)
+    out_d = subprocess.run(["tar", "-C", mnt, "-df", archive], capture_output=True, text=True)
+    assert out_d.returncode == 0, out_d.stdout + out_d.stderr
     copy(mnt, out)
     same(doc, out)
     subprocess.run(["rm", "-r", *[mnt / n for n in names]], check=True)
@@ -626,6 +646,22 @@ def test_callers_credentials_are_enforced(server: ServerProc, workdir: Path, opt
 # -- failure and life cycle ------------------------------------------------
 
 
+def _wait_stopped(pid: int) -> None:
+    """SIGSTOP takes effect thread by thread; wait until every thread is stopped."""
+    deadline = time.monotonic() + 30
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue
+        if states and all(s in "Tt" for s in states):
+            return
+        assert time.monotonic() < deadline, f"server threads not stopped: {states}"
+        time.sleep(0.01)
+
+
 def test_server_gone_gives_eio_not_a_hang(workdir: Path) -> None:
     volume = Volume.create(workdir)
     srv = start_server(volume)
@@ -636,6 +672,7 @@ def test_server_gone_gives_eio_not_a_hang(workdir: Path) -> None:
             fd = os.open(m.path / "f", os.O_RDWR)
             try:
                 srv.proc.send_signal(signal.SIGSTOP)  # alive but silent: deadlines fire
+                _wait_stopped(srv.proc.pid)
                 try:
                     assert errno_of(os.stat, m.path / "g") == errno.EIO
                     assert errno_of(os.pwrite, fd, b"x" * MIB, 64 * MIB) == errno.EIO
