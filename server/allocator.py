@@ -45,6 +45,9 @@ class Allocator:
         self._lengths: dict[int, int] = {}
         self.free_bytes = 0
         self.quarantined_bytes = 0
+        #: Extents freed since the last take_freed(): the namespace discards
+        #: their contents once the transaction that freed them has committed.
+        self._freed: list[tuple[int, int]] = []
         self.reload()
 
     def format(self) -> None:
@@ -59,6 +62,7 @@ class Allocator:
         self._lengths = dict(free)
         self.free_bytes = sum(n for _, n in free)
         self.quarantined_bytes = sum(n for _, n, _ in self._meta.quarantined())
+        self._freed = []  # a rolled-back free frees nothing
 
     # -- queries -------------------------------------------------------------
 
@@ -172,6 +176,12 @@ class Allocator:
                 self._meta.remove_free(prev)
         self._insert(start, end - start)
         self.free_bytes += length
+        self._freed.append((offset, length))
+
+    def take_freed(self) -> list[tuple[int, int]]:
+        """Extents freed since the last call (after a commit: safe to discard)."""
+        freed, self._freed = self._freed, []
+        return freed
 
     def quarantine(self, offset: int, length: int, until_ns: int) -> None:
         """Park a freed extent until ``until_ns`` (wall clock)."""

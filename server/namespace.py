@@ -201,6 +201,13 @@ class Namespace:
         self.allocator = Allocator(
             meta, region.superblock.data_offset, region.size, region.block_size
         )
+        #: Free space reads as zeros when the store can punch holes: freed extents
+        #: are discarded after commit, so allocation needs no zeroing. Otherwise
+        #: (a /dev/dax device) new extents are zeroed when allocated.
+        self._zero_on_alloc = not region.supports_discard()
+        if not self._zero_on_alloc:
+            for offset, length in self.allocator.free_extents():
+                region.discard(offset, length)
         # guarded by self._lock
         self._opens: dict[FileHandle, OpenFile] = {}
         self._open_count: Counter[InodeId] = Counter()
@@ -248,7 +255,18 @@ class Namespace:
                 self.allocator.reload()
                 raise
             if outer:
+                self._discard_freed()
                 self._send_recalls()
+
+    def _discard_freed(self) -> None:
+        """After a commit: freed extents give their memory back and read as zeros.
+
+        Never before the commit: a rolled-back free must keep its bytes. A crash
+        between the two leaves free extents with old bytes; open_volume discards
+        every free extent again at start.
+        """
+        for offset, length in self.allocator.take_freed():
+            self.region.discard(offset, length)
 
     def _send_recalls(self) -> None:
         """After a commit: one recall per file whose freed extents others may still map."""
@@ -482,7 +500,8 @@ class Namespace:
                 pieces = self.allocator.allocate(gap.length, goal=goal, contiguous=contiguous)
             fpos = gap.file_offset
             for roff, n in pieces:
-                self.region.zero(roff, n)
+                if self._zero_on_alloc:
+                    self.region.zero(roff, n)
                 self._add_extent(ino, Extent(fpos, n, roff))
                 fpos += n
             mapped = self.meta.extents(ino)

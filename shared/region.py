@@ -8,6 +8,8 @@ Backing stores:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import mmap
 import os
@@ -24,6 +26,19 @@ from daxfs.shared.format import SUPERBLOCK_SIZE, Superblock
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION_PATH = "/dev/shm/daxfs.region"
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+_libc.fallocate.restype = ctypes.c_int
+
+
+def _punch(fd: int, offset: int, length: int) -> int:
+    """fallocate(PUNCH_HOLE | KEEP_SIZE); 0 or the errno."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return 0
+    return ctypes.get_errno() or -1
 
 
 def _device_size(path: str, st: os.stat_result) -> int:
@@ -156,6 +171,25 @@ class Region:
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return "replaced by another file behind daxfs's back"
         return None
+
+    def supports_discard(self) -> bool:
+        """Whether :meth:`discard` can punch holes here (tmpfs and DAX filesystems can).
+
+        Probed on the unused tail of the superblock block, which holds nothing.
+        """
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode) or not self.writable:
+            return False
+        probe = self.superblock.data_offset // 2
+        return _punch(self.fd, probe, self.superblock.data_offset - probe) == 0
+
+    def discard(self, offset: int, length: int) -> None:
+        """Free extents: give their memory back (punch a hole) so they read as zeros.
+
+        Where holes cannot be punched (a /dev/dax device), store zeros instead.
+        """
+        self.check_range(offset, length)
+        if _punch(self.fd, offset, length) != 0:
+            self.u8[offset : offset + length] = 0
 
     def zero(self, offset: int, length: int) -> None:
         self.check_range(offset, length)

@@ -287,3 +287,25 @@ def test_concurrent_clients_in_threads(server: ServerProc) -> None:
     for t in threads:
         t.join(timeout=120)
     assert not errors_seen, errors_seen
+
+
+def test_freed_extents_read_zero_and_give_memory_back(client: Client, server: ServerProc) -> None:
+    data = b"\xee" * (16 * MIB)
+    with client.open("/big", "wb") as f:
+        f.write(data)
+    extents = client.extents("/big")
+    used = os.stat(server.volume.region).st_blocks
+    client.unlink("/big")
+    after = os.stat(server.volume.region).st_blocks
+    assert used - after >= 16 * MIB // 512, "the region file should have shrunk by 16 MiB"
+    with open(server.volume.region, "rb") as region:
+        for e in extents:
+            assert e.region_offset is not None
+            region.seek(e.region_offset)
+            assert region.read(e.length) == bytes(e.length)
+    # A new file over the same blocks starts from zeros, unwritten parts included.
+    with client.open("/again", "wb") as f:
+        f.pwrite(b"x", 5 * MIB)
+    with client.open("/again", "rb") as f:
+        assert f.read() == bytes(5 * MIB) + b"x"
+    client.unlink("/again")
