@@ -26,7 +26,7 @@ import os
 import socket
 import stat as _stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +204,9 @@ class Client:
         self.fence = Fence()
         #: Recalls seen per file; an open file refreshes its size when this moves.
         self.epochs: dict[InodeId, int] = {}
+        #: Called as fn(ino, offset, length) after a recall was fenced, before it is
+        #: acknowledged (the FUSE mount forgets what it knew of the file's size).
+        self.recall_listeners: list[Callable[[InodeId, int, int], None]] = []
         #: Open DaxFiles and the lease id per file, for return-on-close. Guarded by _lock.
         self._lock = threading.Lock()
         self._open_counts: dict[InodeId, int] = {}
@@ -242,6 +245,11 @@ class Client:
             self.layouts.invalidate(ino)
             self.fence.fence(ino, recall.offset, recall.length)
             self.epochs[ino] = self.epochs.get(ino, 0) + 1
+        for listener in list(self.recall_listeners):
+            try:
+                listener(ino, recall.offset, recall.length)
+            except Exception:
+                log.exception("recall listener failed")
         log.debug(
             "recall %d: ino=%d [%d, +%d)", recall.recall_id, ino, recall.offset, recall.length
         )
