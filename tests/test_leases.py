@@ -125,10 +125,9 @@ def test_a_recalled_reader_never_sees_the_next_owners_bytes(server: ServerProc) 
         a.unlink("/old")
 
 
-def test_an_unresponsive_client_delays_reuse_by_one_lease_only(
-    short_lease_server: ServerProc,
-) -> None:
-    srv = short_lease_server
+def test_an_unresponsive_client_delays_reuse_by_one_lease_only(volume: Volume) -> None:
+    # The lease outlasts the 2 s the truncate waits for acknowledgements.
+    srv = start_server(volume, "--lease-seconds", "5")
     script = textwrap.dedent(
         f"""
         import os, signal, sys, numpy as np
@@ -147,16 +146,20 @@ def test_an_unresponsive_client_delays_reuse_by_one_lease_only(
             assert child.stdout is not None
             assert child.stdout.readline().strip() == "holding"
             wait_until(lambda: process_state(child.pid) == "T", "the child to stop")
+            t0 = time.monotonic()
             a.truncate("/held", 0)
+            assert time.monotonic() - t0 >= 1.5, "truncate waits for the recall (2 s at most)"
             stats = a.stats()
             assert stats.quarantined_bytes > 0, "the stopped client's extents must wait"
-            wait_until(lambda: a.stats().quarantined_bytes == 0, "lease expiry", timeout=20)
+            wait_until(lambda: a.stats().quarantined_bytes == 0, "lease expiry", timeout=30)
         finally:
             child.kill()
             child.wait()
             assert child.stdout is not None
             child.stdout.close()
         a.unlink("/held")
+    assert srv.stop() == 0
+    assert_fsck_clean(volume)
 
 
 def test_a_killed_clients_leases_expire_and_its_extents_return(
