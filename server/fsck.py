@@ -1,4 +1,4 @@
-"""Offline consistency check of a volume (region + metadata).
+"""Offline consistency check of a volume (region + metadata), and its repair.
 
 Invariants checked, each reported with what is wrong:
 - the superblock is valid and the region is as large as it says;
@@ -6,9 +6,35 @@ Invariants checked, each reported with what is wrong:
 - every extent (of a file, free, or quarantined) is block aligned, inside the
   data area, and no two overlap; together they tile the data area exactly
   (free + used + quarantined = region), so a leaked or doubly used block shows;
-- a file's extents do not overlap in the file either; only regular files have any;
+- the free list is coalesced (no two free extents touch), as the allocator keeps it;
+- a file's extents do not overlap in the file either; only existing regular
+  files have any;
 - every directory entry points to an existing inode from a directory;
 - every inode with links is reachable from the root, and its link count matches.
+
+``repair=True`` fixes, in one metadata transaction, what can be fixed without
+guessing, and lists each action in ``FsckReport.repairs``:
+- a directory entry in a missing or non-directory parent, or naming a missing
+  inode, is removed; a directory with several entries keeps the first;
+- a file extent that is unaligned or outside the data area, that belongs to a
+  missing inode or a non-regular file, or that overlaps another extent of the
+  same file, is dropped: its file range then reads as zeros. The pointer is
+  corrupt, so the bytes it names cannot be trusted to be this file's;
+- a file extent whose blocks another file's extent already claims (a double
+  allocation) is *cloned*: its current bytes are copied to free blocks and the
+  extent moved there, as e2fsck does for multiply-claimed blocks. fsck cannot
+  know which owner the shared bytes belong to (the last writer of either file
+  put them there), so both files keep the bytes they show today and stop
+  sharing them. Without free space for the copy the extent is dropped instead;
+- a quarantine entry that is invalid or overlaps a file extent is dropped;
+- the free list is rebuilt as the data area minus the file extents and the
+  quarantine: leaked blocks come back, and no block is both free and in use;
+- an inode that has links but is not reachable from the root is linked into
+  ``/lost+found`` (created if missing) as ``#<inode>``;
+- link counts are recomputed from the directory entries.
+
+A bad superblock, a metadata file of another region or of another schema
+version, or a missing root are not repairable: fsck says so and changes nothing.
 
 Run it only while no server uses the volume.
 """
@@ -17,19 +43,33 @@ from __future__ import annotations
 
 import itertools
 import stat
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from daxfs.server.metadata import ROOT_INO, Metadata
+from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
 from daxfs.server.volume import check_pairing
 from daxfs.shared.errors import DaxfsError
-from daxfs.shared.region import backing_size, read_superblock
+from daxfs.shared.extent import Extent, InodeId
+from daxfs.shared.format import Superblock
+from daxfs.shared.region import Region, backing_size, read_superblock
+
+LOST_FOUND = "lost+found"
+NOT_REPAIRABLE = "not repairable by fsck: nothing was changed"
+
+Range = tuple[int, int]
+"""(start, end) in bytes, end exclusive."""
 
 
 @dataclass
 class FsckReport:
     problems: list[str] = field(default_factory=list)
+    """What is wrong with the volume now (after any repair)."""
     notes: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+    """What ``repair=True`` changed, one line per action."""
+    found: list[str] = field(default_factory=list)
+    """What the check found before any repair (equals ``problems`` without repair)."""
     files: int = 0
     used_bytes: int = 0
     free_bytes: int = 0
@@ -40,39 +80,67 @@ class FsckReport:
         return not self.problems
 
 
-def fsck(region_path: str, meta_path: str) -> FsckReport:
+def fsck(region_path: str, meta_path: str, *, repair: bool = False) -> FsckReport:
+    """Check a volume; with ``repair``, fix what can be fixed and check again."""
     report = FsckReport()
     p = report.problems
+    unfixable = f" ({NOT_REPAIRABLE})" if repair else ""
     try:
         sb = read_superblock(region_path)
         if backing_size(region_path) < sb.region_size:
             p.append(
-                f"region {region_path} is shorter than its superblock's {sb.region_size} bytes"
+                f"region {region_path} is shorter than its superblock's {sb.region_size} "
+                f"bytes{unfixable}"
             )
     except (OSError, DaxfsError) as exc:
-        p.append(f"region: {exc}")
+        p.append(f"region: {exc}{unfixable}")
+    if p:
+        report.found = list(p)
         return report
     try:
         meta = Metadata(meta_path)
     except (OSError, DaxfsError) as exc:
-        p.append(f"metadata: {exc}")
+        p.append(f"metadata: {exc}{unfixable}")
+        report.found = list(p)
         return report
     try:
         try:
             meta.check_schema()
             check_pairing(region_path, meta)
         except DaxfsError as exc:
-            p.append(str(exc))
+            p.append(f"{exc}{unfixable}")
+            report.found = list(p)
             return report
-        _check_space(meta, sb.data_offset, sb.region_size, sb.block_size, report)
-        _check_tree(meta, report)
+        _check(meta, sb, report)
+        report.found = list(report.problems)
+        root = meta.get_inode(ROOT_INO)
+        if repair and report.problems:
+            if root is None or not stat.S_ISDIR(root.mode):
+                report.notes.append(f"the root directory is missing: {NOT_REPAIRABLE}")
+                return report
+            with meta.transaction():
+                _repair(meta, sb, region_path, report)
+            after = FsckReport(repairs=report.repairs, found=report.found)
+            _check(meta, sb, after)
+            return after
     finally:
         meta.close()
     return report
 
 
+def _check(meta: Metadata, sb: Superblock, r: FsckReport) -> None:
+    inodes = {row.ino: row for row in meta.all_inodes()}
+    _check_space(meta, inodes, sb.data_offset, sb.region_size, sb.block_size, r)
+    _check_tree(meta, inodes, r)
+
+
 def _check_space(
-    meta: Metadata, data_offset: int, region_size: int, bs: int, r: FsckReport
+    meta: Metadata,
+    inodes: dict[InodeId, InodeRow],
+    data_offset: int,
+    region_size: int,
+    bs: int,
+    r: FsckReport,
 ) -> None:
     ranges: list[tuple[int, int, str]] = []
     per_file: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -87,9 +155,15 @@ def _check_space(
             r.problems.append(
                 f"inode {ino}: extent at file offset {ext.file_offset} is not block aligned"
             )
-    for off, n in meta.free_extents():
+    free = meta.free_extents()
+    for off, n in free:
         ranges.append((off, n, "free extent"))
         r.free_bytes += n
+    for (a, an), (b, _bn) in itertools.pairwise(free):
+        if a + an == b:
+            r.problems.append(
+                f"free extents [{a}, +{an}) and {b} touch: the free list is not coalesced"
+            )
     for off, n, _until in meta.quarantined():
         ranges.append((off, n, "quarantined extent"))
         r.quarantined_bytes += n
@@ -113,14 +187,15 @@ def _check_space(
             f"({region_size - data_offset - total:+d} bytes leaked or doubly counted)"
         )
     for file_ino, exts in per_file.items():
+        if file_ino not in inodes:
+            r.problems.append(f"extents belong to inode {file_ino}, which does not exist")
         exts.sort()
         for (a, an), (b, _bn) in itertools.pairwise(exts):
             if a + an > b:
                 r.problems.append(f"inode {file_ino}: extents overlap in the file at offset {b}")
 
 
-def _check_tree(meta: Metadata, r: FsckReport) -> None:
-    inodes = {row.ino: row for row in meta.all_inodes()}
+def _check_tree(meta: Metadata, inodes: dict[InodeId, InodeRow], r: FsckReport) -> None:
     r.files = len(inodes)
     root = inodes.get(ROOT_INO)
     if root is None or not stat.S_ISDIR(root.mode):
@@ -142,14 +217,7 @@ def _check_tree(meta: Metadata, r: FsckReport) -> None:
         links[ino] += 1
         if stat.S_ISDIR(row.mode):
             subdirs[parent] += 1
-    seen: set[int] = {ROOT_INO}
-    stack: list[int] = [ROOT_INO]
-    while stack:
-        cur = stack.pop()
-        for child in children.get(cur, ()):
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
+    seen = _reachable(children)
     for ino, row in inodes.items():
         if row.nlink == 0:
             r.notes.append(f"inode {ino} is unlinked but was open; the server reclaims it at start")
@@ -170,3 +238,292 @@ def _check_tree(meta: Metadata, r: FsckReport) -> None:
             r.problems.append(f"inode {ino} is not a regular file but has extents")
         if stat.S_ISLNK(row.mode) and not row.target:
             r.problems.append(f"symlink {ino} has no target")
+
+
+def _reachable(children: dict[int, list[int]]) -> set[int]:
+    seen: set[int] = {ROOT_INO}
+    stack: list[int] = [ROOT_INO]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
+
+
+# -- repair ---------------------------------------------------------------------
+
+
+def _repair(meta: Metadata, sb: Superblock, region_path: str, r: FsckReport) -> None:
+    inodes = {row.ino: row for row in meta.all_inodes()}
+    _repair_dirents(meta, inodes, r)
+    _repair_extents(meta, inodes, sb, region_path, r)
+    _repair_tree(meta, r)
+
+
+def _repair_dirents(meta: Metadata, inodes: dict[InodeId, InodeRow], r: FsckReport) -> None:
+    names: dict[InodeId, list[tuple[InodeId, str]]] = defaultdict(list)
+    for parent, name, ino in sorted(meta.all_dirents()):
+        prow = inodes.get(parent)
+        if prow is None or not stat.S_ISDIR(prow.mode):
+            meta.remove_dirent(parent, name)
+            r.repairs.append(f"removed entry {name!r} of inode {parent}, which is not a directory")
+        elif ino not in inodes:
+            meta.remove_dirent(parent, name)
+            r.repairs.append(
+                f"removed entry {name!r} in directory {parent}: inode {ino} does not exist"
+            )
+        else:
+            names[ino].append((parent, name))
+    for ino, entries in names.items():
+        if not stat.S_ISDIR(inodes[ino].mode):
+            continue
+        # A directory has exactly one entry (the root none): keep the first.
+        keep = 0 if ino == ROOT_INO else 1
+        for parent, name in entries[keep:]:
+            meta.remove_dirent(parent, name)
+            r.repairs.append(
+                f"removed entry {name!r} in directory {parent}: directory {ino} "
+                "already has another entry"
+            )
+
+
+def _repair_extents(
+    meta: Metadata,
+    inodes: dict[InodeId, InodeRow],
+    sb: Superblock,
+    region_path: str,
+    r: FsckReport,
+) -> None:
+    bs, lo, hi = sb.block_size, sb.data_offset, sb.region_size
+
+    def valid(off: int, n: int) -> bool:
+        return n > 0 and off % bs == 0 and n % bs == 0 and lo <= off and off + n <= hi
+
+    def drop(ino: int, ext: Extent, why: str) -> None:
+        meta.delete_extent(ino, ext.file_offset)
+        r.repairs.append(
+            f"inode {ino}: dropped extent [{ext.region_offset}, +{ext.length}) {why}; "
+            f"file bytes [{ext.file_offset}, {ext.file_end}) now read as zeros"
+        )
+
+    kept: list[tuple[InodeId, Extent]] = []
+    file_end: dict[int, int] = {}
+    for ino, ext in sorted(meta.all_extents(), key=lambda x: (x[0], x[1].file_offset)):
+        assert ext.region_offset is not None
+        row = inodes.get(ino)
+        if row is None:
+            meta.delete_extent(ino, ext.file_offset)
+            r.repairs.append(
+                f"dropped extent [{ext.region_offset}, +{ext.length}) of missing inode {ino}"
+            )
+        elif not stat.S_ISREG(row.mode):
+            drop(ino, ext, "(not a regular file)")
+        elif not valid(ext.region_offset, ext.length) or ext.file_offset % bs:
+            drop(ino, ext, "(unaligned or outside the data area)")
+        elif ext.file_offset < file_end.get(ino, 0):
+            drop(ino, ext, "(overlaps another extent of the file)")
+        else:
+            file_end[ino] = ext.file_end
+            kept.append((ino, ext))
+
+    # Double allocations: the first claimant (lowest region offset, then inode)
+    # keeps the blocks; a later claimant is cloned once free space is known.
+    owned: list[Range] = []
+    clones: list[tuple[InodeId, Extent]] = []
+    claimed_to = 0
+    for ino, ext in sorted(kept, key=lambda k: (k[1].region_offset or 0, k[0])):
+        assert ext.region_offset is not None
+        if ext.region_offset < claimed_to:
+            clones.append((ino, ext))
+        else:
+            owned.append((ext.region_offset, ext.region_offset + ext.length))
+            claimed_to = ext.region_offset + ext.length
+
+    parked: list[Range] = []
+    for off, n, _until in meta.quarantined():
+        if not valid(off, n) or _overlap(_merge(owned + parked), [(off, off + n)]):
+            meta.remove_quarantine(off)
+            r.repairs.append(f"dropped quarantine entry [{off}, +{n}): invalid or in use")
+        else:
+            parked.append((off, off + n))
+
+    spare = _complement(_merge(owned + parked), lo, hi)
+    region: Region | None = None
+    try:
+        for ino, ext in clones:
+            assert ext.region_offset is not None
+            pieces, spare = _take(spare, ext.length)
+            if not pieces:
+                drop(ino, ext, "(its blocks belong to another file; no free space to copy it)")
+                continue
+            if region is None:
+                region = Region(region_path)
+            meta.delete_extent(ino, ext.file_offset)
+            pos = ext.file_offset
+            src = ext.region_offset
+            for start, end in pieces:
+                n = end - start
+                region.u8[start:end] = region.u8[src : src + n]
+                region.persist(start, n)
+                meta.add_extent(ino, Extent(pos, n, start))
+                owned.append((start, end))
+                pos += n
+                src += n
+            r.repairs.append(
+                f"inode {ino}: extent [{ext.region_offset}, +{ext.length}) shared blocks with "
+                f"another file; copied to {', '.join(f'[{a}, +{b - a})' for a, b in pieces)}"
+            )
+    finally:
+        if region is not None:
+            region.close()
+
+    _rebuild_free(meta, _complement(_merge(owned + parked), lo, hi), r)
+
+
+def _rebuild_free(meta: Metadata, free: list[Range], r: FsckReport) -> None:
+    old = meta.free_extents()
+    if old == [(a, b - a) for a, b in free]:
+        return
+    old_ranges = _merge([(off, off + n) for off, n in old if n > 0])
+    common = _overlap(free, old_ranges)
+    returned = sum(b - a for a, b in free) - common
+    taken = sum(b - a for a, b in old_ranges) - common
+    for off, _n in old:
+        meta.remove_free(off)
+    for a, b in free:
+        meta.add_free(a, b - a)
+    r.repairs.append(
+        f"rebuilt the free list from the blocks in use ({len(old)} -> {len(free)} extents): "
+        f"{returned} leaked bytes returned to it, {taken} bytes in use removed from it"
+    )
+
+
+def _repair_tree(meta: Metadata, r: FsckReport) -> None:
+    lost_found: int | None = None
+    while True:
+        inodes = {row.ino: row for row in meta.all_inodes()}
+        children: dict[int, list[int]] = defaultdict(list)
+        parents: dict[InodeId, list[tuple[InodeId, str]]] = defaultdict(list)
+        for parent, name, ino in meta.all_dirents():
+            children[parent].append(ino)
+            parents[ino].append((parent, name))
+        seen = _reachable(children)
+        lost = sorted(
+            ino
+            for ino, row in inodes.items()
+            if ino not in seen and (row.nlink > 0 or parents[ino])
+        )
+        if not lost:
+            break
+        # Move the tops of lost subtrees (no entry left); what hangs below comes along.
+        # With no top the lost directories form a cycle: break it at one of them.
+        tops = [ino for ino in lost if not parents[ino]]
+        if not tops:
+            tops = [next(i for i in lost if stat.S_ISDIR(inodes[i].mode))]
+        if lost_found is None:
+            lost_found = _lost_found(meta, r)
+        for ino in tops:
+            for parent, name in parents[ino]:
+                meta.remove_dirent(parent, name)
+            meta.add_dirent(lost_found, f"#{ino}", ino)
+            r.repairs.append(
+                f"inode {ino} was not reachable from the root: linked as /{LOST_FOUND}/#{ino}"
+            )
+    _recount_links(meta, r)
+
+
+def _lost_found(meta: Metadata, r: FsckReport) -> int:
+    """The ``/lost+found`` directory, made if missing."""
+    ino = meta.lookup(ROOT_INO, LOST_FOUND)
+    if ino is not None:
+        row = meta.get_inode(ino)
+        if row is not None and stat.S_ISDIR(row.mode):
+            return ino
+        raise DaxfsError(f"/{LOST_FOUND} exists and is not a directory; rename it and run again")
+    gen = int(meta.get_meta("next_generation") or "1")
+    meta.set_meta("next_generation", str(gen + 1))
+    ino = meta.insert_inode(
+        generation=gen,
+        mode=stat.S_IFDIR | 0o700,
+        uid=0,
+        gid=0,
+        nlink=2,
+        now_ns=time.time_ns(),
+    )
+    meta.add_dirent(ROOT_INO, LOST_FOUND, ino)
+    r.repairs.append(f"created /{LOST_FOUND} (inode {ino})")
+    return ino
+
+
+def _recount_links(meta: Metadata, r: FsckReport) -> None:
+    inodes = {row.ino: row for row in meta.all_inodes()}
+    links: Counter[int] = Counter()
+    subdirs: Counter[int] = Counter()
+    for parent, _name, ino in meta.all_dirents():
+        links[ino] += 1
+        if stat.S_ISDIR(inodes[ino].mode):
+            subdirs[parent] += 1
+    for ino, row in inodes.items():
+        if row.nlink == 0 and not links[ino]:
+            continue  # unlinked while open: the server reclaims it at start
+        want = 2 + subdirs[ino] if stat.S_ISDIR(row.mode) else links[ino]
+        if row.nlink != want:
+            meta.update_inode(ino, nlink=want)
+            r.repairs.append(f"inode {ino}: link count {row.nlink} set to {want}")
+
+
+# -- ranges: sorted lists of disjoint (start, end) ---------------------------------
+
+
+def _merge(ranges: list[Range]) -> list[Range]:
+    out: list[Range] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _complement(used: list[Range], lo: int, hi: int) -> list[Range]:
+    out: list[Range] = []
+    pos = lo
+    for a, b in used:
+        if a > pos:
+            out.append((pos, min(a, hi)))
+        pos = max(pos, b)
+    if pos < hi:
+        out.append((pos, hi))
+    return [(a, b) for a, b in out if a < b]
+
+
+def _overlap(xs: list[Range], ys: list[Range]) -> int:
+    """Bytes in both of two merged range lists."""
+    total, i, j = 0, 0, 0
+    while i < len(xs) and j < len(ys):
+        a, b = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
+        total += max(0, b - a)
+        if xs[i][1] < ys[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def _take(spare: list[Range], length: int) -> tuple[list[Range], list[Range]]:
+    """First fit of ``length`` bytes from ``spare``, in as many pieces as needed."""
+    if sum(b - a for a, b in spare) < length:
+        return [], spare
+    pieces: list[Range] = []
+    rest: list[Range] = []
+    for a, b in spare:
+        if length:
+            n = min(length, b - a)
+            pieces.append((a, a + n))
+            length -= n
+            if a + n < b:
+                rest.append((a + n, b))
+        else:
+            rest.append((a, b))
+    return pieces, rest

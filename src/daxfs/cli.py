@@ -176,19 +176,25 @@ def cmd_mkfs(args: argparse.Namespace) -> int:
 def cmd_fsck(args: argparse.Namespace) -> int:
     from daxfs.server.fsck import fsck
 
-    report = fsck(args.region, _meta_path(args))
+    report = fsck(args.region, _meta_path(args), repair=args.repair)
     for note in report.notes:
         print(f"note: {note}")
-    for problem in report.problems:
+    for problem in report.found:
         print(f"PROBLEM: {problem}")
+    for action in report.repairs:
+        print(f"REPAIRED: {action}")
+    if args.repair:
+        for problem in report.problems:
+            print(f"NOT REPAIRED: {problem}")
     summary = (
         f"{report.files} inodes, used {report.used_bytes} B, free {report.free_bytes} B, "
         f"quarantined {report.quarantined_bytes} B"
     )
     if report.clean:
-        print(f"clean: {summary}")
+        print(f"clean{' after repair' if report.repairs else ''}: {summary}")
         return 0
-    print(f"{len(report.problems)} problem(s): {summary}")
+    hint = "" if args.repair else "; `daxfs fsck --repair` fixes what it safely can"
+    print(f"{len(report.problems)} problem(s){hint}: {summary}")
     return 1
 
 
@@ -335,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fsck", help="check a volume offline")
     _volume_args(p)
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix what can be fixed safely and say what was done (never with a server running)",
+    )
     p.set_defaults(fn=cmd_fsck)
 
     def client_verb(
