@@ -8,11 +8,15 @@ the volume is then clean, opens, and still holds the data that was safe.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daxfs.cli import main
 from daxfs.server.fsck import FsckReport, fsck
@@ -35,8 +39,11 @@ G_DATA = pattern(2 * BS, 2)
 
 @pytest.fixture
 def vol(workdir: Path) -> Volume:
+    return _populated(Volume.create(workdir, size=SIZE))
+
+
+def _populated(v: Volume) -> Volume:
     """/d/f (3 blocks, also linked as /h), /g (2 blocks), /s -> /g, /e (empty dir)."""
-    v = Volume.create(workdir, size=SIZE)
     ns = open_volume(v.region, v.meta)
     try:
         ns.mkdir("/d", 0o755)
@@ -148,6 +155,25 @@ def test_double_allocated_extent_is_copied_so_both_files_keep_their_bytes(vol: V
         close_volume(ns)
     assert read(vol, "/d/f") == F_DATA
     assert fsck(vol.region, vol.meta).clean
+
+
+def test_double_allocation_without_space_for_a_copy_drops_the_later_claim(vol: Volume) -> None:
+    ns = open_volume(vol.region, vol.meta)
+    try:
+        opened = ns.create("/big", 0o644)
+        ns.fallocate(opened.handle, 0, ns.allocator.free_bytes, ROOT)  # the region is full
+        ns.release(opened.handle, ROOT)
+    finally:
+        close_volume(ns)
+    ((_, f_region, _),) = extents(vol, "f")
+    ((_, g_region, g_length),) = extents(vol, "g")
+    sql(vol, "UPDATE extents SET region_offset = ? WHERE ino = ?", f_region + BS, ino(vol, "g"))
+    # g's own blocks are parked in quarantine, so no block is left for a copy.
+    sql(vol, "INSERT INTO quarantine VALUES (?, ?, 0)", g_region, g_length)
+    detect(vol, "overlap: inode")
+    repair(vol, "(its blocks belong to another file; no free space to copy it)")
+    assert extents(vol, "g") == []
+    assert read(vol, "/d/f") == F_DATA and read(vol, "/g") == bytes(2 * BS)
 
 
 def test_file_extent_overlapping_the_free_list_wins(vol: Volume) -> None:
@@ -289,3 +315,77 @@ def test_cli_repair_says_what_it_did(vol: Volume, capsys: pytest.CaptureFixture[
     assert "clean after repair" in out
     assert main(args) == 0
     assert "clean:" in capsys.readouterr().out
+
+
+# -- any mix of corruptions -----------------------------------------------------
+
+
+def _corruptions(v: Volume) -> dict[str, list[tuple[str, tuple[object, ...]]]]:
+    """SQL for each kind of damage, with inode numbers and offsets taken up front."""
+    d, e, g, s = (ino(v, n) for n in ("d", "e", "g", "s"))
+    ((_, f_region, _),) = extents(v, "f")
+    ((_, g_region, _),) = extents(v, "g")
+    free_start = max(int(r[0]) for r in sql(v, "SELECT region_offset FROM free_extents"))
+    upd_g = "UPDATE extents SET region_offset = ? WHERE ino = ?"
+    return {
+        "leak": [("UPDATE free_extents SET length = length - ?", (BS,))],
+        "double": [(upd_g, (f_region + BS, g))],
+        "free-overlap": [(upd_g, (free_start, g))],
+        "outside": [(upd_g, (g_region + SIZE, g))],
+        "unaligned": [(upd_g, (g_region + 100, g))],
+        "missing-inode": [("DELETE FROM inodes WHERE ino = ?", (g,))],
+        "unreachable-file": [("DELETE FROM dirents WHERE ino = ?", (g,))],
+        "unreachable-dir": [("DELETE FROM dirents WHERE ino = ?", (d,))],
+        "cycle": [
+            ("DELETE FROM dirents WHERE ino IN (?, ?)", (d, e)),
+            ("INSERT OR IGNORE INTO dirents VALUES (?, 'e2', ?)", (d, e)),
+            ("INSERT OR IGNORE INTO dirents VALUES (?, 'd2', ?)", (e, d)),
+        ],
+        "second-dir-entry": [("INSERT OR IGNORE INTO dirents VALUES (?, 'again', ?)", (e, d))],
+        "dangling": [("INSERT OR IGNORE INTO dirents VALUES (1, 'ghost', 999)", ())],
+        "nlink": [("UPDATE inodes SET nlink = nlink + 3", ())],
+        "symlink-extent": [
+            ("INSERT OR IGNORE INTO extents VALUES (?, 0, ?, ?)", (s, free_start + 8 * BS, BS)),
+        ],
+    }
+
+
+_KINDS = (
+    "leak",
+    "double",
+    "free-overlap",
+    "outside",
+    "unaligned",
+    "missing-inode",
+    "unreachable-file",
+    "unreachable-dir",
+    "cycle",
+    "second-dir-entry",
+    "dangling",
+    "nlink",
+    "symlink-extent",
+)
+
+
+@settings(max_examples=100, derandomize=True, database=None, deadline=None)
+@given(kinds=st.lists(st.sampled_from(_KINDS), min_size=1, max_size=4, unique=True))
+def test_any_mix_of_corruptions_repairs_to_clean(kinds: list[str]) -> None:
+    """Repair converges: one pass leaves a clean volume that opens; a second does nothing."""
+    d = Path(tempfile.mkdtemp(prefix="daxfs-fsck-", dir="/dev/shm"))
+    try:
+        v = _populated(Volume.create(d, size=SIZE))
+        damage = _corruptions(v)
+        for kind in kinds:
+            for statement, params in damage[kind]:
+                sql(v, statement, *params)
+        report = fsck(v.region, v.meta, repair=True)
+        assert report.clean, "\n".join([*report.problems, "--", *report.repairs])
+        again = fsck(v.region, v.meta, repair=True)
+        assert again.clean and not again.repairs and not again.found
+        ns = open_volume(v.region, v.meta)
+        try:
+            ns.readdir("/")
+        finally:
+            close_volume(ns)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
