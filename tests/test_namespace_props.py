@@ -431,6 +431,30 @@ class NamespaceMachine(RuleBasedStateMachine):
         if give_back:
             self.ns.return_layout(layout.lease_id, h.caller)
 
+    @precondition(lambda self: self.handles)
+    @rule(i=st.integers(0, 7), offset=offsets, length=lengths, give_back=st.booleans())
+    def layout_read(self, i: int, offset: int, length: int, give_back: bool) -> None:
+        """GetLayout(READ): the tiles cover the range, and the bytes they name are the file's."""
+        h = self.pick(i)
+        layout = self.ns.get_layout(h.fh, offset, length, h.caller)
+        data = self.inodes[h.mino].data
+        pos = offset
+        for ext in layout.extents:
+            assert ext.file_offset == pos and ext.length > 0, layout
+            pos = ext.file_end
+            lo, hi = ext.file_offset, min(ext.file_end, len(data))
+            if lo >= hi:
+                continue
+            if ext.region_offset is None:
+                got = bytes(hi - lo)
+            else:
+                r = ext.region_offset
+                got = self.ns.region.u8[r : r + hi - lo].tobytes()
+            assert got == data[lo:hi], f"layout bytes [{lo}, {hi}) differ from the file's"
+        assert pos == offset + length
+        if give_back:
+            self.ns.return_layout(layout.lease_id, h.caller)
+
     @rule(t=targets, size=st.one_of(st.integers(0, 3 * BS), st.integers(0, 3 * MIB)))
     def truncate(self, t: str | int, size: int) -> None:
         path = self.target(t)
