@@ -27,7 +27,7 @@ $(VENV)/bin/python:
 # re-install, which this target does every time) and lets mypy see daxfs.*.
 install: deps $(VENV)/bin/python
 	@$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-	@$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict >$(VENV)/install.log 2>&1 \
+	@$(PY) -m pip install -q -e '.[dev,bench]' --config-settings editable_mode=strict >$(VENV)/install.log 2>&1 \
 	  || { cat $(VENV)/install.log; echo "pip install failed (log above)"; exit 1; }
 	@$(PY) -c "import daxfs.client, daxfs.server, daxfs.shared, daxfs.proto" || { echo "daxfs did not install"; exit 1; }
 
@@ -50,7 +50,7 @@ demo: install
 	$(PY) scripts/demo.py
 
 bench: install
-	$(PY) -m daxfs bench --json bench-out/bench.json
+	$(PY) -m daxfs bench --json bench-out/bench.json --png bench-out/bench.png
 
 # Wheels of daxfs and its dependencies, for images built without network.
 wheels: install

@@ -1,0 +1,195 @@
+"""``daxfs bench``: the DAX path, the FUSE path, the gRPC byte path and the limit, side by side.
+
+One run starts its own server on a fresh region in /dev/shm, measures every
+figure several times (the suites are in ``bench_*`` modules), checks every
+byte it timed a read of, and prints a table; ``--json`` writes every figure and
+ratio, ``--png`` draws them. ``--quick`` is the smoke-test size (well under
+two minutes on two cores). Figures that are compared are measured back to back
+within each repetition, and ratios are taken repetition by repetition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from daxfs import bench_cross, bench_fio, bench_memory, bench_meta
+from daxfs.bench_mounts import daxfs_mount, find_naive, naive_mount, tmpfs_dir
+from daxfs.bench_plan import Plan, size_label
+from daxfs.bench_progress import Progress
+from daxfs.bench_report import plot, table
+from daxfs.bench_results import DigestMismatch, Results
+from daxfs.client.library import Client, connect
+from daxfs.testing import Volume, assert_fsck_clean, start_server
+
+log = logging.getLogger(__name__)
+
+FUSE_TARGETS = ("daxfs", "tmpfs", "naive")
+
+
+def expected_figures(plan: Plan) -> set[str]:
+    """Every figure a run of ``plan`` must report (the smoke test holds the JSON to it)."""
+    names = {"lib.numpy_copy", "lib.numpy_tobytes", "net.grpc_read", "net.dax_read"}
+    names |= {f"lib.{op}" for op in ("read", "readinto", "write")}
+    for size in map(size_label, plan.seq_sizes):
+        names |= {f"{kind}.{size}" for kind in ("limit.ram", "limit.shm", "dax.read", "dax.write")}
+        names.add(f"dax.read_cold.{size}")
+    for unit in ("4k", "64b"):
+        names |= {f"limit.ram.load_{unit}", f"dax.load_{unit}"}
+    for mode in ("msync", "pmem"):
+        names |= {f"persist.{mode}.{size_label(s)}" for s in plan.persist_sizes}
+    names |= {f"rpc.{call}.{q}" for call in ("getlayout", "check", "stats") for q in ("p50", "p99")}
+    net = size_label(plan.net_size)
+    names |= {f"layout.per_open.read.{net}", f"layout.per_open.write.{net}"}
+    names |= {"layout.per_open.mount_read", "cross.region", "cross.daxfs", "cross.tmpfs"}
+    for target in FUSE_TARGETS:
+        names |= set(bench_fio.figure_names(target))
+        names |= {f"meta.{target}.{op}" for op in ("create", "stat", "unlink")}
+    return names
+
+
+def run(plan: Plan, *, parent: str, naive: Path, progress: Progress) -> Results:
+    """Measure everything; the work directory (region, mounts) is removed afterwards."""
+    res = Results(quick=plan.quick, reps=plan.reps, config=_config(plan))
+    workdir = Path(tempfile.mkdtemp(prefix="daxfs-bench-", dir=parent))
+    try:
+        progress(f"formatting a {plan.region_size >> 20} MiB region in {workdir}")
+        volume = Volume.create(workdir, size=plan.region_size)
+        server = start_server(volume)
+        try:
+            with connect(server.address) as client:
+                _memory_suites(client, res, plan, progress)
+                with ExitStack() as mounts:
+                    dirs = {
+                        "daxfs": mounts.enter_context(daxfs_mount(server.address, workdir)),
+                        "tmpfs": mounts.enter_context(tmpfs_dir(workdir)),
+                        "naive": mounts.enter_context(naive_mount(naive, workdir)),
+                    }
+                    _fuse_suites(client, dirs, res, plan, progress)
+        finally:
+            code = server.stop()
+        if code != 0:
+            raise RuntimeError(f"the server exited {code}:\n{server.log.read_text()}")
+        assert_fsck_clean(volume)
+        res.info["fsck"] = "clean"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return res
+
+
+def _config(plan: Plan) -> dict[str, Any]:
+    cfg = {k: getattr(plan, k) for k in plan.__slots__}
+    cfg["region_size"] = plan.region_size
+    return cfg
+
+
+def _memory_suites(client: Client, res: Results, plan: Plan, progress: Progress) -> None:
+    res.info["flush_mode_main"] = str(client.flush_mode)
+    bench_memory.run_sequential(client, res, plan, progress)
+    bench_memory.run_random(client, res, plan, progress)
+    bench_memory.run_library(client, res, plan, progress)
+    bench_memory.run_network(client, res, plan, progress)
+    bench_memory.run_persist(client, res, plan, progress)
+    bench_meta.run_rpc_latency(client, res, plan, progress)
+    bench_meta.run_layouts_per_open(client, res, plan, progress)
+    bench_cross.run_region(client, res, plan, progress)
+
+
+def _fuse_suites(
+    client: Client, dirs: dict[str, Path], res: Results, plan: Plan, progress: Progress
+) -> None:
+    for target, d in dirs.items():
+        progress(f"fio: writing {bench_fio.DATA_FILE} through {target}")
+        bench_fio.prepare(d, plan, res, target)
+    for rep in range(plan.fio_reps):
+        for target, d in dirs.items():
+            progress(f"fio on {target}: 1 MiB seq, 4 KiB random, 1 and 2 jobs "
+                     f"(rep {rep + 1}/{plan.fio_reps})")  # fmt: skip
+            bench_fio.record(res, target, bench_fio.run(d, plan))
+            before = client.stats().layouts
+            bench_fio.verify(d, res, target)
+            if target == "daxfs":
+                res.add("layout.per_open.mount_read", "calls", client.stats().layouts - before,
+                        higher_is_better=False)  # fmt: skip
+    for w in bench_fio.WORKLOADS:
+        for j in bench_fio.JOB_COUNTS:
+            name = f"{w.name}.{j}j"
+            goal = 2.0 if w.bs == "1M" else None
+            res.ratio(f"fio.{name}.daxfs/naive", f"fio.daxfs.{name}", f"fio.naive.{name}",
+                      target=goal)  # fmt: skip
+            res.ratio(f"fio.{name}.daxfs/tmpfs", f"fio.daxfs.{name}", f"fio.tmpfs.{name}")
+    for d in dirs.values():
+        bench_fio.clean(d)
+    for rep in range(plan.reps):
+        for target, d in dirs.items():
+            progress(f"create/stat/unlink on {target} (rep {rep + 1}/{plan.reps})")
+            bench_meta.run_namespace(d, target, res, plan.meta_files)
+    for op in ("create", "stat", "unlink"):
+        res.ratio(f"meta.{op}.daxfs/tmpfs", f"meta.daxfs.{op}", f"meta.tmpfs.{op}")
+        res.ratio(f"meta.{op}.daxfs/naive", f"meta.daxfs.{op}", f"meta.naive.{op}")
+    bench_cross.run_file(str(dirs["daxfs"] / "pingpong"), "daxfs", res, plan, progress)
+    bench_cross.run_file(str(dirs["tmpfs"] / "pingpong"), "tmpfs", res, plan, progress)
+    res.ratio("cross.daxfs/region", "cross.daxfs", "cross.region")
+
+
+def write_outputs(doc: dict[str, Any], args: argparse.Namespace) -> None:
+    for out in (args.json, args.png):
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    if args.png:
+        plot(doc, args.png)
+    print(table(doc, markdown=args.markdown))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from daxfs.cli import QuietError
+
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+        write_outputs(doc, args)
+        return 0
+    if not os.path.exists("/dev/fuse"):
+        raise QuietError("daxfs bench needs /dev/fuse (the FUSE figures mount file systems)", 1)
+    if shutil.which("fio") is None:
+        raise QuietError("daxfs bench needs fio (apt install fio)", 1)
+    naive = find_naive(args.naive_fs)
+    if naive is None:
+        raise QuietError("cannot find benchmarks/naive_passthrough.py; pass --naive-fs PATH", 1)
+    plan = Plan.quick_plan() if args.quick else Plan.full()
+    progress = Progress()
+    try:
+        res = run(plan, parent=args.workdir, naive=naive, progress=progress)
+    except (DigestMismatch, bench_cross.PingTimeout) as exc:
+        raise QuietError(f"bench failed: {exc}", 1) from None
+    finally:
+        progress.done()
+    write_outputs(res.to_json(), args)
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the DAX, FUSE and gRPC paths against tmpfs, a naive FUSE and memcpy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes, few runs (< 2 minutes)")
+    p.add_argument("--json", metavar="OUT", help="write every figure and ratio as JSON")
+    p.add_argument("--png", metavar="OUT", help="draw the figures (matplotlib)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--from-json", metavar="IN", help="show a saved run again; measures nothing")
+    p.add_argument(
+        "--naive-fs", metavar="PATH", help="the naive FUSE (benchmarks/naive_passthrough.py)"
+    )
+    p.add_argument("--workdir", default="/dev/shm", help="where the region and mounts go (tmpfs)")
+    p.set_defaults(fn=cmd_bench, log_default=logging.WARNING)

@@ -1,0 +1,108 @@
+"""The file-system targets the FUSE benchmarks compare: a daxfs mount, tmpfs, a naive FUSE.
+
+Each target is a context manager yielding a directory; mounts run as
+subprocesses (as a user would run them) and are always unmounted on the way
+out, even when the benchmark fails.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from daxfs.client.mount import is_mounted
+from daxfs.testing import daxfs_cmd
+
+NAIVE_SCRIPT = "benchmarks/naive_passthrough.py"
+
+
+def find_naive(explicit: str | None = None) -> Path | None:
+    """benchmarks/naive_passthrough.py: given, else in the working tree or beside the sources."""
+    candidates = [Path(explicit)] if explicit else []
+    candidates.append(Path.cwd() / NAIVE_SCRIPT)
+    # A strict editable install links src/daxfs/*.py: resolve() finds the checkout.
+    candidates.append(Path(__file__).resolve().parents[2] / NAIVE_SCRIPT)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not is_mounted(str(mountpoint)):
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"mount at {mountpoint} exited {proc.returncode}:\n{log.read_text()}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mount at {mountpoint} did not appear:\n{log.read_text()}")
+        time.sleep(0.02)
+
+
+def _stop(proc: subprocess.Popen[bytes], mountpoint: Path, *, sigterm: bool) -> None:
+    """SIGTERM (daxfs unmounts itself) or fusermount3 -u; then make sure nothing is left."""
+    try:
+        if proc.poll() is None:
+            if sigterm:
+                proc.send_signal(signal.SIGTERM)
+            else:
+                subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        if is_mounted(str(mountpoint)):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+
+
+@contextmanager
+def daxfs_mount(address: str, workdir: Path) -> Iterator[Path]:
+    """``daxfs mount ADDR MNT --foreground`` (direct_io, 1 MiB requests)."""
+    mp = workdir / "daxfs-mnt"
+    mp.mkdir()
+    log = workdir / "daxfs-mount.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            daxfs_cmd("mount", address, str(mp), "--foreground"),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_mounted(proc, mp, log)
+        yield mp
+    finally:
+        _stop(proc, mp, sigterm=True)
+
+
+@contextmanager
+def naive_mount(script: Path, workdir: Path) -> Iterator[Path]:
+    """The naive mfusepy passthrough of a tmpfs directory (benchmarks/naive_passthrough.py)."""
+    src = workdir / "naive-src"
+    mp = workdir / "naive-mnt"
+    src.mkdir()
+    mp.mkdir()
+    log = workdir / "naive-mount.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(src), str(mp)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_mounted(proc, mp, log)
+        yield mp
+    finally:
+        _stop(proc, mp, sigterm=False)
+
+
+@contextmanager
+def tmpfs_dir(workdir: Path) -> Iterator[Path]:
+    """A directory on tmpfs (the work directory lives in /dev/shm): the kernel's own."""
+    d = Path(tempfile.mkdtemp(prefix="tmpfs-", dir=workdir))
+    yield d
