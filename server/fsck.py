@@ -400,7 +400,7 @@ def _rebuild_free(meta: Metadata, free: list[Range], r: FsckReport) -> None:
 
 
 def _repair_tree(meta: Metadata, r: FsckReport) -> None:
-    lost_found: int | None = None
+    lost_found: tuple[int, str] | None = None  # inode and name in the root
     while True:
         inodes = {row.ino: row for row in meta.all_inodes()}
         children: dict[int, list[int]] = defaultdict(list)
@@ -426,21 +426,30 @@ def _repair_tree(meta: Metadata, r: FsckReport) -> None:
         for ino in tops:
             for parent, name in parents[ino]:
                 meta.remove_dirent(parent, name)
-            meta.add_dirent(lost_found, f"#{ino}", ino)
+            name = _free_name(meta, lost_found[0], f"#{ino}")
+            meta.add_dirent(lost_found[0], name, ino)
             r.repairs.append(
-                f"inode {ino} was not reachable from the root: linked as /{LOST_FOUND}/#{ino}"
+                f"inode {ino} was not reachable from the root: linked as /{lost_found[1]}/{name}"
             )
     _recount_links(meta, r)
 
 
-def _lost_found(meta: Metadata, r: FsckReport) -> int:
-    """The ``/lost+found`` directory, made if missing."""
+def _free_name(meta: Metadata, parent: int, name: str) -> str:
+    """``name``, or ``name.1``, ``name.2``… whichever ``parent`` does not hold yet."""
+    candidate, n = name, 0
+    while meta.lookup(parent, candidate) is not None:
+        n += 1
+        candidate = f"{name}.{n}"
+    return candidate
+
+
+def _lost_found(meta: Metadata, r: FsckReport) -> tuple[int, str]:
+    """The ``/lost+found`` directory and its name, made if missing."""
     ino = meta.lookup(ROOT_INO, LOST_FOUND)
     if ino is not None:
         row = meta.get_inode(ino)
         if row is not None and stat.S_ISDIR(row.mode):
-            return ino
-        raise DaxfsError(f"/{LOST_FOUND} exists and is not a directory; rename it and run again")
+            return ino, LOST_FOUND
     gen = int(meta.get_meta("next_generation") or "1")
     meta.set_meta("next_generation", str(gen + 1))
     ino = meta.insert_inode(
@@ -451,9 +460,11 @@ def _lost_found(meta: Metadata, r: FsckReport) -> int:
         nlink=2,
         now_ns=time.time_ns(),
     )
-    meta.add_dirent(ROOT_INO, LOST_FOUND, ino)
-    r.repairs.append(f"created /{LOST_FOUND} (inode {ino})")
-    return ino
+    # A non-directory squatting on the name keeps it; the new directory gets another.
+    name = _free_name(meta, ROOT_INO, LOST_FOUND)
+    meta.add_dirent(ROOT_INO, name, ino)
+    r.repairs.append(f"created /{name} (inode {ino})")
+    return ino, name
 
 
 def _recount_links(meta: Metadata, r: FsckReport) -> None:

@@ -237,6 +237,16 @@ def test_unreachable_directory_moves_with_its_contents(vol: Volume) -> None:
     assert read(vol, f"/lost+found/#{d}/f") == F_DATA
 
 
+def test_a_file_named_lost_found_keeps_its_name(vol: Volume) -> None:
+    d = ino(vol, "d")
+    sql(vol, "UPDATE dirents SET name = 'lost+found' WHERE name = 'g'")
+    sql(vol, "DELETE FROM dirents WHERE name = 'd'")
+    detect(vol, f"inode {d} (nlink 2) is not reachable")
+    repair(vol, "created /lost+found.1", f"linked as /lost+found.1/#{d}")
+    assert read(vol, "/lost+found") == G_DATA
+    assert read(vol, f"/lost+found.1/#{d}/f") == F_DATA
+
+
 def test_directory_cycle_is_broken_into_lost_found(vol: Volume) -> None:
     d, e = ino(vol, "d"), ino(vol, "e")
     # /d and /e each hold the other and neither hangs below the root any more.
