@@ -196,11 +196,14 @@ class IoStats:
 class _Inode:
     """What this mount knows of an inode it has open. Guarded by ``self.lock``."""
 
-    __slots__ = ("dirty", "handles", "ino", "lock", "size")
+    __slots__ = ("dirty", "epoch", "handles", "ino", "lock", "size")
 
-    def __init__(self, ino: InodeId, size: int) -> None:
+    def __init__(self, ino: InodeId, size: int, epoch: int) -> None:
         self.ino = ino
         self.lock = threading.Lock()
+        #: Layout recalls of this inode seen so far (``Client.epochs``): another
+        #: client freed part of it, so ``size`` must be learnt again.
+        self.epoch = epoch
         #: The size as this mount sees it, uncommitted growth included (bytes).
         self.size = size
         #: Handles open on the inode in this mount.
@@ -305,9 +308,24 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             raise errors.BadHandle(f"no open file with FUSE handle {fh}")
         return h
 
-    @staticmethod
-    def _sync(h: _Handle) -> None:
+    def _recalled(self, inode: _Inode) -> bool:
+        """True once after each recall of the inode (call with ``inode.lock`` held)."""
+        epoch = self.client.epochs.get(inode.ino, 0)
+        if epoch == inode.epoch:
+            return False
+        inode.epoch = epoch
+        return True
+
+    def _sync(self, h: _Handle) -> None:
         """Give the handle the size the mount knows (call with ``h.lock`` held)."""
+        with h.inode.lock:
+            recalled = self._recalled(h.inode)
+        if recalled:
+            # Another client truncated or removed part of the file: its size now.
+            req = pb.GetAttrRequest(caller=self.client.caller, handle=h.file.handle)
+            a: pb.Attr = self._call("GetAttr", req)
+            with h.inode.lock:
+                h.inode.size = int(a.size)
         with h.inode.lock:
             size = h.inode.size
         if h.file.size != size:
@@ -318,7 +336,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         with self._lock:
             inode = self._inodes.get(ino)
             if inode is None:
-                inode = self._inodes[ino] = _Inode(ino, int(attr.size))
+                epoch = self.client.epochs.get(ino, 0)
+                inode = self._inodes[ino] = _Inode(ino, int(attr.size), epoch)
                 # Close-to-open: nothing cached of this file may be trusted now.
                 self.client.layouts.invalidate(ino)
             h = _Handle(file, inode, append)
@@ -341,7 +360,10 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if inode is None:
             return server_size
         with inode.lock:
-            inode.size = max(inode.size, server_size)
+            if self._recalled(inode):
+                inode.size = server_size
+            else:
+                inode.size = max(inode.size, server_size)
             return inode.size
 
     def _publish(self, path: str) -> None:

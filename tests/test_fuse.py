@@ -491,6 +491,31 @@ def test_two_guests_share_files(server: ServerProc, workdir: Path) -> None:
         a.stop()
 
 
+def test_truncate_by_another_guest_reaches_open_files(server: ServerProc, workdir: Path) -> None:
+    """The server recalls A's layouts when B truncates; A's open file then ends there."""
+    a = start_mount(server.address, workdir / "guest-a")
+    try:
+        b = start_mount(server.address, workdir / "guest-b")
+        try:
+            data = os.urandom(2 * MIB)
+            (a.path / "shrinks").write_bytes(data)
+            fd = os.open(a.path / "shrinks", os.O_RDONLY)
+            try:
+                assert os.pread(fd, 3 * MIB, 0) == data  # A holds a layout now
+                os.truncate(b.path / "shrinks", 1000)
+                deadline = time.monotonic() + 60
+                while os.fstat(fd).st_size != 1000:  # the recall travels asynchronously
+                    assert time.monotonic() < deadline, "A never learnt the new size"
+                    time.sleep(0.02)
+                assert os.pread(fd, 3 * MIB, 0) == data[:1000]
+            finally:
+                os.close(fd)
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
 # -- real programs ---------------------------------------------------------
 
 
