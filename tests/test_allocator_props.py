@@ -9,7 +9,9 @@ the byte counters agree, that SQLite holds what memory holds, and that a fresh
 ``Allocator`` rebuilt from SQLite sees the same state. ``NoSpace`` must come
 exactly when the model says the request cannot fit, and then change nothing.
 
-``DAXFS_HYPOTHESIS_EXAMPLES`` raises the number of examples for a long run.
+``DAXFS_HYPOTHESIS_EXAMPLES`` raises the number of examples for a long run;
+``DAXFS_HYPOTHESIS_RANDOM=1`` draws new examples each run instead of the
+fixed (derandomized) ones that ``make test`` uses.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ REGION_SIZE = DATA_OFFSET + NBLOCKS * BS
 FREE, USED, QUARANTINED = 0, 1, 2
 
 EXAMPLES = int(os.environ.get("DAXFS_HYPOTHESIS_EXAMPLES", "60"))
+DERANDOMIZE = not os.environ.get("DAXFS_HYPOTHESIS_RANDOM")
 
 
 def _tmpdir() -> str:
@@ -291,7 +294,7 @@ class AllocatorMachine(RuleBasedStateMachine):
 AllocatorMachine.TestCase.settings = settings(
     max_examples=EXAMPLES,
     stateful_step_count=40,
-    derandomize=True,
+    derandomize=DERANDOMIZE,
     database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

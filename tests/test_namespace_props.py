@@ -16,7 +16,9 @@ and directory listings agree, the allocator's memory equals SQLite, and a
 file nobody holds open keeps no blocks beyond its end. A call that fails
 (ENOSPC included) must leave every metadata table exactly as it was.
 
-``DAXFS_HYPOTHESIS_EXAMPLES`` raises the number of examples for a long run.
+``DAXFS_HYPOTHESIS_EXAMPLES`` raises the number of examples for a long run;
+``DAXFS_HYPOTHESIS_RANDOM=1`` draws new examples each run instead of the
+fixed (derandomized) ones that ``make test`` uses.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ BS = 4 * KIB
 LEASE_NS = 30 * 1_000_000_000
 
 EXAMPLES = int(os.environ.get("DAXFS_HYPOTHESIS_EXAMPLES", "150"))
+DERANDOMIZE = not os.environ.get("DAXFS_HYPOTHESIS_RANDOM")
 
 Expect = type[errors.DaxfsError] | None
 
@@ -746,7 +749,7 @@ class NamespaceMachine(RuleBasedStateMachine):
 NamespaceMachine.TestCase.settings = settings(
     max_examples=EXAMPLES,
     stateful_step_count=50,
-    derandomize=True,
+    derandomize=DERANDOMIZE,
     database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
