@@ -11,7 +11,9 @@ exactly when the model says the request cannot fit, and then change nothing.
 
 ``DAXFS_HYPOTHESIS_EXAMPLES`` raises the number of examples for a long run;
 ``DAXFS_HYPOTHESIS_RANDOM=1`` draws new examples each run instead of the
-fixed (derandomized) ones that ``make test`` uses.
+fixed (derandomized) ones that ``make test`` uses. A long run needs pytest's
+own limit lifted: ``DAXFS_HYPOTHESIS_RANDOM=1 DAXFS_HYPOTHESIS_EXAMPLES=2000
+pytest --timeout=0 -o faulthandler_timeout=0 tests/test_allocator_props.py``.
 """
 
 from __future__ import annotations
