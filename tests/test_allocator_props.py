@@ -248,6 +248,23 @@ class AllocatorMachine(RuleBasedStateMachine):
             expected += n * BS
         assert released == expected
 
+    @precondition(lambda self: self.parked or self.owned)
+    @rule(pick=st.integers(0, 1000), parked=st.booleans())
+    def release_one(self, pick: int, parked: bool) -> None:
+        """A recall completed: one quarantined extent is freed early; anything else is a no-op."""
+        if parked and self.parked:
+            first = sorted(self.parked)[pick % len(self.parked)]
+            n, _ = self.parked.pop(first)
+            with self.meta.transaction():
+                assert self.alloc.release_quarantined(_off(first), n * BS) == n * BS
+            self.mark(first, n, QUARANTINED, FREE)
+        elif self.owned:
+            first, n = self.owned[pick % len(self.owned)]
+            before = self.snapshot()
+            with self.meta.transaction():
+                assert self.alloc.release_quarantined(_off(first), n * BS) == 0
+            assert self.snapshot() == before
+
     @rule()
     def reload(self) -> None:
         """What a rollback does: rebuild from SQLite; nothing may change."""
