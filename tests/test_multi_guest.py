@@ -46,7 +46,7 @@ def test_two_guests_see_each_others_stores_and_recalls(server: ServerProc, workd
             # Truncate by a while b holds the file open: b's reads stop at the new EOF.
             os.truncate(a / "shared", 10)
             fb.seek(0)
-            assert fb.read().rstrip(b"\x00") == b"2222111111"  # never the old bytes
+            assert fb.read() == b"2222111111"
         # Rename over: b's next open sees the new file.
         (a / "new").write_bytes(b"replacement")
         os.rename(a / "new", a / "shared")
@@ -55,11 +55,6 @@ def test_two_guests_see_each_others_stores_and_recalls(server: ServerProc, workd
         assert not (a / "shared").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the FUSE layer keeps one size per inode and only grows it; it must drop it on a "
-    "recall (fix pending in client/fuse_ops.py)",
-)
 def test_a_truncate_by_one_guest_is_seen_by_an_open_reader_in_another(
     server: ServerProc, workdir: Path
 ) -> None:
@@ -84,10 +79,15 @@ def test_eight_guests_share_and_recall(server: ServerProc, workdir: Path) -> Non
             for i in range(8):
                 assert (m / f"from-{i}").read_bytes() == bytes([i + 1]) * 65536
         with contextlib.ExitStack() as files:
-            handles = [files.enter_context(open(m / "from-0", "rb")) for m in mounts[1:]]
+            handles = [
+                files.enter_context(open(m / "from-0", "rb", buffering=0)) for m in mounts[1:]
+            ]
+            for h in handles:  # reading takes a layout: the truncate below recalls it
+                assert h.read(1) == b"\x01"
+                h.seek(0)
             os.truncate(mounts[0] / "from-0", 100)
-            for h in handles:  # open handles: never a byte past the new EOF's old contents
-                assert h.read().rstrip(b"\x00") == b"\x01" * 100
+            for h in handles:  # open handles see the new EOF too (the recall told them)
+                assert h.read() == b"\x01" * 100
         for m in mounts:  # close-to-open: every guest's next open sees the new size
             assert (m / "from-0").read_bytes() == b"\x01" * 100
         for i, m in enumerate(mounts):
