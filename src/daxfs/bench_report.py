@@ -21,6 +21,10 @@ def _num(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def _load(values: list[float] | None) -> str:
+    return "?" if not values else "/".join(f"{x:.1f}" for x in values)
+
+
 def table(doc: Doc, *, markdown: bool = False) -> str:
     """Every figure (median, min, max) and every ratio with its target."""
     rows = [
@@ -36,7 +40,8 @@ def table(doc: Doc, *, markdown: bool = False) -> str:
     head = (
         f"daxfs bench ({'quick' if doc['quick'] else 'full'}, {doc['reps']} reps, "
         f"{doc['seconds']} s): {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"Linux {m['kernel']}, load {' '.join(f'{x:.2f}' for x in m['loadavg'])}"
+        f"Linux {m['kernel']}, load average {_load(doc['info'].get('loadavg_start'))} at the "
+        f"start, {_load(m['loadavg'])} at the end"
     )
     digests = doc["digests"]
     bad = [k for k, d in digests.items() if not d["ok"]]

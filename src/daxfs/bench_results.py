@@ -126,7 +126,9 @@ class Results:
         self.figures: dict[str, Figure] = {}
         self.ratios: dict[str, Ratio] = {}
         self.digests: dict[str, DigestRecord] = {}
-        self.info: dict[str, Any] = {}
+        #: Load average at the start (``machine()`` in the JSON has it at the end):
+        #: on a shared machine, how noisy the run was.
+        self.info: dict[str, Any] = {"loadavg_start": list(os.getloadavg())}
         self.started = time.time()
 
     def figure(
