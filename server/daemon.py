@@ -179,6 +179,16 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
         format_volume(config.region, config.meta, config.size, config.block_size)
     ns = open_volume(config.region, config.meta, size=config.size, lease_ns=config.lease_ns)
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    # Before the socket appears: a SIGTERM sent as soon as it exists must stop
+    # the server cleanly, not kill it with the default action.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     try:
         server, address, health_servicer = create_server(
             ns,
@@ -198,13 +208,6 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
     )
     sweeper.start()
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
     sb = ns.region.superblock
     log.info(
         "serving address=%s region=%s uuid=%s size=%d block=%d flush=%s",
