@@ -196,7 +196,7 @@ class IoStats:
 class _Inode:
     """What this mount knows of an inode it has open. Guarded by ``self.lock``."""
 
-    __slots__ = ("dirty", "epoch", "handles", "ino", "lock", "size")
+    __slots__ = ("dirty", "epoch", "growth", "handles", "ino", "lock", "published", "size")
 
     def __init__(self, ino: InodeId, size: int, epoch: int) -> None:
         self.ino = ino
@@ -204,12 +204,28 @@ class _Inode:
         #: Layout recalls of this inode seen so far (``Client.epochs``): another
         #: client freed part of it, so ``size`` must be learnt again.
         self.epoch = epoch
-        #: The size as this mount sees it, uncommitted growth included (bytes).
+        #: The size as this mount sees it, unpublished growth included (bytes).
         self.size = size
+        #: Writes past EOF so far, and how many of them the server has been told
+        #: of (CommitLayout). While they differ this mount's size wins over the
+        #: server's; once equal the server's size is the truth (another guest may
+        #: have truncated the file).
+        self.growth = 0
+        self.published = 0
         #: Handles open on the inode in this mount.
         self.handles: set[_Handle] = set()
         #: Byte ranges [start, end) written since the last fsync, sorted, disjoint.
         self.dirty: list[tuple[int, int]] = []
+
+    def grew(self, end: int) -> None:
+        """A write ended at ``end`` (call with ``self.lock`` held)."""
+        if end > self.size:
+            self.size = end
+            self.growth += 1
+
+    def learn(self, server_size: int) -> None:
+        """The server's size, as a getattr or an open reported it (``self.lock`` held)."""
+        self.size = max(self.size, server_size) if self.growth != self.published else server_size
 
     def mark_dirty(self, start: int, end: int) -> None:
         merged: list[tuple[int, int]] = []
@@ -285,8 +301,11 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         setattr with a getattr of the same path; answering that one from the reply
         saves a round trip per call. One use, and only for FRESH_S seconds.
         """
+        now = time.monotonic()
         with self._lock:
-            self._fresh[path] = (attr, time.monotonic())
+            if len(self._fresh) > 1024:  # replies libfuse never asked for (failed requests)
+                self._fresh = {p: v for p, v in self._fresh.items() if now - v[1] <= FRESH_S}
+            self._fresh[path] = (attr, now)
         return attr
 
     def _forget(self, *paths: str) -> None:
@@ -331,6 +350,20 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if h.file.size != size:
             h.file.adopt_size(size)
 
+    def _commit(self, h: _Handle) -> None:
+        """Publish size and mtime through ``h`` (CommitLayout; call with ``h.lock`` held).
+
+        A writable handle publishes the size the whole mount knows, so every
+        write past EOF made before this call is then known to the server.
+        """
+        with h.inode.lock:
+            growth = h.inode.growth
+        self._sync(h)
+        h.file.flush()
+        if h.file.mode_info.write:
+            with h.inode.lock:
+                h.inode.published = max(h.inode.published, growth)
+
     def _register(self, file: DaxFile, attr: pb.Attr, append: bool, truncated: bool) -> int:
         ino = InodeId(attr.ino)
         with self._lock:
@@ -344,10 +377,11 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             with inode.lock:
                 if truncated:
                     inode.size = int(attr.size)
+                    inode.published = inode.growth
                     inode.dirty.clear()
                     self.client.layouts.invalidate(ino)
                 else:
-                    inode.size = max(inode.size, int(attr.size))
+                    inode.learn(int(attr.size))
                 inode.handles.add(h)
             fh = next(self._fh)
             self._handles[fh] = h
@@ -363,7 +397,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             if self._recalled(inode):
                 inode.size = server_size
             else:
-                inode.size = max(inode.size, server_size)
+                inode.learn(server_size)
             return inode.size
 
     def _publish(self, path: str) -> None:
@@ -384,8 +418,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         for h in handles:
             if h.file.mode_info.write:
                 with h.lock:
-                    self._sync(h)
-                    h.file.flush()
+                    self._commit(h)
 
     def _truncated(self, ino: InodeId, size: int) -> None:
         self.client.layouts.invalidate(ino)
@@ -394,6 +427,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if inode is not None:
             with inode.lock:
                 inode.size = size
+                inode.published = inode.growth  # published first, then cut
                 inode.dirty = [(a, min(b, size)) for a, b in inode.dirty if a < size]
 
     # -- lifecycle -----------------------------------------------------------
@@ -703,12 +737,12 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
                 with inode.lock:
                     offset = inode.size
                     n = h.file.pwrite(src, offset)
-                    inode.size = max(inode.size, offset + n)
+                    inode.grew(offset + n)
                     inode.mark_dirty(offset, offset + n)
                 return n
             n = h.file.pwrite(src, offset)
             with inode.lock:
-                inode.size = max(inode.size, offset + n)
+                inode.grew(offset + n)
                 inode.mark_dirty(offset, offset + n)
             return n
 
@@ -717,8 +751,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         """close(2) of a descriptor: publish size and mtime (close-to-open)."""
         h = self._handle(fh)
         with h.lock:
-            self._sync(h)
-            h.file.flush()
+            self._commit(h)
         return 0
 
     @_edge
@@ -734,7 +767,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
                     end = min(end, h.file.size)
                     if end > start:
                         h.file.persist(start, end - start)
-                h.file.flush()
+                self._commit(h)
             except BaseException:
                 with h.inode.lock:
                     for start, end in ranges:
@@ -767,7 +800,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             self._sync(h)
             h.file.allocate(offset, size, keep_size=keep)
             with h.inode.lock:
-                h.inode.size = max(h.inode.size, h.file.size)
+                h.inode.grew(h.file.size)
         return 0
 
     # -- extended attributes -------------------------------------------------

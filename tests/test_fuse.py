@@ -13,11 +13,13 @@ import errno
 import json
 import mmap
 import os
+import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from daxfs.client import Client, connect
 from daxfs.client.mount import is_mounted
@@ -500,6 +511,7 @@ def test_truncate_by_another_guest_reaches_open_files(server: ServerProc, workdi
             data = os.urandom(2 * MIB)
             (a.path / "shrinks").write_bytes(data)
             fd = os.open(a.path / "shrinks", os.O_RDONLY)
+            idle = os.open(a.path / "shrinks", os.O_RDONLY)  # opened, holds no layout
             try:
                 assert os.pread(fd, 3 * MIB, 0) == data  # A holds a layout now
                 os.truncate(b.path / "shrinks", 1000)
@@ -508,8 +520,12 @@ def test_truncate_by_another_guest_reaches_open_files(server: ServerProc, workdi
                     assert time.monotonic() < deadline, "A never learnt the new size"
                     time.sleep(0.02)
                 assert os.pread(fd, 3 * MIB, 0) == data[:1000]
+                # No layout, no recall: the server's size still wins at the next stat.
+                assert os.fstat(idle).st_size == 1000
+                assert os.pread(idle, 3 * MIB, 0) == data[:1000]
             finally:
                 os.close(fd)
+                os.close(idle)
         finally:
             b.stop()
     finally:
@@ -728,6 +744,15 @@ def test_mount_and_umount_commands(server: ServerProc, workdir: Path) -> None:
     assert "Traceback" not in out.stderr
     out = _daxfs("umount", str(mp))
     assert out.returncode == 1 and "not mounted" in out.stderr, out
+    # No /dev/fuse: a private mount namespace with an empty /dev.
+    cmd = " ".join(daxfs_cmd("mount", server.address, str(mp)))
+    out = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs none /dev && exec {cmd}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "/dev/fuse is missing" in out.stderr, out
 
     # Detached: returns once mounted; umount ends it.
     out = _daxfs("mount", server.address, str(mp), "--log", str(workdir / "bg.log"))
@@ -809,3 +834,138 @@ def test_cached_mode(server: ServerProc, workdir: Path) -> None:
         assert path.read_bytes()[:6] == b"NEWMAP"
     finally:
         m.stop()
+
+
+# -- the mount against a model ---------------------------------------------
+
+NAMES = st.sampled_from(["a", "b", "c"])
+OFFSETS = st.integers(0, 40_000)
+DATA = st.binary(min_size=1, max_size=6_000)
+
+
+def _model_write(node: bytearray, offset: int, data: bytes) -> None:
+    if offset > len(node):
+        node.extend(bytes(offset - len(node)))
+    node[offset : offset + len(data)] = data
+
+
+def _model_resize(node: bytearray, size: int) -> None:
+    if size < len(node):
+        del node[size:]
+    else:
+        node.extend(bytes(size - len(node)))
+
+
+class MountMachine(RuleBasedStateMachine):
+    """Files in one directory of the mount against a dict of bytearrays.
+
+    Descriptors stay open across steps (several per file, some O_APPEND), files
+    are renamed over each other and unlinked while open: the mount's shared
+    per-inode size and libfuse's hidden files must keep every view right.
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(dir=root))
+        self.names: dict[str, bytearray] = {}
+        self.fds: list[tuple[int, bytearray, bool]] = []
+
+    def _p(self, name: str) -> Path:
+        return self.dir / name
+
+    @rule(name=NAMES, offset=OFFSETS, data=DATA)
+    def write_by_path(self, name: str, offset: int, data: bytes) -> None:
+        fd = os.open(self._p(name), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            assert os.pwrite(fd, data, offset) == len(data)
+        finally:
+            os.close(fd)
+        _model_write(self.names.setdefault(name, bytearray()), offset, data)
+
+    @rule(name=NAMES, size=OFFSETS)
+    def truncate_by_path(self, name: str, size: int) -> None:
+        if name not in self.names:
+            assert errno_of(os.truncate, self._p(name), size) == errno.ENOENT
+            return
+        os.truncate(self._p(name), size)
+        _model_resize(self.names[name], size)
+
+    @rule(src=NAMES, dst=NAMES)
+    def rename(self, src: str, dst: str) -> None:
+        if src not in self.names:
+            assert errno_of(os.rename, self._p(src), self._p(dst)) == errno.ENOENT
+            return
+        os.rename(self._p(src), self._p(dst))
+        if src != dst:
+            self.names[dst] = self.names.pop(src)
+
+    @rule(name=NAMES)
+    def unlink(self, name: str) -> None:
+        if name not in self.names:
+            assert errno_of(os.unlink, self._p(name)) == errno.ENOENT
+            return
+        os.unlink(self._p(name))
+        del self.names[name]
+
+    @precondition(lambda self: len(self.fds) < 4)
+    @rule(name=NAMES, append=st.booleans())
+    def open_fd(self, name: str, append: bool) -> None:
+        if name not in self.names:
+            return
+        fd = os.open(self._p(name), os.O_RDWR | (os.O_APPEND if append else 0))
+        self.fds.append((fd, self.names[name], append))
+
+    @precondition(lambda self: bool(self.fds))
+    @rule(i=st.integers(0, 3), offset=OFFSETS, data=DATA)
+    def write_by_fd(self, i: int, offset: int, data: bytes) -> None:
+        fd, node, append = self.fds[i % len(self.fds)]
+        if append:
+            assert os.write(fd, data) == len(data)
+            offset = len(node)
+        else:
+            assert os.pwrite(fd, data, offset) == len(data)
+        _model_write(node, offset, data)
+
+    @precondition(lambda self: bool(self.fds))
+    @rule(i=st.integers(0, 3), size=OFFSETS)
+    def truncate_by_fd(self, i: int, size: int) -> None:
+        fd, node, _ = self.fds[i % len(self.fds)]
+        os.ftruncate(fd, size)
+        _model_resize(node, size)
+
+    @precondition(lambda self: bool(self.fds))
+    @rule(i=st.integers(0, 3), sync=st.booleans())
+    def close_fd(self, i: int, sync: bool) -> None:
+        fd, _, _ = self.fds.pop(i % len(self.fds))
+        if sync:
+            os.fsync(fd)
+        os.close(fd)
+
+    @invariant()
+    def views_agree(self) -> None:
+        assert sorted(os.listdir(self.dir)) == sorted(self.names)
+        for name, node in self.names.items():
+            assert os.stat(self._p(name)).st_size == len(node)
+            assert self._p(name).read_bytes() == node
+        for fd, node, _ in self.fds:
+            assert os.fstat(fd).st_size == len(node)
+            assert os.pread(fd, len(node) + 100, 0) == node
+
+    def teardown(self) -> None:
+        for fd, _, _ in self.fds:
+            os.close(fd)
+        shutil.rmtree(self.dir)
+
+
+def test_mount_against_a_model(mnt: Path) -> None:
+    run_state_machine_as_test(
+        lambda: MountMachine(mnt),
+        settings=settings(
+            max_examples=int(os.environ.get("DAXFS_HYPOTHESIS_EXAMPLES", "12")),
+            stateful_step_count=25,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
