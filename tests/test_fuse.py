@@ -684,6 +684,25 @@ def test_callers_credentials_are_enforced(server: ServerProc, workdir: Path, opt
         m.stop()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="server: SetAttr has no 'now' for times, so it lets any writer set explicit "
+    "atime/mtime; POSIX allows only the owner (utimensat(2): EPERM)",
+)
+def test_only_the_owner_sets_explicit_times(server: ServerProc, workdir: Path) -> None:
+    os.chmod(workdir, 0o755)
+    m = start_mount(server.address, workdir / "mnt", "-o", "allow_other")
+    try:
+        (m.path / "shared").write_bytes(b"x")
+        os.chmod(m.path / "shared", 0o666)
+        now = _as_nobody(f"import os; os.utime({str(m.path / 'shared')!r})")
+        assert now.returncode == 0, now  # a writer may set both times to now
+        out = _as_nobody(f"import os; os.utime({str(m.path / 'shared')!r}, (1, 1))")
+        assert "Operation not permitted" in out.stderr, out
+    finally:
+        m.stop()
+
+
 # -- failure and life cycle ------------------------------------------------
 
 
