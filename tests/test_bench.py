@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,15 +43,26 @@ TARGETED = {
 }
 
 
-def _bench_dirs() -> set[str]:
-    return {p for p in os.listdir("/dev/shm") if p.startswith("daxfs-bench-")}
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A parent for the run's work directory, on tmpfs, of this test alone.
+
+    Other test runs (and their benches) may share /dev/shm, so the clean-up
+    check looks here only.
+    """
+    d = Path(tempfile.mkdtemp(prefix="daxfs-test-bench-", dir="/dev/shm"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
-def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
-    before = _bench_dirs()
+def test_quick_bench_reports_every_figure(tmp_path: Path, shm_dir: Path) -> None:
     out, png = tmp_path / "out.json", tmp_path / "out.png"
     run = subprocess.run(
-        daxfs_cmd("bench", "--quick", "--json", str(out), "--png", str(png)),
+        daxfs_cmd(
+            "bench", "--quick", "--json", str(out), "--png", str(png), "--workdir", str(shm_dir)
+        ),
         capture_output=True,
         text=True,
         timeout=600,
@@ -78,9 +91,9 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "digests:" in run.stdout and "ratio" in run.stdout
     # Everything cleaned up: the work directory (region, mounts) is gone.
-    assert _bench_dirs() <= before
+    assert os.listdir(shm_dir) == []
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        assert "daxfs-bench-" not in f.read()
+        assert str(shm_dir) not in f.read()
 
     # A saved run draws again without measuring anything.
     again = subprocess.run(
