@@ -11,17 +11,19 @@ server sees layout calls only.
 Every handler maps its own errors (``_edge``): a :class:`DaxfsError` becomes
 its errno, anything else is logged and becomes EIO (mfusepy would say EINVAL).
 
-``DaxfsFuse`` is the binding's ``FUSE`` class with four callbacks replaced:
-``read``/``write`` hand the operations the kernel's buffer (no bytes object in
-between), ``rename`` passes renameat2 flags through (mfusepy 3.1.1 drops them,
-which would turn RENAME_NOREPLACE into a replacing rename), and ``init`` is
-untouched but the operations raise ``max_write`` there so the kernel sends
-reads and writes of up to 1 MiB.
+``DaxfsFuse`` is the binding's ``FUSE`` class with three callbacks replaced:
+``read``/``write`` hand the operations libfuse's buffer (no bytes object in
+between: one memcpy per request, region to buffer or back), and ``rename``
+passes renameat2 flags through (mfusepy 3.1.1 drops them, which would turn
+RENAME_NOREPLACE into a replacing rename). ``init_with_config`` raises
+``max_write`` so that the kernel sends reads and writes of up to 1 MiB.
 
 Sizes within one mount: a write past EOF is published to the server at
 flush/fsync/close (CommitLayout), like every daxfs client. Until then the
 mount itself knows the larger size (``_Inode.size``) and reports it in
 getattr, so the kernel, ``fstat`` and O_APPEND see every local write at once.
+Once everything is published the server's size wins again, so truncates by
+other guests show (at once through a layout recall, else at the next stat).
 """
 
 from __future__ import annotations
