@@ -301,6 +301,34 @@ class Metadata:
         ).fetchall()
         return [Extent(f, n, r) for f, n, r in rows]
 
+    def extents_in(self, ino: int, start: int, end: int) -> list[Extent]:
+        """Extents overlapping file range [start, end), by index (files may hold thousands)."""
+        rows = self._conn.execute(
+            "SELECT file_offset, length, region_offset FROM extents WHERE ino=? AND file_offset<? "
+            "AND file_offset >= coalesce((SELECT file_offset FROM extents WHERE ino=? AND "
+            "file_offset<=? ORDER BY file_offset DESC LIMIT 1), 0) ORDER BY file_offset",
+            (ino, end, ino, start),
+        ).fetchall()
+        return [Extent(f, n, r) for f, n, r in rows if f + n > start]
+
+    def extent_before(self, ino: int, file_offset: int) -> Extent | None:
+        """The last extent starting before ``file_offset``."""
+        row = self._conn.execute(
+            "SELECT file_offset, length, region_offset FROM extents WHERE ino=? AND file_offset<? "
+            "ORDER BY file_offset DESC LIMIT 1",
+            (ino, file_offset),
+        ).fetchone()
+        return None if row is None else Extent(row[0], row[1], row[2])
+
+    def extent_summary(self, ino: int) -> tuple[int, int]:
+        """(end of the last extent, bytes held) of a file."""
+        row = self._conn.execute(
+            "SELECT coalesce(max(file_offset + length), 0), coalesce(sum(length), 0) "
+            "FROM extents WHERE ino=?",
+            (ino,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def add_extent(self, ino: int, ext: Extent) -> None:
         self._conn.execute(
             "INSERT INTO extents VALUES (?, ?, ?, ?)",

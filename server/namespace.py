@@ -475,11 +475,13 @@ class Namespace:
         """Back every block of file range [start, end) with region storage (zeroed)."""
         bs = self.block_size
         start, end = align_down(start, bs), align_up(end, bs)
-        mapped = self.meta.extents(ino)
+        # Range queries only: a sparse file written at random holds thousands of extents.
+        lo = max(start - 1, 0)  # also the extent ending at start, for the goal
+        mapped = self.meta.extents_in(ino, lo, end)
         gaps = [e for e in fill_holes(mapped, start, end) if e.hole]
         if not gaps:
             return
-        alloc_end = mapped[-1].file_end if mapped else 0
+        alloc_end, already = self.meta.extent_summary(ino)
         for gap in gaps:
             prev = [e for e in mapped if e.file_end <= gap.file_offset]
             goal = None
@@ -489,7 +491,6 @@ class Namespace:
             want = gap.length
             if gap.file_end >= alloc_end and not contiguous:
                 # Growing at the end: allocate a chunk so sequential writers get few extents.
-                already = sum(e.length for e in mapped)
                 growth = min(MAX_GROWTH, max(MIN_GROWTH, already))
                 want = max(want, align_up(growth, bs))
             try:
@@ -504,12 +505,13 @@ class Namespace:
                     self.region.zero(roff, n)
                 self._add_extent(ino, Extent(fpos, n, roff))
                 fpos += n
-            mapped = self.meta.extents(ino)
+            mapped = self.meta.extents_in(ino, lo, end)
 
     def _add_extent(self, ino: InodeId, ext: Extent) -> None:
         """Insert an extent, merging with the previous one when both file and region continue."""
         assert ext.region_offset is not None
-        prev = [e for e in self.meta.extents(ino) if e.file_end == ext.file_offset]
+        before = self.meta.extent_before(ino, ext.file_offset)
+        prev = [before] if before is not None and before.file_end == ext.file_offset else []
         if prev and prev[0].region_offset is not None:
             p = prev[0]
             assert p.region_offset is not None
@@ -1054,7 +1056,7 @@ class Namespace:
                 raise errors.BadHandle("handle not open for reading")
             if write and length:
                 self._ensure_allocated(of.ino, offset, offset + length, contiguous=contiguous)
-            mapped = self.meta.extents(of.ino)
+            mapped = self.meta.extents_in(of.ino, offset, offset + length)
             tiles = tuple(fill_holes(mapped, offset, offset + length))
             lease = self.leases.grant(caller.client, of.ino)
             self.counters.layouts += 1
@@ -1133,7 +1135,7 @@ class Namespace:
                 return b""
             out = bytearray(end - offset)
             dst = memoryview(out)
-            for ext in self.meta.extents(of.ino):
+            for ext in self.meta.extents_in(of.ino, offset, end):
                 part = ext.clip(offset, end)
                 if part is not None and part.region_offset is not None:
                     r = part.region_offset
@@ -1164,7 +1166,7 @@ class Namespace:
                 # through a write layout and never committed; the gap reads as zeros.
                 self._zero_file_range(of.ino, row.size, offset)
             src = memoryview(data)
-            for ext in self.meta.extents(of.ino):
+            for ext in self.meta.extents_in(of.ino, offset, end):
                 part = ext.clip(offset, end)
                 if part is not None and part.region_offset is not None:
                     r = part.region_offset
