@@ -515,16 +515,18 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if path is None:
             raise errors.NotFound("the file was unlinked")
         self._publish(path)
-        now = time.time_ns()
         if times is None:
-            self._setattr(path, atime_ns=now, mtime_ns=now)
+            self._setattr(path, atime_now=True, mtime_now=True)
             return 0
-        fields = {}
-        for name, ns in zip(("atime_ns", "mtime_ns"), times, strict=True):
+        fields: dict[str, Any] = {}
+        for name, ns in zip(("atime", "mtime"), times, strict=True):
             # libfuse passes the special values with tv_sec 0.
             if ns == UTIME_OMIT:
                 continue
-            fields[name] = now if ns == UTIME_NOW else ns
+            if ns == UTIME_NOW:
+                fields[f"{name}_now"] = True  # the server's now: any writer may
+            else:
+                fields[f"{name}_ns"] = ns  # an explicit time: the owner only
         if fields:
             self._setattr(path, **fields)
         return 0

@@ -526,6 +526,8 @@ class SetAttrRequest(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     ATIME_NS_FIELD_NUMBER: _builtins.int
     MTIME_NS_FIELD_NUMBER: _builtins.int
+    ATIME_NOW_FIELD_NUMBER: _builtins.int
+    MTIME_NOW_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path; ignored when handle is set."""
     handle: _builtins.int
@@ -542,6 +544,12 @@ class SetAttrRequest(_message.Message):
     """New access time, ns."""
     mtime_ns: _builtins.int
     """New modification time, ns."""
+    atime_now: _builtins.bool
+    """Set the access time to the server's now (utimensat UTIME_NOW): allowed to
+    anyone who may write the file, where an explicit atime_ns needs the owner.
+    """
+    mtime_now: _builtins.bool
+    """Set the modification time to the server's now (UTIME_NOW)."""
     @_builtins.property
     def caller(self) -> Global___Caller:
         """Credentials."""
@@ -558,10 +566,12 @@ class SetAttrRequest(_message.Message):
         size: _builtins.int | None = ...,
         atime_ns: _builtins.int | None = ...,
         mtime_ns: _builtins.int | None = ...,
+        atime_now: _builtins.bool = ...,
+        mtime_now: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_atime_ns", b"_atime_ns", "_gid", b"_gid", "_mode", b"_mode", "_mtime_ns", b"_mtime_ns", "_size", b"_size", "_uid", b"_uid", "atime_ns", b"atime_ns", "caller", b"caller", "gid", b"gid", "mode", b"mode", "mtime_ns", b"mtime_ns", "size", b"size", "uid", b"uid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_atime_ns", b"_atime_ns", "_gid", b"_gid", "_mode", b"_mode", "_mtime_ns", b"_mtime_ns", "_size", b"_size", "_uid", b"_uid", "atime_ns", b"atime_ns", "caller", b"caller", "gid", b"gid", "handle", b"handle", "mode", b"mode", "mtime_ns", b"mtime_ns", "path", b"path", "size", b"size", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_atime_ns", b"_atime_ns", "_gid", b"_gid", "_mode", b"_mode", "_mtime_ns", b"_mtime_ns", "_size", b"_size", "_uid", b"_uid", "atime_now", b"atime_now", "atime_ns", b"atime_ns", "caller", b"caller", "gid", b"gid", "handle", b"handle", "mode", b"mode", "mtime_now", b"mtime_now", "mtime_ns", b"mtime_ns", "path", b"path", "size", b"size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__atime_ns: _TypeAlias = _typing.Literal["atime_ns"]  # noqa: Y015
     _WhichOneofArgType__atime_ns: _TypeAlias = _typing.Literal["_atime_ns", b"_atime_ns"]  # noqa: Y015

@@ -645,8 +645,14 @@ class Namespace:
         size: int | None = None,
         atime_ns: int | None = None,
         mtime_ns: int | None = None,
+        atime_now: bool = False,
+        mtime_now: bool = False,
     ) -> Attr:
-        """chmod/chown/truncate/utimens; by path, or by open handle (ftruncate)."""
+        """chmod/chown/truncate/utimens; by path, or by open handle (ftruncate).
+
+        Times follow utimensat(2): explicit values need the owner (or root),
+        ``*_now`` needs the owner or write permission.
+        """
         with self._txn():
             if fh is not None:
                 of = self._open_file(fh, caller.client)
@@ -699,14 +705,16 @@ class Namespace:
                     self._may(row, caller, W_OK)
                 self._set_size(self._inode(row.ino), size, caller)
                 self.meta.update_inode(row.ino, mtime_ns=now, ctime_ns=now)
-            if atime_ns is not None or mtime_ns is not None:
-                if not owner:
-                    self._may(row, caller, W_OK)
+            if (atime_ns is not None or mtime_ns is not None) and not owner:
+                raise errors.NotPermitted("only the owner may set explicit times")
+            if (atime_now or mtime_now) and not owner:
+                self._may(row, caller, W_OK)
+            if atime_ns is not None or mtime_ns is not None or atime_now or mtime_now:
                 fields: dict[str, Any] = {"ctime_ns": now}
-                if atime_ns is not None:
-                    fields["atime_ns"] = atime_ns
-                if mtime_ns is not None:
-                    fields["mtime_ns"] = mtime_ns
+                if atime_now or atime_ns is not None:
+                    fields["atime_ns"] = now if atime_now else atime_ns
+                if mtime_now or mtime_ns is not None:
+                    fields["mtime_ns"] = now if mtime_now else mtime_ns
                 self.meta.update_inode(row.ino, **fields)
             return self._attr(self._inode(row.ino))
 

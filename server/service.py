@@ -219,6 +219,8 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 size=r.size if r.HasField("size") else None,
                 atime_ns=r.atime_ns if r.HasField("atime_ns") else None,
                 mtime_ns=r.mtime_ns if r.HasField("mtime_ns") else None,
+                atime_now=r.atime_now,
+                mtime_now=r.mtime_now,
             )
         )
 

@@ -684,11 +684,6 @@ def test_callers_credentials_are_enforced(server: ServerProc, workdir: Path, opt
         m.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: SetAttr has no 'now' for times, so it lets any writer set explicit "
-    "atime/mtime; POSIX allows only the owner (utimensat(2): EPERM)",
-)
 def test_only_the_owner_sets_explicit_times(server: ServerProc, workdir: Path) -> None:
     os.chmod(workdir, 0o755)
     m = start_mount(server.address, workdir / "mnt", "-o", "allow_other")
