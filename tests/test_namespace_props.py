@@ -148,10 +148,10 @@ class MInode:
         self.grow(offset + len(data), expose=False)
         self.data[offset : offset + len(data)] = data
 
-    def last_close(self) -> None:
+    def last_close(self, bs: int) -> None:
         """The growth chunk past the last block of the file is trimmed."""
         if not self.keep_prealloc:
-            del self.tail[align_up(len(self.data), BS) - len(self.data) :]
+            del self.tail[align_up(len(self.data), bs) - len(self.data) :]
         self.untrimmed = False
 
 
@@ -172,12 +172,15 @@ def _under(path: str, top: str) -> bool:
 
 
 class NamespaceMachine(RuleBasedStateMachine):
+    BLOCK = BS
+    REGION = REGION_SIZE
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="daxfs-ns-", dir="/dev/shm")
         self.region = os.path.join(self.dir, "region")
         self.meta = self.region + ".meta"
-        format_volume(self.region, self.meta, REGION_SIZE, BS)
+        format_volume(self.region, self.meta, self.REGION, self.BLOCK)
         self.clock = Clock()
         self.ns = open_namespace(self.region, self.meta, self.clock)
         self.clients = [Caller(client=self.ns.hello()), Caller(client=self.ns.hello())]
@@ -241,7 +244,7 @@ class NamespaceMachine(RuleBasedStateMachine):
 
     def needed(self, h: MHandle, offset: int, length: int) -> int:
         """Bytes of new blocks a write to [offset, offset+length) needs."""
-        lo, hi = align_down(offset, BS), align_up(offset + length, BS)
+        lo, hi = align_down(offset, self.BLOCK), align_up(offset + length, self.BLOCK)
         mapped = self.ns.meta.extents(self.ino_of(h))
         return sum(e.length for e in fill_holes(mapped, lo, hi) if e.hole)
 
@@ -280,7 +283,7 @@ class NamespaceMachine(RuleBasedStateMachine):
         ino = self.inodes[h.mino]
         ino.opens -= 1
         if ino.opens == 0:
-            ino.last_close()
+            ino.last_close(self.BLOCK)
             if ino.nlink == 0:
                 del self.inodes[h.mino]
 
@@ -379,7 +382,7 @@ class NamespaceMachine(RuleBasedStateMachine):
         finally:
             self.ns.release(opened.handle, ROOT)
         if self.inodes[mino].opens == 0:
-            self.inodes[mino].last_close()
+            self.inodes[mino].last_close(self.BLOCK)
 
     @precondition(lambda self: self.handles)
     @rule(i=st.integers(0, 7), offset=offsets, length=lengths, seed=st.integers(0, 250))
@@ -501,7 +504,7 @@ class NamespaceMachine(RuleBasedStateMachine):
         h = self.pick(i)
         expect: Expect = None
         needed = 0 if not h.writable else self.needed(h, offset, length)
-        lo, hi = align_down(offset, BS), align_up(offset + length, BS)
+        lo, hi = align_down(offset, self.BLOCK), align_up(offset + length, self.BLOCK)
         if not h.writable:
             expect = errors.BadHandle
         elif contiguous and needed != hi - lo:
@@ -705,7 +708,7 @@ class NamespaceMachine(RuleBasedStateMachine):
             assert attr.nlink == ino.nlink, path
             if not (ino.opens or ino.keep_prealloc or ino.untrimmed):
                 # The growth chunk was trimmed at the last close.
-                assert attr.allocated <= align_up(attr.size, BS), (path, attr)
+                assert attr.allocated <= align_up(attr.size, self.BLOCK), (path, attr)
 
     @invariant()
     def contents_match(self) -> None:
@@ -757,6 +760,19 @@ NamespaceMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_namespace_against_dict_model = NamespaceMachine.TestCase
+
+
+class HugeBlockMachine(NamespaceMachine):
+    """The same, on a region of 2 MiB blocks (``--block-size 2M``): 20 blocks."""
+
+    BLOCK = 2 * MIB
+    REGION = 21 * 2 * MIB
+
+
+HugeBlockMachine.TestCase.settings = settings(
+    NamespaceMachine.TestCase.settings, max_examples=max(10, EXAMPLES // 5)
+)
+test_namespace_on_huge_blocks = HugeBlockMachine.TestCase
 
 
 # -- regressions found by the machine ------------------------------------------
