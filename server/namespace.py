@@ -1056,7 +1056,10 @@ class Namespace:
         not changed: CommitLayout publishes it.
         """
         _check_range(offset, length)
-        with self._txn():
+        # A READ layout changes nothing in SQLite: no write transaction (and no
+        # WAL sync) on the path every reader takes.
+        self._check_usable()
+        with self._txn() if write else self._lock:
             of = self._open_file(fh, caller.client)
             if write and not of.writable:
                 raise errors.BadHandle("handle not open for writing")
