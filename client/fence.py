@@ -19,8 +19,6 @@ or unreachable), it fences everything it maps (self-fencing).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import mmap
 import threading
@@ -29,20 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from daxfs.shared.extent import InodeId, align_down, align_up
+from daxfs.shared.mman import map_anonymous_over
 
 log = logging.getLogger(__name__)
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mmap.argtypes = (
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-)
-_libc.mmap.restype = ctypes.c_void_p
-_MAP_FIXED = 0x10
 
 
 class SharedExclusiveLock:
@@ -125,20 +112,10 @@ class Fence:
                 hi = min(hi, view.span)
                 if lo >= hi:
                     continue
-                got = _libc.mmap(
-                    view.base + lo,
-                    hi - lo,
-                    mmap.PROT_READ | mmap.PROT_WRITE,
-                    mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED,
-                    -1,
-                    0,
-                )
-                if got != view.base + lo:
-                    # Cannot replace the mapping: take all access away instead.
-                    log.error("fencing a view failed (errno %d)", ctypes.get_errno())
-                    ctypes.CDLL(None).mprotect(
-                        ctypes.c_void_p(view.base + lo), ctypes.c_size_t(hi - lo), 0
-                    )
+                err = map_anonymous_over(view.base + lo, hi - lo)
+                if err:
+                    # map_anonymous_over took all access away instead.
+                    log.error("fencing a view failed (errno %d): access revoked", err)
                 view.fenced = True
                 count += 1
                 del reserve

@@ -52,6 +52,7 @@ from daxfs.shared import errors
 from daxfs.shared.errors import DaxfsError
 from daxfs.shared.extent import InodeId
 from daxfs.shared.format import MIB
+from daxfs.shared.permissions import mode_allows
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +141,7 @@ def _stat_dict(a: pb.Attr, size: int) -> dict[str, int]:
 
 def _may(a: pb.Attr, caller: pb.Caller, amode: int) -> bool:
     """access(2) by mode bits, the rule the server applies on every real operation."""
-    if caller.uid == 0:
-        return not (amode & os.X_OK) or stat.S_ISDIR(a.mode) or bool(a.mode & 0o111)
-    if caller.uid == a.uid:
-        bits = (a.mode >> 6) & 7
-    elif a.gid == caller.gid or a.gid in caller.groups:
-        bits = (a.mode >> 3) & 7
-    else:
-        bits = a.mode & 7
-    return not (amode & ~bits & 7)
+    return mode_allows(a.mode, a.uid, a.gid, caller.uid, caller.gid, caller.groups, amode)
 
 
 class IoStats:

@@ -16,8 +16,6 @@ otherwise). ``flush`` publishes a new size and mtime to the server
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import logging
 import math
@@ -42,6 +40,7 @@ from daxfs.shared import errors
 from daxfs.shared.extent import Extent, InodeId, align_up
 from daxfs.shared.flush import FlushMode
 from daxfs.shared.format import MIB
+from daxfs.shared.mman import map_fixed
 from daxfs.shared.region import Region
 
 log = logging.getLogger(__name__)
@@ -50,19 +49,6 @@ log = logging.getLogger(__name__)
 #: at most 64 MiB, else as much as the file already holds (doubling).
 MIN_GROWTH = 1 * MIB
 MAX_GROWTH = 64 * MIB
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mmap.argtypes = (
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-)
-_libc.mmap.restype = ctypes.c_void_p
-_MAP_FIXED = 0x10
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 @dataclass(frozen=True, slots=True)
@@ -855,11 +841,8 @@ def _map_tiles(fd: int, tiles: list[Extent], span: int, writable: bool) -> tuple
         if tile.region_offset is None:
             continue
         addr = base + tile.file_offset
-        got = _libc.mmap(
-            addr, tile.length, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, tile.region_offset
-        )
-        if got is None or got == _MAP_FAILED or got != addr:
-            err = ctypes.get_errno()
+        err = map_fixed(addr, tile.length, prot, mmap.MAP_SHARED, fd, tile.region_offset)
+        if err:
             reserve.close()
             raise errors.DaxfsError(f"mmap of an extent failed: {os.strerror(err)}")
     return reserve, base

@@ -43,6 +43,7 @@ from daxfs.shared.extent import (
     fill_holes,
 )
 from daxfs.shared.format import MIB
+from daxfs.shared.permissions import R_OK, W_OK, X_OK, mode_allows
 from daxfs.shared.region import Region
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ MAX_GROWTH = 64 * MIB
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-
-R_OK, W_OK, X_OK = 4, 2, 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,17 +356,7 @@ class Namespace:
     @staticmethod
     def _may(row: InodeRow, caller: Caller, mask: int) -> None:
         """POSIX permission check; root passes except for exec on a file with no x bit."""
-        if caller.uid == 0:
-            if mask & X_OK and not stat.S_ISDIR(row.mode) and not row.mode & 0o111:
-                raise errors.PermissionDenied("no execute bit set")
-            return
-        if caller.uid == row.uid:
-            bits = (row.mode >> 6) & 7
-        elif row.gid == caller.gid or row.gid in caller.groups:
-            bits = (row.mode >> 3) & 7
-        else:
-            bits = row.mode & 7
-        if mask & ~bits:
+        if not mode_allows(row.mode, row.uid, row.gid, caller.uid, caller.gid, caller.groups, mask):
             raise errors.PermissionDenied(f"permission denied (inode {row.ino})")
 
     def _walk(self, parts: list[str], caller: Caller) -> InodeRow:

@@ -25,11 +25,11 @@ import os
 import threading
 
 from daxfs.shared.errors import DaxfsError, InvalidArgument
+from daxfs.shared.mman import msync
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.PAGESIZE
-_MS_SYNC = 4  # <sys/mman.h>; Linux value on every architecture daxfs targets
 
 
 class FlushMode(enum.StrEnum):
@@ -38,10 +38,6 @@ class FlushMode(enum.StrEnum):
     MSYNC = "msync"
     """msync(MS_SYNC) on the page-aligned range."""
 
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.msync.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-_libc.msync.restype = ctypes.c_int
 
 _pmem_lock = threading.Lock()
 _pmem: ctypes.CDLL | None = None
@@ -113,8 +109,8 @@ class Flusher:
             return
         start = (self._base + offset) // PAGE_SIZE * PAGE_SIZE
         end = self._base + offset + length
-        if _libc.msync(start, end - start, _MS_SYNC) != 0:
-            err = ctypes.get_errno()
+        err = msync(start, end - start)
+        if err:
             raise DaxfsError(f"msync failed: {os.strerror(err)}", errno=err)
 
     def drain(self) -> None:

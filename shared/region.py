@@ -8,8 +8,6 @@ Backing stores:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import mmap
 import os
@@ -22,23 +20,11 @@ import numpy.typing as npt
 from daxfs.shared.errors import FormatError, InvalidArgument, NotFound
 from daxfs.shared.flush import Flusher, FlushMode
 from daxfs.shared.format import SUPERBLOCK_SIZE, Superblock
+from daxfs.shared.mman import punch_hole
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION_PATH = "/dev/shm/daxfs.region"
-
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
-_libc.fallocate.restype = ctypes.c_int
-
-
-def _punch(fd: int, offset: int, length: int) -> int:
-    """fallocate(PUNCH_HOLE | KEEP_SIZE); 0 or the errno."""
-    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-        return 0
-    return ctypes.get_errno() or -1
 
 
 def _device_size(path: str, st: os.stat_result) -> int:
@@ -180,7 +166,7 @@ class Region:
         if not stat.S_ISREG(os.fstat(self.fd).st_mode) or not self.writable:
             return False
         probe = self.superblock.data_offset // 2
-        return _punch(self.fd, probe, self.superblock.data_offset - probe) == 0
+        return punch_hole(self.fd, probe, self.superblock.data_offset - probe) == 0
 
     def discard(self, offset: int, length: int) -> None:
         """Free extents: give their memory back (punch a hole) so they read as zeros.
@@ -188,7 +174,7 @@ class Region:
         Where holes cannot be punched (a /dev/dax device), store zeros instead.
         """
         self.check_range(offset, length)
-        if _punch(self.fd, offset, length) != 0:
+        if punch_hole(self.fd, offset, length) != 0:
             self.u8[offset : offset + length] = 0
 
     def zero(self, offset: int, length: int) -> None:

@@ -1,0 +1,68 @@
+"""The memory-mapping system calls Python's ``mmap`` module does not offer, declared once.
+
+``map_fixed`` (mmap with MAP_FIXED at a chosen address: stitching a file's
+extents into one view, and fencing a view with anonymous pages), ``msync`` on
+an arbitrary page-aligned address, and ``punch_hole`` (fallocate PUNCH_HOLE).
+Each returns 0 or the errno instead of raising: callers decide what a failure
+means.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+libc.mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
+libc.mmap.restype = ctypes.c_void_p
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+libc.mprotect.restype = ctypes.c_int
+libc.msync.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+libc.msync.restype = ctypes.c_int
+libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+libc.fallocate.restype = ctypes.c_int
+
+MAP_FIXED = 0x10  # <sys/mman.h>, the same on every Linux architecture daxfs targets
+MS_SYNC = 4
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _errno() -> int:
+    return ctypes.get_errno() or -1
+
+
+def map_fixed(addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+    """mmap(addr, length, prot, flags | MAP_FIXED, fd, offset); 0 or the errno."""
+    got = libc.mmap(addr, length, prot, flags | MAP_FIXED, fd, offset)
+    return 0 if got == addr else _errno()
+
+
+def map_anonymous_over(addr: int, length: int) -> int:
+    """Replace [addr, addr+length) with private zero pages; on failure revoke all access."""
+    err = map_fixed(
+        addr, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0
+    )
+    if err:
+        libc.mprotect(addr, length, 0)  # PROT_NONE
+    return err
+
+
+def msync(addr: int, length: int) -> int:
+    """msync(MS_SYNC) on a page-aligned address; 0 or the errno."""
+    return 0 if libc.msync(addr, length, MS_SYNC) == 0 else _errno()
+
+
+def punch_hole(fd: int, offset: int, length: int) -> int:
+    """fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads zeros and holds no memory; 0 or errno."""
+    if libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return 0
+    return _errno()
