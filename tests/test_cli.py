@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -12,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from daxfs.cli import fsck_main, main, mkfs_main
-from daxfs.testing import ServerProc, Volume, daxfs_cmd, start_server
+from daxfs.testing import ServerProc, Volume, start_server, tcp_server
 
 
 def test_put_ls_stat_extents_get_rm(
@@ -100,25 +99,7 @@ def test_fresh_server_creates_the_embedded_region_and_reopens_it(workdir: Path) 
 def test_server_over_tcp(volume: Volume) -> None:
     from daxfs.client import connect
 
-    proc = subprocess.Popen(
-        daxfs_cmd(
-            "server", "--region", volume.region, "--meta", volume.meta, "--listen", "127.0.0.1:0"
-        ),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        address = None
-        for line in proc.stderr:
-            if "serving address=" in line:
-                address = line.split("serving address=")[1].split()[0]
-                break
-        assert address is not None and address.startswith("127.0.0.1:")
+    with tcp_server(volume, "127.0.0.1:0") as address:
+        assert address.startswith("127.0.0.1:")
         with connect(address) as c, c.open("/tcp", "wb") as f:
             f.write(b"over tcp")
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
-        assert proc.stderr is not None
-        proc.stderr.close()

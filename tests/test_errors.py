@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -13,31 +12,13 @@ from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.volume import format_volume
 from daxfs.shared import errors
-from daxfs.testing import ServerProc, Volume, daxfs_cmd
-
-
-def _run_server(volume: Volume, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        daxfs_cmd(
-            "server",
-            "--region",
-            volume.region,
-            "--meta",
-            volume.meta,
-            "--listen",
-            f"unix:{volume.dir}/s.sock",
-            *extra,
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+from daxfs.testing import ServerProc, Volume, run_server
 
 
 def test_server_refuses_a_region_with_a_bad_superblock(volume: Volume) -> None:
     with open(volume.region, "r+b") as f:
         f.write(b"NOTDAXFS")
-    out = _run_server(volume)
+    out = run_server(volume)
     assert out.returncode != 0
     assert "not a daxfs region" in out.stderr
     assert "Traceback" not in out.stderr
@@ -47,21 +28,21 @@ def test_server_refuses_a_corrupt_superblock_checksum(volume: Volume) -> None:
     with open(volume.region, "r+b") as f:
         f.seek(40)
         f.write(b"\x00\x20")  # block size field, without fixing the CRC
-    out = _run_server(volume)
+    out = run_server(volume)
     assert out.returncode != 0 and "checksum" in out.stderr
 
 
 def test_server_refuses_metadata_of_another_region(volume: Volume, workdir: Path) -> None:
     other = workdir / "other"
     format_volume(str(other), str(other) + ".meta", 64 * 1024 * 1024)
-    out = _run_server(volume, "--meta", str(other) + ".meta")
+    out = run_server(volume, "--meta", str(other) + ".meta")
     assert out.returncode != 0
     assert "belongs to region" in out.stderr
 
 
 def test_server_refuses_a_size_that_differs_and_never_reformats(volume: Volume) -> None:
     before = Path(volume.meta).read_bytes()
-    out = _run_server(volume, "--size", "128M")
+    out = run_server(volume, "--size", "128M")
     assert out.returncode != 0 and "differs from the existing region" in out.stderr
     assert Path(volume.meta).read_bytes() == before
 
@@ -70,12 +51,12 @@ def test_server_refuses_a_truncated_region(volume: Volume) -> None:
     import os
 
     os.truncate(volume.region, 64 * 1024 * 1024)
-    out = _run_server(volume)
+    out = run_server(volume)
     assert out.returncode != 0 and "truncated" in out.stderr
 
 
 def test_server_refuses_a_missing_metadata_file(volume: Volume) -> None:
-    out = _run_server(volume, "--meta", str(volume.dir / "nope.meta"))
+    out = run_server(volume, "--meta", str(volume.dir / "nope.meta"))
     assert out.returncode != 0 and "does not exist" in out.stderr
 
 

@@ -14,7 +14,7 @@ from daxfs.client import connect
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.volume import format_volume
 from daxfs.shared import errors
-from daxfs.testing import Volume, assert_fsck_clean, daxfs_cmd, start_server
+from daxfs.testing import Volume, assert_fsck_clean, run_server, start_server
 
 MIB = 1024 * 1024
 
@@ -89,18 +89,5 @@ def test_a_region_replaced_behind_the_servers_back_is_detected(volume: Volume) -
     finally:
         assert srv.stop() == 0
     # Restarting on the replacement is refused too.
-    out = subprocess.run(
-        daxfs_cmd(
-            "server",
-            "--region",
-            volume.region,
-            "--meta",
-            volume.meta,
-            "--listen",
-            f"unix:{volume.dir}/x.sock",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_server(volume)
     assert out.returncode != 0 and "not a daxfs region" in out.stderr

@@ -13,7 +13,14 @@ import pytest
 from daxfs.cli import main
 from daxfs.client import connect
 from daxfs.shared import errors
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, daxfs_cmd, start_server
+from daxfs.testing import (
+    ServerProc,
+    Volume,
+    assert_fsck_clean,
+    run_server,
+    start_server,
+    tcp_server,
+)
 
 TOKEN = "s3cret-token-0123456789abcdef"
 
@@ -68,22 +75,7 @@ def test_health_stays_open_without_a_token(auth_server: ServerProc) -> None:
 def test_a_short_token_file_is_refused(volume: Volume, workdir: Path) -> None:
     short = workdir / "short"
     short.write_text("abc")
-    out = subprocess.run(
-        daxfs_cmd(
-            "server",
-            "--region",
-            volume.region,
-            "--meta",
-            volume.meta,
-            "--listen",
-            f"unix:{workdir}/s.sock",
-            "--token-file",
-            str(short),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_server(volume, "--token-file", str(short))
     assert out.returncode == 1 and "at least 16 characters" in out.stderr
 
 
@@ -134,42 +126,12 @@ def _self_signed(workdir: Path) -> tuple[Path, Path]:
 
 def test_tls_over_tcp(volume: Volume, workdir: Path, token_file: Path) -> None:
     cert, key = _self_signed(workdir)
-    proc = subprocess.Popen(
-        daxfs_cmd(
-            "server",
-            "--region",
-            volume.region,
-            "--meta",
-            volume.meta,
-            "--listen",
-            "localhost:0",
-            "--tls-cert",
-            str(cert),
-            "--tls-key",
-            str(key),
-            "--token-file",
-            str(token_file),
-        ),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        address = None
-        for line in proc.stderr:
-            if "serving address=" in line:
-                address = line.split("serving address=")[1].split()[0]
-                break
-        assert address is not None
+    extra = ("--tls-cert", str(cert), "--tls-key", str(key), "--token-file", str(token_file))
+    with tcp_server(volume, "localhost:0", *extra) as address:
         with connect(address, token=TOKEN, tls_ca=str(cert)) as c, c.open("/tls", "wb") as f:
             f.write(b"encrypted in transit")
         with pytest.raises(errors.DaxfsError):
             connect(address, token=TOKEN, timeout=3)  # plaintext to a TLS port fails
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def test_the_server_enforces_mode_bits_for_the_callers_uid(server: ServerProc) -> None:

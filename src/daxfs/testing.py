@@ -83,16 +83,7 @@ def start_server(
         os.unlink(sock)  # left by a killed server: wait for the new one's socket
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            daxfs_cmd(
-                "server",
-                "--region",
-                volume.region,
-                "--meta",
-                volume.meta,
-                "--listen",
-                f"unix:{sock}",
-                *extra,
-            ),
+            server_argv(volume, f"unix:{sock}", *extra),
             stdout=logf,
             stderr=subprocess.STDOUT,
             env=env,
@@ -140,3 +131,43 @@ def fuse_mount(
             proc.wait()
         if os.path.ismount(mountpoint):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+
+
+def server_argv(volume: Volume, listen: str, *extra: str) -> list[str]:
+    """``daxfs server`` on ``volume`` listening on ``listen``."""
+    return daxfs_cmd(
+        "server", "--region", volume.region, "--meta", volume.meta, "--listen", listen, *extra
+    )
+
+
+def run_server(
+    volume: Volume, *extra: str, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a server that is expected to refuse to start; returns its exit and output."""
+    return subprocess.run(
+        server_argv(volume, f"unix:{volume.dir}/refused.sock", *extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def tcp_server(volume: Volume, listen: str, *extra: str) -> Iterator[str]:
+    """A server on TCP (port 0 allowed); yields the address it logged, stops it cleanly after."""
+    proc = subprocess.Popen(server_argv(volume, listen, *extra), stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        address = None
+        for line in proc.stderr:
+            if "serving address=" in line:
+                address = line.split("serving address=")[1].split()[0]
+                break
+        assert address is not None, "the server never said where it listens"
+        yield address
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=20)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        assert code == 0, f"server exited {code}"
