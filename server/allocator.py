@@ -190,13 +190,12 @@ class Allocator:
 
     def release_quarantined(self, offset: int, length: int) -> int:
         """Free one quarantined extent early (its recall completed); 0 if already released."""
-        for q_off, q_len, _until in self._meta.quarantined():
-            if q_off == offset and q_len == length:
-                self._meta.remove_quarantine(offset)
-                self.quarantined_bytes -= length
-                self.free(offset, length)
-                return length
-        return 0
+        if self._meta.quarantined_length(offset) != length:
+            return 0
+        self._meta.remove_quarantine(offset)
+        self.quarantined_bytes -= length
+        self.free(offset, length)
+        return length
 
     def release_quarantine(self, now_ns: int, *, force: bool = False) -> int:
         """Free every quarantined extent whose deadline has passed; returns bytes released."""

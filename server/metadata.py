@@ -371,6 +371,12 @@ class Metadata:
         ).fetchall()
         return [(int(o), int(n), int(u)) for o, n, u in rows]
 
+    def quarantined_length(self, offset: int) -> int | None:
+        row = self._conn.execute(
+            "SELECT length FROM quarantine WHERE region_offset=?", (offset,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def add_quarantine(self, offset: int, length: int, until_ns: int) -> None:
         self._conn.execute("INSERT INTO quarantine VALUES (?, ?, ?)", (offset, length, until_ns))
 
