@@ -20,10 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from daxfs.bench_mounts import daxfs_mount, naive_mount
+from daxfs.bench.mounts import daxfs_mount, naive_mount
 from daxfs.testing import Volume, start_server
 
-NAIVE = Path(__file__).resolve().parent / "naive_passthrough.py"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -58,7 +57,7 @@ def main() -> int:
     try:
         server = start_server(Volume.create(work, size=1 << 30))
         try:
-            with daxfs_mount(server.address, work) as dm, naive_mount(NAIVE, work) as nm:
+            with daxfs_mount(server.address, work) as dm, naive_mount(None, work) as nm:
                 for name, mnt in (("daxfs", dm), ("naive", nm)):
                     data = mnt / "data"
                     with open(data, "wb") as f:

@@ -19,7 +19,8 @@ import sys
 from typing import Any
 
 import mfusepy
-from naive_passthrough import Passthrough
+
+from daxfs.bench.naive_passthrough import Passthrough
 
 FUSE_BUF_IS_FD = 1 << 1
 FUSE_BUF_FD_SEEK = 1 << 2

@@ -1,11 +1,10 @@
-"""``daxfs mount`` and ``daxfs umount``: the life cycle of the FUSE daemon.
+"""The life cycle of the FUSE daemon: checks, libfuse in the foreground, unmount.
 
-``daxfs mount ADDR MOUNTPOINT`` checks the mountpoint and /dev/fuse, connects
-(Hello, then maps the region) and runs libfuse in this process, in the
-foreground. libfuse itself never forks: a gRPC channel does not survive a
-fork. Without ``--foreground`` the command starts itself again as a detached
-child and returns once the mount is live, or prints the child's error and
-fails.
+:func:`run_mount` checks the mountpoint and /dev/fuse, connects (Hello, then
+maps the region) and runs libfuse in this process, in the foreground. libfuse
+itself never forks: a gRPC channel does not survive a fork. The ``daxfs
+mount`` and ``daxfs umount`` verbs (``daxfs.cli.mount``) call it, and start it
+again as a detached child when asked for the background form.
 
 Signals: SIGTERM, SIGINT and SIGHUP unmount (lazily if the mount is busy, so
 open files keep working until closed); libfuse then returns and the session
@@ -24,15 +23,12 @@ import logging
 import os
 import stat
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from daxfs.cli import QuietError, normalize_address
-from daxfs.client.rpc import DEFAULT_TIMEOUT_S
-from daxfs.shared.errors import DaxfsError
+from daxfs.shared.address import normalize_address
+from daxfs.shared.errors import DaxfsError, QuietError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +63,7 @@ def is_mounted(mountpoint: str) -> bool:
         return any(_unescape(line.split()[4]) == target for line in f)
 
 
-def _check_mountpoint(mountpoint: str) -> None:
+def check_mountpoint(mountpoint: str) -> None:
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
@@ -86,7 +82,7 @@ def _check_mountpoint(mountpoint: str) -> None:
         raise QuietError(f"mountpoint {mountpoint} is busy: something is mounted there", 1)
 
 
-def _check_device() -> None:
+def check_device() -> None:
     if not os.path.exists(FUSE_DEVICE):
         raise QuietError(
             f"{FUSE_DEVICE} is missing: load the fuse module (modprobe fuse), or give the "
@@ -126,28 +122,6 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise OSError(errno.EBUSY, r.stderr.strip() or "fusermount3 failed", mountpoint)
-
-
-def cmd_umount(args: argparse.Namespace) -> int:
-    mp = args.mountpoint
-    if not is_mounted(mp):
-        raise QuietError(f"{mp} is not mounted", 1)
-    dead = False
-    try:
-        os.stat(mp)
-    except OSError as exc:
-        dead = exc.errno == errno.ENOTCONN
-    try:
-        unmount(mp, lazy=args.lazy or dead)
-    except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            raise QuietError(
-                f"{mp} is busy (files open there); use --lazy to detach it", 1
-            ) from None
-        raise QuietError(f"cannot unmount {mp}: {exc.strerror}", 1) from None
-    if dead:
-        print(f"daxfs: {mp} had no daemon; detached it", file=sys.stderr)
-    return 0
 
 
 # -- mount -----------------------------------------------------------------
@@ -219,8 +193,8 @@ def run_mount(args: argparse.Namespace) -> int:
     from daxfs.client.library import Client
 
     mp = args.mountpoint
-    _check_device()
-    _check_mountpoint(mp)
+    check_device()
+    check_mountpoint(mp)
     options = parse_options(args.options or [])
     stopper = _Stopper(mp)
     address = normalize_address(args.addr)
@@ -265,140 +239,3 @@ def run_mount(args: argparse.Namespace) -> int:
         client.close()
     log.info("unmounted %s", mp)
     return 0
-
-
-def _spawn_detached(args: argparse.Namespace, argv: list[str]) -> int:
-    """Start the foreground form as a detached child; return when it is mounted or dead."""
-    _check_device()
-    _check_mountpoint(args.mountpoint)
-    cmd = [sys.executable, "-m", "daxfs", *argv, "--foreground", "--detached-child"]
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    assert proc.stderr is not None
-    # EOF: the child mounted (and moved fd 2 to its log) or it died.
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            sys.stderr.write(err)
-            return code or 1
-        if is_mounted(args.mountpoint):
-            sys.stderr.write(err)
-            return 0
-        time.sleep(0.05)
-    proc.kill()
-    raise QuietError(f"the mount daemon for {args.mountpoint} did not start", 1)
-
-
-def cmd_mount(args: argparse.Namespace) -> int:
-    if args.foreground:
-        return run_mount(args)
-    return _spawn_detached(args, _child_argv(args))
-
-
-def _child_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["--debug"] if args.debug else []
-    argv += ["mount", args.addr, args.mountpoint, "--timeout", str(args.timeout)]
-    if args.region:
-        argv += ["--region", args.region]
-    if args.cache:
-        argv.append("--cache")
-    if args.attr_timeout is not None:
-        argv += ["--attr-timeout", str(args.attr_timeout)]
-    if args.debug_fuse:
-        argv.append("--debug-fuse")
-    if args.log:
-        argv += ["--log", args.log]
-    for opt in args.options or []:
-        argv += ["-o", opt]
-    return argv
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "mount",
-        help="mount a daxfs server with FUSE",
-        description="Mount a daxfs server: files are read and written straight in the "
-        "shared region, with no guest page cache (direct_io) unless --cache.",
-    )
-    p.add_argument("addr", metavar="ADDR", help="unix:/path or host:port")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument(
-        "--region", help="where this guest sees the region (default: as the server says)"
-    )
-    p.add_argument(
-        "--cache",
-        action="store_true",
-        help="use the guest page cache (no direct_io; close-to-open consistency only)",
-    )
-    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument(
-        "-o", dest="options", action="append", metavar="OPTS",
-        help="FUSE mount options, e.g. allow_other,default_permissions",
-    )  # fmt: skip
-    p.add_argument("--debug-fuse", action="store_true", help="libfuse's request trace on stderr")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        help=f"seconds before a server call fails with EIO (default {DEFAULT_TIMEOUT_S:g})",
-    )
-    p.add_argument(
-        "--attr-timeout",
-        type=float,
-        help="seconds the kernel caches attributes and names (default 0, 1 with --cache)",
-    )
-    p.add_argument("--log", help="detached daemon's log file (default: discarded)")
-    p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(fn=cmd_mount, log_default=logging.WARNING)
-
-    q = sub.add_parser("umount", help="unmount a daxfs FUSE mount")
-    q.add_argument("mountpoint", metavar="MOUNTPOINT")
-    q.add_argument(
-        "-z", "--lazy", action="store_true", help="detach now even if files are open there"
-    )
-    q.set_defaults(fn=cmd_umount)
-
-
-def mount_main(argv: Sequence[str] | None = None) -> int:
-    """``mount.daxfs ADDR MOUNTPOINT [-sfnv] [-o opts]``, as mount -t daxfs calls it.
-
-    daxfs's own options ride in -o: region=PATH, cache, timeout=S, log=PATH.
-    """
-    from daxfs.cli import main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    positional: list[str] = []
-    opts: list[str] = []
-    ours: list[str] = []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a == "-o" and i + 1 < len(args):
-            for item in args[i + 1].split(","):
-                key, sep, val = item.partition("=")
-                if key in ("region", "timeout", "log") and sep:
-                    ours += [f"--{key}", val]
-                elif key == "cache" and not sep:
-                    ours.append("--cache")
-                elif item:
-                    opts.append(item)
-            i += 2
-            continue
-        if a.startswith("-") and len(a) > 1:
-            i += 1  # -s (sloppy), -f (fake), -n (no mtab), -v (verbose): nothing to do
-            continue
-        positional.append(a)
-        i += 1
-    if len(positional) != 2:
-        print("usage: mount.daxfs ADDR MOUNTPOINT [-o options]", file=sys.stderr)
-        return 2
-    extra = ["-o", ",".join(opts)] if opts else []
-    return main(["mount", *positional, *ours, *extra])

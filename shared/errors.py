@@ -6,6 +6,8 @@ nothing of daxfs can still ``except FileNotFoundError``. The edges translate:
 FUSE raises ``FuseOSError(e.errno)``, gRPC aborts with the status code in
 ``daxfs.server.service.STATUS_FOR`` and carries the errno in trailing metadata,
 and the client turns that back into the same leaf with :func:`from_errno`.
+:class:`QuietError` stands apart: a user mistake at a command line, which the
+CLI prints as one line with no traceback.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ class DaxfsError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class QuietError(Exception):
+    """A user mistake (a bad flag, a busy mountpoint): the CLI prints the message and
+    exits with ``exit_code``, with no traceback. Not a :class:`DaxfsError`: it never
+    crosses an edge."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class NotFound(DaxfsError, FileNotFoundError):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from daxfs.bench import expected_figures
-from daxfs.bench_plan import Plan
+from daxfs.bench.plan import Plan
+from daxfs.bench.runner import expected_figures
 from daxfs.testing import daxfs_cmd
 
 pytestmark = [

@@ -786,7 +786,7 @@ def test_mount_and_umount_commands(server: ServerProc, workdir: Path) -> None:
         [
             sys.executable,
             "-c",
-            "from daxfs.client.mount import mount_main; raise SystemExit(mount_main())",
+            "from daxfs.cli import mount_main; raise SystemExit(mount_main())",
             server.address,
             str(mp),
             "-o",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +57,124 @@ def test_core_imports_neither_grpc_nor_fuse() -> None:
                 )
 
 
+#: Which parts of daxfs each part may import: the layers of the architecture.
+#: shared is the floor; server and client stand on it and never on each other;
+#: ``daxfs.testing`` drives a server and clients; the bench uses all of that; the
+#: CLI sits on top, and only ``python -m daxfs`` (and the console scripts) use it.
+MAY_IMPORT: dict[str, set[str]] = {
+    "shared": {"shared"},
+    "proto": {"proto"},
+    "server": {"shared", "proto", "server"},
+    "client": {"shared", "proto", "client"},
+    "testing": {"shared", "proto", "server", "client", "testing"},
+    "bench": {"shared", "proto", "server", "client", "testing", "bench"},
+    "cli": {"shared", "proto", "server", "client", "bench", "cli"},
+    "root": set(),
+    "main": {"cli"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package, by dotted name, from pyproject's package-dir."""
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ]
+    modules = {}
+    for pkg, folder in mapping.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [pkg, *rel.parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules.setdefault(".".join(parts), path)
+    return modules
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if module == "daxfs":
+        return "root"
+    if module == "daxfs.__main__":
+        return "main"
+    return parts[1]
+
+
+def _imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The daxfs modules ``module`` imports, anywhere in it (functions and
+    TYPE_CHECKING blocks included: a deferred import is still a dependency)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+
+    def resolve(name: str) -> None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name:
+            found.add(name)
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                resolve(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                resolve(full if full in modules else base)
+    found.discard(module)
+    return found
+
+
+def test_no_module_imports_upward() -> None:
+    modules = _modules()
+    wrong = []
+    for module, path in sorted(modules.items()):
+        for target in sorted(_imports(module, path, modules)):
+            if _layer(target) not in MAY_IMPORT[_layer(module)]:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "imports against the layering (see MAY_IMPORT):\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles() -> None:
+    modules = _modules()
+    graph = {m: _imports(m, p, modules) for m, p in modules.items()}
+    # Tarjan's strongly connected components: any component of two or more
+    # modules is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
 def test_packages_list_matches_the_folders() -> None:
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     packages = set(conf["packages"])
@@ -65,6 +185,33 @@ def test_packages_list_matches_the_folders() -> None:
             rel = init.parent.relative_to(ROOT / folder)
             found.add(".".join([pkg, *rel.parts]))
     assert found == packages, "add new subpackages to [tool.setuptools] packages"
+
+
+def test_the_wheel_holds_every_module(tmp_path: Path) -> None:
+    """What ships is what is here: every module (the CLI, the bench and its naive FUSE
+    peer included), built from a clean copy so no stale build/ can hide a gap."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".*", "build", "dist", "*.egg-info", "__pycache__", "tests", "benchmarks"
+        ),
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "wheel"), str(src)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (wheel,) = (tmp_path / "wheel").glob("daxfs-*.whl")
+    shipped = {
+        n.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for n in zipfile.ZipFile(wheel).namelist()
+        if n.startswith("daxfs/") and n.endswith(".py")
+    }
+    assert shipped == set(_modules())
 
 
 def test_dependency_floors_satisfy_the_gencode() -> None:

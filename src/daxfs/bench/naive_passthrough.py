@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """The FUSE file system a user would write instead of daxfs: a naive mfusepy passthrough.
 
-``python benchmarks/naive_passthrough.py SOURCE MOUNTPOINT`` mirrors SOURCE
+``python -m daxfs.bench.naive_passthrough SOURCE MOUNTPOINT`` mirrors SOURCE
 (a tmpfs directory in the benchmark) at MOUNTPOINT, in the foreground, until
 unmounted (``fusermount3 -u MOUNTPOINT``). It is mfusepy's loopback example
 written plainly: every operation is the matching ``os`` call on the source
@@ -18,7 +17,7 @@ import errno
 import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import mfusepy
@@ -116,7 +115,10 @@ class Passthrough(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        os.utime(self._full(path), ns=times)
+        if times is None:
+            os.utime(self._full(path))
+        else:
+            os.utime(self._full(path), ns=times)
         return 0
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -125,13 +127,14 @@ class Passthrough(mfusepy.Operations):  # type: ignore[misc]
             return os.write(fh, data)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2:
-        print("usage: naive_passthrough.py SOURCE MOUNTPOINT", file=sys.stderr)
+        print("usage: python -m daxfs.bench.naive_passthrough SOURCE MOUNTPOINT", file=sys.stderr)
         return 2
     mfusepy.FUSE(Passthrough(argv[0]), argv[1], foreground=True, direct_io=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

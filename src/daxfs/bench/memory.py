@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from daxfs.bench_plan import MIB, Plan, size_label
-from daxfs.bench_progress import Progress
-from daxfs.bench_results import Results, digest, pattern
+from daxfs.bench.plan import MIB, Plan, size_label
+from daxfs.bench.progress import Progress
+from daxfs.bench.results import Results, digest, pattern
 from daxfs.client.library import Client
 from daxfs.proto import daxfs_pb2 as pb
 
@@ -263,7 +263,7 @@ def _grpc_read(client: Client, path: str, dst: U8) -> float:
 
 
 def persist_worker(address: str, path: str, reps: int, sizes: list[int]) -> dict[str, Any]:
-    """Time ``persist()`` of freshly dirtied ranges; runs in a subprocess (see bench_persist)."""
+    """Time ``persist()`` of freshly dirtied ranges; runs in a subprocess (see run_persist)."""
     from daxfs.client.library import connect
 
     out: dict[str, Any] = {"samples": {str(s): [] for s in sizes}}
@@ -295,7 +295,7 @@ def run_persist(client: Client, res: Results, plan: Plan, progress: Progress) ->
             args = [client.address, path, str(plan.reps), *map(str, plan.persist_sizes)]
             env = dict(os.environ, PMEM_IS_PMEM_FORCE=force)
             out = subprocess.run(
-                [sys.executable, "-m", "daxfs.bench_worker", "persist", *args],
+                [sys.executable, "-m", "daxfs.bench.worker", "persist", *args],
                 capture_output=True,
                 text=True,
                 env=env,

@@ -6,7 +6,7 @@ word the other one stores. Through a mount: the same game with ``pwrite`` and
 ``pread`` of 8 bytes on one file of a mount (every read is a FUSE request on
 a direct_io daxfs mount). One-way latency = median round trip / 2.
 
-The partner runs in a subprocess (``bench_worker``); it first stores a
+The partner runs in a subprocess (``daxfs.bench.worker``); it first stores a
 "ready" word, then answers ``rounds`` pings. Both sides give up after a
 deadline instead of spinning forever.
 """
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from daxfs.bench_plan import Plan
-from daxfs.bench_progress import Progress
-from daxfs.bench_results import Results
+from daxfs.bench.plan import Plan
+from daxfs.bench.progress import Progress
+from daxfs.bench.results import Results
 from daxfs.client.library import Client
 
 #: Word indexes in the shared page; PING and PONG sit on different cache lines.
@@ -57,7 +57,7 @@ def _store(words: npt.NDArray[np.uint64], i: int, value: int) -> None:
     words[i] = value
 
 
-# -- the partner (runs in bench_worker) --------------------------------------
+# -- the partner (runs in daxfs.bench.worker) ---------------------------------
 
 
 def region_partner(address: str, path: str, rounds: int) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def file_partner(path: str, rounds: int) -> dict[str, Any]:
 
 def _partner(kind: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "daxfs.bench_worker", kind, *args],
+        [sys.executable, "-m", "daxfs.bench.worker", kind, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

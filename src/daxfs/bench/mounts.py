@@ -19,16 +19,12 @@ from pathlib import Path
 from daxfs.client.mount import is_mounted
 from daxfs.testing import daxfs_cmd
 
-NAIVE_SCRIPT = "benchmarks/naive_passthrough.py"
 
-
-def find_naive(explicit: str | None = None) -> Path | None:
-    """benchmarks/naive_passthrough.py: given, else in the working tree or beside the sources."""
-    candidates = [Path(explicit)] if explicit else []
-    candidates.append(Path.cwd() / NAIVE_SCRIPT)
-    # A strict editable install links src/daxfs/*.py: resolve() finds the checkout.
-    candidates.append(Path(__file__).resolve().parents[2] / NAIVE_SCRIPT)
-    return next((p for p in candidates if p.is_file()), None)
+def naive_command(script: Path | None = None) -> list[str]:
+    """The naive FUSE's command line: the packaged peer, or another script given by path."""
+    if script is None:
+        return [sys.executable, "-m", "daxfs.bench.naive_passthrough"]
+    return [sys.executable, str(script)]
 
 
 def _wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path) -> None:
@@ -81,8 +77,9 @@ def daxfs_mount(address: str, workdir: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def naive_mount(script: Path, workdir: Path) -> Iterator[Path]:
-    """The naive mfusepy passthrough of a tmpfs directory (benchmarks/naive_passthrough.py)."""
+def naive_mount(script: Path | None, workdir: Path) -> Iterator[Path]:
+    """The naive mfusepy passthrough of a tmpfs directory (``daxfs.bench.naive_passthrough``,
+    or ``script`` if given)."""
     src = workdir / "naive-src"
     mp = workdir / "naive-mnt"
     src.mkdir()
@@ -90,7 +87,7 @@ def naive_mount(script: Path, workdir: Path) -> Iterator[Path]:
     log = workdir / "naive-mount.log"
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(src), str(mp)],
+            [*naive_command(script), str(src), str(mp)],
             stdout=logf,
             stderr=subprocess.STDOUT,
         )

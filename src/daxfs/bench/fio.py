@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daxfs.bench_plan import Plan
-from daxfs.bench_results import Results, digest, pattern
+from daxfs.bench.plan import Plan
+from daxfs.bench.results import Results, digest, pattern
 
 MB = 1e6
 

@@ -1,4 +1,4 @@
-"""Entry point of the benchmark's helper processes: ``python -m daxfs.bench_worker KIND ARGS...``.
+"""Entry point of the benchmark's helper processes: ``python -m daxfs.bench.worker KIND ARGS...``.
 
 Some figures need a second process: the partner of a cross-guest ping-pong,
 and the persist timings, which must load libpmem with ``PMEM_IS_PMEM_FORCE``
@@ -19,16 +19,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind, rest = args[0], args[1:]
     out: dict[str, Any]
     if kind == "persist":
-        from daxfs.bench_memory import persist_worker
+        from daxfs.bench.memory import persist_worker
 
         address, path, reps, *sizes = rest
         out = persist_worker(address, path, int(reps), [int(s) for s in sizes])
     elif kind == "region":
-        from daxfs.bench_cross import region_partner
+        from daxfs.bench.cross import region_partner
 
         out = region_partner(rest[0], rest[1], int(rest[2]))
     elif kind == "file":
-        from daxfs.bench_cross import file_partner
+        from daxfs.bench.cross import file_partner
 
         out = file_partner(rest[0], int(rest[1]))
     else:

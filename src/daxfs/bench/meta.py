@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from daxfs.bench_plan import MIB, Plan, size_label
-from daxfs.bench_progress import Progress
-from daxfs.bench_results import Results
+from daxfs.bench.plan import MIB, Plan, size_label
+from daxfs.bench.progress import Progress
+from daxfs.bench.results import Results
 from daxfs.client.library import Client
 from daxfs.proto import daxfs_pb2 as pb
 

@@ -1,0 +1,147 @@
+"""Host-side verbs on a volume: ``daxfs server``, ``daxfs mkfs``, ``daxfs fsck``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+
+from daxfs.cli.arguments import Subcommands, add_volume_options, block_size, byte_size, meta_path
+from daxfs.shared.address import normalize_address
+from daxfs.shared.errors import DaxfsError, QuietError
+from daxfs.shared.format import DEFAULT_BLOCK_SIZE, GIB
+
+log = logging.getLogger("daxfs")
+
+#: The size of the region ``daxfs server`` creates when nothing exists yet.
+DEFAULT_FRESH_SIZE = 1 * GIB
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from daxfs.server.daemon import DEFAULT_LISTEN, ServerConfig, serve
+
+    meta = meta_path(args)
+    fresh = not os.path.exists(args.region) and not os.path.exists(meta)
+    do_format = bool(args.format)
+    size = args.size
+    if fresh and not do_format:
+        # Nothing exists yet: creating is not reformatting.
+        do_format = True
+        size = size or DEFAULT_FRESH_SIZE
+        log.info("no region at %s: creating one of %d bytes", args.region, size)
+    if do_format and size is None and not os.path.exists(args.region):
+        raise QuietError("--format needs --size for a new region file")
+    config = ServerConfig(
+        region=args.region,
+        meta=meta,
+        listen=normalize_address(args.listen or DEFAULT_LISTEN),
+        size=size,
+        block_size=args.block_size,
+        format=do_format,
+        socket_mode=int(args.socket_mode, 8),
+        announce_region=args.announce_region,
+        lease_ns=None if args.lease_seconds is None else int(args.lease_seconds * 1e9),
+        token=_server_token(args.token_file),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        socket_group=args.socket_group,
+    )
+    return serve(config)
+
+
+def _server_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    from daxfs.server.auth import read_token
+
+    try:
+        return read_token(path)
+    except (OSError, ValueError) as exc:
+        raise QuietError(f"--token-file: {exc}", 1) from None
+
+
+def cmd_mkfs(args: argparse.Namespace) -> int:
+    from daxfs.server.volume import format_volume
+    from daxfs.shared.region import read_superblock
+
+    meta = meta_path(args)
+    if os.path.exists(args.region) and not args.force:
+        try:
+            sb = read_superblock(args.region)
+        except (OSError, DaxfsError):
+            pass
+        else:
+            raise QuietError(
+                f"{args.region} already holds daxfs region {sb.uuid_str}; pass --force to erase it",
+                1,
+            )
+    is_dev = os.path.exists(args.region) and stat.S_ISCHR(os.stat(args.region).st_mode)
+    if args.size is None and not is_dev:
+        raise QuietError("mkfs of a file region needs --size (e.g. --size 1G)")
+    format_volume(args.region, meta, args.size, args.block_size)
+    print(f"formatted {args.region} (metadata {meta})")
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from daxfs.server.fsck import fsck
+
+    report = fsck(args.region, meta_path(args), repair=args.repair)
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.found:
+        print(f"PROBLEM: {problem}")
+    for action in report.repairs:
+        print(f"REPAIRED: {action}")
+    if args.repair:
+        for problem in report.problems:
+            print(f"NOT REPAIRED: {problem}")
+    summary = (
+        f"{report.files} inodes, used {report.used_bytes} B, free {report.free_bytes} B, "
+        f"quarantined {report.quarantined_bytes} B"
+    )
+    if report.clean:
+        print(f"clean{' after repair' if report.repairs else ''}: {summary}")
+        return 0
+    hint = "" if args.repair else "; `daxfs fsck --repair` fixes what it safely can"
+    print(f"{len(report.problems)} problem(s){hint}: {summary}")
+    return 1
+
+
+def register(sub: Subcommands) -> None:
+    """Add ``server``, ``mkfs`` and ``fsck``."""
+    p = sub.add_parser("server", help="run the host server")
+    add_volume_options(p)
+    p.add_argument("--size", type=byte_size, help="region size for a new region (e.g. 1G)")
+    p.add_argument("--listen", help="unix:/path (default unix:/run/daxfs/daxfs.sock) or host:port")
+    p.add_argument("--block-size", type=block_size, default=DEFAULT_BLOCK_SIZE)
+    p.add_argument("--format", action="store_true", help="erase and format the region first")
+    p.add_argument("--socket-mode", default="600", help="octal mode of the unix socket")
+    p.add_argument("--announce-region", help="region path to tell clients (default: --region)")
+    p.add_argument("--token-file", help="clients must send this file's token (>= 16 chars)")
+    p.add_argument("--tls-cert", help="PEM certificate chain for TCP listening")
+    p.add_argument("--tls-key", help="PEM private key for TCP listening")
+    p.add_argument("--socket-group", help="group allowed to use the unix socket (mode 0660)")
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        help="layout lease duration (default 30); a dead guest's extents return after it",
+    )
+    p.set_defaults(fn=cmd_server, log_default=logging.INFO)
+
+    p = sub.add_parser("mkfs", help="format a region and a fresh metadata file")
+    add_volume_options(p)
+    p.add_argument("--size", type=byte_size)
+    p.add_argument("--block-size", type=block_size, default=DEFAULT_BLOCK_SIZE)
+    p.add_argument("--force", action="store_true", help="erase an existing daxfs region")
+    p.set_defaults(fn=cmd_mkfs)
+
+    p = sub.add_parser("fsck", help="check a volume offline")
+    add_volume_options(p)
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix what can be fixed safely and say what was done (never with a server running)",
+    )
+    p.set_defaults(fn=cmd_fsck)
