@@ -817,8 +817,14 @@ class DaxFile(io.RawIOBase):
                 self._commit()
         else:
             tiles = self._layout(0, span, write=False)
-        view, base = _map_tiles(self.client.region.fd, tiles, span, writable)
-        self.client.fence.register(self.ino, view, base, span)
+        with self.client.fence.io.shared():
+            # Mapped and registered under the fence's shared lock: a recall
+            # either fences this view or came before it (then map afresh), so a
+            # recalled range never stays mapped, populated or not.
+            if self.client.layouts.lookup(self.ino, 0, span) is None:
+                return self.array(dtype, shape)
+            view, base = _map_tiles(self.client.region.fd, tiles, span, writable)
+            self.client.fence.register(self.ino, view, base, span)
         arr = np.frombuffer(view, dtype=dt, count=nbytes // dt.itemsize).reshape(shape_t)
         if not writable:
             arr.flags.writeable = False
@@ -830,7 +836,9 @@ def _map_tiles(fd: int, tiles: list[Extent], span: int, writable: bool) -> tuple
 
     The reservation is an anonymous Python mmap; when the last array viewing it
     is collected, its munmap removes the whole range, fixed mappings included.
-    Holes stay anonymous zero pages.
+    Holes stay anonymous zero pages. Each tile's page tables are filled in
+    the mapping call (read or write population by the view's mode), so a fresh
+    view takes no page fault on first touch.
     """
     reserve = mmap.mmap(-1, span, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     probe = np.frombuffer(reserve, dtype=np.uint8)
@@ -841,7 +849,9 @@ def _map_tiles(fd: int, tiles: list[Extent], span: int, writable: bool) -> tuple
         if tile.region_offset is None:
             continue
         addr = base + tile.file_offset
-        err = map_fixed(addr, tile.length, prot, mmap.MAP_SHARED, fd, tile.region_offset)
+        err = map_fixed(
+            addr, tile.length, prot, mmap.MAP_SHARED, fd, tile.region_offset, populate=True
+        )
         if err:
             reserve.close()
             raise errors.DaxfsError(f"mmap of an extent failed: {os.strerror(err)}")

@@ -1,8 +1,10 @@
 """The memory-mapping system calls Python's ``mmap`` module does not offer, declared once.
 
 ``map_fixed`` (mmap with MAP_FIXED at a chosen address: stitching a file's
-extents into one view, and fencing a view with anonymous pages), ``msync`` on
-an arbitrary page-aligned address, and ``punch_hole`` (fallocate PUNCH_HOLE).
+extents into one view, and fencing a view with anonymous pages), ``populate``
+(filling a mapping's page tables in one call instead of one fault per page),
+``msync`` on an arbitrary page-aligned address, and ``punch_hole`` (fallocate
+PUNCH_HOLE).
 Each returns 0 or the errno instead of raising: callers decide what a failure
 means.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import mmap
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -23,6 +26,8 @@ libc.mmap.argtypes = (
     ctypes.c_long,
 )
 libc.mmap.restype = ctypes.c_void_p
+libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+libc.madvise.restype = ctypes.c_int
 libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 libc.mprotect.restype = ctypes.c_int
 libc.msync.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
@@ -31,6 +36,9 @@ libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_l
 libc.fallocate.restype = ctypes.c_int
 
 MAP_FIXED = 0x10  # <sys/mman.h>, the same on every Linux architecture daxfs targets
+MAP_POPULATE = 0x8000
+MADV_POPULATE_READ = 22  # Linux 5.14+; older kernels answer EINVAL
+MADV_POPULATE_WRITE = 23
 MS_SYNC = 4
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -40,10 +48,50 @@ def _errno() -> int:
     return ctypes.get_errno() or -1
 
 
-def map_fixed(addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
-    """mmap(addr, length, prot, flags | MAP_FIXED, fd, offset); 0 or the errno."""
+#: Whether madvise(MADV_POPULATE_*) works here; cleared at its first EINVAL (kernel < 5.14).
+_madvise_populates = True
+
+
+def map_fixed(
+    addr: int, length: int, prot: int, flags: int, fd: int, offset: int, *, populate: bool = False
+) -> int:
+    """mmap(addr, length, prot, flags | MAP_FIXED, fd, offset); 0 or the errno.
+
+    ``populate`` also fills the page tables now (see :func:`populate`), so the
+    first touch of each page takes no fault. Only the mapping's success is
+    reported: pages that cannot be populated (memory short) fault in later.
+    """
+    if populate and not _madvise_populates:
+        flags |= MAP_POPULATE  # read-fault population: what old kernels offer
+        populate = False
     got = libc.mmap(addr, length, prot, flags | MAP_FIXED, fd, offset)
-    return 0 if got == addr else _errno()
+    if got != addr:
+        return _errno()
+    if populate:
+        err = populate_range(addr, length, write=bool(prot & mmap.PROT_WRITE))
+        if err == errno.EINVAL and not _madvise_populates:
+            got = libc.mmap(addr, length, prot, flags | MAP_FIXED | MAP_POPULATE, fd, offset)
+            if got != addr:
+                return _errno()
+    return 0
+
+
+def populate_range(addr: int, length: int, *, write: bool) -> int:
+    """Fault in [addr, addr+length) now: madvise(MADV_POPULATE_WRITE or _READ); 0 or the errno.
+
+    WRITE population for a writable mapping, so that stores take no fault
+    either (on a DAX filesystem a read fault maps pages read-only); READ for a
+    read-only one. EINVAL means the kernel predates 5.14 (remembered: later
+    calls of :func:`map_fixed` use MAP_POPULATE instead).
+    """
+    global _madvise_populates
+    advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ
+    if libc.madvise(addr, length, advice) == 0:
+        return 0
+    err = _errno()
+    if err == errno.EINVAL:
+        _madvise_populates = False
+    return err
 
 
 def map_anonymous_over(addr: int, length: int) -> int:

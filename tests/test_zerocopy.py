@@ -1,0 +1,77 @@
+"""The zero-copy path at its limit: views that fault nothing in, cheap appends, huge pages.
+
+Residency is read from /proc/self/smaps (the Rss of the view's mappings),
+not mincore: mincore on a shared file mapping reports the page cache, which
+holds the region's pages whether or not this view has page-table entries.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from daxfs.client import Client, connect
+from daxfs.shared.format import MIB
+from daxfs.testing import ServerProc
+
+KIB = 1024
+
+
+def smaps(addr: int, length: int) -> dict[str, int]:
+    """Sum of each smaps field (in bytes) over the mappings inside [addr, addr+length)."""
+    totals: dict[str, int] = {}
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo < addr + length and hi > addr
+        elif inside and line.endswith(" kB"):
+            name, value, _unit = line.split()
+            totals[name.rstrip(":")] = totals.get(name.rstrip(":"), 0) + int(value) * KIB
+    return totals
+
+
+def address(arr: npt.NDArray[np.uint8]) -> int:
+    return int(arr.ctypes.data)
+
+
+def test_a_fresh_read_view_is_resident_before_it_is_touched(client: Client) -> None:
+    with client.open("/r", "wb") as f:
+        f.write(b"\x5a" * (8 * MIB))
+    with client.open("/r", "rb") as f:
+        arr = f.array()
+    assert smaps(address(arr), arr.nbytes).get("Rss") == 8 * MIB
+    assert int(arr[-1]) == 0x5A
+
+
+def test_a_fresh_writable_view_is_resident_and_takes_stores(client: Client) -> None:
+    with client.open("/w", "w+b") as f:
+        arr = f.array(np.uint8, 4 * MIB)  # grows the file: fresh extents
+        assert smaps(address(arr), arr.nbytes).get("Rss") == 4 * MIB
+        arr[:] = 7
+        assert f.pread(16, 4 * MIB - 16) == b"\x07" * 16
+
+
+def test_a_populated_view_is_fenced_as_before(server: ServerProc) -> None:
+    """A recall replaces populated pages too: the view reads zeros, its stores miss the region."""
+    with connect(server.address) as owner, connect(server.address) as other:
+        with owner.open("/f", "wb") as f:
+            f.write(b"\x11" * MIB)
+        (extent,) = owner.extents("/f")
+        assert extent.region_offset is not None
+        with other.open("/f", "r+b") as g:
+            view = g.array()
+        assert smaps(address(view), view.nbytes).get("Rss") == MIB
+        owner.truncate("/f", 0)  # frees the extent: the other client's view is recalled
+        deadline = time.monotonic() + 20
+        while other.recalls == 0:
+            assert time.monotonic() < deadline, "no recall arrived"
+            time.sleep(0.01)
+        assert not view.any(), "a recalled view must read zeros"
+        view[:] = 0x22  # lands in private pages, never in the region
+        r = extent.region_offset
+        assert not (owner.region.u8[r : r + MIB] == 0x22).any()
