@@ -36,19 +36,13 @@ from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.rpc import Connection
 from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
-from daxfs.shared import errors
+from daxfs.shared import errors, growth
 from daxfs.shared.extent import Extent, InodeId, align_up
 from daxfs.shared.flush import FlushMode
-from daxfs.shared.format import MIB
 from daxfs.shared.mman import map_fixed
 from daxfs.shared.region import Region
 
 log = logging.getLogger(__name__)
-
-#: Growth asked for when a write passes the file's allocation: at least 1 MiB,
-#: at most 64 MiB, else as much as the file already holds (doubling).
-MIN_GROWTH = 1 * MIB
-MAX_GROWTH = 64 * MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,24 +523,29 @@ class DaxFile(io.RawIOBase):
         if write:
             alloc_end = self.client.layouts.allocated_end(self.ino)
             if end > alloc_end:
-                # Growing: ask for a chunk so sequential writers need few layouts.
-                growth = min(MAX_GROWTH, max(MIN_GROWTH, alloc_end))
-                ask_end = max(end, align_up(max(start, alloc_end) + growth, self._bs))
+                # Growing: ask for a chunk so appending writers need few layouts.
+                ask_end = align_up(end, self._bs) + growth.chunk(
+                    end, self._bs, self.client.region.superblock.data_size
+                )
         else:
             # Reads: one layout for the whole file, so later reads cost no RPC.
             ask_start, ask_end = 0, max(end, align_up(self._size, self._bs))
         try:
-            reply = self._get_layout(ask_start, ask_end, write)
+            tiles = self._fetch_layout(ask_start, ask_end, write)
         except errors.NoSpace:
             if (ask_start, ask_end) == (start, end):
                 raise
             # The growth chunk was only a hint: retry with exactly what is needed.
-            ask_start, ask_end = start, end
-            reply = self._get_layout(start, end, write)
+            tiles = self._fetch_layout(start, end, write)
+        return [p for t in tiles if (p := t.clip(start, end)) is not None]
+
+    def _fetch_layout(self, start: int, end: int, write: bool) -> list[Extent]:
+        """One GetLayout for [start, end), cached and its lease noted."""
+        reply = self._get_layout(start, end, write)
         tiles = _tiles(reply)
         self.client._got_lease(self.ino, reply.lease_id)
-        self.client.layouts.insert(self.ino, tiles, ask_start, ask_end, reply.expires_ns)
-        return [p for t in tiles if (p := t.clip(start, end)) is not None]
+        self.client.layouts.insert(self.ino, tiles, start, end, reply.expires_ns)
+        return tiles
 
     def _get_layout(self, start: int, end: int, write: bool) -> pb.Layout:
         reply: pb.Layout = self.client.call(
@@ -687,7 +686,15 @@ class DaxFile(io.RawIOBase):
     def allocate(
         self, offset: int, length: int, *, keep_size: bool = False, contiguous: bool = False
     ) -> None:
-        """fallocate: back [offset, offset+length) with storage; ``contiguous`` as one extent."""
+        """fallocate: back [offset, offset+length) with storage; ``contiguous`` as one extent.
+
+        The way to write a file of known size with one layout: ``allocate(0,
+        size)`` takes a WRITE layout of the range along with the storage, so
+        the writes (or one :meth:`array` of the whole file) that follow make no
+        layout call. The allocation is kept at
+        close (not trimmed like the speculative growth of appends, see
+        ``daxfs.shared.growth``).
+        """
         self._check_open()
         attr = self.client.call(
             "Allocate",
@@ -703,6 +710,9 @@ class DaxFile(io.RawIOBase):
         self.client.layouts.invalidate(self.ino)
         self._size = max(self._size, int(attr.size))
         self._committed_size = int(attr.size)
+        if self.mode_info.write and length > 0:
+            # The one layout: writes into the range, or an array() of it, need no other.
+            self._fetch_layout(offset, offset + length, write=True)
 
     # -- visibility and durability ------------------------------------------
 

@@ -29,7 +29,7 @@ from typing import Any
 from daxfs.server.allocator import Allocator
 from daxfs.server.leases import LeaseTable, Recall
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
-from daxfs.shared import errors
+from daxfs.shared import errors, growth
 from daxfs.shared.extent import (
     MAX_FILE_SIZE,
     ClientId,
@@ -52,10 +52,6 @@ NAME_MAX = 255
 PATH_MAX = 4096
 #: Largest Read/Write RPC payload; bigger requests are refused, the client splits them.
 MAX_IO = 16 * MIB
-#: Speculative growth for a file written past its allocation: at least this much…
-MIN_GROWTH = 1 * MIB
-#: …and at most this much, or the file's current allocation if smaller.
-MAX_GROWTH = 64 * MIB
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -480,8 +476,7 @@ class Namespace:
             want = gap.length
             if gap.file_end >= alloc_end and not contiguous:
                 # Growing at the end: allocate a chunk so sequential writers get few extents.
-                growth = min(MAX_GROWTH, max(MIN_GROWTH, already))
-                want = max(want, align_up(growth, bs))
+                want = max(want, growth.chunk(already, bs, self.region.superblock.data_size))
             try:
                 pieces = self.allocator.allocate(want, goal=goal, contiguous=contiguous)
             except errors.NoSpace:

@@ -14,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from daxfs.client import Client, connect
+from daxfs.shared import growth
 from daxfs.shared.format import MIB
-from daxfs.testing import ServerProc
+from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server
 
 KIB = 1024
 
@@ -75,3 +76,53 @@ def test_a_populated_view_is_fenced_as_before(server: ServerProc) -> None:
         view[:] = 0x22  # lands in private pages, never in the region
         r = extent.region_offset
         assert not (owner.region.u8[r : r + MIB] == 0x22).any()
+
+
+def test_appending_1gib_in_16mib_pieces_takes_at_most_3_layouts(workdir: Path) -> None:
+    """Growth quadruples per layout call, and the last close gives the excess back."""
+    # Sparse: only what is written uses memory. 8 GiB lets the chunk reach its 1 GiB cap.
+    volume = Volume.create(workdir, size=8192 * MIB)
+    srv = start_server(volume)
+    try:
+        with connect(srv.address) as c:
+            piece = np.full(16 * MIB, 0xA5, dtype=np.uint8)
+            before = c.stats().layouts
+            with c.open("/log", "w+b") as f:
+                for _ in range(64):
+                    f.write(piece)
+                calls = c.stats().layouts - before
+                assert f.pread(16, 1024 * MIB - 16) == b"\xa5" * 16
+            assert calls <= 3
+            st = c.stat("/log")
+            assert st.size == 1024 * MIB
+            assert st.allocated == 1024 * MIB, "the last close trims the speculative growth"
+            with c.open("/odd", "wb") as f:
+                f.write(b"x" * (5 * MIB + 1))
+            assert c.stat("/odd").allocated == 5 * MIB + 4 * KIB
+            free_before = c.stats().free_bytes
+            c.unlink("/log")
+            assert c.stats().free_bytes == free_before + 1024 * MIB
+    finally:
+        assert srv.stop() == 0
+    assert_fsck_clean(volume)
+
+
+def test_allocate_gives_a_file_of_known_size_one_layout(client: Client) -> None:
+    with client.open("/known", "wb") as f:
+        before = client.stats().layouts
+        f.allocate(0, 64 * MIB)
+        for off in range(0, 64 * MIB, 8 * MIB):
+            f.pwrite(b"\x01" * (8 * MIB), off)
+        arr = f.array()
+        assert client.stats().layouts - before == 1
+        assert int(arr[-1]) == 1
+    assert client.stat("/known").allocated == 64 * MIB
+
+
+def test_growth_quadruples_files_up_to_1gib_chunks_and_an_eighth_of_the_volume() -> None:
+    big = 64 * 1024 * MIB
+    assert growth.chunk(0, 4 * KIB, big) == growth.MIN_GROWTH
+    assert growth.chunk(16 * MIB, 4 * KIB, big) == 48 * MIB
+    assert growth.chunk(4096 * MIB, 4 * KIB, big) == 1024 * MIB
+    assert growth.chunk(16 * MIB, 4 * KIB, 256 * MIB) == 32 * MIB
+    assert growth.chunk(5 * KIB, 2 * MIB, big) == 2 * MIB
