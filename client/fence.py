@@ -86,7 +86,6 @@ class Fence:
         self.io = SharedExclusiveLock()
         self._lock = threading.Lock()
         self._views: list[_View] = []  # guarded by self._lock
-        self.fenced_ranges = 0
 
     def register(self, ino: InodeId, reserve: mmap.mmap, base: int, span: int) -> None:
         with self._lock:
@@ -119,5 +118,4 @@ class Fence:
                 view.fenced = True
                 count += 1
                 del reserve
-        self.fenced_ranges += count
         return count

@@ -52,13 +52,15 @@ from daxfs.shared import errors
 from daxfs.shared.errors import DaxfsError
 from daxfs.shared.extent import InodeId
 from daxfs.shared.format import MIB
+from daxfs.shared.limits import FALLOC_FL_KEEP_SIZE, MAX_RPC_IO
 from daxfs.shared.permissions import mode_allows
 
 log = logging.getLogger(__name__)
 
 #: Largest read/write the kernel is asked to send (FUSE max_write, and through
 #: libfuse's FUSE_MAX_PAGES reply, max_pages = 256 pages of 4 KiB).
-MAX_IO = 1 * MIB
+MAX_KERNEL_REQUEST = 1 * MIB
+assert MAX_KERNEL_REQUEST <= MAX_RPC_IO
 
 #: Read-only virtual attribute: the file's extent map, one
 #: "FILE_OFFSET REGION_OFFSET LENGTH" line per extent (bytes, decimal), like FIEMAP.
@@ -77,9 +79,6 @@ FRESH_S = 0.5
 #: libfuse's name for an unlinked file that is still open; not listed.
 HIDDEN_PREFIX = ".fuse_hidden"
 
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-FALLOC_FL_KEEP_SIZE = 1
 #: utimensat's special nanosecond values, as libfuse passes them through.
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
@@ -429,10 +428,10 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         # Bigger requests: libfuse replies FUSE_MAX_PAGES = max_write / page size,
-        # and the kernel then sends reads and writes of up to MAX_IO bytes.
+        # and the kernel then sends reads and writes of up to MAX_KERNEL_REQUEST bytes.
         if conn is not None:
-            conn.max_write = MAX_IO
-            conn.max_readahead = MAX_IO if self.cache else 0
+            conn.max_write = MAX_KERNEL_REQUEST
+            conn.max_readahead = MAX_KERNEL_REQUEST if self.cache else 0
         if config is not None:
             config.use_ino = 1  # st_ino is the server's inode number
             # An unlinked open file is renamed to .fuse_hiddenNNN and removed at its

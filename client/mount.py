@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any
 
 from daxfs.shared.address import normalize_address
 from daxfs.shared.errors import DaxfsError, QuietError
+from daxfs.shared.mman import libc
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ FUSE_DEVICE = "/dev/fuse"
 #: Options mount(8) passes that mean nothing to libfuse.
 _MOUNT8_ONLY = {"defaults", "auto", "noauto", "nofail", "_netdev", "user", "users", "owner"}
 _MNT_DETACH = 2
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 # -- mount state -----------------------------------------------------------
@@ -114,7 +112,7 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> None:
     others go through the setuid helper fusermount3.
     """
     if os.geteuid() == 0:
-        if _libc.umount2(os.fsencode(mountpoint), _MNT_DETACH if lazy else 0) != 0:
+        if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH if lazy else 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), mountpoint)
         return

@@ -11,11 +11,10 @@ import grpc
 
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.shared.errors import DaxfsError, PermissionDenied, Unavailable, from_errno
+from daxfs.shared.limits import AUTH_SCHEME, AUTHORIZATION_KEY, ERRNO_KEY, MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
-ERRNO_KEY = "daxfs-errno"
-MAX_MESSAGE = 64 * 1024 * 1024
 #: Per-call deadline: a server that stops answering gives EIO, never a hang.
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -68,7 +67,7 @@ class Connection:
         self.timeout = timeout
         secret = resolve_token(token, token_file)
         self.metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {secret}"),) if secret else ()
+            ((AUTHORIZATION_KEY, f"{AUTH_SCHEME} {secret}"),) if secret else ()
         )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),

@@ -17,10 +17,12 @@ from typing import Any
 
 import grpc
 
+from daxfs.shared.limits import AUTH_SCHEME, AUTHORIZATION_KEY
+
 log = logging.getLogger(__name__)
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
-METADATA_KEY = "authorization"
+METADATA_KEY = AUTHORIZATION_KEY
 
 
 def read_token(path: str) -> str:
@@ -32,7 +34,7 @@ def read_token(path: str) -> str:
 
 
 def bearer(token: str) -> str:
-    return f"Bearer {token}"
+    return f"{AUTH_SCHEME} {token}"
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]

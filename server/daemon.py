@@ -25,12 +25,11 @@ from daxfs.server.service import DaxfsServicer
 from daxfs.server.volume import close_volume, format_volume, open_volume
 from daxfs.shared.errors import InvalidArgument
 from daxfs.shared.format import DEFAULT_BLOCK_SIZE
+from daxfs.shared.limits import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "unix:/run/daxfs/daxfs.sock"
-#: Largest gRPC message: a 16 MiB Read/Write payload plus headroom.
-MAX_MESSAGE = 64 * 1024 * 1024
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Daxfs"].full_name
 SWEEP_INTERVAL_S = 1.0
 

@@ -1,7 +1,7 @@
 """The core: POSIX namespace, open files and layouts over one region and one metadata store.
 
 This module decides; the gRPC servicer only translates. It imports neither grpc
-nor mfusepy (tests/test_architecture.py enforces that).
+nor mfusepy (tests/test_repository.py enforces that).
 
 Paths are absolute, ``/``-separated, already resolved by the caller (the FUSE
 kernel resolves ``.``, ``..`` and symlinks before a request reaches a FUSE
@@ -42,7 +42,7 @@ from daxfs.shared.extent import (
     align_up,
     fill_holes,
 )
-from daxfs.shared.format import MIB
+from daxfs.shared.limits import MAX_RPC_IO, RENAME_EXCHANGE, RENAME_NOREPLACE
 from daxfs.shared.permissions import R_OK, W_OK, X_OK, mode_allows
 from daxfs.shared.region import Region
 
@@ -50,11 +50,6 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 PATH_MAX = 4096
-#: Largest Read/Write RPC payload; bigger requests are refused, the client splits them.
-MAX_IO = 16 * MIB
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -1116,8 +1111,8 @@ class Namespace:
 
     def read(self, fh: int, offset: int, length: int, caller: Caller) -> bytes:
         _check_range(offset, length)
-        if length > MAX_IO:
-            raise errors.InvalidArgument(f"read of {length} bytes exceeds {MAX_IO}; split it")
+        if length > MAX_RPC_IO:
+            raise errors.InvalidArgument(f"read of {length} bytes exceeds {MAX_RPC_IO}; split it")
         self._check_usable()
         with self._lock:
             of = self._open_file(fh, caller.client)
@@ -1141,8 +1136,10 @@ class Namespace:
             return bytes(out)
 
     def write(self, fh: int, offset: int, data: bytes, caller: Caller) -> int:
-        if len(data) > MAX_IO:
-            raise errors.InvalidArgument(f"write of {len(data)} bytes exceeds {MAX_IO}; split it")
+        if len(data) > MAX_RPC_IO:
+            raise errors.InvalidArgument(
+                f"write of {len(data)} bytes exceeds {MAX_RPC_IO}; split it"
+            )
         with self._txn():
             of = self._open_file(fh, caller.client)
             if not of.writable:

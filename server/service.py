@@ -25,10 +25,10 @@ from daxfs.server.namespace import Attr, Caller, Namespace
 from daxfs.server.sessions import SessionHub
 from daxfs.shared.errors import DaxfsError
 from daxfs.shared.extent import ClientId, Extent
+from daxfs.shared.limits import ERRNO_KEY
 
 log = logging.getLogger(__name__)
 
-ERRNO_KEY = "daxfs-errno"
 #: How long a call that freed extents waits for other guests to acknowledge the
 #: recall before it answers (a silent guest is covered by quarantine after that).
 RECALL_WAIT_S = 2.0

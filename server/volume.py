@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 from daxfs.server.leases import LeaseTable
 from daxfs.server.metadata import ROOT_INO, Metadata
@@ -25,12 +24,6 @@ log = logging.getLogger(__name__)
 def default_meta_path(region_path: str) -> str:
     """The metadata file lives next to the region unless told otherwise."""
     return region_path + ".meta"
-
-
-@dataclass(frozen=True, slots=True)
-class VolumePaths:
-    region: str
-    meta: str
 
 
 def format_volume(

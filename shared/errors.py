@@ -30,11 +30,6 @@ class DaxfsError(Exception):
         #: Free-form context (path, offset, ...) for logs; never parsed.
         self.context = context
 
-    @property
-    def errno_value(self) -> int:
-        """The POSIX errno this error stands for."""
-        return self.code
-
     def __str__(self) -> str:
         return self.message
 

@@ -16,6 +16,8 @@ import ctypes.util
 import errno
 import mmap
 
+from daxfs.shared.limits import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
+
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 libc.mmap.argtypes = (
     ctypes.c_void_p,
@@ -40,8 +42,6 @@ MAP_POPULATE = 0x8000
 MADV_POPULATE_READ = 22  # Linux 5.14+; older kernels answer EINVAL
 MADV_POPULATE_WRITE = 23
 MS_SYNC = 4
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
 
 
 def _errno() -> int:

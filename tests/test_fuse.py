@@ -8,7 +8,6 @@ the volume after the server stopped.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import mmap
@@ -40,6 +39,8 @@ from hypothesis.stateful import (
 from daxfs.client import Client, connect
 from daxfs.client.mount import is_mounted
 from daxfs.shared.format import MIB
+from daxfs.shared.limits import RENAME_EXCHANGE, RENAME_NOREPLACE
+from daxfs.shared.mman import libc
 from daxfs.testing import ServerProc, Volume, assert_fsck_clean, daxfs_cmd, start_server
 
 pytestmark = [
@@ -49,14 +50,11 @@ pytestmark = [
     ),
 ]
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
 
 def renameat2(old: Path, new: Path, flags: int) -> None:
-    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+    if libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 

@@ -44,17 +44,12 @@ from hypothesis.stateful import (
 
 from daxfs.server.fsck import fsck
 from daxfs.server.metadata import Metadata
-from daxfs.server.namespace import (
-    RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
-    ROOT,
-    Caller,
-    Namespace,
-)
+from daxfs.server.namespace import ROOT, Caller, Namespace
 from daxfs.server.volume import check_pairing, close_volume, format_volume
 from daxfs.shared import errors
 from daxfs.shared.extent import Layout, align_down, align_up, fill_holes
 from daxfs.shared.format import KIB, MIB
+from daxfs.shared.limits import RENAME_EXCHANGE, RENAME_NOREPLACE
 from daxfs.shared.region import Region
 
 #: Small, so that growth chunks and fallocate run into ENOSPC often.

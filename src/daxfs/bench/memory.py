@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from daxfs.bench.plan import MIB, Plan, size_label
+from daxfs.bench.plan import Plan, size_label
 from daxfs.bench.progress import Progress
 from daxfs.bench.results import Results, digest, pattern
 from daxfs.client.library import Client
 from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared.limits import MAX_RPC_IO
 
-#: The server's largest Read (server/namespace.py MAX_IO): the byte path's request size.
-RPC_CHUNK = 16 * MIB
+#: The server's largest Read: the byte path's request size.
+RPC_CHUNK = MAX_RPC_IO
 
 U8 = npt.NDArray[np.uint8]
 
