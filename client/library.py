@@ -39,6 +39,7 @@ from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors, growth
 from daxfs.shared.extent import Extent, InodeId, align_up
 from daxfs.shared.flush import FlushMode
+from daxfs.shared.hugepages import HUGE_PAGE
 from daxfs.shared.mman import map_fixed
 from daxfs.shared.region import Region
 
@@ -833,34 +834,56 @@ class DaxFile(io.RawIOBase):
             # recalled range never stays mapped, populated or not.
             if self.client.layouts.lookup(self.ino, 0, span) is None:
                 return self.array(dtype, shape)
-            view, base = _map_tiles(self.client.region.fd, tiles, span, writable)
+            view, base = _map_tiles(self.client.region, tiles, span, writable)
             self.client.fence.register(self.ino, view, base, span)
-        arr = np.frombuffer(view, dtype=dt, count=nbytes // dt.itemsize).reshape(shape_t)
+        start = base - _address(view)
+        arr = np.frombuffer(view, dtype=dt, count=nbytes // dt.itemsize, offset=start)
+        arr = arr.reshape(shape_t)
         if not writable:
             arr.flags.writeable = False
         return arr
 
 
-def _map_tiles(fd: int, tiles: list[Extent], span: int, writable: bool) -> tuple[mmap.mmap, int]:
-    """Reserve ``span`` bytes of address space and map each tile there with MAP_FIXED.
+def _address(buf: mmap.mmap) -> int:
+    probe = np.frombuffer(buf, dtype=np.uint8)
+    return int(probe.ctypes.data)
 
-    The reservation is an anonymous Python mmap; when the last array viewing it
+
+def _map_tiles(
+    region: Region, tiles: list[Extent], span: int, writable: bool
+) -> tuple[mmap.mmap, int]:
+    """Reserve address space for ``span`` bytes and map each tile there with MAP_FIXED.
+
+    Returns the reservation and the address of file offset 0 in it. The
+    reservation is an anonymous Python mmap; when the last array viewing it
     is collected, its munmap removes the whole range, fixed mappings included.
     Holes stay anonymous zero pages. Each tile's page tables are filled in
-    the mapping call (read or write population by the view's mode), so a fresh
-    view takes no page fault on first touch.
+    the mapping call, so a fresh view takes no page fault on first touch:
+    read population unless a read fault would leave stores to fault (see
+    ``Region.read_fault_maps_writable``). On a 2 MiB-block region, file
+    offset 0 sits on a 2 MiB boundary (the reservation is 2 MiB longer to
+    allow it): with every extent 2 MiB aligned in the region, the kernel can
+    map each 2 MiB with one huge page-table entry.
     """
-    reserve = mmap.mmap(-1, span, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    probe = np.frombuffer(reserve, dtype=np.uint8)
-    base = int(probe.ctypes.data)
-    del probe
+    huge = region.block_size >= HUGE_PAGE
+    slack = HUGE_PAGE if huge else 0
+    reserve = mmap.mmap(-1, span + slack, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = align_up(_address(reserve), HUGE_PAGE) if huge else _address(reserve)
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    populate = "write" if writable and not region.read_fault_maps_writable else "read"
     for tile in tiles:
         if tile.region_offset is None:
             continue
         addr = base + tile.file_offset
         err = map_fixed(
-            addr, tile.length, prot, mmap.MAP_SHARED, fd, tile.region_offset, populate=True
+            addr,
+            tile.length,
+            prot,
+            mmap.MAP_SHARED,
+            region.fd,
+            tile.region_offset,
+            populate=populate,
+            huge=huge,
         )
         if err:
             reserve.close()

@@ -25,6 +25,7 @@ from daxfs.server.service import DaxfsServicer
 from daxfs.server.volume import close_volume, format_volume, open_volume
 from daxfs.shared.errors import InvalidArgument
 from daxfs.shared.format import DEFAULT_BLOCK_SIZE
+from daxfs.shared.hugepages import HUGE_PAGE, measured_page_size
 from daxfs.shared.limits import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -208,15 +209,21 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
     sweeper.start()
 
     sb = ns.region.superblock
+    pages = measured_page_size(config.region)
     log.info(
-        "serving address=%s region=%s uuid=%s size=%d block=%d flush=%s",
+        "serving address=%s region=%s uuid=%s size=%d block=%d flush=%s pages=%s",
         address,
         config.region,
         sb.uuid_str,
         sb.region_size,
         sb.block_size,
         ns.region.flush_mode,
+        "2M" if pages >= HUGE_PAGE else "4K",
     )
+    if pages < HUGE_PAGE:
+        log.info("the region has 4 KiB pages; for 2 MiB pages see `daxfs server --huge`")
+    elif sb.block_size < HUGE_PAGE:
+        log.info("the region has 2 MiB pages, but 4 KiB blocks: views map 4 KiB pages")
     if ready is not None:
         ready.set()
     stop.wait()

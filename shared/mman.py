@@ -39,6 +39,7 @@ libc.fallocate.restype = ctypes.c_int
 
 MAP_FIXED = 0x10  # <sys/mman.h>, the same on every Linux architecture daxfs targets
 MAP_POPULATE = 0x8000
+MADV_HUGEPAGE = 14
 MADV_POPULATE_READ = 22  # Linux 5.14+; older kernels answer EINVAL
 MADV_POPULATE_WRITE = 23
 MS_SYNC = 4
@@ -53,22 +54,35 @@ _madvise_populates = True
 
 
 def map_fixed(
-    addr: int, length: int, prot: int, flags: int, fd: int, offset: int, *, populate: bool = False
+    addr: int,
+    length: int,
+    prot: int,
+    flags: int,
+    fd: int,
+    offset: int,
+    *,
+    populate: str | None = None,
+    huge: bool = False,
 ) -> int:
     """mmap(addr, length, prot, flags | MAP_FIXED, fd, offset); 0 or the errno.
 
-    ``populate`` also fills the page tables now (see :func:`populate`), so the
-    first touch of each page takes no fault. Only the mapping's success is
-    reported: pages that cannot be populated (memory short) fault in later.
+    ``populate`` ("read" or "write") also fills the page tables now (see
+    :func:`populate_range`), so the first touch of each page takes no fault.
+    ``huge`` asks for huge pages first (madvise MADV_HUGEPAGE: what a tmpfs
+    mounted ``huge=advise`` waits for), so population maps 2 MiB entries.
+    Only the mapping's success is reported: pages that cannot be populated
+    (memory short) fault in later, and a kernel may ignore the advice.
     """
     if populate and not _madvise_populates:
         flags |= MAP_POPULATE  # read-fault population: what old kernels offer
-        populate = False
+        populate = None
     got = libc.mmap(addr, length, prot, flags | MAP_FIXED, fd, offset)
     if got != addr:
         return _errno()
+    if huge:
+        libc.madvise(addr, length, MADV_HUGEPAGE)
     if populate:
-        err = populate_range(addr, length, write=bool(prot & mmap.PROT_WRITE))
+        err = populate_range(addr, length, write=populate == "write")
         if err == errno.EINVAL and not _madvise_populates:
             got = libc.mmap(addr, length, prot, flags | MAP_FIXED | MAP_POPULATE, fd, offset)
             if got != addr:
@@ -79,10 +93,13 @@ def map_fixed(
 def populate_range(addr: int, length: int, *, write: bool) -> int:
     """Fault in [addr, addr+length) now: madvise(MADV_POPULATE_WRITE or _READ); 0 or the errno.
 
-    WRITE population for a writable mapping, so that stores take no fault
-    either (on a DAX filesystem a read fault maps pages read-only); READ for a
-    read-only one. EINVAL means the kernel predates 5.14 (remembered: later
-    calls of :func:`map_fixed` use MAP_POPULATE instead).
+    WRITE population where a read fault would map pages read-only (a
+    writable mapping on a DAX or page-cache filesystem), so that stores take
+    no fault either; READ otherwise (on tmpfs and /dev/dax a read fault maps a
+    shared writable page writable, and WRITE population costs twice as much:
+    every page goes through the dirtying path). EINVAL means the kernel
+    predates 5.14 (remembered: later calls of :func:`map_fixed` use
+    MAP_POPULATE instead).
     """
     global _madvise_populates
     advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from daxfs.shared.errors import FormatError, InvalidArgument, NotFound
 from daxfs.shared.flush import Flusher, FlushMode
 from daxfs.shared.format import SUPERBLOCK_SIZE, Superblock
+from daxfs.shared.hugepages import HUGE_PAGE, filesystem_type
 from daxfs.shared.mman import punch_hole
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,12 @@ class Region:
         except OSError:
             os.close(self.fd)
             raise
+        is_device = stat.S_ISCHR(os.fstat(self.fd).st_mode)
+        #: Whether a read fault maps a shared page writable (tmpfs, /dev/dax: no
+        #: write-notify), so writable views need only read population.
+        self.read_fault_maps_writable = is_device or filesystem_type(path) == "tmpfs"
+        if self.block_size >= HUGE_PAGE and not is_device:
+            self._mm.madvise(mmap.MADV_HUGEPAGE)  # what tmpfs huge=advise waits for
         self.u8: npt.NDArray[np.uint8] = np.frombuffer(self._mm, dtype=np.uint8)
         if not writable:
             self.u8.flags.writeable = False

@@ -7,15 +7,21 @@ holds the region's pages whether or not this view has page-table entries.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from daxfs.client import Client, connect
-from daxfs.shared import growth
+from daxfs.shared import growth, hugepages
 from daxfs.shared.format import MIB
+from daxfs.shared.region import read_superblock
 from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server
 
 KIB = 1024
@@ -126,3 +132,57 @@ def test_growth_quadruples_files_up_to_1gib_chunks_and_an_eighth_of_the_volume()
     assert growth.chunk(4096 * MIB, 4 * KIB, big) == 1024 * MIB
     assert growth.chunk(16 * MIB, 4 * KIB, 256 * MIB) == 32 * MIB
     assert growth.chunk(5 * KIB, 2 * MIB, big) == 2 * MIB
+
+
+@pytest.fixture
+def huge_dir() -> Iterator[Path]:
+    """A tmpfs mounted huge=always (2 MiB pages), or a skip saying why there is none."""
+    d = Path(tempfile.mkdtemp(prefix="daxfs-test-huge-"))
+    try:
+        try:
+            hugepages.mount_huge_tmpfs(str(d))
+        except OSError as exc:
+            pytest.skip(f"no huge-page tmpfs here: {exc}")
+        try:
+            if hugepages.backing_page_size(str(d)) < hugepages.HUGE_PAGE:
+                pytest.skip("shmem_enabled is 'deny': tmpfs gives no huge pages on this kernel")
+            yield d
+        finally:
+            subprocess.run(["umount", "-l", str(d)], check=False)
+    finally:
+        os.rmdir(d)
+
+
+def test_a_2mib_block_view_on_a_huge_tmpfs_maps_2mib_pages(huge_dir: Path) -> None:
+    volume = Volume.create(huge_dir, size=64 * MIB, block_size=2 * MIB)
+    srv = start_server(volume)
+    try:
+        with connect(srv.address) as c:
+            with c.open("/h", "w+b") as f:
+                f.allocate(0, 8 * MIB)
+                f.array()[:] = 0x5A
+            with c.open("/h", "rb") as f:
+                view = f.array()
+            assert address(view) % (2 * MIB) == 0
+            huge = hugepages.mapped_huge(address(view), view.nbytes)
+            if huge == 0 and hugepages.measured_page_size(volume.region) < hugepages.HUGE_PAGE:
+                pytest.skip("the kernel had no free 2 MiB pages (memory fragmented)")
+            assert huge == 8 * MIB
+            assert int(view[-1]) == 0x5A
+    finally:
+        assert srv.stop() == 0
+    assert "pages=2M" in srv.log.read_text()
+    assert_fsck_clean(volume)
+
+
+def test_mkfs_picks_2mib_blocks_where_the_filesystem_gives_huge_pages(
+    huge_dir: Path, workdir: Path
+) -> None:
+    from daxfs.cli import main
+
+    assert main(["mkfs", "--region", str(huge_dir / "r"), "--size", "64M"]) == 0
+    assert read_superblock(str(huge_dir / "r")).block_size == 2 * MIB
+    assert (
+        main(["mkfs", "--region", str(workdir / "r"), "--size", "64M", "--block-size", "4K"]) == 0
+    )
+    assert read_superblock(str(workdir / "r")).block_size == 4 * KIB

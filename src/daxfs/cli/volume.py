@@ -10,7 +10,8 @@ import stat
 from daxfs.cli.arguments import Subcommands, add_volume_options, block_size, byte_size, meta_path
 from daxfs.shared.address import normalize_address
 from daxfs.shared.errors import DaxfsError, QuietError
-from daxfs.shared.format import DEFAULT_BLOCK_SIZE, GIB
+from daxfs.shared.format import DEFAULT_BLOCK_SIZE, GIB, HUGE_BLOCK_SIZE
+from daxfs.shared.region import DEFAULT_REGION_PATH
 
 log = logging.getLogger("daxfs")
 
@@ -18,9 +19,27 @@ log = logging.getLogger("daxfs")
 DEFAULT_FRESH_SIZE = 1 * GIB
 
 
+def _block_size_for(region: str, asked: int | None) -> int:
+    """The block size asked for, else 2 MiB where the region's filesystem gives huge pages."""
+    from daxfs.shared.hugepages import HUGE_PAGE, backing_page_size
+
+    if asked is not None:
+        return asked
+    return HUGE_BLOCK_SIZE if backing_page_size(region) >= HUGE_PAGE else DEFAULT_BLOCK_SIZE
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from daxfs.server.daemon import DEFAULT_LISTEN, ServerConfig, serve
 
+    if args.huge:
+        from daxfs.shared.hugepages import HUGE_REGION_PATH, HUGE_TMPFS, mount_huge_tmpfs
+
+        if args.region == DEFAULT_REGION_PATH:
+            args.region = HUGE_REGION_PATH
+            try:
+                mount_huge_tmpfs(HUGE_TMPFS)
+            except OSError as exc:
+                raise QuietError(f"--huge: {exc.strerror}") from None
     meta = meta_path(args)
     fresh = not os.path.exists(args.region) and not os.path.exists(meta)
     do_format = bool(args.format)
@@ -37,7 +56,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         meta=meta,
         listen=normalize_address(args.listen or DEFAULT_LISTEN),
         size=size,
-        block_size=args.block_size,
+        block_size=_block_size_for(args.region, args.block_size),
         format=do_format,
         socket_mode=int(args.socket_mode, 8),
         announce_region=args.announce_region,
@@ -79,7 +98,7 @@ def cmd_mkfs(args: argparse.Namespace) -> int:
     is_dev = os.path.exists(args.region) and stat.S_ISCHR(os.stat(args.region).st_mode)
     if args.size is None and not is_dev:
         raise QuietError("mkfs of a file region needs --size (e.g. --size 1G)")
-    format_volume(args.region, meta, args.size, args.block_size)
+    format_volume(args.region, meta, args.size, _block_size_for(args.region, args.block_size))
     print(f"formatted {args.region} (metadata {meta})")
     return 0
 
@@ -109,13 +128,21 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 1
 
 
+BLOCK_HELP = "4K or 2M (default: 2M where the region's filesystem gives huge pages, else 4K)"
+
+
 def register(sub: Subcommands) -> None:
     """Add ``server``, ``mkfs`` and ``fsck``."""
     p = sub.add_parser("server", help="run the host server")
     add_volume_options(p)
     p.add_argument("--size", type=byte_size, help="region size for a new region (e.g. 1G)")
     p.add_argument("--listen", help="unix:/path (default unix:/run/daxfs/daxfs.sock) or host:port")
-    p.add_argument("--block-size", type=block_size, default=DEFAULT_BLOCK_SIZE)
+    p.add_argument("--block-size", type=block_size, help=BLOCK_HELP)
+    p.add_argument(
+        "--huge",
+        action="store_true",
+        help="2 MiB pages: region on a huge=always tmpfs at /run/daxfs/huge (mounted if need be)",
+    )
     p.add_argument("--format", action="store_true", help="erase and format the region first")
     p.add_argument("--socket-mode", default="600", help="octal mode of the unix socket")
     p.add_argument("--announce-region", help="region path to tell clients (default: --region)")
@@ -133,7 +160,7 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("mkfs", help="format a region and a fresh metadata file")
     add_volume_options(p)
     p.add_argument("--size", type=byte_size)
-    p.add_argument("--block-size", type=block_size, default=DEFAULT_BLOCK_SIZE)
+    p.add_argument("--block-size", type=block_size, help=BLOCK_HELP)
     p.add_argument("--force", action="store_true", help="erase an existing daxfs region")
     p.set_defaults(fn=cmd_mkfs)
 
