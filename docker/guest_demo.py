@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from daxfs.client import connect
+from daxfs.testing import Mount, start_mount
 
 ADDRESS = os.environ.get("DAXFS_ADDRESS", "unix:/run/daxfs/daxfs.sock")
 MOUNT = os.environ.get("DAXFS_MOUNT", "/mnt/daxfs")
@@ -40,22 +41,10 @@ def wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.05)
 
 
-def mount() -> subprocess.Popen[bytes]:
-    os.makedirs(MOUNT, exist_ok=True)
-    proc = subprocess.Popen(["daxfs", "mount", ADDRESS, MOUNT, "--foreground"])
-    wait_for(lambda: os.path.ismount(MOUNT) or proc.poll() is not None, "the FUSE mount")
-    if proc.poll() is not None:
-        raise SystemExit(f"[{NAME}] daxfs mount exited {proc.returncode}")
-    say(f"mounted daxfs at {MOUNT}")
-    return proc
-
-
-def unmount(proc: subprocess.Popen[bytes]) -> None:
-    subprocess.run(["daxfs", "umount", MOUNT], check=False)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def mount() -> Mount:
+    m = start_mount(ADDRESS, Path(MOUNT), timeout=TIMEOUT_S, log=Path(f"/tmp/{NAME}-mount.log"))
+    say(f"mounted daxfs at {MOUNT} (daemon log: {m.log})")
+    return m
 
 
 def guest_a() -> None:
@@ -90,7 +79,7 @@ def guest_a() -> None:
             say("truncated /demo/victim.bin to 0 while guest-b maps it")
             wait_for(lambda: c.exists("/demo/b-done"), "guest-b's verdict")
     finally:
-        unmount(fuse)
+        fuse.stop(check=False)
     say("VERDICT: PASS")
 
 
@@ -129,7 +118,7 @@ def guest_b() -> None:
             with c.open("/demo/b-done", "wb"):
                 pass
     finally:
-        unmount(fuse)
+        fuse.stop(check=False)
     say("VERDICT: PASS")
 
 

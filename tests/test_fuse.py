@@ -22,7 +22,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,15 @@ from daxfs.client.mount import is_mounted
 from daxfs.shared.format import MIB
 from daxfs.shared.limits import RENAME_EXCHANGE, RENAME_NOREPLACE
 from daxfs.shared.mman import libc
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, daxfs_cmd, start_server
+from daxfs.testing import (
+    Mount,
+    ServerProc,
+    Volume,
+    assert_fsck_clean,
+    daxfs_cmd,
+    start_mount,
+    start_server,
+)
 
 pytestmark = [
     pytest.mark.fuse,
@@ -57,59 +64,6 @@ def renameat2(old: Path, new: Path, flags: int) -> None:
     if libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-@dataclass
-class Mount:
-    path: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def iostats(self) -> dict[str, int]:
-        doc: dict[str, int] = json.loads(os.getxattr(self.path, "user.daxfs.iostats"))
-        return doc
-
-    def stop(self) -> None:
-        """SIGTERM: the daemon unmounts and exits 0. Falls back to a lazy unmount."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    code = self.proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-                    raise AssertionError("mount daemon did not stop on SIGTERM") from None
-                assert code == 0, f"mount daemon exited {code}:\n{self.log.read_text()}"
-        finally:
-            if is_mounted(str(self.path)):
-                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
-        text = self.log.read_text()
-        assert "Traceback" not in text, text
-
-
-def start_mount(
-    address: str, mountpoint: Path, *extra: str, timeout: float = 60, user_log: str = "mount"
-) -> Mount:
-    """``daxfs mount --foreground`` in a subprocess; returns once the mount is live."""
-    mountpoint.mkdir(exist_ok=True)
-    log = mountpoint.parent / f"{user_log}-{mountpoint.name}.log"
-    with open(log, "ab") as logf:
-        proc = subprocess.Popen(
-            daxfs_cmd("mount", address, str(mountpoint), "--foreground", *extra),
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-        )
-    m = Mount(mountpoint, proc, log)
-    deadline = time.monotonic() + timeout
-    while not is_mounted(str(mountpoint)):
-        if proc.poll() is not None:
-            raise AssertionError(f"mount exited {proc.returncode}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            m.stop()
-            raise AssertionError(f"mount did not appear:\n{log.read_text()}")
-        time.sleep(0.02)
-    return m
 
 
 @pytest.fixture

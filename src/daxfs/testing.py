@@ -1,12 +1,15 @@
-"""Test and benchmark support: a real volume, a real server process, fsck assertions.
+"""Test and benchmark support: a real volume, a real server process, a real FUSE mount,
+fsck assertions.
 
 Shipped in the package (like zarr's ``testing``) so tests, benchmarks and the
-demo share one way to start a server; it imports no test framework.
+demos share one way to start a server and one to mount it; it imports no test
+framework.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from daxfs.client.mount import is_mounted
 from daxfs.server.fsck import fsck
 from daxfs.server.volume import format_volume
 
@@ -100,37 +104,94 @@ def start_server(
     return ServerProc(volume, f"unix:{sock}", sock, proc, log)
 
 
-@contextlib.contextmanager
-def fuse_mount(
-    address: str, mountpoint: Path, *extra: str, timeout: float = 20.0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``daxfs mount`` in the foreground, unmounted (lazily if need be) on exit."""
+@dataclass
+class Mount:
+    """A running ``daxfs mount --foreground`` and its mountpoint."""
+
+    path: Path
+    proc: subprocess.Popen[bytes]
+    #: The daemon's stdout and stderr.
+    log: Path
+
+    def iostats(self) -> dict[str, int]:
+        """The mount's counters of kernel reads and writes (its virtual xattr)."""
+        doc: dict[str, int] = json.loads(os.getxattr(self.path, "user.daxfs.iostats"))
+        return doc
+
+    def stop(self, *, check: bool = True, timeout: float = 60.0) -> None:
+        """SIGTERM: the daemon unmounts and exits 0. Anything left is detached lazily.
+
+        With ``check``, a daemon that does not exit 0 or that logged a traceback
+        fails (AssertionError); a daemon that does not stop at all always does.
+        """
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    code = self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise AssertionError("mount daemon did not stop on SIGTERM") from None
+                if check:
+                    assert code == 0, f"mount daemon exited {code}:\n{self.log.read_text()}"
+        finally:
+            if is_mounted(str(self.path)):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        if check:
+            text = self.log.read_text()
+            assert "Traceback" not in text, text
+
+
+def start_mount(
+    address: str,
+    mountpoint: Path,
+    *extra: str,
+    timeout: float = 60.0,
+    log: Path | None = None,
+) -> Mount:
+    """``daxfs mount --foreground`` in a subprocess; returns once the mount is live.
+
+    The one way tests, the bench and the demos start a FUSE mount. The daemon's
+    output goes to ``log`` (default: ``MOUNTPOINT.mount.log`` beside the
+    mountpoint); a daemon that exits or does not mount within ``timeout``
+    seconds fails with its log in the message.
+    """
     mountpoint.mkdir(parents=True, exist_ok=True)
-    log = mountpoint.parent / f"{mountpoint.name}.mount.log"
+    log = log or mountpoint.parent / f"{mountpoint.name}.mount.log"
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            daxfs_cmd("mount", address, str(mountpoint), "-f", *extra),
+            daxfs_cmd("mount", address, str(mountpoint), "--foreground", *extra),
             stdout=logf,
             stderr=subprocess.STDOUT,
         )
+    m = Mount(mountpoint, proc, log)
+    deadline = time.monotonic() + timeout
+    while not is_mounted(str(mountpoint)):
+        if proc.poll() is not None:
+            raise AssertionError(f"daxfs mount exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            m.stop(check=False)
+            raise AssertionError(f"mount did not appear:\n{log.read_text()}")
+        time.sleep(0.02)
+    return m
+
+
+@contextlib.contextmanager
+def fuse_mount(
+    address: str,
+    mountpoint: Path,
+    *extra: str,
+    timeout: float = 60.0,
+    log: Path | None = None,
+    check: bool = True,
+) -> Iterator[Mount]:
+    """:func:`start_mount`, stopped on the way out (see :meth:`Mount.stop` for ``check``)."""
+    m = start_mount(address, mountpoint, *extra, timeout=timeout, log=log)
     try:
-        deadline = time.monotonic() + timeout
-        while not os.path.ismount(mountpoint):
-            if proc.poll() is not None:
-                raise AssertionError(f"daxfs mount exited {proc.returncode}:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mount did not appear:\n{log.read_text()}")
-            time.sleep(0.02)
-        yield proc
+        yield m
     finally:
-        subprocess.run(daxfs_cmd("umount", str(mountpoint)), capture_output=True, timeout=60)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+        m.stop(check=check)
 
 
 def server_argv(volume: Volume, listen: str, *extra: str) -> list[str]:

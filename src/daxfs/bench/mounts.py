@@ -7,7 +7,6 @@ out, even when the benchmark fails.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from daxfs.client.mount import is_mounted
-from daxfs.testing import daxfs_cmd
+from daxfs.testing import fuse_mount
 
 
 def naive_command(script: Path | None = None) -> list[str]:
@@ -27,7 +26,7 @@ def naive_command(script: Path | None = None) -> list[str]:
     return [sys.executable, str(script)]
 
 
-def _wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path) -> None:
+def _wait_naive_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path) -> None:
     deadline = time.monotonic() + 60
     while not is_mounted(str(mountpoint)):
         if proc.poll() is not None:
@@ -39,14 +38,11 @@ def _wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path) ->
         time.sleep(0.02)
 
 
-def _stop(proc: subprocess.Popen[bytes], mountpoint: Path, *, sigterm: bool) -> None:
-    """SIGTERM (daxfs unmounts itself) or fusermount3 -u; then make sure nothing is left."""
+def _stop_naive(proc: subprocess.Popen[bytes], mountpoint: Path) -> None:
+    """fusermount3 -u ends the naive FUSE's loop; then make sure nothing is left."""
     try:
         if proc.poll() is None:
-            if sigterm:
-                proc.send_signal(signal.SIGTERM)
-            else:
-                subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+            subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -61,19 +57,8 @@ def _stop(proc: subprocess.Popen[bytes], mountpoint: Path, *, sigterm: bool) -> 
 def daxfs_mount(address: str, workdir: Path) -> Iterator[Path]:
     """``daxfs mount ADDR MNT --foreground`` (direct_io, 1 MiB requests)."""
     mp = workdir / "daxfs-mnt"
-    mp.mkdir()
-    log = workdir / "daxfs-mount.log"
-    with open(log, "ab") as logf:
-        proc = subprocess.Popen(
-            daxfs_cmd("mount", address, str(mp), "--foreground"),
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_mounted(proc, mp, log)
-        yield mp
-    finally:
-        _stop(proc, mp, sigterm=True)
+    with fuse_mount(address, mp, log=workdir / "daxfs-mount.log", check=False) as m:
+        yield m.path
 
 
 @contextmanager
@@ -92,10 +77,10 @@ def naive_mount(script: Path | None, workdir: Path) -> Iterator[Path]:
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_mounted(proc, mp, log)
+        _wait_naive_mounted(proc, mp, log)
         yield mp
     finally:
-        _stop(proc, mp, sigterm=False)
+        _stop_naive(proc, mp)
 
 
 @contextmanager
