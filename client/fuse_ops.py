@@ -331,6 +331,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
 
     def _sync(self, h: _Handle) -> None:
         """Give the handle the size the mount knows (call with ``h.lock`` held)."""
+        if h.file.session_lost:
+            return  # the server forgot the handle: nothing to learn (ino may be reused)
         with h.inode.lock:
             recalled = self._recalled(h.inode)
         if recalled:

@@ -1,7 +1,8 @@
 """The client's layout cache: what it knows of each file's extents, and until when.
 
 A cached tile (a mapped extent or a hole) answers a load or store with no RPC
-until the lease that brought it expires. Holes are only as fresh as the layout
+while the session's lease holds (the copy path checks the lease on the
+client's own clock; a lapse or a recall clears the cache). Holes are only as fresh as the layout
 that reported them: another guest may fill one later, which is why every
 ``open`` starts from a fresh layout (close-to-open consistency).
 
@@ -12,23 +13,19 @@ threads (the FUSE mount does).
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 from daxfs.shared.extent import Extent, InodeId
 
 
 class _FileTiles:
-    __slots__ = ("expires_ns", "tiles")
+    __slots__ = ("tiles",)
 
     def __init__(self) -> None:
         self.tiles: list[Extent] = []  # sorted, non-overlapping; gaps are unknown
-        self.expires_ns = 0
 
 
 class LayoutCache:
-    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._files: dict[InodeId, _FileTiles] = {}
 
@@ -37,9 +34,6 @@ class LayoutCache:
         with self._lock:
             f = self._files.get(ino)
             if f is None:
-                return None
-            if f.expires_ns <= self._clock():
-                del self._files[ino]
                 return None
             out: list[Extent] = []
             pos = start
@@ -57,9 +51,7 @@ class LayoutCache:
                     return out
             return out if pos >= end else None
 
-    def insert(
-        self, ino: InodeId, tiles: list[Extent], start: int, end: int, expires_ns: int
-    ) -> None:
+    def insert(self, ino: InodeId, tiles: list[Extent], start: int, end: int) -> None:
         """Record a layout for ``[start, end)``; it replaces what was known there."""
         with self._lock:
             f = self._files.setdefault(ino, _FileTiles())
@@ -74,7 +66,6 @@ class LayoutCache:
             kept.extend(tiles)
             kept.sort(key=lambda t: t.file_offset)
             f.tiles = kept
-            f.expires_ns = expires_ns if not f.expires_ns else min(f.expires_ns, expires_ns)
 
     def allocated_end(self, ino: InodeId) -> int:
         """End of the last mapped tile known for a file (0 if none)."""
@@ -84,12 +75,6 @@ class LayoutCache:
                 return 0
             ends = [t.file_end for t in f.tiles if not t.hole]
             return max(ends, default=0)
-
-    def extend(self, expires_ns: int) -> None:
-        """The session renewed every lease: cached layouts stay valid until ``expires_ns``."""
-        with self._lock:
-            for f in self._files.values():
-                f.expires_ns = max(f.expires_ns, expires_ns)
 
     def invalidate(self, ino: InodeId) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ import os
 import socket
 import stat as _stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +40,18 @@ from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors, growth
 from daxfs.shared.extent import Extent, InodeId, align_up
 from daxfs.shared.flush import FlushMode
+from daxfs.shared.format import MIB
 from daxfs.shared.hugepages import HUGE_PAGE
 from daxfs.shared.mman import map_fixed
 from daxfs.shared.region import Region
 
 log = logging.getLogger(__name__)
+
+#: Largest piece a write copies between two looks at the lease deadline; it
+#: bounds what a client frozen mid-copy can still store (server/leases.py).
+COPY_PIECE = 4 * MIB
+#: Layout grants discarded in a row (each overtaken by a recall) before giving up.
+STALE_GRANT_RETRIES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,19 @@ def _stat_of(a: pb.Attr) -> Stat:
         a.mtime_ns,
         a.ctime_ns,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One live session of the server (``Client.sessions``)."""
+
+    client_id: int
+    name: str
+    attached: bool
+    """True while its session stream is open."""
+    idle_ns: int
+    """Since it last renewed or called, on the server's clock."""
+    unacknowledged_recalls: int
 
 
 def _tiles(msg: pb.Layout) -> list[Extent]:
@@ -147,15 +168,14 @@ class Client:
         self.conn = Connection(
             address, timeout=timeout, token=token, token_file=token_file, tls_ca=tls_ca
         )
+        self._name = name or f"{socket.gethostname()}:{os.getpid()}"
         try:
-            hello = self.conn.call(
-                "Hello",
-                pb.HelloRequest(client_name=name or f"{socket.gethostname()}:{os.getpid()}"),
-            )
+            hello = self.conn.call("Hello", pb.HelloRequest(client_name=self._name), wait=False)
         except BaseException:
             self.conn.close()
             raise
         self.client_id = int(hello.client_id)
+        self.server_instance = int(hello.server_instance)
         self.block_size = int(hello.block_size)
         self.lease_ns = int(hello.lease_ns)
         self.region_uuid = str(hello.region_uuid)
@@ -185,6 +205,13 @@ class Client:
         self.fence = Fence()
         #: Recalls seen per file; an open file refreshes its size when this moves.
         self.epochs: dict[InodeId, int] = {}
+        #: Highest recall seq seen per file in this session: a layout granted at a
+        #: lower seq was overtaken by that recall and is discarded. Guarded by
+        #: the fence's exclusive lock (written) / shared lock (read with inserts).
+        self.recall_seqs: dict[InodeId, int] = {}
+        #: Moves when the server ends our session (restart, eviction): files
+        #: opened before then are void (ESTALE).
+        self.session_epoch = 0
         #: Called as fn(ino, offset, length) after a recall was fenced, before it is
         #: acknowledged (the FUSE mount forgets what it knew of the file's size).
         self.recall_listeners: list[Callable[[InodeId, int, int], None]] = []
@@ -193,6 +220,9 @@ class Client:
         self._open_counts: dict[InodeId, int] = {}
         self._lease_ids: dict[InodeId, int] = {}
         self._closed = False
+        self._recover_lock = threading.Lock()
+        #: Sessions of ours the server ended (a call naming one is recovered).
+        self._past_sessions: set[int] = set()
         self.session: Session | None = None
         if session:
             self.session = Session(
@@ -202,7 +232,7 @@ class Client:
                 self.lease_ns,
                 on_recall=self._on_recall,
                 on_deadline=self._on_deadline,
-                on_renewed=self.layouts.extend,
+                on_lost=self._session_lost,
             )
         old = os.umask(0)
         os.umask(old)
@@ -223,6 +253,7 @@ class Client:
     def _on_recall(self, recall: pb.LayoutRecall) -> None:
         ino = InodeId(recall.ino)
         with self.fence.io.exclusive():  # no copy from the range is in flight after this
+            self.recall_seqs[ino] = max(self.recall_seqs.get(ino, 0), int(recall.seq))
             self.layouts.invalidate(ino)
             self.fence.fence(ino, recall.offset, recall.length)
             self.epochs[ino] = self.epochs.get(ino, 0) + 1
@@ -239,6 +270,57 @@ class Client:
         with self.fence.io.exclusive():
             self.layouts.clear()
             self.fence.fence(None)
+
+    def _session_lost(self, stale_id: int) -> pb.Caller | None:
+        """The server no longer knows session ``stale_id``: everything we held is void.
+
+        Fence every view and drop every layout first (the server may reuse the
+        blocks once our lease has run out), then open a new session. Files
+        opened before fail with ESTALE from now on; new opens work. Returns the
+        new caller, or None if the server cannot be reached (retried later).
+        The session stream and any call may find out first; the first recovers.
+        """
+        with self._recover_lock:
+            if stale_id != self.client_id:
+                return self.caller  # recovered already
+            self._past_sessions.add(stale_id)
+            return self._new_session()
+
+    def _new_session(self) -> pb.Caller | None:
+        sent = time.monotonic_ns()  # Hello counts as the new session's first renewal
+        with self.fence.io.exclusive():
+            self.layouts.clear()
+            self.fence.fence(None)
+            self.recall_seqs.clear()
+            self.session_epoch += 1
+        with self._lock:
+            self._lease_ids.clear()
+        try:
+            hello = self.conn.call("Hello", pb.HelloRequest(client_name=self._name))
+        except errors.DaxfsError as exc:
+            log.warning("cannot open a new session: %s", exc)
+            return None
+        if str(hello.region_uuid) != self.region_uuid:
+            log.error(
+                "the server now serves region %s, not %s", hello.region_uuid, self.region_uuid
+            )
+            return None
+        self.client_id = int(hello.client_id)
+        self.server_instance = int(hello.server_instance)
+        self.caller = pb.Caller(
+            uid=self.caller.uid,
+            gid=self.caller.gid,
+            groups=list(self.caller.groups),
+            client_id=self.client_id,
+        )
+        log.info("new session %d with server instance %d", self.client_id, self.server_instance)
+        if self.session is not None:
+            self.session.adopt(self.caller, sent)
+        return self.caller
+
+    def lease_valid(self) -> bool:
+        """True while our lease holds on our own clock (always, without a session stream)."""
+        return self.session is None or self.session.lease_valid()
 
     def _opened(self, ino: InodeId) -> None:
         with self._lock:
@@ -302,7 +384,24 @@ class Client:
         return self.region.flush_mode
 
     def call(self, method: str, request: Any) -> Any:
-        return self.conn.call(method, request)
+        """One RPC; if the server forgot our session, recover it and retry what can be.
+
+        Calls that name a handle or a lease cannot be retried (those died with
+        the session): they raise StaleHandle after the recovery.
+        """
+        try:
+            return self.conn.call(method, request)
+        except errors.UnknownSession:
+            stale = request.caller.client_id if hasattr(request, "caller") else 0
+            mine = stale == self.client_id or stale in self._past_sessions
+            if not mine or method == "Goodbye" or self._session_lost(stale) is None:
+                raise
+            if getattr(request, "handle", 0) or getattr(request, "lease_id", 0):
+                raise errors.StaleHandle(
+                    f"{method}: the server ended the session this handle belonged to; reopen"
+                ) from None
+            request.caller.client_id = self.client_id
+            return self.conn.call(method, request)
 
     # -- namespace -----------------------------------------------------------
 
@@ -366,6 +465,18 @@ class Client:
     def statfs(self) -> pb.StatFsReply:
         reply: pb.StatFsReply = self.call("StatFs", pb.StatFsRequest(caller=self.caller))
         return reply
+
+    def sessions(self) -> list[SessionInfo]:
+        """The server's live sessions (root only), for operators."""
+        reply = self.call("ListSessions", pb.ListSessionsRequest(caller=self.caller))
+        return [
+            SessionInfo(s.client_id, s.name, s.attached, s.idle_ns, s.unacknowledged_recalls)
+            for s in reply.sessions
+        ]
+
+    def evict(self, client_id: int) -> None:
+        """Declare a session gone (root only): for a guest frozen or lost for good."""
+        self.call("Evict", pb.EvictRequest(caller=self.caller, client_id=client_id))
 
     def stats(self) -> pb.StatsReply:
         """Server counters (Read/Write RPCs served, layouts granted, free bytes...)."""
@@ -433,6 +544,7 @@ class DaxFile(io.RawIOBase):
         self._u8 = client.region.u8
         self._bs = client.block_size
         self._epoch = client.epochs.get(self.ino, 0)
+        self._session_epoch = client.session_epoch
         client._opened(self.ino)
 
     # -- io.RawIOBase --------------------------------------------------------
@@ -505,7 +617,12 @@ class DaxFile(io.RawIOBase):
     def _check_lease(self) -> None:
         """Refuse copies while fenced; after a recall of this file, learn its size again."""
         client = self.client
-        if client.fenced:
+        if self.session_lost:
+            raise errors.StaleHandle(
+                f"{self.path}: the server ended the session this file was opened in "
+                "(it restarted, or presumed this client gone); reopen it"
+            )
+        if not client.lease_valid():
             raise errors.StaleHandle("the client's lease lapsed; its layouts are fenced")
         epoch = client.epochs.get(self.ino, 0)
         if epoch != self._epoch:
@@ -541,12 +658,25 @@ class DaxFile(io.RawIOBase):
         return [p for t in tiles if (p := t.clip(start, end)) is not None]
 
     def _fetch_layout(self, start: int, end: int, write: bool) -> list[Extent]:
-        """One GetLayout for [start, end), cached and its lease noted."""
-        reply = self._get_layout(start, end, write)
-        tiles = _tiles(reply)
-        self.client._got_lease(self.ino, reply.lease_id)
-        self.client.layouts.insert(self.ino, tiles, start, end, reply.expires_ns)
-        return tiles
+        """One GetLayout for [start, end), cached and its lease noted.
+
+        A grant that a recall of this file overtook (its recall_seq is below one
+        we have seen) may name freed blocks: it is discarded and asked again.
+        Check and insert happen under the fence's shared lock, so a recall
+        (which takes it exclusively) is either seen here or comes after the
+        insert and invalidates it.
+        """
+        for _attempt in range(STALE_GRANT_RETRIES):
+            reply = self._get_layout(start, end, write)
+            tiles = _tiles(reply)
+            with self.client.fence.io.shared():
+                if int(reply.recall_seq) < self.client.recall_seqs.get(self.ino, 0):
+                    log.debug("layout of ino %d overtaken by a recall: asking again", self.ino)
+                    continue
+                self.client._got_lease(self.ino, reply.lease_id)
+                self.client.layouts.insert(self.ino, tiles, start, end)
+            return tiles
+        raise errors.StaleHandle(f"{self.path}: every layout granted was recalled at once")
 
     def _get_layout(self, start: int, end: int, write: bool) -> pb.Layout:
         reply: pb.Layout = self.client.call(
@@ -603,6 +733,7 @@ class DaxFile(io.RawIOBase):
                 else:
                     r = tile.region_offset
                     dst[a:b] = self._u8[r : r + tile.length]
+        self._validate_copy()
         return end - offset
 
     def pread(self, size: int, offset: int) -> bytes:
@@ -622,10 +753,13 @@ class DaxFile(io.RawIOBase):
             r = tiles[0].region_offset
             with self.client.fence.io.shared():
                 if self.client.layouts.lookup(self.ino, offset, end) is not None:
-                    return self._u8[r : r + tiles[0].length].tobytes()  # one copy
+                    data = self._u8[r : r + tiles[0].length].tobytes()  # one copy
+                    self._validate_copy()
+                    return data
         out = np.empty(end - offset, dtype=np.uint8)
-        self.preadinto(out, offset)
-        return out.tobytes()
+        # The size may shrink meanwhile (a recall): only what was copied is data.
+        n = self.preadinto(out, offset)
+        return out[:n].tobytes()
 
     def pwrite(self, data: Any, offset: int) -> int:
         """Store ``data`` at ``offset``; the new size is published by flush/fsync/close."""
@@ -647,14 +781,27 @@ class DaxFile(io.RawIOBase):
             for tile in tiles:
                 if tile.region_offset is None:
                     raise errors.StaleHandle("server returned a hole for a WRITE layout")
-                r = tile.region_offset
-                self._u8[r : r + tile.length] = src[
-                    tile.file_offset - offset : tile.file_end - offset
-                ]
+                # In pieces, each after a look at the clock: a client frozen past
+                # its lease mid-copy (with its stream down) finishes one piece at
+                # most into blocks that may have been reused (leases.py).
+                for lo in range(0, tile.length, COPY_PIECE):
+                    if not self.client.lease_valid():
+                        raise errors.StaleHandle("the client's lease lapsed during the write")
+                    hi = min(lo + COPY_PIECE, tile.length)
+                    r = tile.region_offset + lo
+                    f = tile.file_offset - offset + lo
+                    self._u8[r : r + hi - lo] = src[f : f + hi - lo]
         self._dirty = True
         if end > self._size:
             self._size = end
         return n
+
+    def _validate_copy(self) -> None:
+        """After a read: if our lease may have lapsed during the copy, its bytes may be foreign."""
+        if not self.client.lease_valid():
+            raise errors.StaleHandle(
+                "the client's lease lapsed during the read (was it frozen?); read again"
+            )
 
     def adopt_size(self, size: int) -> None:
         """Take ``size`` as the file size: another handle of this client grew or truncated the file.
@@ -717,9 +864,21 @@ class DaxFile(io.RawIOBase):
 
     # -- visibility and durability ------------------------------------------
 
+    @property
+    def session_lost(self) -> bool:
+        """True once the session this file was opened in ended (server restart, eviction)."""
+        return self._session_epoch != self.client.session_epoch
+
     def _commit(self) -> None:
         if not self.mode_info.write or not (self._dirty or self._size != self._committed_size):
             return
+        if self.session_lost:
+            self._dirty = False
+            self._size = self._committed_size
+            raise errors.StaleHandle(
+                f"{self.path}: the session ended before this file's new size was published; "
+                "writes past its old end are lost"
+            )
         self.client.call(
             "CommitLayout",
             pb.CommitLayoutRequest(
@@ -771,12 +930,14 @@ class DaxFile(io.RawIOBase):
                 # Lease first, then the handle: a release that frees blocks
                 # (unlinked file, trimmed preallocation) then needs no recall.
                 self.client._closed_file(self.ino)
-                try:
-                    self.client.call(
-                        "Release", pb.ReleaseRequest(caller=self.client.caller, handle=self.handle)
-                    )
-                except errors.StaleHandle:
-                    pass  # the server restarted and forgot the handle: nothing left to release
+                if not self.session_lost:  # else the server forgot the handle already
+                    try:
+                        self.client.call(
+                            "Release",
+                            pb.ReleaseRequest(caller=self.client.caller, handle=self.handle),
+                        )
+                    except errors.StaleHandle:
+                        pass  # the server restarted and forgot the handle: nothing to release
             finally:
                 super().close()
                 self._u8 = None  # type: ignore[assignment]
@@ -821,21 +982,27 @@ class DaxFile(io.RawIOBase):
         if nbytes == 0:
             return np.empty(shape_t, dtype=dt)
         span = align_up(nbytes, max(self._bs, mmap.PAGESIZE))
-        if writable:
-            tiles = self._layout(0, span, write=True)
-            if nbytes > self._size:
-                self._size = nbytes
-                self._commit()
+        self._check_lease()
+        for _attempt in range(STALE_GRANT_RETRIES):
+            if writable:
+                tiles = self._layout(0, span, write=True)
+                if nbytes > self._size:
+                    self._size = nbytes
+                    self._commit()
+            else:
+                tiles = self._layout(0, span, write=False)
+            # Mapped and registered under the fence's shared lock, with the layout
+            # still cached: a recall either fences this view or came before it
+            # (then map afresh), so a recalled range never stays mapped,
+            # populated or not.
+            with self.client.fence.io.shared():
+                if self.client.layouts.lookup(self.ino, 0, span) is None:
+                    continue  # recalled meanwhile: ask again
+                view, base = _map_tiles(self.client.region, tiles, span, writable)
+                self.client.fence.register(self.ino, view, base, span)
+                break
         else:
-            tiles = self._layout(0, span, write=False)
-        with self.client.fence.io.shared():
-            # Mapped and registered under the fence's shared lock: a recall
-            # either fences this view or came before it (then map afresh), so a
-            # recalled range never stays mapped, populated or not.
-            if self.client.layouts.lookup(self.ino, 0, span) is None:
-                return self.array(dtype, shape)
-            view, base = _map_tiles(self.client.region, tiles, span, writable)
-            self.client.fence.register(self.ino, view, base, span)
+            raise errors.StaleHandle(f"{self.path}: every layout granted was recalled at once")
         start = base - _address(view)
         arr = np.frombuffer(view, dtype=dt, count=nbytes // dt.itemsize, offset=start)
         arr = arr.reshape(shape_t)

@@ -11,7 +11,13 @@ import grpc
 
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.shared.errors import DaxfsError, PermissionDenied, Unavailable, from_errno
-from daxfs.shared.limits import AUTH_SCHEME, AUTHORIZATION_KEY, ERRNO_KEY, MAX_MESSAGE
+from daxfs.shared.limits import (
+    AUTH_SCHEME,
+    AUTHORIZATION_KEY,
+    ERRNO_KEY,
+    ERROR_KEY,
+    MAX_MESSAGE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +29,11 @@ def to_error(exc: grpc.RpcError, address: str) -> DaxfsError:
     """Rebuild the daxfs error a server sent, or describe a transport failure."""
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    for key, value in (exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else ():
-        if key == ERRNO_KEY:
-            return from_errno(int(value), details or "daxfs error")
+    trailing = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
+    if ERRNO_KEY in trailing:
+        return from_errno(
+            int(trailing[ERRNO_KEY]), details or "daxfs error", trailing.get(ERROR_KEY)
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"daxfs server at {address} is unreachable ({details})")
     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -72,6 +80,10 @@ class Connection:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
+            # gRPC shares subchannels between channels of a process by default: a
+            # new client would inherit another's connect backoff to a server that
+            # just restarted and fail at once with the old "no such file" error.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         ca = tls_ca or os.environ.get("DAXFS_TLS_CA")
         if ca and not address.startswith("unix:"):
@@ -82,10 +94,19 @@ class Connection:
             self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.DaxfsStub(self.channel)
 
-    def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+    def call(
+        self, method: str, request: Any, *, timeout: float | None = None, wait: bool = True
+    ) -> Any:
+        """One unary call. ``wait``: a server that is restarting (socket not there
+        yet, connect backoff) is waited for up to the deadline instead of failing
+        at once; the first call of a client (Hello) does not wait, so a wrong
+        address fails fast."""
         try:
             return getattr(self.stub, method)(
-                request, timeout=timeout or self.timeout, metadata=self.metadata
+                request,
+                timeout=timeout or self.timeout,
+                metadata=self.metadata,
+                wait_for_ready=wait,
             )
         except grpc.RpcError as exc:
             raise to_error(exc, self.address) from None

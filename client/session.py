@@ -1,20 +1,29 @@
 """The client's session stream: lease renewal, layout recalls and self-fencing.
 
 One bidirectional gRPC call for the client's whole life (``Session`` in
-daxfs.proto). A thread sends ``Renew`` every third of the lease; another reads
-server events: ``Renewed`` moves the lease deadline, ``LayoutRecall`` makes
-the client drop the recalled layouts, fence its mappings of the range and
-answer ``RecallDone``.
+daxfs.proto, whose header states the rules this module follows). A thread
+sends ``Renew`` every third of the lease; another reads server events:
+``Renewed`` moves the lease deadline, ``LayoutRecall`` makes the client drop
+the recalled layouts, fence its mappings of the range and answer
+``RecallDone``.
+
+Deadlines are this client's own monotonic clock: a ``Renewed`` extends the
+lease by ``lease_ns`` from the moment the matching ``Renew`` (same ``seq``)
+was *sent*, so no clock is ever compared with the server's (guests may be
+VMs or other machines).
 
 Self-fencing: if the deadline comes within a sixth of a lease without a
 successful renewal (the server is gone, or the stream is broken), the client
 fences every mapping and refuses copies (StaleHandle) until a renewal
-succeeds again. Server and guests share one machine, so they share the wall
-clock that deadlines are expressed in.
+succeeds again. If the server answers the stream with ESTALE (it restarted,
+or it presumed this session gone), ``on_lost`` fences everything and opens a
+new session, whose caller the stream uses from then on.
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
 import queue
 import threading
@@ -25,8 +34,16 @@ from typing import Any
 import grpc
 
 from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared.limits import ERRNO_KEY
 
 log = logging.getLogger(__name__)
+
+
+def _errno_of(exc: grpc.RpcError) -> int | None:
+    for key, value in (exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else ():
+        if key == ERRNO_KEY:
+            return int(value)
+    return None
 
 
 class Session:
@@ -39,30 +56,73 @@ class Session:
         *,
         on_recall: Callable[[pb.LayoutRecall], None],
         on_deadline: Callable[[], None],
-        on_renewed: Callable[[int], None],
+        on_lost: Callable[[int], pb.Caller | None],
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._stub = stub
         self._metadata = metadata
-        self._caller = caller
+        self.caller = caller
         self.lease_ns = lease_ns
-        self.expires_ns = time.time_ns() + lease_ns
+        self._clock = clock
+        #: Our monotonic ns when the lease ends unless renewed. Hello counts as a
+        #: renewal sent when the session was opened (just before this object).
+        self.deadline_ns = clock() + lease_ns
         self._on_recall = on_recall
         self._on_deadline = on_deadline
-        self._on_renewed = on_renewed
+        self._on_lost = on_lost
         self._out: queue.SimpleQueue[pb.SessionRequest | None] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._sent: dict[int, int] = {}  # renew seq -> our clock when sent; guarded by _lock
         self._call: Any = None
+        self._stream_id = caller.client_id
         self.fenced = False
         self.recalls = 0
+        self.sessions_lost = 0
         self._reader = threading.Thread(target=self._read_loop, name="daxfs-session", daemon=True)
         self._renewer = threading.Thread(target=self._renew_loop, name="daxfs-renew", daemon=True)
         self._reader.start()
         self._renewer.start()
 
+    # -- the deadline ----------------------------------------------------------
+
+    def lease_valid(self) -> bool:
+        """True while the lease has not run out on our clock (copies check it after copying)."""
+        return not self.fenced and self._clock() < self.deadline_ns
+
+    def _renew_request(self) -> pb.SessionRequest:
+        seq = next(self._seq)
+        with self._lock:
+            self._sent[seq] = self._clock()
+        return pb.SessionRequest(caller=self.caller, renew=pb.Renew(seq=seq))
+
+    def _renewed(self, event: pb.Renewed) -> None:
+        with self._lock:
+            sent = self._sent.pop(event.seq, None)
+            for old in [s for s in self._sent if s < event.seq]:
+                del self._sent[old]  # answers that will never come (an earlier stream)
+        if sent is None:
+            return  # not ours (an earlier stream's), or answered already
+        lease = event.lease_ns or self.lease_ns
+        self.deadline_ns = max(self.deadline_ns, sent + lease)
+        self.fenced = False
+
+    def check_deadline(self) -> None:
+        """Fence everything when the lease is about to end unrenewed."""
+        margin = self.lease_ns // 6
+        if not self.fenced and self._clock() >= self.deadline_ns - margin:
+            log.warning("lease ends unrenewed: fencing every mapping")
+            self.fenced = True
+            self._on_deadline()
+
+    # -- the stream ------------------------------------------------------------
+
     def _requests(
         self, out: queue.SimpleQueue[pb.SessionRequest | None]
     ) -> Iterator[pb.SessionRequest]:
-        yield pb.SessionRequest(caller=self._caller, renew=pb.Renew())
+        self._stream_id = self.caller.client_id  # the session this stream attaches
+        yield self._renew_request()
         while True:
             item = out.get()
             if item is None:
@@ -71,51 +131,79 @@ class Session:
 
     def _read_loop(self) -> None:
         while not self._stop.is_set():
+            retry_s = 1.0
             try:
                 self._call = self._stub.Session(self._requests(self._out), metadata=self._metadata)
                 for event in self._call:
                     kind = event.WhichOneof("kind")
                     if kind == "renewed":
-                        self.expires_ns = event.renewed.expires_ns
-                        self.fenced = False
-                        self._on_renewed(self.expires_ns)
+                        self._renewed(event.renewed)
                     elif kind == "recall":
                         self._on_recall(event.recall)
                         self.recalls += 1  # after fencing: observers may rely on it
                         self.send(
                             pb.SessionRequest(
-                                caller=self._caller,
+                                caller=self.caller,
                                 recall_done=pb.RecallDone(recall_id=event.recall.recall_id),
                             )
                         )
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     return
-                log.warning("session stream lost (%s); retrying", exc.code())
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    retry_s = 0.0  # adopt() cancelled it: reattach as the new session
+                elif _errno_of(exc) == errno.ESTALE:
+                    self._lost(exc)
+                    retry_s = 0.0
+                else:
+                    log.warning("session stream lost (%s); retrying", exc.code())
             except Exception:
                 log.exception("session stream failed")
-            if self._stop.wait(1.0):
+            if self._stop.wait(retry_s):
                 return
             # End the old request generator; the next call gets a fresh queue.
             old, self._out = self._out, queue.SimpleQueue()
             old.put(None)
 
+    def _lost(self, exc: grpc.RpcError) -> None:
+        """The server does not know our session: fence everything, then open a new one."""
+        log.warning("session ended by the server (%s): fencing, then a new session", exc.details())
+        stale = self._stream_id
+        if stale != self.caller.client_id:
+            return  # a call found out first and a new session was adopted already
+        self.fenced = True
+        if self._on_lost(stale) is None:
+            self._stop.wait(1.0)  # the server is unreachable again: retry the stream later
+
+    def adopt(self, caller: pb.Caller, sent_ns: int) -> None:
+        """A new session replaced ours (its Hello was sent at ``sent_ns``, our clock)."""
+        self.sessions_lost += 1
+        with self._lock:
+            self._sent.clear()
+        self.caller = caller
+        self.deadline_ns = sent_ns + self.lease_ns
+        self.fenced = False
+        call = self._call
+        if call is not None:
+            call.cancel()  # reattach at once, under the new session
+
     def send(self, request: pb.SessionRequest) -> None:
         self._out.put(request)
 
     def _renew_loop(self) -> None:
-        period = max(self.lease_ns / 3e9, 0.05)
-        while not self._stop.wait(period):
-            self.send(pb.SessionRequest(caller=self._caller, renew=pb.Renew()))
+        # Wake for the next renewal, or for the fencing point if that comes first:
+        # views must be fenced before the lease ends, not at the next renewal.
+        period = max(self.lease_ns // 3, 50_000_000)
+        next_renew = self._clock() + period
+        while True:
+            fence_at = self.deadline_ns - self.lease_ns // 6
+            wake = next_renew if self.fenced else min(next_renew, fence_at)
+            if self._stop.wait(max(wake - self._clock(), 0) / 1e9 + 0.001):
+                return
+            if self._clock() >= next_renew:
+                self.send(self._renew_request())
+                next_renew = self._clock() + period
             self.check_deadline()
-
-    def check_deadline(self) -> None:
-        """Fence everything when the lease is about to end unrenewed."""
-        margin = self.lease_ns // 6
-        if not self.fenced and time.time_ns() >= self.expires_ns - margin:
-            log.warning("lease ends unrenewed: fencing every mapping")
-            self.fenced = True
-            self._on_deadline()
 
     def close(self) -> None:
         self._stop.set()

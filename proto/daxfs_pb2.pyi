@@ -16,6 +16,44 @@ Conventions:
   ALREADY_EXISTS=EEXIST, RESOURCE_EXHAUSTED=ENOSPC, INVALID_ARGUMENT=EINVAL
   and friends, OUT_OF_RANGE=EFBIG, FAILED_PRECONDITION=ENOTDIR/EISDIR/
   ENOTEMPTY/EBADF/ESTALE, PERMISSION_DENIED=EACCES/EPERM, DATA_LOSS=EIO.
+
+Sessions, leases and recalls (protocol "2"; README "The layout safety
+invariant" explains why each rule exists):
+- Hello opens a session. Its client_id is an opaque, random, unguessable
+  64-bit value bound to the credential that opened it: carry it as a string
+  or a 64-bit integer (JavaScript: proto-loader `longs: String`; JSON: the
+  decimal string), never as a double. 0 names no session: stateless calls
+  (stat, mkdir, ...) may use it; open files and layouts need a session.
+  A call naming a session the server does not know fails with ESTALE; a
+  session of another credential with EPERM.
+- Keep one Session stream open for the session's whole life. Send Renew
+  (with an increasing seq) every third of HelloReply.lease_ns. Your lease
+  lasts lease_ns from the moment you *sent* the Renew that a Renewed with the
+  same seq answered, measured on your own monotonic clock; never compare the
+  server's clock with yours. Every call naming the session also tells the
+  server you are alive, but only Renew/Renewed moves your own deadline.
+- Before your deadline passes unrenewed, stop using every layout and mapping
+  (self-fencing): refuse copies with ESTALE, map zero pages over views.
+- A recall (LayoutRecall) arrives on the stream, stamped with seq, your
+  session's recall counter. Drop cached layouts of the range, wait for
+  copies in flight from it, fence mappings of it, then send RecallDone.
+  Until you do, the blocks stay out of reuse (space is lost rather than
+  bytes leaked). Every GetLayout reply carries recall_seq, the counter when
+  it was granted: discard a reply whose recall_seq is lower than the seq of
+  a recall you have already seen for the same file, and ask again.
+- Recalls are durable: every (re)attach of the stream receives all your
+  unacknowledged recalls before anything else. RecallDone is idempotent.
+- If the stream breaks, reattach with the same client_id. If the server
+  answers ESTALE (it restarted, or presumed you gone), fence everything,
+  drop every layout and handle (they are void), and say Hello again.
+- The server presumes a session gone when its stream is closed and it has
+  neither renewed nor called for a whole lease, or on Goodbye, or when an
+  operator evicts it. It then closes the session's files and drops its leases.
+  A session whose stream stays open (a frozen guest) is never presumed gone
+  by time: what was recalled from it waits until it answers or is evicted.
+- Layouts of a file range past the file's size end with your last Release
+  of the file (the server trims preallocation then without a recall).
+- After a restart the server waits one lease before reusing freed blocks.
 """
 
 from collections import abc as _abc
@@ -90,7 +128,9 @@ class Caller(_message.Message):
     gid: _builtins.int
     """Primary group id."""
     client_id: _builtins.int
-    """Session from Hello; layouts, open files and leases belong to it."""
+    """Session from Hello; layouts, open files and leases belong to it. An opaque
+    random 64-bit value (see the header for how to carry it); 0 for none.
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Supplementary group ids."""
@@ -147,6 +187,7 @@ class HelloReply(_message.Message):
     LEASE_NS_FIELD_NUMBER: _builtins.int
     FLUSH_MODE_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
+    SERVER_INSTANCE_FIELD_NUMBER: _builtins.int
     client_id: _builtins.int
     """Session id to put in Caller.client_id."""
     region_uuid: _builtins.str
@@ -164,7 +205,13 @@ class HelloReply(_message.Message):
     flush_mode: _builtins.str
     """"pmem" or "msync": how the server's mapping is flushed."""
     protocol: _builtins.str
-    """Protocol version, "1"."""
+    """Protocol version, "2" (sessions bound to credentials, recall sequence
+    numbers, durable recalls).
+    """
+    server_instance: _builtins.int
+    """This server process: random, changes on every start. A client that sees
+    it change must treat every layout, handle and mapping it had as void.
+    """
     def __init__(
         self,
         *,
@@ -176,10 +223,11 @@ class HelloReply(_message.Message):
         lease_ns: _builtins.int = ...,
         flush_mode: _builtins.str = ...,
         protocol: _builtins.str = ...,
+        server_instance: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_size", b"block_size", "client_id", b"client_id", "flush_mode", b"flush_mode", "lease_ns", b"lease_ns", "protocol", b"protocol", "region_path", b"region_path", "region_size", b"region_size", "region_uuid", b"region_uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_size", b"block_size", "client_id", b"client_id", "flush_mode", b"flush_mode", "lease_ns", b"lease_ns", "protocol", b"protocol", "region_path", b"region_path", "region_size", b"region_size", "region_uuid", b"region_uuid", "server_instance", b"server_instance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,12 +301,17 @@ class Renew(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Client-chosen, increasing; echoed in the Renewed that answers it."""
     def __init__(
         self,
+        *,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,21 +373,31 @@ Global___SessionEvent: _TypeAlias = SessionEvent  # noqa: Y015
 
 @_typing.final
 class Renewed(_message.Message):
-    """Answer to Renew."""
+    """Answer to Renew: the lease is extended by lease_ns from when the client sent it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPIRES_NS_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    LEASE_NS_FIELD_NUMBER: _builtins.int
     expires_ns: _builtins.int
-    """Wall-clock ns until which every lease of the session is valid."""
+    """The server's wall clock plus the lease, for logs only: never compare it
+    with the client's clock (guests may be other machines).
+    """
+    seq: _builtins.int
+    """The seq of the Renew this answers."""
+    lease_ns: _builtins.int
+    """Lease duration in ns granted from the moment the Renew was sent."""
     def __init__(
         self,
         *,
         expires_ns: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        lease_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_ns", b"expires_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_ns", b"expires_ns", "lease_ns", b"lease_ns", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -354,6 +417,7 @@ class LayoutRecall(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     recall_id: _builtins.int
     """Recall id for RecallDone."""
     ino: _builtins.int
@@ -364,6 +428,10 @@ class LayoutRecall(_message.Message):
     """Bytes recalled."""
     reason: _builtins.str
     """Why, for logs."""
+    seq: _builtins.int
+    """This session's recall counter after this recall (1, 2, ...); a re-sent
+    recall keeps its seq.
+    """
     def __init__(
         self,
         *,
@@ -372,10 +440,11 @@ class LayoutRecall(_message.Message):
         offset: _builtins.int = ...,
         length: _builtins.int = ...,
         reason: _builtins.str = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ino", b"ino", "length", b"length", "offset", b"offset", "reason", b"reason", "recall_id", b"recall_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ino", b"ino", "length", b"length", "offset", b"offset", "reason", b"reason", "recall_id", b"recall_id", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1249,6 +1318,7 @@ class Layout(_message.Message):
     EXTENTS_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_NS_FIELD_NUMBER: _builtins.int
+    RECALL_SEQ_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
     """Start of the range covered."""
     length: _builtins.int
@@ -1256,7 +1326,14 @@ class Layout(_message.Message):
     lease_id: _builtins.int
     """Lease id for ReturnLayout."""
     expires_ns: _builtins.int
-    """Wall-clock ns after which the client must not use these extents."""
+    """Unused since protocol "2" (always 0): a layout is valid while the
+    session's lease is, on the client's own clock (see the header).
+    """
+    recall_seq: _builtins.int
+    """The session's recall counter when this layout was granted. If the client
+    has seen a recall of this file with a higher seq, the layout may name
+    freed blocks: discard it and ask again.
+    """
     @_builtins.property
     def extents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Extent]:
         """Extents and holes in file order; together they tile the range exactly."""
@@ -1269,10 +1346,11 @@ class Layout(_message.Message):
         extents: _abc.Iterable[Global___Extent] | None = ...,
         lease_id: _builtins.int = ...,
         expires_ns: _builtins.int = ...,
+        recall_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_ns", b"expires_ns", "extents", b"extents", "lease_id", b"lease_id", "length", b"length", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_ns", b"expires_ns", "extents", b"extents", "lease_id", b"lease_id", "length", b"length", "offset", b"offset", "recall_seq", b"recall_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1565,6 +1643,8 @@ class StatsReply(_message.Message):
     PENDING_RECALLS_FIELD_NUMBER: _builtins.int
     RECALLS_SENT_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
+    SESSIONS_OPEN_FIELD_NUMBER: _builtins.int
+    RECALL_WAITS_TIMED_OUT_FIELD_NUMBER: _builtins.int
     read_calls: _builtins.int
     """Read RPCs served."""
     read_bytes: _builtins.int
@@ -1589,6 +1669,12 @@ class StatsReply(_message.Message):
     """Recalls sent since start."""
     sessions: _builtins.int
     """Session streams attached."""
+    sessions_open: _builtins.int
+    """Sessions open (attached or not)."""
+    recall_waits_timed_out: _builtins.int
+    """Calls that freed blocks and stopped waiting for an attached client's
+    RecallDone after 2 s (the blocks stay in quarantine until it answers).
+    """
     def __init__(
         self,
         *,
@@ -1604,11 +1690,131 @@ class StatsReply(_message.Message):
         pending_recalls: _builtins.int = ...,
         recalls_sent: _builtins.int = ...,
         sessions: _builtins.int = ...,
+        sessions_open: _builtins.int = ...,
+        recall_waits_timed_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "layouts", b"layouts", "leases", b"leases", "open_files", b"open_files", "pending_recalls", b"pending_recalls", "quarantined_bytes", b"quarantined_bytes", "read_bytes", b"read_bytes", "read_calls", b"read_calls", "recalls_sent", b"recalls_sent", "sessions", b"sessions", "write_bytes", b"write_bytes", "write_calls", b"write_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "layouts", b"layouts", "leases", b"leases", "open_files", b"open_files", "pending_recalls", b"pending_recalls", "quarantined_bytes", b"quarantined_bytes", "read_bytes", b"read_bytes", "read_calls", b"read_calls", "recall_waits_timed_out", b"recall_waits_timed_out", "recalls_sent", b"recalls_sent", "sessions", b"sessions", "sessions_open", b"sessions_open", "write_bytes", b"write_bytes", "write_calls", b"write_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatsReply: _TypeAlias = StatsReply  # noqa: Y015
+
+@_typing.final
+class ListSessionsRequest(_message.Message):
+    """Asks for the session list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def caller(self) -> Global___Caller:
+        """Credentials; only root may list."""
+
+    def __init__(
+        self,
+        *,
+        caller: Global___Caller | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
+
+@_typing.final
+class SessionInfo(_message.Message):
+    """One live session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    ATTACHED_FIELD_NUMBER: _builtins.int
+    IDLE_NS_FIELD_NUMBER: _builtins.int
+    UNACKNOWLEDGED_RECALLS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.int
+    """Its id (opaque 64-bit)."""
+    name: _builtins.str
+    """HelloRequest.client_name."""
+    credential: _builtins.str
+    """The credential that opened it (the token's name; "" without auth)."""
+    attached: _builtins.bool
+    """True while its Session stream is open."""
+    idle_ns: _builtins.int
+    """Nanoseconds since it last renewed or called (server's monotonic clock)."""
+    unacknowledged_recalls: _builtins.int
+    """Recalls sent to it and not yet acknowledged."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        credential: _builtins.str = ...,
+        attached: _builtins.bool = ...,
+        idle_ns: _builtins.int = ...,
+        unacknowledged_recalls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "client_id", b"client_id", "credential", b"credential", "idle_ns", b"idle_ns", "name", b"name", "unacknowledged_recalls", b"unacknowledged_recalls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionInfo: _TypeAlias = SessionInfo  # noqa: Y015
+
+@_typing.final
+class ListSessionsReply(_message.Message):
+    """The live sessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionInfo]:
+        """In no particular order."""
+
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___SessionInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsReply: _TypeAlias = ListSessionsReply  # noqa: Y015
+
+@_typing.final
+class EvictRequest(_message.Message):
+    """Evicts a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.int
+    """The session to declare gone."""
+    @_builtins.property
+    def caller(self) -> Global___Caller:
+        """Credentials; only root may evict."""
+
+    def __init__(
+        self,
+        *,
+        caller: Global___Caller | None = ...,
+        client_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "client_id", b"client_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvictRequest: _TypeAlias = EvictRequest  # noqa: Y015

@@ -45,6 +45,16 @@ class DaxfsStub:
                 request_serializer=daxfs_dot_proto_dot_daxfs__pb2.GoodbyeRequest.SerializeToString,
                 response_deserializer=daxfs_dot_proto_dot_daxfs__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/daxfs.v1.Daxfs/ListSessions',
+                request_serializer=daxfs_dot_proto_dot_daxfs__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=daxfs_dot_proto_dot_daxfs__pb2.ListSessionsReply.FromString,
+                _registered_method=True)
+        self.Evict = channel.unary_unary(
+                '/daxfs.v1.Daxfs/Evict',
+                request_serializer=daxfs_dot_proto_dot_daxfs__pb2.EvictRequest.SerializeToString,
+                response_deserializer=daxfs_dot_proto_dot_daxfs__pb2.Empty.FromString,
+                _registered_method=True)
         self.Session = channel.stream_stream(
                 '/daxfs.v1.Daxfs/Session',
                 request_serializer=daxfs_dot_proto_dot_daxfs__pb2.SessionRequest.SerializeToString,
@@ -204,7 +214,24 @@ class DaxfsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Goodbye(self, request, context):
-        """Ends a client session: closes its files and drops its layouts.
+        """Ends a client session for good: closes its files and drops its layouts;
+        the client_id is dead afterwards (ESTALE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """Lists the live sessions (root only), for operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evict(self, request, context):
+        """Declares a session gone (root only): closes its files, drops its leases and
+        releases what was recalled from it. For a guest that is frozen or lost and
+        will not resume; if it does resume it gets ESTALE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -430,6 +457,16 @@ def add_DaxfsServicer_to_server(servicer, server):
                     request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.GoodbyeRequest.FromString,
                     response_serializer=daxfs_dot_proto_dot_daxfs__pb2.Empty.SerializeToString,
             ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.ListSessionsRequest.FromString,
+                    response_serializer=daxfs_dot_proto_dot_daxfs__pb2.ListSessionsReply.SerializeToString,
+            ),
+            'Evict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evict,
+                    request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.EvictRequest.FromString,
+                    response_serializer=daxfs_dot_proto_dot_daxfs__pb2.Empty.SerializeToString,
+            ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
                     request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.SessionRequest.FromString,
@@ -630,6 +667,60 @@ class Daxfs:
             target,
             '/daxfs.v1.Daxfs/Goodbye',
             daxfs_dot_proto_dot_daxfs__pb2.GoodbyeRequest.SerializeToString,
+            daxfs_dot_proto_dot_daxfs__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/daxfs.v1.Daxfs/ListSessions',
+            daxfs_dot_proto_dot_daxfs__pb2.ListSessionsRequest.SerializeToString,
+            daxfs_dot_proto_dot_daxfs__pb2.ListSessionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/daxfs.v1.Daxfs/Evict',
+            daxfs_dot_proto_dot_daxfs__pb2.EvictRequest.SerializeToString,
             daxfs_dot_proto_dot_daxfs__pb2.Empty.FromString,
             options,
             channel_credentials,

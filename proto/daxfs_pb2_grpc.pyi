@@ -16,6 +16,44 @@ Conventions:
   ALREADY_EXISTS=EEXIST, RESOURCE_EXHAUSTED=ENOSPC, INVALID_ARGUMENT=EINVAL
   and friends, OUT_OF_RANGE=EFBIG, FAILED_PRECONDITION=ENOTDIR/EISDIR/
   ENOTEMPTY/EBADF/ESTALE, PERMISSION_DENIED=EACCES/EPERM, DATA_LOSS=EIO.
+
+Sessions, leases and recalls (protocol "2"; README "The layout safety
+invariant" explains why each rule exists):
+- Hello opens a session. Its client_id is an opaque, random, unguessable
+  64-bit value bound to the credential that opened it: carry it as a string
+  or a 64-bit integer (JavaScript: proto-loader `longs: String`; JSON: the
+  decimal string), never as a double. 0 names no session: stateless calls
+  (stat, mkdir, ...) may use it; open files and layouts need a session.
+  A call naming a session the server does not know fails with ESTALE; a
+  session of another credential with EPERM.
+- Keep one Session stream open for the session's whole life. Send Renew
+  (with an increasing seq) every third of HelloReply.lease_ns. Your lease
+  lasts lease_ns from the moment you *sent* the Renew that a Renewed with the
+  same seq answered, measured on your own monotonic clock; never compare the
+  server's clock with yours. Every call naming the session also tells the
+  server you are alive, but only Renew/Renewed moves your own deadline.
+- Before your deadline passes unrenewed, stop using every layout and mapping
+  (self-fencing): refuse copies with ESTALE, map zero pages over views.
+- A recall (LayoutRecall) arrives on the stream, stamped with seq, your
+  session's recall counter. Drop cached layouts of the range, wait for
+  copies in flight from it, fence mappings of it, then send RecallDone.
+  Until you do, the blocks stay out of reuse (space is lost rather than
+  bytes leaked). Every GetLayout reply carries recall_seq, the counter when
+  it was granted: discard a reply whose recall_seq is lower than the seq of
+  a recall you have already seen for the same file, and ask again.
+- Recalls are durable: every (re)attach of the stream receives all your
+  unacknowledged recalls before anything else. RecallDone is idempotent.
+- If the stream breaks, reattach with the same client_id. If the server
+  answers ESTALE (it restarted, or presumed you gone), fence everything,
+  drop every layout and handle (they are void), and say Hello again.
+- The server presumes a session gone when its stream is closed and it has
+  neither renewed nor called for a whole lease, or on Goodbye, or when an
+  operator evicts it. It then closes the session's files and drops its leases.
+  A session whose stream stays open (a frozen guest) is never presumed gone
+  by time: what was recalled from it waits until it answers or is evicted.
+- Layouts of a file range past the file's size end with your last Release
+  of the file (the server trims preallocation then without a recall).
+- After a restart the server waits one lease before reusing freed blocks.
 """
 
 from collections import abc as _abc
@@ -51,7 +89,16 @@ class DaxfsStub:
     Hello: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.HelloRequest, _daxfs_pb2.HelloReply]
     """Opens a client session and describes the region to map."""
     Goodbye: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.GoodbyeRequest, _daxfs_pb2.Empty]
-    """Ends a client session: closes its files and drops its layouts."""
+    """Ends a client session for good: closes its files and drops its layouts;
+    the client_id is dead afterwards (ESTALE).
+    """
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.ListSessionsRequest, _daxfs_pb2.ListSessionsReply]
+    """Lists the live sessions (root only), for operators."""
+    Evict: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.EvictRequest, _daxfs_pb2.Empty]
+    """Declares a session gone (root only): closes its files, drops its leases and
+    releases what was recalled from it. For a guest that is frozen or lost and
+    will not resume; if it does resume it gets ESTALE.
+    """
     Session: _grpc.StreamStreamMultiCallable[_daxfs_pb2.SessionRequest, _daxfs_pb2.SessionEvent]
     """The session stream, one per client for its whole life: the client sends
     renewals and recall acknowledgements, the server sends renewal deadlines
@@ -125,7 +172,16 @@ class DaxfsAsyncStub(DaxfsStub):
     Hello: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.HelloRequest, _daxfs_pb2.HelloReply]  # type: ignore[assignment]
     """Opens a client session and describes the region to map."""
     Goodbye: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.GoodbyeRequest, _daxfs_pb2.Empty]  # type: ignore[assignment]
-    """Ends a client session: closes its files and drops its layouts."""
+    """Ends a client session for good: closes its files and drops its layouts;
+    the client_id is dead afterwards (ESTALE).
+    """
+    ListSessions: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.ListSessionsRequest, _daxfs_pb2.ListSessionsReply]  # type: ignore[assignment]
+    """Lists the live sessions (root only), for operators."""
+    Evict: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.EvictRequest, _daxfs_pb2.Empty]  # type: ignore[assignment]
+    """Declares a session gone (root only): closes its files, drops its leases and
+    releases what was recalled from it. For a guest that is frozen or lost and
+    will not resume; if it does resume it gets ESTALE.
+    """
     Session: _aio.StreamStreamMultiCallable[_daxfs_pb2.SessionRequest, _daxfs_pb2.SessionEvent]  # type: ignore[assignment]
     """The session stream, one per client for its whole life: the client sends
     renewals and recall acknowledgements, the server sends renewal deadlines
@@ -208,7 +264,28 @@ class DaxfsServicer(metaclass=_abc_1.ABCMeta):
         request: _daxfs_pb2.GoodbyeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_daxfs_pb2.Empty, _abc.Awaitable[_daxfs_pb2.Empty]]:
-        """Ends a client session: closes its files and drops its layouts."""
+        """Ends a client session for good: closes its files and drops its layouts;
+        the client_id is dead afterwards (ESTALE).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _daxfs_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_daxfs_pb2.ListSessionsReply, _abc.Awaitable[_daxfs_pb2.ListSessionsReply]]:
+        """Lists the live sessions (root only), for operators."""
+
+    @_abc_1.abstractmethod
+    def Evict(
+        self,
+        request: _daxfs_pb2.EvictRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_daxfs_pb2.Empty, _abc.Awaitable[_daxfs_pb2.Empty]]:
+        """Declares a session gone (root only): closes its files, drops its leases and
+        releases what was recalled from it. For a guest that is frozen or lost and
+        will not resume; if it does resume it gets ESTALE.
+        """
 
     @_abc_1.abstractmethod
     def Session(

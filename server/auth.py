@@ -9,6 +9,7 @@ orchestrators can probe liveness without the secret; it reveals nothing.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Callable
@@ -23,6 +24,20 @@ log = logging.getLogger(__name__)
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 METADATA_KEY = AUTHORIZATION_KEY
+
+
+def credential_of(context: grpc.ServicerContext) -> str:
+    """The name of the credential a call came with, to bind sessions to it.
+
+    A bearer token is named by a short hash of it (never the token itself: the
+    name appears in logs and in ListSessions); a call without one is "". The
+    interceptor has already refused wrong tokens, so the name is trustworthy.
+    """
+    for key, value in context.invocation_metadata() or ():
+        if key == METADATA_KEY:
+            raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+            return "bearer:" + hashlib.sha256(raw).hexdigest()[:12]
+    return ""
 
 
 def read_token(path: str) -> str:

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import TokenAuthInterceptor
+from daxfs.server.leases import DEFAULT_MAX_SESSIONS
 from daxfs.server.namespace import Namespace
 from daxfs.server.service import DaxfsServicer
 from daxfs.server.volume import close_volume, format_volume, open_volume
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 DEFAULT_LISTEN = "unix:/run/daxfs/daxfs.sock"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Daxfs"].full_name
 SWEEP_INTERVAL_S = 1.0
+#: Streams allowed beyond max_sessions: a client replacing its stream holds two briefly.
+STREAM_HEADROOM = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,8 @@ class ServerConfig:
     tls_key: str | None = None
     #: Group (name or gid) that may use the unix socket; its mode becomes 0660.
     socket_group: str | None = None
+    #: Sessions accepted at once; each attached session stream holds a thread.
+    max_sessions: int = DEFAULT_MAX_SESSIONS
 
 
 def unix_path(listen: str) -> str | None:
@@ -77,14 +82,24 @@ def create_server(
     token: str | None = None,
     tls: tuple[bytes, bytes] | None = None,
     socket_gid: int | None = None,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
 ) -> tuple[grpc.Server, str, health.HealthServicer]:
     """Build and start a server; returns it, the address it answers on, and its health servicer.
 
     A unix socket is bound under a temporary name and renamed into place after
     the server has started, so the path appears only once it can answer.
+
+    A sync gRPC server runs every call, session streams included, on one thread
+    pool. Streams are long-lived, so the pool holds ``workers`` threads for
+    ordinary calls *plus* one per possible stream, and the servicer refuses
+    streams beyond ``max_sessions`` (RESOURCE_EXHAUSTED): health and ordinary
+    calls never wait behind sessions. Threads are created on demand.
     """
+    max_streams = max_sessions + STREAM_HEADROOM
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="daxfs-rpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=workers + max_streams, thread_name_prefix="daxfs-rpc"
+        ),
         interceptors=[TokenAuthInterceptor(token)] if token else [],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -92,7 +107,8 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_DaxfsServicer_to_server(DaxfsServicer(ns, region_path=region_path), server)
+    servicer = DaxfsServicer(ns, region_path=region_path, max_streams=max_streams)
+    pb_grpc.add_DaxfsServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -177,7 +193,13 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status."""
     if config.format:
         format_volume(config.region, config.meta, config.size, config.block_size)
-    ns = open_volume(config.region, config.meta, size=config.size, lease_ns=config.lease_ns)
+    ns = open_volume(
+        config.region,
+        config.meta,
+        size=config.size,
+        lease_ns=config.lease_ns,
+        max_sessions=config.max_sessions,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -199,6 +221,7 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
             token=config.token,
             tls=_read_tls(config),
             socket_gid=_group_id(config.socket_group),
+            max_sessions=config.max_sessions,
         )
     except BaseException:
         close_volume(ns)

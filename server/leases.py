@@ -1,35 +1,78 @@
-"""Layout leases and recalls: which client may still load and store which file's extents.
+"""Sessions, layout leases and recalls: which client may still load and store which extents.
 
-Modelled on pNFS layouts (LAYOUTGET / CB_LAYOUTRECALL / LAYOUTRETURN). A client
-holds at most one lease per file; every GetLayout refreshes it, and the
-client's session stream renews all of its leases at once (like an NFSv4
-client lease). A client that cannot renew must stop using its mappings before
-the lease ends (self-fencing, see ``daxfs.client.session``).
+The invariant this module exists for (README, "The layout safety invariant"):
 
-When extents of a file are freed (truncate, unlink, rename over it), every
-client holding a lease on that file is sent a :class:`Recall` and the extents
-wait in quarantine. They return to the free list as soon as every recalled
-client has acknowledged (it fenced its mappings), or when the last such lease
-expires, whichever comes first. So no client ever sees another file's bytes
-through a stale mapping, and a dead client delays reuse by one lease at most.
+    A byte of a block that now belongs to file Y is never read or written
+    through a layout, view, handle or copy that was granted for another file.
 
-Times are wall-clock nanoseconds because quarantine deadlines are stored in
-SQLite and must survive a server restart. Callers hold the namespace lock.
+Shared memory cannot be fenced from the storage side (there is no SCSI
+PREEMPT AND ABORT for a load instruction), so the server keeps the invariant
+by never *reusing* a block while a client may still use it, and prefers losing
+space to leaking bytes. The protocol, after pNFS and NFSv4.1 (RFC 8881 §12):
+
+- **Sessions are capabilities.** ``open_session`` draws a random 63-bit id and
+  binds it to the credential that opened it; every later call must name a
+  live session of the same credential. An id the server does not know (a
+  guess, a session from before a restart, an evicted or departed one) gets
+  ESTALE, and the client must fence everything before it asks for a new
+  session. Id 0 names no session and creates nothing.
+- **A lease** (client, file) lives from the first layout until it is returned
+  (ReturnLayout, last close) or its client is dropped. Its validity in time
+  is the client's business: the client counts its own deadline on its own
+  monotonic clock from when it *sent* the renewal, and fences itself before
+  it ends (see ``daxfs.client.session``). The server never compares clocks.
+- **Recalls are durable until acknowledged.** Freeing blocks under other
+  leases parks them in quarantine and queues a :class:`Recall` per holder,
+  stamped with that client's recall sequence number. Unacknowledged recalls
+  are re-sent every time the client (re)attaches its session stream, before
+  anything else on it. Layout grants carry the client's sequence number at
+  grant time, so a client can discard a grant that a recall overtook.
+- **Quarantine ends only on proof.** Blocks leave quarantine when every holder
+  has acknowledged, or has been *dropped*: a clean Goodbye, a new session
+  that declares the old one fenced (``Hello.fenced_session``), an operator's
+  ``daxfs evict``, or a session whose stream is gone *and* whose lease has
+  run out (a process that exited closes its stream; a live client that lost
+  its stream fences itself at its deadline). A frozen client keeps its stream
+  open and so keeps its blocks out of reuse until it thaws and acknowledges,
+  or is evicted.
+- **Restarts.** A new server instance knows none of the earlier sessions, so
+  their ids get ESTALE at once. Until one lease has passed since the start
+  (the earlier instance's clients have fenced themselves by then, on their own
+  clocks), every freed block waits in quarantine: the restart grace period.
+
+Residual risk, stated with its bound: a client whose session stream is down,
+that is frozen in the middle of a copy for longer than its lease, and then
+resumes, finishes that one copy. A read is validated after it finishes and
+fails ESTALE (see ``daxfs.client.library``); a write can land in a block that
+was reused meanwhile. The client library splits writes into pieces of at most
+``daxfs.client.library.COPY_PIECE`` (4 MiB) with a deadline check before
+each, so at most one piece per writing thread is exposed.
+
+Callers hold the namespace lock. Times are this server's monotonic clock, in ns.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from daxfs.shared.errors import StaleHandle
+from daxfs.shared.errors import (
+    InvalidArgument,
+    NotPermitted,
+    StaleHandle,
+    TooManySessions,
+    UnknownSession,
+)
 from daxfs.shared.extent import ClientId, InodeId, LeaseId
 
 #: How long a layout stays valid without renewal. Short enough that a dead
 #: guest's extents come back soon, long enough that renewals are rare.
 DEFAULT_LEASE_NS = 30 * 1_000_000_000
+#: Sessions one server accepts at once; the next Hello gets RESOURCE_EXHAUSTED.
+DEFAULT_MAX_SESSIONS = 1024
 
 
 @dataclass(slots=True)
@@ -37,8 +80,8 @@ class Lease:
     id: LeaseId
     client: ClientId
     ino: InodeId
-    expires_ns: int
-    """Wall-clock ns; after it the client must not touch the file's extents."""
+    granted_seq: int
+    """The client's recall sequence number when the lease was last granted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +97,35 @@ class Recall:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class RecallNotice:
+    """One recall as one client sees it: with that client's sequence number."""
+
+    recall: Recall
+    seq: int
+    """The client's recall counter after this recall (1, 2, ...)."""
+
+
 @dataclass(slots=True)
-class _Pending:
+class Session:
+    """A client's session: its capability, its clock on our side, its undelivered recalls."""
+
+    id: ClientId
+    credential: str
+    """Who opened it (the auth layer's name for the connection's credential)."""
+    name: str
+    deadline_ns: int
+    """Our monotonic clock: when its lease ends unless renewed."""
+    attached: int = 0
+    """Open session streams (0 or 1; a reattach replaces the old stream)."""
+    recall_seq: int = 0
+    """Recalls issued to this client so far."""
+    outstanding: dict[int, RecallNotice] = field(default_factory=dict)
+    """Recalls sent but not acknowledged, by recall id, in the order issued."""
+
+
+@dataclass(slots=True)
+class Pending:
     recall: Recall
     waiting: set[ClientId]
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -64,45 +134,120 @@ class _Pending:
 
 class LeaseTable:
     def __init__(
-        self, duration_ns: int = DEFAULT_LEASE_NS, clock: Callable[[], int] = time.time_ns
+        self,
+        duration_ns: int = DEFAULT_LEASE_NS,
+        clock: Callable[[], int] = time.monotonic_ns,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        new_id: Callable[[], int] = lambda: secrets.randbits(63),
     ) -> None:
         self.duration_ns = duration_ns
+        self.max_sessions = max_sessions
         self._clock = clock
+        self._new_id = new_id
         self._ids = itertools.count(1)
         self._recall_ids = itertools.count(1)
         self._leases: dict[tuple[ClientId, InodeId], Lease] = {}
         self._by_id: dict[LeaseId, Lease] = {}
-        self._pending: dict[int, _Pending] = {}
-        #: Deadline of each client session (NFSv4-style client lease): a client
-        #: that neither renews nor calls for a whole lease is presumed dead.
-        self._clients: dict[ClientId, int] = {}
+        self._pending: dict[int, Pending] = {}
+        self._sessions: dict[ClientId, Session] = {}
 
-    def client_seen(self, client: ClientId) -> None:
-        if client:
-            self._clients[client] = self._clock() + self.duration_ns
+    def now(self) -> int:
+        """This table's clock (monotonic ns unless a test or simulation injects one)."""
+        return self._clock()
 
-    def forget_client(self, client: ClientId) -> None:
-        self._clients.pop(client, None)
+    # -- sessions --------------------------------------------------------------
+
+    def open_session(self, credential: str, name: str = "") -> Session:
+        """A new session with an unguessable id, bound to ``credential``."""
+        if len(self._sessions) >= self.max_sessions:
+            raise TooManySessions(
+                f"this server holds its limit of {self.max_sessions} sessions; "
+                "close idle clients or raise daxfs server --max-sessions"
+            )
+        while True:
+            client = ClientId(self._new_id())
+            if client and client not in self._sessions:
+                break
+        session = Session(client, credential, name, self._clock() + self.duration_ns)
+        self._sessions[client] = session
+        return session
+
+    def session(self, client: ClientId, credential: str | None = None) -> Session:
+        """The live session ``client`` names; ESTALE for an unknown one.
+
+        ``credential`` None skips the binding check (calls made by the core itself).
+        """
+        if not client:
+            raise InvalidArgument("this call needs a session: say Hello and pass its client_id")
+        session = self._sessions.get(client)
+        if session is None:
+            raise UnknownSession(
+                f"session {client} is not known to this server (it restarted, or the "
+                "session ended or was evicted): fence its layouts and say Hello again"
+            )
+        if credential is not None and credential != session.credential:
+            raise NotPermitted(f"session {client} belongs to another credential")
+        return session
+
+    def known(self, client: ClientId) -> bool:
+        return client in self._sessions
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def renew(self, client: ClientId) -> Session:
+        """Extend the session's lease (and so every layout it holds) by one duration."""
+        session = self.session(client)
+        session.deadline_ns = self._clock() + self.duration_ns
+        return session
+
+    def attach(self, client: ClientId) -> list[RecallNotice]:
+        """A session stream opened; returns the recalls to send on it first, in order."""
+        session = self.session(client)
+        session.attached = 1
+        return list(session.outstanding.values())
+
+    def detach(self, client: ClientId) -> None:
+        session = self._sessions.get(client)
+        if session is not None:
+            session.attached = 0
+
+    def attached(self, client: ClientId) -> bool:
+        session = self._sessions.get(client)
+        return session is not None and session.attached > 0
 
     def grace(self) -> None:
-        """The server itself stalled: give every client a full lease to renew before expiry.
+        """The server itself stalled: give every session a full lease before it can be dropped.
 
         Extending deadlines only delays reuse of quarantined extents, which is
         the safe direction; clients fence themselves on their own deadline.
         """
         expires = self._clock() + self.duration_ns
-        for client in self._clients:
-            self._clients[client] = max(self._clients[client], expires)
-        for lease in self._leases.values():
-            lease.expires_ns = max(lease.expires_ns, expires)
+        for session in self._sessions.values():
+            session.deadline_ns = max(session.deadline_ns, expires)
 
-    def dead_clients(self) -> list[ClientId]:
-        """Clients whose session lease ran out; the caller releases their state."""
+    def gone_sessions(self) -> list[ClientId]:
+        """Sessions proven gone by time: stream closed and lease run out. Not yet dropped."""
         now = self._clock()
-        dead = [c for c, deadline in self._clients.items() if deadline <= now]
-        for c in dead:
-            del self._clients[c]
-        return dead
+        return [s.id for s in self._sessions.values() if not s.attached and s.deadline_ns <= now]
+
+    def drop_session(self, client: ClientId) -> list[Pending]:
+        """A session ended (goodbye, eviction, proven gone): returns recalls that completed.
+
+        Its leases and unacknowledged recalls go with it. The caller closes its files.
+        """
+        done: list[Pending] = []
+        for lease in [le for le in self._leases.values() if le.client == client]:
+            self._drop(lease)
+        for rid, pending in list(self._pending.items()):
+            if client in pending.waiting:
+                pending.waiting.discard(client)
+                if not pending.waiting:
+                    del self._pending[rid]
+                    done.append(pending)
+        self._sessions.pop(client, None)
+        return done
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -110,63 +255,36 @@ class LeaseTable:
     # -- grants ----------------------------------------------------------------
 
     def grant(self, client: ClientId, ino: InodeId) -> Lease:
-        """The client's lease on ``ino``, created or refreshed."""
-        expires = self._clock() + self.duration_ns
+        """The client's lease on ``ino``, created or refreshed, stamped with its recall seq."""
+        session = self.session(client)
         lease = self._leases.get((client, ino))
         if lease is None:
-            lease = Lease(LeaseId(next(self._ids)), client, ino, expires)
+            lease = Lease(LeaseId(next(self._ids)), client, ino, session.recall_seq)
             self._leases[(client, ino)] = lease
             self._by_id[lease.id] = lease
         else:
-            lease.expires_ns = expires
+            lease.granted_seq = session.recall_seq
         return lease
 
-    def renew(self, client: ClientId) -> int:
-        """Extend every lease of ``client``; returns the new deadline."""
-        expires = self._clock() + self.duration_ns
-        self._clients[client] = expires
-        for lease in self._leases.values():
-            if lease.client == client:
-                lease.expires_ns = expires
-        return expires
+    def give_back(self, lease_id: LeaseId, client: ClientId) -> list[Pending]:
+        """LAYOUTRETURN; returns recalls that this completed.
 
-    def give_back(self, lease_id: LeaseId, client: ClientId) -> list[_Pending]:
-        """LAYOUTRETURN; returns recalls that this completed."""
+        Returning a lease does not acknowledge a recall the client has not
+        answered: the client may still be copying; only RecallDone says it stopped.
+        """
         lease = self._by_id.get(lease_id)
         if lease is None or lease.client != client:
             raise StaleHandle(f"lease {lease_id} is not held by this client")
         self._drop(lease)
-        return self._forget_waiter(client, lease.ino)
+        return []
 
     def _drop(self, lease: Lease) -> None:
         del self._leases[(lease.client, lease.ino)]
         del self._by_id[lease.id]
 
-    def drop_client(self, client: ClientId) -> list[_Pending]:
-        """A client left or died: drop its leases; returns recalls that completed."""
-        done: list[_Pending] = []
-        for lease in [le for le in self._leases.values() if le.client == client]:
-            self._drop(lease)
-            done += self._forget_waiter(client, lease.ino)
-        return done
-
-    def expire(self) -> list[_Pending]:
-        """Drop leases past their deadline; returns recalls that completed."""
-        now = self._clock()
-        done: list[_Pending] = []
-        for lease in [le for le in self._leases.values() if le.expires_ns <= now]:
-            self._drop(lease)
-            done += self._forget_waiter(lease.client, lease.ino)
-        return done
-
-    def holders(self, ino: InodeId) -> dict[ClientId, int]:
-        """Clients with a live lease on ``ino`` and their deadlines."""
-        now = self._clock()
-        return {
-            le.client: le.expires_ns
-            for le in self._leases.values()
-            if le.ino == ino and le.expires_ns > now
-        }
+    def holders(self, ino: InodeId) -> set[ClientId]:
+        """Clients holding a lease on ``ino``, expired or not: only they may map its blocks."""
+        return {le.client for le in self._leases.values() if le.ino == ino}
 
     # -- recalls ---------------------------------------------------------------
 
@@ -178,34 +296,49 @@ class LeaseTable:
         reason: str,
         holders: set[ClientId],
         ranges: list[tuple[int, int]],
-    ) -> Recall:
+    ) -> tuple[Recall, list[tuple[ClientId, RecallNotice]]]:
+        """Queue a recall for every holder; returns it and the notices to deliver now."""
         recall = Recall(next(self._recall_ids), ino, offset, length, reason)
-        self._pending[recall.id] = _Pending(recall, set(holders), list(ranges))
-        return recall
+        notices: list[tuple[ClientId, RecallNotice]] = []
+        waiting: set[ClientId] = set()
+        for client in sorted(holders):
+            session = self._sessions.get(client)
+            if session is None:
+                continue
+            session.recall_seq += 1
+            notice = RecallNotice(recall, session.recall_seq)
+            session.outstanding[recall.id] = notice
+            notices.append((client, notice))
+            waiting.add(client)
+        if waiting:  # else nobody can map the range: the caller frees it at once
+            self._pending[recall.id] = Pending(recall, waiting, list(ranges))
+        return recall, notices
 
-    def recall_done(self, client: ClientId, recall_id: int) -> list[_Pending]:
+    def recall_done(self, client: ClientId, recall_id: int) -> list[Pending]:
         """A client fenced what a recall asked; returns the recall if that completed it."""
+        session = self._sessions.get(client)
+        if session is None or session.outstanding.pop(recall_id, None) is None:
+            return []  # not ours, acknowledged already, or from an earlier instance
         pending = self._pending.get(recall_id)
         if pending is None:
-            return []  # completed already (expiry) or from before a restart
+            return []
         pending.waiting.discard(client)
         if pending.waiting:
             return []
         del self._pending[recall_id]
         return [pending]
 
-    def _forget_waiter(self, client: ClientId, ino: InodeId) -> list[_Pending]:
-        done = []
-        for rid, pending in list(self._pending.items()):
-            if pending.recall.ino == ino and client in pending.waiting:
-                pending.waiting.discard(client)
-                if not pending.waiting:
-                    del self._pending[rid]
-                    done.append(pending)
-        return done
-
     def is_pending(self, recall_id: int) -> bool:
         return recall_id in self._pending
+
+    def waits_on_attached(self, recall_id: int) -> bool:
+        """True while a client with a live stream has yet to acknowledge ``recall_id``.
+
+        Waiting for a client without a stream is pointless: it gets the recall
+        when it reattaches, and quarantine keeps the blocks until then.
+        """
+        pending = self._pending.get(recall_id)
+        return pending is not None and any(self.attached(c) for c in pending.waiting)
 
     @property
     def pending_recalls(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import secrets
 import stat
 import threading
 import time
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daxfs.server.allocator import Allocator
-from daxfs.server.leases import LeaseTable, Recall
+from daxfs.server.leases import LeaseTable, Pending, RecallNotice, Session
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
 from daxfs.shared import errors, growth
 from daxfs.shared.extent import (
@@ -50,6 +51,14 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 PATH_MAX = 4096
+#: Quarantine deadline of blocks that wait for recall acknowledgements, not for a time.
+UNTIL_ACKNOWLEDGED = (1 << 63) - 1
+#: How long a call that freed blocks waits for streams to acknowledge the recall.
+RECALL_WAIT_NS = 2_000_000_000
+#: Added to one lease for the restart grace period (clock rates differ a little).
+GRACE_MARGIN_NS = 1_000_000_000
+#: Metadata key: leases left at the last clean stop ("0" lets a restart skip the grace).
+LEASES_AT_STOP = "leases_at_stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,8 @@ class Caller:
     groups: tuple[int, ...] = ()
     client: ClientId = ClientId(0)  # noqa: RUF009 - NewType() is the identity at run time
     """Session from Hello; 0 for a one-shot caller without layouts."""
+    credential: str | None = None
+    """The credential the edge authenticated; the session must belong to it (None: no check)."""
 
 
 ROOT = Caller()
@@ -128,6 +139,8 @@ class Counters:
     write_calls: int = 0
     write_bytes: int = 0
     layouts: int = 0
+    recall_waits_timed_out: int = 0
+    """Calls that freed blocks and gave up waiting for a live stream's acknowledgement."""
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -184,7 +197,9 @@ class Namespace:
         self.region = region
         self.meta = meta
         self.block_size = region.block_size
-        self.leases = leases if leases is not None else LeaseTable(clock=clock)
+        self.leases = leases if leases is not None else LeaseTable()
+        #: This server process; a client that sees it change knows its state is gone.
+        self.instance = secrets.randbits(63) | 1
         self.clock = clock
         self.counters = Counters()
         self._lock = threading.RLock()
@@ -201,23 +216,64 @@ class Namespace:
         # guarded by self._lock
         self._opens: dict[FileHandle, OpenFile] = {}
         self._open_count: Counter[InodeId] = Counter()
-        # Session and handle ids start from this server's boot time (ms << 16), so
-        # an id from before a restart never names another client's new state.
+        # Handle ids start from this server's boot time (ms << 16), so a handle
+        # from before a restart never names another client's new state. (Session
+        # ids are random: see leases.py.)
         boot = (time.time_ns() // 1_000_000) << 16
         self._handles = itertools.count(boot + 1)
-        self._clients = itertools.count(boot + 1)
         self._next_generation = int(meta.get_meta("next_generation") or "1")
         #: Extents freed under other clients' leases in the current transaction,
-        #: per file: (file offset, length, region offset). Guarded by self._lock.
-        self._freed: dict[InodeId, list[tuple[int, int, int]]] = {}
+        #: per file: (file offset, length, region offset or None when the restart
+        #: grace period, not the recall, holds them). Guarded by self._lock.
+        self._freed: dict[InodeId, list[tuple[int, int, int | None]]] = {}
         self.failed: str | None = None  # set by fail(): why every call now gets EIO
         #: Notified whenever recalls complete; waits release self._lock.
         self._recalls_done = threading.Condition(self._lock)
-        #: Recalls started by the calling thread's last operation (see wait_recalls).
-        self._local = threading.local()
-        self._last_sweep = clock()  # wall-clock ns of the last sweep; guarded by self._lock
-        #: Delivers a recall to a client's session stream (set by the edge).
-        self.notify: Callable[[ClientId, Recall], None] = lambda client, recall: None
+        self._last_sweep = self.leases.now()  # monotonic ns; guarded by self._lock
+        #: Wakes the session stream of a client a recall was queued for (set by the
+        #: edge; must not block). The recall itself stays queued in the lease table
+        #: until acknowledged, so a wake-up that finds no stream loses nothing.
+        self.notify: Callable[[ClientId, RecallNotice], None] = lambda client, notice: None
+        self._grace_until_wall = self._start_instance()
+
+    # -- server instances ------------------------------------------------------
+
+    def _start_instance(self) -> int:
+        """Begin this instance; returns the wall-clock end of the restart grace period (or 0).
+
+        Clients of an earlier instance may still map blocks it granted. Every
+        one of them has fenced itself one lease after its last renewal, on its
+        own clock; so for one lease from now every freed block waits in
+        quarantine, and blocks the earlier instance left in quarantine (their
+        recalls died with it) wait as long. Not needed after a clean stop with
+        no lease left (``shutdown``).
+        """
+        clean = self.meta.get_meta(LEASES_AT_STOP) == "0"
+        grace_end = 0 if clean else self.clock() + self.leases.duration_ns + GRACE_MARGIN_NS
+        with self.meta.transaction():
+            self.meta.set_meta(LEASES_AT_STOP, "running")
+            for offset, length, until in self.meta.quarantined():
+                if until == UNTIL_ACKNOWLEDGED:
+                    self.meta.remove_quarantine(offset)
+                    self.meta.add_quarantine(offset, length, max(grace_end, self.clock()))
+        if grace_end:
+            log.info(
+                "restart grace: freed blocks wait %.1f s before reuse (earlier sessions fence)",
+                (grace_end - self.clock()) / 1e9,
+            )
+        return grace_end
+
+    def _in_grace(self) -> bool:
+        return bool(self._grace_until_wall) and self.clock() < self._grace_until_wall
+
+    def shutdown(self) -> None:
+        """A clean stop: record whether leases were left, for the next instance's grace.
+
+        Only a lease lets a client map blocks, so a stop with none left (every
+        client closed its files, or used only the byte path) needs no grace.
+        """
+        with self._lock, self.meta.transaction():
+            self.meta.set_meta(LEASES_AT_STOP, str(len(self.leases)))
 
     # -- plumbing ------------------------------------------------------------
 
@@ -232,8 +288,16 @@ class Namespace:
             )
 
     @contextlib.contextmanager
-    def _txn(self) -> Iterator[None]:
+    def _txn(self, *, wait_recalls: bool = True) -> Iterator[None]:
+        """One SQLite transaction under the lock; after it, recalls go out and are waited for.
+
+        Like a pNFS server that recalls layouts before it answers a conflicting
+        SETATTR or REMOVE: once truncate, unlink or rename returns, every other
+        guest with a live session stream has acknowledged (or ``RECALL_WAIT_NS``
+        passed; quarantine keeps the blocks from reuse either way).
+        """
         self._check_usable()
+        started: list[int] = []
         with self._lock:
             outer = self.meta.depth == 0
             try:
@@ -246,7 +310,9 @@ class Namespace:
                 raise
             if outer:
                 self._discard_freed()
-                self._send_recalls()
+                started = self._send_recalls()
+        if started and wait_recalls:
+            self._wait_recalls(started)
 
     def _discard_freed(self) -> None:
         """After a commit: freed extents give their memory back and read as zeros.
@@ -258,20 +324,17 @@ class Namespace:
         for offset, length in self.allocator.take_freed():
             self.region.discard(offset, length)
 
-    def _send_recalls(self) -> None:
+    def _send_recalls(self) -> list[int]:
         """After a commit: one recall per file whose freed extents others may still map."""
         freed, self._freed = self._freed, {}
+        started: list[int] = []
         for ino, pieces in freed.items():
             holders = self.leases.holders(ino)
             start = min(f for f, _, _ in pieces)
             end = max(f + n for f, n, _ in pieces)
-            recall = self.leases.start_recall(
-                ino,
-                start,
-                end - start,
-                "extents freed",
-                set(holders),
-                [(r, n) for _, n, r in pieces],
+            ranges = [(r, n) for _, n, r in pieces if r is not None]
+            recall, notices = self.leases.start_recall(
+                ino, start, end - start, "extents freed", holders, ranges
             )
             log.debug(
                 "recall id=%d ino=%d range=[%d,%d) holders=%s",
@@ -281,15 +344,16 @@ class Namespace:
                 end,
                 sorted(holders),
             )
-            for client in holders:
-                self.notify(client, recall)
-            started = getattr(self._local, "started", None)
-            if started is None:
-                started = self._local.started = []
+            if not notices:  # the holders' sessions are gone: nobody maps the range
+                self._complete_recalls([Pending(recall, set(), ranges)])
+                continue
+            for client, notice in notices:
+                self.notify(client, notice)
             started.append(recall.id)
+        return started
 
-    def _complete_recalls(self, done: list[Any]) -> int:
-        """Every holder acknowledged (or expired): quarantined extents go back to the free list."""
+    def _complete_recalls(self, done: list[Pending]) -> int:
+        """Every holder acknowledged (or is gone): quarantined extents go back to the free list."""
         released = 0
         for pending in done:
             for offset, length in pending.ranges:
@@ -298,23 +362,20 @@ class Namespace:
             self._recalls_done.notify_all()
         return released
 
-    def wait_recalls(self, timeout_s: float) -> bool:
-        """Wait until the recalls this thread's last operation started are acknowledged.
+    def _wait_recalls(self, started: list[int]) -> bool:
+        """Wait until clients with a live stream acknowledged ``started`` (at most RECALL_WAIT_NS).
 
-        Like a pNFS server that recalls layouts before it answers a conflicting
-        SETATTR or REMOVE: once truncate, unlink or rename returns, no other
-        guest still reads the old extents (unless one did not answer within
-        ``timeout_s``; then quarantine still keeps their bytes from anyone
-        else until its lease ends). Returns False on timeout.
+        Clients without a stream are not waited for: they get the recall when
+        they reattach, and quarantine keeps the blocks until they answer.
         """
-        started = getattr(self._local, "started", None)
-        if not started:
-            return True
-        self._local.started = []
         with self._recalls_done:
-            return self._recalls_done.wait_for(
-                lambda: not any(self.leases.is_pending(r) for r in started), timeout_s
+            done = self._recalls_done.wait_for(
+                lambda: not any(self.leases.waits_on_attached(r) for r in started),
+                RECALL_WAIT_NS / 1e9,
             )
+            if not done:
+                self.counters.recall_waits_timed_out += 1
+            return done
 
     def _gen(self) -> int:
         gen = self._next_generation
@@ -381,12 +442,12 @@ class Namespace:
         if sticky and victim is not None and caller.uid not in (victim.uid, parent.uid):
             raise errors.NotPermitted("sticky directory: not the owner")
 
-    def _open_file(self, fh: int, client: ClientId) -> OpenFile:
+    def _open_file(self, fh: int, caller: Caller) -> OpenFile:
+        self.leases.session(caller.client, caller.credential)
         of = self._opens.get(FileHandle(fh))
-        if of is None or of.client != client:
+        if of is None or of.client != caller.client:
             # ESTALE, as NFS says: typically a handle from before a server restart.
             raise errors.StaleHandle(f"file handle {fh} is not open for this client; reopen it")
-        self.leases.client_seen(client)
         return of
 
     def _touch(self, ino: InodeId, *, mtime: bool = True) -> None:
@@ -399,21 +460,41 @@ class Namespace:
     # -- extents -------------------------------------------------------------
 
     def _release_range(
-        self, ino: InodeId, offset: int, length: int, caller: Caller, file_offset: int = 0
+        self,
+        ino: InodeId,
+        offset: int,
+        length: int,
+        caller: Caller,
+        file_offset: int = 0,
+        *,
+        beyond_eof: bool = False,
     ) -> None:
         """Give region bytes back: at once, or to quarantine while a client may still map them.
 
         Every lease holder (the caller included: its arrays may map the range)
-        gets a recall once the transaction commits.
+        gets a recall once the transaction commits, and the blocks stay in
+        quarantine until every holder acknowledged or is gone (leases.py). The
+        one exception is ``beyond_eof`` for the caller itself: the trim of its
+        own preallocation at its last close, which no view of it maps.
         """
         holders = self.leases.holders(ino)
+        if beyond_eof:
+            holders.discard(caller.client)
+        if self._in_grace():
+            # Earlier-instance clients may map anything: time, not recalls, frees it.
+            self.allocator.quarantine(offset, length, self._grace_until_wall)
+            if holders:
+                self._freed.setdefault(ino, []).append((file_offset, length, None))
+            return
         if not holders:
             self.allocator.free(offset, length)
             return
-        self.allocator.quarantine(offset, length, max(holders.values()))
+        self.allocator.quarantine(offset, length, UNTIL_ACKNOWLEDGED)
         self._freed.setdefault(ino, []).append((file_offset, length, offset))
 
-    def _drop_extents_from(self, ino: InodeId, keep_end: int, caller: Caller) -> None:
+    def _drop_extents_from(
+        self, ino: InodeId, keep_end: int, caller: Caller, *, beyond_eof: bool = False
+    ) -> None:
         """Free every block of ``ino`` at or beyond file offset ``keep_end`` (block aligned)."""
         for ext in self.meta.extents(ino):
             assert ext.region_offset is not None
@@ -421,13 +502,25 @@ class Namespace:
                 continue
             if ext.file_offset >= keep_end:
                 self.meta.delete_extent(ino, ext.file_offset)
-                self._release_range(ino, ext.region_offset, ext.length, caller, ext.file_offset)
+                self._release_range(
+                    ino,
+                    ext.region_offset,
+                    ext.length,
+                    caller,
+                    ext.file_offset,
+                    beyond_eof=beyond_eof,
+                )
             else:
                 kept = keep_end - ext.file_offset
                 self.meta.delete_extent(ino, ext.file_offset)
                 self.meta.add_extent(ino, Extent(ext.file_offset, kept, ext.region_offset))
                 self._release_range(
-                    ino, ext.region_offset + kept, ext.length - kept, caller, ext.file_offset + kept
+                    ino,
+                    ext.region_offset + kept,
+                    ext.length - kept,
+                    caller,
+                    ext.file_offset + kept,
+                    beyond_eof=beyond_eof,
                 )
 
     def _zero_file_range(self, ino: InodeId, start: int, end: int) -> None:
@@ -525,34 +618,73 @@ class Namespace:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def hello(self) -> ClientId:
+    def hello(self, credential: str = "", name: str = "") -> Session:
+        """A new session bound to ``credential`` (RESOURCE_EXHAUSTED past the limit)."""
         with self._lock:
-            client = ClientId(next(self._clients))
-            self.leases.client_seen(client)
-            return client
+            session = self.leases.open_session(credential, name)
+            log.info("session opened id=%d name=%s credential=%s", session.id, name, credential)
+            return session
 
-    def goodbye(self, client: ClientId) -> None:
-        """A client leaves: close its files and forget its leases."""
+    def check_session(self, caller: Caller) -> None:
+        """Refuse a caller naming a session that is not its own or not live; 0 names none.
+
+        Any call naming a live session also counts as a sign of life on the
+        server's side (the client still renews on its own clock).
+        """
+        if caller.client:
+            with self._lock:
+                self.leases.session(caller.client, caller.credential)
+                self.leases.renew(caller.client)
+
+    def goodbye(self, caller: Caller) -> None:
+        """A client leaves for good: close its files, drop its leases; its id is dead after."""
         with self._txn():
-            self._drop_client(client)
+            self.leases.session(caller.client, caller.credential)
+            self._drop_session(caller.client)
 
-    def _drop_client(self, client: ClientId) -> int:
+    def evict(self, client: ClientId, caller: Caller) -> int:
+        """The operator declares a session gone (a frozen or lost guest); returns files closed.
+
+        Its quarantined blocks are released: only an operator can know that a
+        guest that never answered will not resume.
+        """
+        if caller.uid != 0:
+            raise errors.NotPermitted("only root may evict a session")
+        with self._txn():
+            self.leases.session(client)
+            closed = self._drop_session(client)
+            log.warning("session %d evicted by the operator: closed %d files", client, closed)
+            return closed
+
+    def _drop_session(self, client: ClientId) -> int:
         handles = [h for h, of in self._opens.items() if of.client == client]
         for fh in handles:
             self._release(self._opens[fh], ROOT)
-        self._complete_recalls(self.leases.drop_client(client))
-        self.leases.forget_client(client)
+        self._complete_recalls(self.leases.drop_session(client))
         return len(handles)
 
-    def renew(self, client: ClientId) -> int:
-        """Extend all of a client's leases; returns the new deadline (wall-clock ns)."""
+    def renew(self, client: ClientId) -> Session:
+        """Extend a session's lease; ESTALE if the server does not know it."""
         with self._lock:
             return self.leases.renew(client)
+
+    def attach(self, client: ClientId) -> list[RecallNotice]:
+        """A session stream opened: returns the unacknowledged recalls to send first."""
+        with self._lock:
+            return self.leases.attach(client)
+
+    def detach(self, client: ClientId) -> None:
+        with self._lock:
+            self.leases.detach(client)
 
     def recall_done(self, client: ClientId, recall_id: int) -> None:
         """A client fenced what a recall asked for."""
         with self._txn():
             self._complete_recalls(self.leases.recall_done(client, recall_id))
+
+    def sessions(self) -> list[Session]:
+        with self._lock:
+            return self.leases.sessions()
 
     def reclaim_orphans(self) -> int:
         """Destroy inodes unlinked while open before a restart; their opens died with it."""
@@ -563,9 +695,9 @@ class Namespace:
             return len(orphans)
 
     def sweep(self) -> int:
-        """Expire leases and return quarantined extents whose deadline passed."""
-        with self._txn():
-            now = self.clock()
+        """Drop sessions proven gone; free restart-grace quarantine that is due."""
+        with self._txn(wait_recalls=False):
+            now = self.leases.now()
             # A gap longer than a client's renewal period (a third of a lease;
             # at least two sweep periods) means the server, not the clients, stalled.
             stall = max(self.leases.duration_ns // 3, 2_000_000_000)
@@ -576,14 +708,18 @@ class Namespace:
                 )
                 self.leases.grace()
             self._last_sweep = now
-            for client in self.leases.dead_clients():
-                closed = self._drop_client(client)
+            released = 0
+            for client in self.leases.gone_sessions():
+                before = self.allocator.quarantined_bytes
+                closed = self._drop_session(client)
+                released += max(before - self.allocator.quarantined_bytes, 0)
                 log.info(
-                    "client %d stopped renewing: closed %d files, dropped its leases",
+                    "session %d gone (stream closed, lease over): closed %d files, "
+                    "dropped its leases",
                     client,
                     closed,
                 )
-            released = self._complete_recalls(self.leases.expire())
+            # Entries awaiting acknowledgement carry UNTIL_ACKNOWLEDGED: never due.
             return released + self.allocator.release_quarantine(self.clock())
 
     # -- namespace calls -----------------------------------------------------
@@ -594,7 +730,7 @@ class Namespace:
 
     def fgetattr(self, fh: int, caller: Caller) -> Attr:
         with self._lock:
-            of = self._open_file(fh, caller.client)
+            of = self._open_file(fh, caller)
             return self._attr(self._inode(of.ino))
 
     def lookup(self, parent: str, name: str, caller: Caller = ROOT) -> Attr:
@@ -634,7 +770,7 @@ class Namespace:
         """
         with self._txn():
             if fh is not None:
-                of = self._open_file(fh, caller.client)
+                of = self._open_file(fh, caller)
                 row = self._inode(of.ino)
             else:
                 if path is None:
@@ -787,7 +923,7 @@ class Namespace:
     def _register_open(
         self, row: InodeRow, caller: Caller, readable: bool, writable: bool, append: bool
     ) -> Opened:
-        self.leases.client_seen(caller.client)  # a session from before a restart reclaims here
+        self.leases.session(caller.client, caller.credential)
         fh = FileHandle(next(self._handles))
         self._opens[fh] = OpenFile(
             fh, caller.client, row.ino, row.generation, readable, writable, append
@@ -798,7 +934,7 @@ class Namespace:
     def release(self, fh: int, caller: Caller) -> None:
         """close(): on the last close, trim speculative preallocation; destroy if unlinked."""
         with self._txn():
-            self._release(self._open_file(fh, caller.client), caller)
+            self._release(self._open_file(fh, caller), caller)
 
     def _release(self, of: OpenFile, caller: Caller) -> None:
         del self._opens[of.handle]
@@ -812,7 +948,9 @@ class Namespace:
         if row.nlink == 0:
             self._destroy(row, caller)
         elif stat.S_ISREG(row.mode) and not row.keep_prealloc:
-            self._drop_extents_from(row.ino, align_up(row.size, self.block_size), caller)
+            self._drop_extents_from(
+                row.ino, align_up(row.size, self.block_size), caller, beyond_eof=True
+            )
 
     def mkdir(self, path: str, mode: int, caller: Caller = ROOT) -> Attr:
         if mode & ~0o7777:
@@ -1039,7 +1177,7 @@ class Namespace:
         # WAL sync) on the path every reader takes.
         self._check_usable()
         with self._txn() if write else self._lock:
-            of = self._open_file(fh, caller.client)
+            of = self._open_file(fh, caller)
             if write and not of.writable:
                 raise errors.BadHandle("handle not open for writing")
             if not write and not of.readable:
@@ -1050,7 +1188,7 @@ class Namespace:
             tiles = tuple(fill_holes(mapped, offset, offset + length))
             lease = self.leases.grant(caller.client, of.ino)
             self.counters.layouts += 1
-            return Layout(offset, length, tiles, lease.id, lease.expires_ns)
+            return Layout(offset, length, tiles, lease.id, lease.granted_seq)
 
     def commit_layout(
         self, fh: int, caller: Caller, *, new_size: int | None = None, mtime_ns: int | None = None
@@ -1059,7 +1197,7 @@ class Namespace:
         if new_size is not None:
             _check_range(new_size, 0)
         with self._txn():
-            of = self._open_file(fh, caller.client)
+            of = self._open_file(fh, caller)
             if not of.writable:
                 raise errors.BadHandle("handle not open for writing")
             row = self._inode(of.ino)
@@ -1089,7 +1227,7 @@ class Namespace:
         if length == 0:
             raise errors.InvalidArgument("fallocate of zero bytes")
         with self._txn():
-            of = self._open_file(fh, caller.client)
+            of = self._open_file(fh, caller)
             if not of.writable:
                 raise errors.BadHandle("handle not open for writing")
             if contiguous:
@@ -1115,7 +1253,7 @@ class Namespace:
             raise errors.InvalidArgument(f"read of {length} bytes exceeds {MAX_RPC_IO}; split it")
         self._check_usable()
         with self._lock:
-            of = self._open_file(fh, caller.client)
+            of = self._open_file(fh, caller)
             if not of.readable:
                 raise errors.BadHandle("handle not open for reading")
             row = self._inode(of.ino)
@@ -1141,7 +1279,7 @@ class Namespace:
                 f"write of {len(data)} bytes exceeds {MAX_RPC_IO}; split it"
             )
         with self._txn():
-            of = self._open_file(fh, caller.client)
+            of = self._open_file(fh, caller)
             if not of.writable:
                 raise errors.BadHandle("handle not open for writing")
             if of.append:
@@ -1173,7 +1311,7 @@ class Namespace:
     def persist(self, fh: int, caller: Caller) -> None:
         """fsync for byte-path clients: flush the file's extents in the region."""
         with self._lock:
-            of = self._open_file(fh, caller.client)
+            of = self._open_file(fh, caller)
             for ext in self.meta.extents(of.ino):
                 assert ext.region_offset is not None
                 self.region.persist(ext.region_offset, ext.length)

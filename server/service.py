@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -20,24 +21,23 @@ import grpc
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
-from daxfs.server.leases import Recall
+from daxfs.server.auth import credential_of
+from daxfs.server.leases import RecallNotice
 from daxfs.server.namespace import Attr, Caller, Namespace
-from daxfs.server.sessions import SessionHub
-from daxfs.shared.errors import DaxfsError
+from daxfs.server.sessions import SessionHub, StreamEnd
+from daxfs.shared.errors import BY_NAME, DaxfsError, StaleHandle, TooManySessions
 from daxfs.shared.extent import ClientId, Extent
-from daxfs.shared.limits import ERRNO_KEY
+from daxfs.shared.limits import ERRNO_KEY, ERROR_KEY
 
 log = logging.getLogger(__name__)
 
-#: How long a call that freed extents waits for other guests to acknowledge the
-#: recall before it answers (a silent guest is covered by quarantine after that).
-RECALL_WAIT_S = 2.0
 
 #: errno -> gRPC status, after grpc's doc/statuscodes.md.
 STATUS_FOR: dict[int, grpc.StatusCode] = {
     errno.ENOENT: grpc.StatusCode.NOT_FOUND,
     errno.EEXIST: grpc.StatusCode.ALREADY_EXISTS,
     errno.ENOSPC: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errno.EUSERS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errno.EINVAL: grpc.StatusCode.INVALID_ARGUMENT,
     errno.ENAMETOOLONG: grpc.StatusCode.INVALID_ARGUMENT,
     errno.ERANGE: grpc.StatusCode.INVALID_ARGUMENT,
@@ -59,19 +59,24 @@ STATUS_FOR: dict[int, grpc.StatusCode] = {
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _abort(context: grpc.ServicerContext, exc: DaxfsError) -> None:
+    code = exc.code
+    name = type(exc).__name__
+    if name in BY_NAME:
+        context.set_trailing_metadata(((ERRNO_KEY, str(code)), (ERROR_KEY, name)))
+    else:
+        context.set_trailing_metadata(((ERRNO_KEY, str(code)),))
+    context.abort(STATUS_FOR.get(code, grpc.StatusCode.INTERNAL), str(exc))
+
+
 def _edge(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: DaxfsServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            reply = fn(self, request, context)
-            self.ns.wait_recalls(RECALL_WAIT_S)
-            return reply
+            return fn(self, request, context)
         except DaxfsError as exc:
-            code = exc.code
-            status = STATUS_FOR.get(code, grpc.StatusCode.INTERNAL)
-            log.debug("%s refused: %s (errno %d)", fn.__name__, exc, code)
-            context.set_trailing_metadata(((ERRNO_KEY, str(code)),))
-            context.abort(status, str(exc))
+            log.debug("%s refused: %s (errno %d)", fn.__name__, exc, exc.code)
+            _abort(context, exc)
         except (ValueError, OverflowError, TypeError, UnicodeError) as exc:
             # Malformed input the decoder let through (e.g. a lone surrogate).
             context.set_trailing_metadata(((ERRNO_KEY, str(errno.EINVAL)),))
@@ -84,10 +89,6 @@ def _edge(fn: F) -> F:
             )
 
     return wrapper  # type: ignore[return-value]
-
-
-def _caller(msg: pb.Caller) -> Caller:
-    return Caller(msg.uid, msg.gid, tuple(msg.groups), ClientId(msg.client_id))
 
 
 def attr_msg(a: Attr) -> pb.Attr:
@@ -113,12 +114,38 @@ def extent_msg(e: Extent) -> pb.Extent:
     return pb.Extent(file_offset=e.file_offset, length=e.length, region_offset=e.region_offset)
 
 
+def recall_event(notice: RecallNotice) -> pb.SessionEvent:
+    r = notice.recall
+    return pb.SessionEvent(
+        recall=pb.LayoutRecall(
+            recall_id=r.id,
+            ino=r.ino,
+            offset=r.offset,
+            length=r.length,
+            reason=r.reason,
+            seq=notice.seq,
+        )
+    )
+
+
 class DaxfsServicer(pb_grpc.DaxfsServicer):
-    def __init__(self, ns: Namespace, *, region_path: str) -> None:
+    """The gRPC edge. ``max_streams`` bounds the worker threads session streams may hold."""
+
+    def __init__(self, ns: Namespace, *, region_path: str, max_streams: int = 1024) -> None:
         self.ns = ns
         self.region_path = region_path
         self.hub = SessionHub()
+        self._streams = threading.BoundedSemaphore(max_streams)
+        self.max_streams = max_streams
         ns.notify = self.hub.deliver
+
+    def _caller(self, msg: pb.Caller, context: grpc.ServicerContext) -> Caller:
+        """The request's Caller, bound to the connection's credential; its session must be live."""
+        caller = Caller(
+            msg.uid, msg.gid, tuple(msg.groups), ClientId(msg.client_id), credential_of(context)
+        )
+        self.ns.check_session(caller)
+        return caller
 
     def Session(
         self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
@@ -127,80 +154,152 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             first = next(request_iterator)
         except StopIteration:
             return
-        client = ClientId(first.caller.client_id)
-        if not client:
-            context.set_trailing_metadata(((ERRNO_KEY, str(errno.EINVAL)),))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message needs client_id")
+        except grpc.RpcError:
+            return
+        try:
+            caller = self._caller(first.caller, context)
+            if not caller.client:
+                raise StaleHandle("the first message of a session stream needs client_id")
+        except DaxfsError as exc:
+            _abort(context, exc)
+            return
+        client = caller.client
+        # Streams hold a worker thread each: the pool has max_streams threads more
+        # than the request workers (daemon.create_server), and this semaphore
+        # keeps streams from taking the rest.
+        if not self._streams.acquire(blocking=False):
+            _abort(
+                context,
+                TooManySessions(
+                    f"{self.max_streams} session streams are open; the server refuses more"
+                ),
+            )
+            return
+        try:
+            yield from self._stream(client, first, request_iterator, context)
+        finally:
+            self._streams.release()
+
+    def _stream(
+        self,
+        client: ClientId,
+        first: pb.SessionRequest,
+        request_iterator: Iterator[pb.SessionRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[pb.SessionEvent]:
         q = self.hub.attach(client)
-        context.add_callback(lambda: q.put(None))
-        log.debug("session attached client=%d", client)
+        context.add_callback(lambda: q.put(StreamEnd(None)))
+        try:
+            resend = self.ns.attach(client)
+        except DaxfsError as exc:
+            self.hub.detach(client, q)
+            _abort(context, exc)
+            return
+        log.debug("session attached client=%d resend=%d", client, len(resend))
 
         def read_requests() -> None:
             try:
                 for msg in itertools.chain([first], request_iterator):
                     kind = msg.WhichOneof("kind")
                     if kind == "renew":
-                        q.put(self.ns.renew(client))
+                        self.ns.renew(client)
+                        q.put(msg.renew)
                     elif kind == "recall_done":
                         self.ns.recall_done(client, msg.recall_done.recall_id)
+            except DaxfsError as exc:
+                q.put(StreamEnd(exc))  # e.g. evicted meanwhile: ESTALE
+                return
             except grpc.RpcError:
-                pass  # the client went away; its leases expire on their own
+                pass  # the client went away
             except Exception:
                 log.exception("session of client %d failed", client)
-            finally:
-                q.put(None)
+            q.put(StreamEnd(None))
 
         reader = threading.Thread(target=read_requests, name=f"daxfs-session-{client}", daemon=True)
         reader.start()
         try:
+            for notice in resend:
+                yield recall_event(notice)
             while True:
                 item = q.get()
-                if item is None:
+                if isinstance(item, StreamEnd):
+                    if item.error is not None:
+                        _abort(context, item.error)
                     return
-                if isinstance(item, Recall):
+                if isinstance(item, RecallNotice):
+                    yield recall_event(item)
+                else:
+                    lease_ns = self.ns.leases.duration_ns
                     yield pb.SessionEvent(
-                        recall=pb.LayoutRecall(
-                            recall_id=item.id,
-                            ino=item.ino,
-                            offset=item.offset,
-                            length=item.length,
-                            reason=item.reason,
+                        renewed=pb.Renewed(
+                            expires_ns=time.time_ns() + lease_ns, seq=item.seq, lease_ns=lease_ns
                         )
                     )
-                else:
-                    yield pb.SessionEvent(renewed=pb.Renewed(expires_ns=item))
         finally:
-            self.hub.detach(client, q)
+            if self.hub.detach(client, q):
+                self.ns.detach(client)
             log.debug("session detached client=%d", client)
 
     @_edge
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        client = self.ns.hello()
+        session = self.ns.hello(credential_of(context), request.client_name or "?")
         sb = self.ns.region.superblock
-        log.info("hello client=%d name=%s", client, request.client_name or "?")
         return pb.HelloReply(
-            client_id=client,
+            client_id=session.id,
             region_uuid=sb.uuid_str,
             region_size=sb.region_size,
             block_size=sb.block_size,
             region_path=self.region_path,
             lease_ns=self.ns.leases.duration_ns,
             flush_mode=str(self.ns.region.flush_mode),
-            protocol="1",
+            protocol="2",
+            server_instance=self.ns.instance,
         )
 
     @_edge
     def Goodbye(self, request: pb.GoodbyeRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.goodbye(ClientId(request.caller.client_id))
+        self.ns.goodbye(self._caller(request.caller, context))
+        return pb.Empty()
+
+    @_edge
+    def ListSessions(
+        self, request: pb.ListSessionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListSessionsReply:
+        caller = self._caller(request.caller, context)
+        if caller.uid != 0:
+            from daxfs.shared.errors import NotPermitted
+
+            raise NotPermitted("only root may list sessions")
+        now = self.ns.leases.now()
+        lease_ns = self.ns.leases.duration_ns
+        return pb.ListSessionsReply(
+            sessions=[
+                pb.SessionInfo(
+                    client_id=s.id,
+                    name=s.name,
+                    credential=s.credential,
+                    attached=bool(s.attached),
+                    idle_ns=max(now - (s.deadline_ns - lease_ns), 0),
+                    unacknowledged_recalls=len(s.outstanding),
+                )
+                for s in self.ns.sessions()
+            ]
+        )
+
+    @_edge
+    def Evict(self, request: pb.EvictRequest, context: grpc.ServicerContext) -> pb.Empty:
+        self.ns.evict(ClientId(request.client_id), self._caller(request.caller, context))
         return pb.Empty()
 
     @_edge
     def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.Attr:
-        return attr_msg(self.ns.lookup(request.parent, request.name, _caller(request.caller)))
+        return attr_msg(
+            self.ns.lookup(request.parent, request.name, self._caller(request.caller, context))
+        )
 
     @_edge
     def GetAttr(self, request: pb.GetAttrRequest, context: grpc.ServicerContext) -> pb.Attr:
-        caller = _caller(request.caller)
+        caller = self._caller(request.caller, context)
         if request.handle:
             return attr_msg(self.ns.fgetattr(request.handle, caller))
         return attr_msg(self.ns.getattr(request.path, caller))
@@ -211,7 +310,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         return attr_msg(
             self.ns.setattr(
                 r.path or None,
-                _caller(r.caller),
+                self._caller(r.caller, context),
                 fh=r.handle or None,
                 mode=r.mode if r.HasField("mode") else None,
                 uid=r.uid if r.HasField("uid") else None,
@@ -230,7 +329,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         opened = self.ns.create(
             r.path,
             r.mode,
-            _caller(r.caller),
+            self._caller(r.caller, context),
             exclusive=r.exclusive,
             truncate=r.truncate,
             readable=r.read,
@@ -244,7 +343,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         r = request
         opened = self.ns.open(
             r.path,
-            _caller(r.caller),
+            self._caller(r.caller, context),
             readable=r.read,
             writable=r.write,
             append=r.append,
@@ -254,46 +353,50 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
 
     @_edge
     def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.release(request.handle, _caller(request.caller))
+        self.ns.release(request.handle, self._caller(request.caller, context))
         return pb.Empty()
 
     @_edge
     def Mkdir(self, request: pb.MkdirRequest, context: grpc.ServicerContext) -> pb.Attr:
-        return attr_msg(self.ns.mkdir(request.path, request.mode, _caller(request.caller)))
+        return attr_msg(
+            self.ns.mkdir(request.path, request.mode, self._caller(request.caller, context))
+        )
 
     @_edge
     def Unlink(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.unlink(request.path, _caller(request.caller))
+        self.ns.unlink(request.path, self._caller(request.caller, context))
         return pb.Empty()
 
     @_edge
     def Rmdir(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.rmdir(request.path, _caller(request.caller))
+        self.ns.rmdir(request.path, self._caller(request.caller, context))
         return pb.Empty()
 
     @_edge
     def Rename(self, request: pb.RenameRequest, context: grpc.ServicerContext) -> pb.Empty:
         r = request
-        self.ns.rename(r.old_path, r.new_path, _caller(r.caller), flags=r.flags)
+        self.ns.rename(r.old_path, r.new_path, self._caller(r.caller, context), flags=r.flags)
         return pb.Empty()
 
     @_edge
     def Symlink(self, request: pb.SymlinkRequest, context: grpc.ServicerContext) -> pb.Attr:
         r = request
-        return attr_msg(self.ns.symlink(r.target, r.path, _caller(r.caller)))
+        return attr_msg(self.ns.symlink(r.target, r.path, self._caller(r.caller, context)))
 
     @_edge
     def Readlink(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.ReadlinkReply:
-        return pb.ReadlinkReply(target=self.ns.readlink(request.path, _caller(request.caller)))
+        return pb.ReadlinkReply(
+            target=self.ns.readlink(request.path, self._caller(request.caller, context))
+        )
 
     @_edge
     def Link(self, request: pb.LinkRequest, context: grpc.ServicerContext) -> pb.Attr:
         r = request
-        return attr_msg(self.ns.link(r.existing, r.new_path, _caller(r.caller)))
+        return attr_msg(self.ns.link(r.existing, r.new_path, self._caller(r.caller, context)))
 
     @_edge
     def ReadDir(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.ReadDirReply:
-        entries = self.ns.readdir(request.path, _caller(request.caller))
+        entries = self.ns.readdir(request.path, self._caller(request.caller, context))
         return pb.ReadDirReply(
             entries=[pb.DirEntry(name=e.name, attr=attr_msg(e.attr)) for e in entries]
         )
@@ -312,28 +415,32 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     @_edge
     def GetXattr(self, request: pb.XattrRequest, context: grpc.ServicerContext) -> pb.XattrReply:
         r = request
-        return pb.XattrReply(value=self.ns.getxattr(r.path, r.name, _caller(r.caller)))
+        return pb.XattrReply(
+            value=self.ns.getxattr(r.path, r.name, self._caller(r.caller, context))
+        )
 
     @_edge
     def SetXattr(self, request: pb.XattrRequest, context: grpc.ServicerContext) -> pb.Empty:
         r = request
-        self.ns.setxattr(r.path, r.name, r.value, _caller(r.caller), flags=r.flags)
+        self.ns.setxattr(r.path, r.name, r.value, self._caller(r.caller, context), flags=r.flags)
         return pb.Empty()
 
     @_edge
     def ListXattr(
         self, request: pb.PathRequest, context: grpc.ServicerContext
     ) -> pb.ListXattrReply:
-        return pb.ListXattrReply(names=self.ns.listxattr(request.path, _caller(request.caller)))
+        return pb.ListXattrReply(
+            names=self.ns.listxattr(request.path, self._caller(request.caller, context))
+        )
 
     @_edge
     def RemoveXattr(self, request: pb.XattrRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.removexattr(request.path, request.name, _caller(request.caller))
+        self.ns.removexattr(request.path, request.name, self._caller(request.caller, context))
         return pb.Empty()
 
     @_edge
     def Extents(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.ExtentsReply:
-        exts = self.ns.extents(request.path, _caller(request.caller))
+        exts = self.ns.extents(request.path, self._caller(request.caller, context))
         return pb.ExtentsReply(extents=[extent_msg(e) for e in exts])
 
     @_edge
@@ -347,7 +454,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             r.handle,
             r.offset,
             r.length,
-            _caller(r.caller),
+            self._caller(r.caller, context),
             write=r.mode == pb.LAYOUT_MODE_WRITE,
             contiguous=r.contiguous,
         )
@@ -356,7 +463,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             length=lay.length,
             extents=[extent_msg(e) for e in lay.extents],
             lease_id=lay.lease_id,
-            expires_ns=lay.expires_ns,
+            recall_seq=lay.recall_seq,
         )
 
     @_edge
@@ -367,7 +474,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         return attr_msg(
             self.ns.commit_layout(
                 r.handle,
-                _caller(r.caller),
+                self._caller(r.caller, context),
                 new_size=None if r.new_size < 0 else r.new_size,
                 mtime_ns=r.mtime_ns or None,
             )
@@ -377,7 +484,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     def ReturnLayout(
         self, request: pb.ReturnLayoutRequest, context: grpc.ServicerContext
     ) -> pb.Empty:
-        self.ns.return_layout(request.lease_id, _caller(request.caller))
+        self.ns.return_layout(request.lease_id, self._caller(request.caller, context))
         return pb.Empty()
 
     @_edge
@@ -388,7 +495,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 r.handle,
                 r.offset,
                 r.length,
-                _caller(r.caller),
+                self._caller(r.caller, context),
                 keep_size=r.keep_size,
                 contiguous=r.contiguous,
             )
@@ -397,16 +504,20 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     @_edge
     def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> pb.ReadReply:
         r = request
-        return pb.ReadReply(data=self.ns.read(r.handle, r.offset, r.length, _caller(r.caller)))
+        return pb.ReadReply(
+            data=self.ns.read(r.handle, r.offset, r.length, self._caller(r.caller, context))
+        )
 
     @_edge
     def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteReply:
         r = request
-        return pb.WriteReply(written=self.ns.write(r.handle, r.offset, r.data, _caller(r.caller)))
+        return pb.WriteReply(
+            written=self.ns.write(r.handle, r.offset, r.data, self._caller(r.caller, context))
+        )
 
     @_edge
     def Persist(self, request: pb.PersistRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.persist(request.handle, _caller(request.caller))
+        self.ns.persist(request.handle, self._caller(request.caller, context))
         return pb.Empty()
 
     @_edge
@@ -425,4 +536,6 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             pending_recalls=self.ns.leases.pending_recalls,
             recalls_sent=self.hub.recalls_sent,
             sessions=len(self.hub),
+            sessions_open=len(self.ns.sessions()),
+            recall_waits_timed_out=c.recall_waits_timed_out,
         )

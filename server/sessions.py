@@ -1,19 +1,29 @@
-"""Session streams: where the core's recalls wait until a client's stream carries them.
+"""Session streams: the edge's wake-up queues that carry recalls and renewals to a client.
 
-One queue per attached client. The namespace calls :meth:`SessionHub.deliver`
-(its ``notify`` hook) while it holds its lock, so delivery must never block:
-the queues are unbounded, and a client without a stream simply gets nothing
-(its quarantined extents then wait for its lease to expire).
+One queue per attached client. The core calls :meth:`SessionHub.deliver` (its
+``notify`` hook) while it holds its lock, so delivery must never block: the
+queues are unbounded. A recall delivered while the client has no stream is not
+lost: the lease table keeps it until acknowledged and the next attach re-sends
+it (see ``daxfs.server.leases``).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Any
 
-from daxfs.server.leases import Recall
+from daxfs.server.leases import RecallNotice
+from daxfs.shared.errors import DaxfsError
 from daxfs.shared.extent import ClientId
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """Put on a queue to end its stream; with an error, the stream fails with it."""
+
+    error: DaxfsError | None
 
 
 class SessionHub:
@@ -29,21 +39,24 @@ class SessionHub:
             old = self._queues.get(client)
             self._queues[client] = q
         if old is not None:
-            old.put(None)  # a client reconnected its stream: end the old one
+            old.put(StreamEnd(None))  # a client reconnected its stream: end the old one
         return q
 
-    def detach(self, client: ClientId, q: queue.SimpleQueue[Any]) -> None:
+    def detach(self, client: ClientId, q: queue.SimpleQueue[Any]) -> bool:
+        """The stream of ``q`` ended; True if it was the client's current stream."""
         with self._lock:
             if self._queues.get(client) is q:
                 del self._queues[client]
+                return True
+            return False
 
-    def deliver(self, client: ClientId, recall: Recall) -> None:
+    def deliver(self, client: ClientId, notice: RecallNotice) -> None:
         with self._lock:
             q = self._queues.get(client)
             if q is not None:
                 self.recalls_sent += 1
         if q is not None:
-            q.put(recall)
+            q.put(notice)
 
     def __len__(self) -> int:
         with self._lock:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 
-from daxfs.server.leases import LeaseTable
+from daxfs.server.leases import DEFAULT_LEASE_NS, DEFAULT_MAX_SESSIONS, LeaseTable
 from daxfs.server.metadata import ROOT_INO, Metadata
-from daxfs.server.namespace import Namespace
+from daxfs.server.namespace import LEASES_AT_STOP, Namespace
 from daxfs.shared.errors import FormatError, InvalidArgument, NotFound
 from daxfs.shared.format import DEFAULT_BLOCK_SIZE
 from daxfs.shared.region import Region, backing_size, format_region, read_superblock
@@ -62,6 +62,8 @@ def format_volume(
                 now_ns=time.time_ns(),
             )
             Allocator(meta, sb.data_offset, sb.region_size, sb.block_size).format()
+            # A new volume has had no leases: its first server needs no restart grace.
+            meta.set_meta(LEASES_AT_STOP, "0")
     finally:
         meta.close()
     os.chmod(meta_path, 0o600)
@@ -84,7 +86,12 @@ def check_pairing(region_path: str, meta: Metadata) -> None:
 
 
 def open_volume(
-    region_path: str, meta_path: str, *, size: int | None = None, lease_ns: int | None = None
+    region_path: str,
+    meta_path: str,
+    *,
+    size: int | None = None,
+    lease_ns: int | None = None,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
 ) -> Namespace:
     """Open an existing volume; never formats. ``size``, if given, must match."""
     if not os.path.exists(region_path):
@@ -112,7 +119,9 @@ def open_volume(
     except BaseException:
         meta.close()
         raise
-    leases = LeaseTable() if lease_ns is None else LeaseTable(duration_ns=lease_ns)
+    leases = LeaseTable(
+        DEFAULT_LEASE_NS if lease_ns is None else lease_ns, max_sessions=max_sessions
+    )
     ns = Namespace(region, meta, leases=leases)
     reclaimed = ns.reclaim_orphans()
     if reclaimed:
@@ -121,5 +130,7 @@ def open_volume(
 
 
 def close_volume(ns: Namespace) -> None:
+    if not ns.failed:
+        ns.shutdown()
     ns.meta.close()
     ns.region.close()

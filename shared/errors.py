@@ -102,6 +102,15 @@ class StaleHandle(DaxfsError, OSError):
     code = _errno.ESTALE
 
 
+class UnknownSession(StaleHandle):
+    """A session id the server does not know: it restarted, or the session ended or was evicted.
+
+    The client must fence everything it maps and open a new session; the
+    server sends the leaf's name (``daxfs-error``) so the client can tell it
+    from a stale file handle, which has the same errno.
+    """
+
+
 class Busy(DaxfsError, OSError):
     code = _errno.EBUSY
 
@@ -132,6 +141,12 @@ class FormatError(DaxfsError, OSError):
     code = _errno.EIO
 
 
+class TooManySessions(DaxfsError, OSError):
+    """The server holds as many sessions as it accepts (gRPC RESOURCE_EXHAUSTED)."""
+
+    code = _errno.EUSERS
+
+
 class Unavailable(DaxfsError, ConnectionError):
     """The server cannot be reached or went away."""
 
@@ -158,11 +173,19 @@ for _cls in (
     NoData,
     RangeError,
     ReadOnly,
+    TooManySessions,
 ):
     _BY_ERRNO.setdefault(_cls.code, _cls)
 
 
-def from_errno(code: int, message: str) -> DaxfsError:
+#: Leaves sent by name beside their errno, where the errno alone is ambiguous.
+BY_NAME: dict[str, type[DaxfsError]] = {UnknownSession.__name__: UnknownSession}
+
+
+def from_errno(code: int, message: str, name: str | None = None) -> DaxfsError:
     """Rebuild the error leaf for ``code`` (as sent by the server); EIO for unknown codes."""
+    named = BY_NAME.get(name or "")
+    if named is not None and named.code == code:
+        return named(message)
     cls = _BY_ERRNO.get(code, DaxfsError)
     return cls(message)

@@ -64,8 +64,8 @@ class Layout:
     """Sorted by file offset, holes included."""
     lease_id: LeaseId
     """Give back with ReturnLayout; 0 when no lease was taken."""
-    expires_ns: int
-    """CLOCK_MONOTONIC-free deadline: wall-clock ns after which the lease is void."""
+    recall_seq: int
+    """The session's recall counter at grant time: a later recall of the file voids it."""
 
 
 def align_down(value: int, alignment: int) -> int:

@@ -32,6 +32,9 @@ assert MAX_RPC_IO < MAX_MESSAGE
 #: Trailing-metadata key whose value is the POSIX errno (decimal) of a failed
 #: call: the client rebuilds the same error leaf from it (``from_errno``).
 ERRNO_KEY = "daxfs-errno"
+#: Trailing-metadata key naming the error leaf where the errno alone is
+#: ambiguous (``errors.BY_NAME``: an unknown session vs a stale handle).
+ERROR_KEY = "daxfs-error"
 
 #: Call metadata carrying the token, as ``authorization: Bearer <token>``.
 AUTHORIZATION_KEY = "authorization"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import grpc
@@ -129,9 +130,18 @@ def test_status_codes_and_errno_on_the_wire(server: ServerProc) -> None:
             stub.GetAttr(pb.GetAttrRequest(path="/nope"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert ("daxfs-errno", "2") in info.value.trailing_metadata()
-        with pytest.raises(grpc.RpcError) as info:
-            stub.GetLayout(pb.GetLayoutRequest(handle=12345, offset=0, length=1, mode=1))
+        with pytest.raises(grpc.RpcError) as info:  # a session nobody opened
+            stub.GetLayout(
+                pb.GetLayoutRequest(
+                    caller=pb.Caller(client_id=12345), handle=12345, offset=0, length=1, mode=1
+                )
+            )
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert ("daxfs-errno", str(errno.ESTALE)) in info.value.trailing_metadata()
+        with pytest.raises(grpc.RpcError) as info:  # no session at all
+            stub.GetLayout(pb.GetLayoutRequest(handle=12345, offset=0, length=1, mode=1))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "needs a session" in (info.value.details() or "")
         with pytest.raises(grpc.RpcError) as info:
             stub.GetLayout(pb.GetLayoutRequest(handle=1, offset=0, length=1, mode=0))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from daxfs.cli import main
 from daxfs.server.fsck import FsckReport, fsck
-from daxfs.server.namespace import ROOT
+from daxfs.server.namespace import Caller
 from daxfs.server.volume import close_volume, format_volume, open_volume
 from daxfs.shared.format import MIB
 from daxfs.testing import Volume
@@ -45,13 +45,14 @@ def vol(workdir: Path) -> Volume:
 def _populated(v: Volume) -> Volume:
     """/d/f (3 blocks, also linked as /h), /g (2 blocks), /s -> /g, /e (empty dir)."""
     ns = open_volume(v.region, v.meta)
+    me = Caller(client=ns.hello().id)  # open files need a session
     try:
         ns.mkdir("/d", 0o755)
         ns.mkdir("/e", 0o755)
         for path, data in (("/d/f", F_DATA), ("/g", G_DATA)):
-            opened = ns.create(path, 0o644)
-            ns.write(opened.handle, 0, data, ROOT)
-            ns.release(opened.handle, ROOT)
+            opened = ns.create(path, 0o644, me)
+            ns.write(opened.handle, 0, data, me)
+            ns.release(opened.handle, me)
         ns.link("/d/f", "/h")
         ns.symlink("/g", "/s")
     finally:
@@ -83,12 +84,13 @@ def extents(v: Volume, name: str) -> list[tuple[int, int, int]]:
 
 def read(v: Volume, path: str) -> bytes:
     ns = open_volume(v.region, v.meta)
+    me = Caller(client=ns.hello().id)
     try:
-        opened = ns.open(path)
+        opened = ns.open(path, me)
         try:
-            return ns.read(opened.handle, 0, 1 << 20, ROOT)
+            return ns.read(opened.handle, 0, 1 << 20, me)
         finally:
-            ns.release(opened.handle, ROOT)
+            ns.release(opened.handle, me)
     finally:
         close_volume(ns)
 
@@ -147,10 +149,11 @@ def test_double_allocated_extent_is_copied_so_both_files_keep_their_bytes(vol: V
     assert read(vol, "/g") == shown and read(vol, "/d/f") == F_DATA
     # They no longer share: a write to one leaves the other alone.
     ns = open_volume(vol.region, vol.meta)
+    me = Caller(client=ns.hello().id)
     try:
-        opened = ns.open("/g", writable=True)
-        ns.write(opened.handle, 0, b"\xff" * BS, ROOT)
-        ns.release(opened.handle, ROOT)
+        opened = ns.open("/g", me, writable=True)
+        ns.write(opened.handle, 0, b"\xff" * BS, me)
+        ns.release(opened.handle, me)
     finally:
         close_volume(ns)
     assert read(vol, "/d/f") == F_DATA
@@ -159,10 +162,11 @@ def test_double_allocated_extent_is_copied_so_both_files_keep_their_bytes(vol: V
 
 def test_double_allocation_without_space_for_a_copy_drops_the_later_claim(vol: Volume) -> None:
     ns = open_volume(vol.region, vol.meta)
+    me = Caller(client=ns.hello().id)
     try:
-        opened = ns.create("/big", 0o644)
-        ns.fallocate(opened.handle, 0, ns.allocator.free_bytes, ROOT)  # the region is full
-        ns.release(opened.handle, ROOT)
+        opened = ns.create("/big", 0o644, me)
+        ns.fallocate(opened.handle, 0, ns.allocator.free_bytes, me)  # the region is full
+        ns.release(opened.handle, me)
     finally:
         close_volume(ns)
     ((_, f_region, _),) = extents(vol, "f")

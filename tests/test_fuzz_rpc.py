@@ -184,7 +184,7 @@ def fx() -> Iterator[Fixture]:
     volume = Volume.create(d, size=64 * 1024 * 1024)
     ns = open_volume(volume.region, volume.meta)
     server, address, _health = create_server(ns, f"unix:{d}/s.sock", region_path=volume.region)
-    client = ns.hello()
+    client = ns.hello().id
     caller = Caller(client=ClientId(client))
     ns.mkdir("/d", 0o755, caller)
     handles = []

@@ -125,18 +125,27 @@ def test_a_recalled_reader_never_sees_the_next_owners_bytes(server: ServerProc) 
         a.unlink("/old")
 
 
-def test_an_unresponsive_client_delays_reuse_by_one_lease_only(volume: Volume) -> None:
-    # The lease outlasts the 2 s the truncate waits for acknowledgements.
-    srv = start_server(volume, "--lease-seconds", "5")
+def test_a_frozen_client_keeps_its_recalled_blocks_out_of_reuse_until_it_answers(
+    volume: Volume,
+) -> None:
+    # Prefer losing space to leaking bytes: a guest frozen past its lease
+    # (SIGSTOP, a paused VM) may still be in the middle of a copy, so what was
+    # recalled from it waits until it thaws and acknowledges, not for a timer.
+    srv = start_server(volume, "--lease-seconds", "1.5")
     script = textwrap.dedent(
         f"""
-        import os, signal, sys, numpy as np
+        import os, signal, sys, time, numpy as np
         from daxfs.client import connect
         c = connect({srv.address!r})
         f = c.open("/held", "rb")
         v = f.array(np.uint8)
         print("holding", flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while c.recalls == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("recalled", c.recalls, int(v.sum()), flush=True)
+        c.close()
         """
     )
     with connect(srv.address) as a:
@@ -149,9 +158,66 @@ def test_an_unresponsive_client_delays_reuse_by_one_lease_only(volume: Volume) -
             t0 = time.monotonic()
             a.truncate("/held", 0)
             assert time.monotonic() - t0 >= 1.5, "truncate waits for the recall (2 s at most)"
+            time.sleep(3 * 1.5)  # three leases: a timer would have released the blocks
             stats = a.stats()
-            assert stats.quarantined_bytes > 0, "the stopped client's extents must wait"
-            wait_until(lambda: a.stats().quarantined_bytes == 0, "lease expiry", timeout=30)
+            assert stats.quarantined_bytes == MIB, "the frozen client's blocks must wait"
+            assert stats.sessions_open == 2, "a frozen client with its stream open is not gone"
+            child.send_signal(signal.SIGCONT)
+            assert child.stdout.readline().split() == ["recalled", "1", "0"]
+            wait_until(lambda: a.stats().quarantined_bytes == 0, "the acknowledgement")
+        finally:
+            child.kill()
+            child.wait()
+            assert child.stdout is not None
+            child.stdout.close()
+        a.unlink("/held")
+    assert srv.stop() == 0
+    assert_fsck_clean(volume)
+
+
+def test_an_operator_evicts_a_frozen_client_and_its_blocks_return(volume: Volume) -> None:
+    srv = start_server(volume, "--lease-seconds", "1.5")
+    script = textwrap.dedent(
+        f"""
+        import os, signal, numpy as np
+        from daxfs.client import connect
+        c = connect({srv.address!r})
+        f = c.open("/held", "rb")
+        v = f.array(np.uint8)
+        print(c.client_id, flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        """
+    )
+    with connect(srv.address) as a:
+        write_file(a, "/held", b"h" * MIB)
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            frozen = int(child.stdout.readline())
+            wait_until(lambda: process_state(child.pid) == "T", "the child to stop")
+            a.truncate("/held", 0)
+            assert a.stats().quarantined_bytes == MIB
+            listed = {s.client_id: s for s in a.sessions()}
+            assert listed[frozen].unacknowledged_recalls == 1 and listed[frozen].attached
+            # The operator's view and action, through the CLI.
+            shown = subprocess.run(
+                [sys.executable, "-m", "daxfs", "sessions", srv.address],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert shown.returncode == 0, shown.stderr
+            row = next(line.split() for line in shown.stdout.splitlines() if str(frozen) in line)
+            assert row[1:2] == ["yes"] and row[3:4] == ["1"], shown.stdout
+            evicted = subprocess.run(
+                [sys.executable, "-m", "daxfs", "evict", srv.address, str(frozen)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert evicted.returncode == 0, evicted.stderr
+            assert a.stats().quarantined_bytes == 0
+            assert frozen not in {s.client_id for s in a.sessions()}
         finally:
             child.kill()
             child.wait()

@@ -178,7 +178,7 @@ class NamespaceMachine(RuleBasedStateMachine):
         format_volume(self.region, self.meta, self.REGION, self.BLOCK)
         self.clock = Clock()
         self.ns = open_namespace(self.region, self.meta, self.clock)
-        self.clients = [Caller(client=self.ns.hello()), Caller(client=self.ns.hello())]
+        self.clients = [Caller(client=self.ns.hello().id), Caller(client=self.ns.hello().id)]
         # The model.
         self.files: dict[str, int] = {}  # path -> model inode
         self.dirs: set[str] = {"/"}
@@ -371,11 +371,12 @@ class NamespaceMachine(RuleBasedStateMachine):
         """open(O_RDONLY), read everything, close (the last close trims the growth chunk)."""
         path = sorted(self.files)[t % len(self.files)]
         mino = self.files[path]
-        opened = self.ns.open(path, ROOT)
+        reader = self.clients[0]  # open files need a session (client 0 creates nothing)
+        opened = self.ns.open(path, reader)
         try:
-            assert self.read_all(opened.handle, ROOT) == self.inodes[mino].data, path
+            assert self.read_all(opened.handle, reader) == self.inodes[mino].data, path
         finally:
-            self.ns.release(opened.handle, ROOT)
+            self.ns.release(opened.handle, reader)
         if self.inodes[mino].opens == 0:
             self.inodes[mino].last_close(self.BLOCK)
 
@@ -670,7 +671,7 @@ class NamespaceMachine(RuleBasedStateMachine):
         """The server stops and starts: handles die, unlinked-but-open files go."""
         close_volume(self.ns)
         self.ns = open_namespace(self.region, self.meta, self.clock)
-        self.clients = [Caller(client=self.ns.hello()), Caller(client=self.ns.hello())]
+        self.clients = [Caller(client=self.ns.hello().id), Caller(client=self.ns.hello().id)]
         for h in self.handles:
             ino = self.inodes.get(h.mino)
             if ino is not None:
@@ -778,7 +779,7 @@ def _volume() -> tuple[str, Namespace, Caller]:
     region = os.path.join(d, "region")
     format_volume(region, region + ".meta", REGION_SIZE, BS)
     ns = open_namespace(region, region + ".meta", Clock())
-    return d, ns, Caller(client=ns.hello())
+    return d, ns, Caller(client=ns.hello().id)
 
 
 def _store_past_eof(ns: Namespace, fh: int, caller: Caller) -> None:

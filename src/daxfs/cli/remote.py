@@ -98,6 +98,26 @@ def cmd_extents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        print(f"{'client_id':>20} {'stream':>6} {'idle_s':>8} {'recalls':>7}  name")
+        for s in c.sessions():
+            if s.client_id == c.client_id:
+                continue  # this command's own session
+            print(
+                f"{s.client_id:20d} {'yes' if s.attached else 'no':>6} "
+                f"{s.idle_ns / 1e9:8.1f} {s.unacknowledged_recalls:7d}  {s.name}"
+            )
+    return 0
+
+
+def cmd_evict(args: argparse.Namespace) -> int:
+    with _connect(args) as c:
+        c.evict(args.client_id)
+    print(f"evicted session {args.client_id}")
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the server's gRPC health service says SERVING (for container healthchecks)."""
     import grpc
@@ -152,6 +172,11 @@ def register(sub: Subcommands) -> None:
     q.add_argument("paths", nargs="+")
     client_verb("mkdir", cmd_mkdir, "make directories").add_argument("paths", nargs="+")
     client_verb("extents", cmd_extents, "show a file's extent map").add_argument("path")
+    client_verb("sessions", cmd_sessions, "list client sessions (root)")
+    q = client_verb(
+        "evict", cmd_evict, "declare a session gone: its files close, what it held is freed"
+    )
+    q.add_argument("client_id", type=int, help="as `daxfs sessions` lists it")
     q = sub.add_parser("health", help="exit 0 when the server is SERVING")
     q.add_argument("addr", metavar="ADDR")
     q.add_argument("--wait", type=float, default=0.0, help="keep trying for this many seconds")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import stat
@@ -66,6 +67,10 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         socket_group=args.socket_group,
     )
+    if args.max_sessions is not None:
+        if args.max_sessions < 1:
+            raise QuietError("--max-sessions must be at least 1")
+        config = dataclasses.replace(config, max_sessions=args.max_sessions)
     return serve(config)
 
 
@@ -154,6 +159,12 @@ def register(sub: Subcommands) -> None:
         "--lease-seconds",
         type=float,
         help="layout lease duration (default 30); a dead guest's extents return after it",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        help="client sessions accepted at once (default 1024); each session stream "
+        "holds one server thread",
     )
     p.set_defaults(fn=cmd_server, log_default=logging.INFO)
 
