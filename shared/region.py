@@ -3,7 +3,8 @@
 Backing stores:
 - a regular file (the embedded default lives in /dev/shm; a file on a DAX-mounted
   filesystem gives real pmem), sized by ftruncate at format time;
-- a /dev/dax character device, whose size comes from sysfs and cannot change.
+- a /dev/dax character device, whose size comes from sysfs and cannot change;
+- in a VM, a shared-memory PCI BAR (ivshmem's sysfs ``resource2``), mapped only.
 """
 
 from __future__ import annotations
@@ -87,7 +88,12 @@ def format_region(path: str, size: int | None, block_size: int) -> Superblock:
 def read_superblock(path: str) -> Superblock:
     """Read and check the superblock without mapping the region."""
     with open(path, "rb") as f:
-        raw = f.read(SUPERBLOCK_SIZE)
+        try:
+            raw = f.read(SUPERBLOCK_SIZE)
+        except OSError:
+            # A PCI BAR's sysfs file (an ivshmem device's resource2) can be mapped, not read.
+            with mmap.mmap(f.fileno(), SUPERBLOCK_SIZE, prot=mmap.PROT_READ) as mm:
+                raw = bytes(mm)
     return Superblock.unpack(raw, source=path)
 
 
