@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daxfs.shared.errors import FormatError, InvalidArgument, NotFound
-from daxfs.shared.flush import Flusher, FlushMode
+from daxfs.shared.flush import Flusher, FlushMode, libpmem
 from daxfs.shared.format import SUPERBLOCK_SIZE, Superblock
 from daxfs.shared.hugepages import HUGE_PAGE, filesystem_type
 from daxfs.shared.mman import punch_hole
@@ -70,19 +70,36 @@ def format_region(path: str, size: int | None, block_size: int) -> Superblock:
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
     try:
-        if not is_device:
+        if is_device:
+            _store_first_block(fd, sb)
+        else:
             os.ftruncate(fd, 0)
             os.ftruncate(fd, size)
-        else:
-            os.pwrite(fd, bytes(sb.block_size), 0)
-        os.pwrite(fd, sb.pack(), 0)
-        os.fsync(fd)
+            os.pwrite(fd, sb.pack(), 0)
+            os.fsync(fd)
     finally:
         os.close(fd)
     log.info(
         "formatted region path=%s size=%d block=%d uuid=%s", path, size, block_size, sb.uuid_str
     )
     return sb
+
+
+def _store_first_block(fd: int, sb: Superblock) -> None:
+    """Write a device's first block: /dev/dax takes no write(2) or fsync, only stores."""
+    with mmap.mmap(fd, sb.block_size) as mm:
+        u8 = np.frombuffer(mm, dtype=np.uint8)
+        try:
+            u8[:] = 0
+            packed = sb.pack()
+            u8[: len(packed)] = np.frombuffer(packed, dtype=np.uint8)
+            # msync has no file to write back here; a cache-line flush is what there is.
+            if libpmem() is not None:
+                Flusher(int(u8.ctypes.data), sb.block_size, mode=FlushMode.PMEM).persist(
+                    0, sb.block_size
+                )
+        finally:
+            del u8
 
 
 def read_superblock(path: str) -> Superblock:

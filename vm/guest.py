@@ -186,6 +186,58 @@ def guest_b() -> None:
     say("VERDICT: PASS")
 
 
+def guest_c() -> None:
+    """The /dev/dax path: server, FUSE mount and library all in this guest on an NVDIMM.
+
+    The guest's NVDIMM (QEMU ``-device nvdimm``) is configured as a devdax
+    namespace; the server formats /dev/dax0.0 (size from sysfs, no hole
+    punching) and the mount and the library map it.
+    """
+    dax = os.environ["DAXFS_DAX"]
+    sock = "unix:/run/daxfs.sock"
+    cmd = [sys.executable, "-m", "daxfs", "server", f"--region={dax}", "--meta=/run/dax.meta",
+           "--format", f"--listen={sock}"]  # fmt: skip
+    server = subprocess.Popen(cmd)
+    try:
+        wait_for(lambda: os.path.exists("/run/daxfs.sock") or server.poll() is not None, "server")
+        if server.poll() is not None:
+            raise SystemExit(f"[{NAME}] daxfs server on {dax} exited {server.returncode}")
+        say(f"daxfs server formatted and serves {dax}")
+        global ADDRESS, REGION
+        ADDRESS, REGION = sock, dax
+        fuse = mount()
+        try:
+            with connect(sock) as c:
+                say(f"library connected; region {c.region.path} ({c.region.size >> 20} MiB), "
+                    f"flush mode {c.flush_mode}")  # fmt: skip
+                data = np.arange(1 << 20, dtype=np.uint32).tobytes()
+                with open(f"{MOUNT}/dax.bin", "wb") as f:
+                    f.write(data)
+                with c.open("/dax.bin", "rb") as f:
+                    view = f.array(np.uint32)
+                    assert view.tobytes() == data, "the library's view differs from the mount"
+                    del view
+                say("wrote 4 MiB through the mount; the library's zero-copy view matches")
+                victim = c.open("/dax.bin", "rb")
+                view = victim.array(np.uint32)
+                before = c.recalls
+                os.truncate(f"{MOUNT}/dax.bin", 0)
+                wait_for(lambda: c.recalls > before, "a layout recall")
+                assert int(view.sum()) == 0, "a recalled view must not show the old bytes"
+                say("truncated it through the mount: the library's view was recalled and fenced")
+                victim.close()
+        finally:
+            unmount(fuse)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    fsck = subprocess.run([sys.executable, "-m", "daxfs", "fsck", f"--region={dax}",
+                           "--meta=/run/dax.meta"])  # fmt: skip
+    assert fsck.returncode == 0, "daxfs fsck found problems on /dev/dax"
+    say(f"daxfs fsck {dax}: clean")
+    say("VERDICT: PASS")
+
+
 def main() -> int:
     global NAME
     role = sys.argv[1] if len(sys.argv) > 1 else ""
@@ -195,8 +247,10 @@ def main() -> int:
         guest_a()
     elif role == "b":
         guest_b()
+    elif role == "c":
+        guest_c()
     else:
-        print("usage: guest.py a|b", file=sys.stderr)
+        print("usage: guest.py a|b|c", file=sys.stderr)
         return 2
     return 0
 

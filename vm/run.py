@@ -41,6 +41,7 @@ REPO = HERE.parent
 PY = sys.executable
 REGION_MIB = 256  # an ivshmem BAR is a power of two
 GUEST_MIB = 768
+NVDIMM_MIB = 512
 T0 = time.monotonic()
 
 
@@ -164,6 +165,13 @@ def main() -> int:
     ap.add_argument("--verbose", action="store_true", help="show the guests' whole consoles")
     ap.add_argument("--cache", default=os.environ.get("DAXFS_VM_CACHE", "/var/cache/daxfs-vm"))
     ap.add_argument("--wheels", default=str(REPO / "build" / "wheels"))
+    ap.add_argument(
+        "--no-devdax",
+        dest="devdax",
+        action="store_false",
+        help="skip guest C (the /dev/dax path on an emulated NVDIMM)",
+    )
+    ap.add_argument("--roles", default="abc", help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=float, default=480.0, help="for the guests, seconds")
     args = ap.parse_args()
     # `timeout` (vm-test.sh's budget) sends SIGTERM: still kill QEMU and the server.
@@ -176,6 +184,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="daxfs-vm.", dir="/var/tmp"))
     region = Path(f"/dev/shm/daxfs-vm-{os.getpid()}.region")
+    nvdimm = Path(f"/dev/shm/daxfs-vm-{os.getpid()}.nvdimm")
     meta = work / "region.meta"
     guests: list[Guest] = []
     server: subprocess.Popen[bytes] | None = None
@@ -203,23 +212,42 @@ def main() -> int:
             time.sleep(0.5)
         log(f"server up on {addr} (TLS, token); region {region} ({REGION_MIB} MiB)")
 
-        for role in ("a", "b"):
+        roles = [r for r in args.roles if r in "abc" and (args.devdax or r != "c")]
+        for role in roles:
             disk = conf_disk(work, role, port, wheel, cert, token)
+            base = qemu_base(cache, accel)
+            if role == "c":
+                # Guest C: the /dev/dax path on its own emulated NVDIMM (see guest_c).
+                nvdimm.write_bytes(b"")
+                os.truncate(nvdimm, NVDIMM_MIB << 20)
+                base[base.index("-m") + 1] = f"{GUEST_MIB}M,slots=2,maxmem=4G"
+                base += [
+                    "-machine", "pc,nvdimm=on",
+                    "-object", f"memory-backend-file,id=nv,share=on,mem-path={nvdimm},"
+                    f"size={NVDIMM_MIB}M",
+                    "-device", "nvdimm,memdev=nv,id=nv0",
+                ]  # fmt: skip
             cmd = [
-                *qemu_base(cache, accel),
+                *base,
                 "-append", "console=ttyS0 root=/dev/vda rw init=/sbin/daxfs-init panic=-1 "
                 + ("loglevel=6" if args.verbose else "quiet"),
                 "-drive", f"file={cache / 'root.ext4'},format=raw,if=virtio,snapshot=on",
                 "-drive", f"file={disk},format=raw,if=virtio,readonly=on",
                 "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-                "-object", f"memory-backend-file,id=shm,share=on,mem-path={region},"
-                f"size={REGION_MIB}M",
-                "-device", "ivshmem-plain,memdev=shm",
             ]  # fmt: skip
-            if role == "a":
+            if role != "c":
+                cmd += [
+                    "-object", f"memory-backend-file,id=shm,share=on,mem-path={region},"
+                    f"size={REGION_MIB}M",
+                    "-device", "ivshmem-plain,memdev=shm",
+                ]  # fmt: skip
+            if role in ("a", "c"):
                 log(f"guest {role}: {' '.join(cmd)}")
             guests.append(Guest(role, cmd, args.verbose))
-        log(f"booted two guests ({GUEST_MIB} MiB, 1 vCPU each); waiting up to {args.timeout:g} s")
+        log(
+            f"booted {len(guests)} guests ({GUEST_MIB} MiB, 1 vCPU each); "
+            f"waiting up to {args.timeout:g} s"
+        )
         deadline = time.monotonic() + args.timeout
         for g in guests:
             try:
@@ -280,6 +308,7 @@ def main() -> int:
             server.kill()
             server.wait()
         region.unlink(missing_ok=True)
+        nvdimm.unlink(missing_ok=True)
         if os.environ.get("DAXFS_VM_KEEP"):
             log(f"kept {work}")
         else:
