@@ -63,8 +63,9 @@ compose-test: install
 	bash docker/compose-test.sh
 
 # Two QEMU guests (own kernels) and a host server on one ivshmem region (see vm/run.py).
-# Under TCG (no usable KVM) a run takes about 4-5 minutes on 2 busy cores (budget 10),
-# plus about 7 minutes once to build the cached guest image (vm/build-image.sh).
+# Under TCG (no usable KVM) a run takes about 4-5 minutes on 2 cores with little else
+# running, 8+ when the cores are shared (budget 17 min, DAXFS_VM_BUDGET_S), plus about
+# 7 minutes once to build the cached guest image (vm/build-image.sh).
 vm-test: install
 	bash vm/vm-test.sh
 

@@ -48,7 +48,7 @@ def wait_for(predicate: Callable[[], bool], what: str) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise SystemExit(f"[{NAME}] timed out after {TIMEOUT_S:g} s waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.25)
 
 
 def cached_kib() -> int:

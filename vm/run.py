@@ -172,7 +172,7 @@ def main() -> int:
         help="skip guest C (the /dev/dax path on an emulated NVDIMM)",
     )
     ap.add_argument("--roles", default="abc", help=argparse.SUPPRESS)
-    ap.add_argument("--timeout", type=float, default=480.0, help="for the guests, seconds")
+    ap.add_argument("--timeout", type=float, default=900.0, help="for the guests, seconds")
     args = ap.parse_args()
     # `timeout` (vm-test.sh's budget) sends SIGTERM: still kill QEMU and the server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "vm-test: $*"; }
-BUDGET_S="${DAXFS_VM_BUDGET_S:-600}"
+BUDGET_S="${DAXFS_VM_BUDGET_S:-1020}"
 start=$SECONDS
 
 if ! command -v qemu-system-x86_64 >/dev/null; then
