@@ -1,4 +1,4 @@
-"""The client's protocol core (client/lease_state.py): deadlines on its own clock, recalls, grants."""
+"""The client's protocol core (client/lease_state.py): its own deadlines, recalls, grants."""
 
 from __future__ import annotations
 
