@@ -1,8 +1,10 @@
 """Shared fixtures: a real region in /dev/shm, a real server process, real clients.
 
 A test that uses the ``server`` fixture gets an fsck of its volume after the
-server stopped: an unclean volume, a non-zero exit or a traceback in the
-server log fails the test.
+server stopped: an unclean volume, a non-zero exit, or a warning, error or
+traceback in the server log that the test did not register in
+``server.allowed_log`` fails the test. Mounts (``daxfs.testing.Mount``) are
+held to the same rule.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from daxfs.client import Client, connect
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server
+from daxfs.testing import ServerProc, Volume, assert_fsck_clean, assert_log_clean, start_server
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def server(volume: Volume) -> Iterator[ServerProc]:
         code = srv.stop()
         text = srv.log.read_text()
         assert code == 0, f"server exited {code}:\n{text}"
-        assert "Traceback" not in text, text
+        assert_log_clean(srv.log, srv.allowed_log)
         assert_fsck_clean(volume)
 
 

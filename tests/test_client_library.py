@@ -1,4 +1,8 @@
-"""The client library against a real server process on a real region file."""
+"""The client library against a real server process on a real region file.
+
+Behaviours the FUSE mount shares (holes, truncate, rename, unlink while open)
+are in test_semantics.py, run against both front ends; this file keeps what only
+the library does (numpy views, extents, layouts, the byte path)."""
 
 from __future__ import annotations
 
@@ -127,16 +131,6 @@ def test_enospc_changes_nothing(client: Client) -> None:
     assert client.statfs().blocks_free == before
 
 
-def test_sparse_file_reads_zeros_in_holes(client: Client) -> None:
-    with client.open("/sparse", "wb") as f:
-        f.pwrite(b"tail", 10 * MIB)
-    with client.open("/sparse", "rb") as f:
-        assert f.size == 10 * MIB + 4
-        assert f.pread(16, 5 * MIB) == bytes(16)
-        assert f.pread(4, 10 * MIB) == b"tail"
-    assert client.stat("/sparse").allocated < 2 * MIB
-
-
 def test_modes_seek_append_truncate(client: Client) -> None:
     with client.open("/m", "wb") as f:
         f.write(b"hello world")
@@ -166,14 +160,6 @@ def test_modes_seek_append_truncate(client: Client) -> None:
     assert client.stat("/m").size == 0
 
 
-def test_truncate_zeroes_the_tail_before_regrowth(client: Client) -> None:
-    with client.open("/t", "w+b") as f:
-        f.write(b"\xff" * 8192)
-        f.truncate(100)
-        f.truncate(8192)
-        assert f.pread(8192, 0) == b"\xff" * 100 + bytes(8092)
-
-
 def test_namespace_calls(client: Client) -> None:
     client.mkdir("/d")
     client.mkdir("/d/e")
@@ -198,18 +184,6 @@ def test_namespace_calls(client: Client) -> None:
     client.rmdir("/d/e")
     client.rmdir("/d")
     assert client.listdir("/") == []
-
-
-def test_unlink_while_open_keeps_the_file_until_close(client: Client) -> None:
-    with client.open("/u", "wb") as f:
-        f.write(b"still here")
-    free_before = client.statfs().blocks_free
-    f = client.open("/u", "rb")
-    client.unlink("/u")
-    assert not client.exists("/u")
-    assert f.read() == b"still here"
-    f.close()
-    assert client.statfs().blocks_free == free_before + 1
 
 
 def test_a_cached_layout_costs_no_rpc(client: Client) -> None:

@@ -14,7 +14,7 @@ from daxfs.client import connect
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.volume import format_volume
 from daxfs.shared import errors
-from daxfs.testing import Volume, assert_fsck_clean, run_server, start_server
+from daxfs.testing import Volume, assert_fsck_clean, assert_log_clean, run_server, start_server
 
 MIB = 1024 * 1024
 
@@ -66,7 +66,7 @@ def test_a_full_metadata_disk_is_a_clean_enospc(workdir: Path, small_meta_fs: Pa
                 assert f.read() == b"room again"
     finally:
         assert srv.stop() == 0
-    assert "Traceback" not in srv.log.read_text()
+    assert_log_clean(srv.log)
     assert_fsck_clean(volume)
 
 

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, fuse_mount, start_server
+from daxfs.testing import (
+    ServerProc,
+    Volume,
+    assert_fsck_clean,
+    assert_log_clean,
+    fuse_mount,
+    start_server,
+)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 MIB = 1024 * 1024
@@ -163,5 +170,5 @@ def test_eight_guests_under_mixed_load(volume: Volume, workdir: Path) -> None:
             assert rss_after - rss_before < 64 * 1024
     finally:
         assert srv.stop() == 0
-    assert "Traceback" not in srv.log.read_text()
+    assert_log_clean(srv.log)
     assert_fsck_clean(volume)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from daxfs.client.mount import is_mounted
@@ -48,6 +49,8 @@ class ServerProc:
     socket: str
     proc: subprocess.Popen[bytes]
     log: Path
+    #: Substrings of log records this test expects (see :func:`assert_log_clean`).
+    allowed_log: list[str] = field(default_factory=list)
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait; raises if the server does not stop in time."""
@@ -70,6 +73,40 @@ class ServerProc:
 def daxfs_cmd(*args: str) -> list[str]:
     """The daxfs CLI as a subprocess command line, with this interpreter."""
     return [sys.executable, "-m", "daxfs", *args]
+
+
+#: A log record's level, as the daxfs log format writes it (``level=warning``).
+_LEVEL = re.compile(r"\blevel=(\w+)")
+_BAD_LEVELS = {"warning", "error", "critical"}
+
+
+def log_problems(text: str, allowed: Sequence[str] = ()) -> list[str]:
+    """The lines of a daxfs process's log that report a problem.
+
+    A problem is a record at WARNING or above, or a traceback, unless the
+    record names one of the ``allowed`` substrings (a traceback belongs to the
+    record before it). libfuse's own lines carry no level and are not judged.
+    """
+    problems = []
+    record_allowed = False
+    for line in text.splitlines():
+        level = _LEVEL.search(line)
+        if level:
+            record_allowed = any(a in line for a in allowed)
+            if level.group(1) in _BAD_LEVELS and not record_allowed:
+                problems.append(line)
+        elif line.startswith("Traceback") and not record_allowed:
+            problems.append(line)
+    return problems
+
+
+def assert_log_clean(log: Path, allowed: Sequence[str] = ()) -> None:
+    """Fail on any warning, error or traceback in ``log`` the test did not expect."""
+    text = log.read_text(errors="replace")
+    problems = log_problems(text, allowed)
+    assert not problems, (
+        f"unexpected problems in {log}:\n" + "\n".join(problems) + (f"\n--- whole log ---\n{text}")
+    )
 
 
 def assert_fsck_clean(volume: Volume) -> None:
@@ -112,6 +149,8 @@ class Mount:
     proc: subprocess.Popen[bytes]
     #: The daemon's stdout and stderr.
     log: Path
+    #: Substrings of log records this test expects (see :func:`assert_log_clean`).
+    allowed_log: list[str] = field(default_factory=list)
 
     def iostats(self) -> dict[str, int]:
         """The mount's counters of kernel reads and writes (its virtual xattr)."""
@@ -139,8 +178,7 @@ class Mount:
             if is_mounted(str(self.path)):
                 subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
         if check:
-            text = self.log.read_text()
-            assert "Traceback" not in text, text
+            assert_log_clean(self.log, self.allowed_log)
 
 
 def start_mount(
