@@ -674,6 +674,7 @@ def test_server_gone_gives_eio_not_a_hang(workdir: Path) -> None:
     srv = start_server(volume)
     try:
         m = start_mount(srv.address, workdir / "mnt", "--timeout", "3")
+        m.allowed_log.append("session stream lost")  # the server is gone: expected
         try:
             (m.path / "f").write_bytes(b"before")
             fd = os.open(m.path / "f", os.O_RDWR)

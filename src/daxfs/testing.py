@@ -78,6 +78,10 @@ def daxfs_cmd(*args: str) -> list[str]:
 #: A log record's level, as the daxfs log format writes it (``level=warning``).
 _LEVEL = re.compile(r"\blevel=(\w+)")
 _BAD_LEVELS = {"warning", "error", "critical"}
+#: Records that report the test machine, not daxfs: always allowed. A loaded
+#: machine (tests in parallel on two cores) can stall the server past its sweep
+#: period, which it rightly logs; tests never assert timings.
+MACHINE_WARNINGS = ("server stalled",)
 
 
 def log_problems(text: str, allowed: Sequence[str] = ()) -> list[str]:
@@ -92,7 +96,7 @@ def log_problems(text: str, allowed: Sequence[str] = ()) -> list[str]:
     for line in text.splitlines():
         level = _LEVEL.search(line)
         if level:
-            record_allowed = any(a in line for a in allowed)
+            record_allowed = any(a in line for a in (*allowed, *MACHINE_WARNINGS))
             if level.group(1) in _BAD_LEVELS and not record_allowed:
                 problems.append(line)
         elif line.startswith("Traceback") and not record_allowed:
