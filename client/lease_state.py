@@ -14,10 +14,12 @@ it, and so does the deterministic simulation (tests/test_protocol_sim.py).
 - **Recalls seen**: the highest recall sequence number per file in this
   session. A layout granted at a lower number was overtaken by a recall the
   client already obeyed, and must not be used.
-- **Session loss** (ESTALE from the server): everything is forgotten, and a
-  new session starts with a fresh deadline counted from the ``Hello``.
+- **Session loss** (ESTALE from the server): fenced at once; the new session
+  starts with a fresh deadline counted from its ``Hello`` and no recalls seen.
 
-Callers serialise access (the session stream holds a lock around it).
+Callers serialise access: the session stream guards the deadline and the
+renewals with its lock, the library guards the recall numbers with its fence
+lock (the two halves share no state).
 """
 
 from __future__ import annotations
@@ -97,15 +99,20 @@ class LeaseState:
 
     # -- session loss ----------------------------------------------------------
 
-    def lost(self) -> None:
-        """The server ended our session: fenced, and nothing we knew of it holds."""
-        self.fenced = True
-        self._sent.clear()
+    def forget_recalls(self) -> None:
+        """Sequence numbers are per session: a new session starts from none seen."""
         self._recall_seqs.clear()
 
-    def new_session(self, hello_sent: int) -> None:
-        """A new session was opened by a Hello sent at ``hello_sent`` (our clock)."""
+    def lost(self) -> None:
+        """The server ended our session: fenced until a new one starts; renewals are void."""
+        self.fenced = True
         self._sent.clear()
-        self._recall_seqs.clear()
+
+    def new_session(self, hello_sent: int) -> None:
+        """A new session was opened by a Hello sent at ``hello_sent`` (our clock).
+
+        The recall numbers are the other half's: ``forget_recalls`` (under its own lock).
+        """
+        self._sent.clear()
         self.deadline_ns = hello_sent + self.lease_ns
         self.fenced = False

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from daxfs.client.fence import Fence
 from daxfs.client.layout_cache import LayoutCache
+from daxfs.client.lease_state import LeaseState
 from daxfs.client.rpc import Connection
 from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
@@ -205,10 +206,12 @@ class Client:
         self.fence = Fence()
         #: Recalls seen per file; an open file refreshes its size when this moves.
         self.epochs: dict[InodeId, int] = {}
-        #: Highest recall seq seen per file in this session: a layout granted at a
-        #: lower seq was overtaken by that recall and is discarded. Guarded by
-        #: the fence's exclusive lock (written) / shared lock (read with inserts).
-        self.recall_seqs: dict[InodeId, int] = {}
+        #: The protocol core (client/lease_state.py): the deadline (guarded by the
+        #: session stream) and the highest recall seq seen per file in this session
+        #: (a layout granted at a lower seq was overtaken by that recall and is
+        #: discarded; guarded by the fence's exclusive lock (written) / shared
+        #: lock (read with inserts)).
+        self.lease_state = LeaseState(self.lease_ns, time.monotonic_ns)
         #: Moves when the server ends our session (restart, eviction): files
         #: opened before then are void (ESTALE).
         self.session_epoch = 0
@@ -233,6 +236,7 @@ class Client:
                 on_recall=self._on_recall,
                 on_deadline=self._on_deadline,
                 on_lost=self._session_lost,
+                state=self.lease_state,
             )
         old = os.umask(0)
         os.umask(old)
@@ -253,7 +257,7 @@ class Client:
     def _on_recall(self, recall: pb.LayoutRecall) -> None:
         ino = InodeId(recall.ino)
         with self.fence.io.exclusive():  # no copy from the range is in flight after this
-            self.recall_seqs[ino] = max(self.recall_seqs.get(ino, 0), int(recall.seq))
+            self.lease_state.recall_seen(ino, int(recall.seq))
             self.layouts.invalidate(ino)
             self.fence.fence(ino, recall.offset, recall.length)
             self.epochs[ino] = self.epochs.get(ino, 0) + 1
@@ -291,7 +295,7 @@ class Client:
         with self.fence.io.exclusive():
             self.layouts.clear()
             self.fence.fence(None)
-            self.recall_seqs.clear()
+            self.lease_state.forget_recalls()
             self.session_epoch += 1
         with self._lock:
             self._lease_ids.clear()
@@ -670,7 +674,7 @@ class DaxFile(io.RawIOBase):
             reply = self._get_layout(start, end, write)
             tiles = _tiles(reply)
             with self.client.fence.io.shared():
-                if int(reply.recall_seq) < self.client.recall_seqs.get(self.ino, 0):
+                if not self.client.lease_state.grant_usable(self.ino, int(reply.recall_seq)):
                     log.debug("layout of ino %d overtaken by a recall: asking again", self.ino)
                     continue
                 self.client._got_lease(self.ino, reply.lease_id)

@@ -23,7 +23,6 @@ new session, whose caller the stream uses from then on.
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import queue
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from daxfs.client.lease_state import LeaseState
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.limits import ERRNO_KEY
 
@@ -58,26 +58,24 @@ class Session:
         on_deadline: Callable[[], None],
         on_lost: Callable[[int], pb.Caller | None],
         clock: Callable[[], int] = time.monotonic_ns,
+        state: LeaseState | None = None,
     ) -> None:
         self._stub = stub
         self._metadata = metadata
         self.caller = caller
         self.lease_ns = lease_ns
         self._clock = clock
-        #: Our monotonic ns when the lease ends unless renewed. Hello counts as a
-        #: renewal sent when the session was opened (just before this object).
-        self.deadline_ns = clock() + lease_ns
+        #: The deadline and the renewals in flight (client/lease_state.py); guarded by _lock.
+        #: Hello counts as a renewal sent when the session was opened (just before this object).
+        self.state = state if state is not None else LeaseState(lease_ns, clock)
         self._on_recall = on_recall
         self._on_deadline = on_deadline
         self._on_lost = on_lost
         self._out: queue.SimpleQueue[pb.SessionRequest | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._seq = itertools.count(1)
-        self._sent: dict[int, int] = {}  # renew seq -> our clock when sent; guarded by _lock
         self._call: Any = None
         self._stream_id = caller.client_id
-        self.fenced = False
         self.recalls = 0
         self.sessions_lost = 0
         self._reader = threading.Thread(target=self._read_loop, name="daxfs-session", daemon=True)
@@ -87,33 +85,35 @@ class Session:
 
     # -- the deadline ----------------------------------------------------------
 
+    @property
+    def deadline_ns(self) -> int:
+        """Our monotonic ns when the lease ends unless renewed."""
+        return self.state.deadline_ns
+
+    @property
+    def fenced(self) -> bool:
+        return self.state.fenced
+
     def lease_valid(self) -> bool:
         """True while the lease has not run out on our clock (copies check it after copying)."""
-        return not self.fenced and self._clock() < self.deadline_ns
+        with self._lock:
+            return self.state.lease_valid()
 
     def _renew_request(self) -> pb.SessionRequest:
-        seq = next(self._seq)
         with self._lock:
-            self._sent[seq] = self._clock()
+            seq = self.state.renew_sent()
         return pb.SessionRequest(caller=self.caller, renew=pb.Renew(seq=seq))
 
     def _renewed(self, event: pb.Renewed) -> None:
         with self._lock:
-            sent = self._sent.pop(event.seq, None)
-            for old in [s for s in self._sent if s < event.seq]:
-                del self._sent[old]  # answers that will never come (an earlier stream)
-        if sent is None:
-            return  # not ours (an earlier stream's), or answered already
-        lease = event.lease_ns or self.lease_ns
-        self.deadline_ns = max(self.deadline_ns, sent + lease)
-        self.fenced = False
+            self.state.renewed(event.seq, event.lease_ns)
 
     def check_deadline(self) -> None:
         """Fence everything when the lease is about to end unrenewed."""
-        margin = self.lease_ns // 6
-        if not self.fenced and self._clock() >= self.deadline_ns - margin:
+        with self._lock:
+            due = self.state.due_to_fence()
+        if due:
             log.warning("lease ends unrenewed: fencing every mapping")
-            self.fenced = True
             self._on_deadline()
 
     # -- the stream ------------------------------------------------------------
@@ -171,7 +171,8 @@ class Session:
         stale = self._stream_id
         if stale != self.caller.client_id:
             return  # a call found out first and a new session was adopted already
-        self.fenced = True
+        with self._lock:
+            self.state.lost()
         if self._on_lost(stale) is None:
             self._stop.wait(1.0)  # the server is unreachable again: retry the stream later
 
@@ -179,10 +180,8 @@ class Session:
         """A new session replaced ours (its Hello was sent at ``sent_ns``, our clock)."""
         self.sessions_lost += 1
         with self._lock:
-            self._sent.clear()
+            self.state.new_session(sent_ns)
         self.caller = caller
-        self.deadline_ns = sent_ns + self.lease_ns
-        self.fenced = False
         call = self._call
         if call is not None:
             call.cancel()  # reattach at once, under the new session
@@ -196,8 +195,9 @@ class Session:
         period = max(self.lease_ns // 3, 50_000_000)
         next_renew = self._clock() + period
         while True:
-            fence_at = self.deadline_ns - self.lease_ns // 6
-            wake = next_renew if self.fenced else min(next_renew, fence_at)
+            with self._lock:
+                fenced, fence_at = self.state.fenced, self.state.fence_at
+            wake = next_renew if fenced else min(next_renew, fence_at)
             if self._stop.wait(max(wake - self._clock(), 0) / 1e9 + 0.001):
                 return
             if self._clock() >= next_renew:

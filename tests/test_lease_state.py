@@ -114,6 +114,7 @@ def test_losing_the_session_fences_and_forgets_then_a_new_one_starts_afresh() ->
     assert not core.lease_valid()
     assert not core.renewed(seq, LEASE)  # the old session's answer
     clock.now += 1_000
+    core.forget_recalls()
     core.new_session(clock.now - 10)
     assert core.lease_valid()
     assert core.deadline_ns == clock.now - 10 + LEASE

@@ -250,6 +250,7 @@ class SimClient:
         self.log("ESTALE: fence all, new session")
         self.core.lost()
         self.fence_all()
+        self.core.forget_recalls()
         self.views.clear()
         self.lease_ids.clear()
         self.files.clear()
