@@ -11,18 +11,37 @@ Conventions:
 - Times are nanoseconds since the Unix epoch.
 - Paths are absolute and already resolved: no "." or ".." components; names
   are 1..255 bytes of UTF-8 without "/" or NUL.
+- Ids (client_id, handle, lease_id, recall_id, server_instance) are opaque
+  uint64 values, client_id and server_instance above 2^53: carry them as
+  strings or 64-bit integers (JavaScript: proto-loader `longs: String`;
+  JSON: the decimal string), never as doubles, and send them back unchanged.
 - Errors are gRPC status codes with a human message; the POSIX errno rides in
-  the trailing metadata key "daxfs-errno" (decimal). NOT_FOUND=ENOENT,
-  ALREADY_EXISTS=EEXIST, RESOURCE_EXHAUSTED=ENOSPC, INVALID_ARGUMENT=EINVAL
-  and friends, OUT_OF_RANGE=EFBIG, FAILED_PRECONDITION=ENOTDIR/EISDIR/
-  ENOTEMPTY/EBADF/ESTALE, PERMISSION_DENIED=EACCES/EPERM, DATA_LOSS=EIO.
+  the trailing metadata key "daxfs-errno" (decimal), and where the errno alone
+  is ambiguous the error's name rides in "daxfs-error" (only
+  "UnknownSession": ESTALE for a session the server does not know, as
+  opposed to a stale file handle). Every status code the server sends, with
+  the errnos it carries (Linux numbers):
+    NOT_FOUND            ENOENT(2) ENODATA(61)
+    ALREADY_EXISTS       EEXIST(17)
+    RESOURCE_EXHAUSTED   ENOSPC(28) EUSERS(87)
+    INVALID_ARGUMENT     EINVAL(22) ENAMETOOLONG(36) ERANGE(34)
+    OUT_OF_RANGE         EFBIG(27)
+    FAILED_PRECONDITION  ENOTDIR(20) EISDIR(21) ENOTEMPTY(39) EBADF(9)
+                         ESTALE(116) EBUSY(16) EROFS(30)
+    PERMISSION_DENIED    EACCES(13) EPERM(1)
+    UNIMPLEMENTED        EOPNOTSUPP(95)
+    DATA_LOSS            EIO(5)
+    INTERNAL             EIO(5)
+  EUSERS: the server holds --max-sessions sessions. INTERNAL is a server
+  bug (its log has the traceback). UNAUTHENTICATED, with no errno, refuses a
+  missing or unknown token ("authorization: Bearer <token>"; the scheme is
+  case-insensitive). UNAVAILABLE and DEADLINE_EXCEEDED come from gRPC itself.
 
 Sessions, leases and recalls (protocol "2"; README "The layout safety
 invariant" explains why each rule exists):
 - Hello opens a session. Its client_id is an opaque, random, unguessable
-  64-bit value bound to the credential that opened it: carry it as a string
-  or a 64-bit integer (JavaScript: proto-loader `longs: String`; JSON: the
-  decimal string), never as a double. 0 names no session: stateless calls
+  64-bit value (see Ids above) bound to the credential that opened it.
+  0 names no session: stateless calls
   (stat, mkdir, ...) may use it; open files and layouts need a session.
   A call naming a session the server does not know fails with ESTALE; a
   session of another credential with EPERM.
@@ -81,7 +100,11 @@ class _LayoutModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LayoutMode
     LAYOUT_MODE_UNSPECIFIED: _LayoutMode.ValueType  # 0
     """Not set: refused."""
     LAYOUT_MODE_READ: _LayoutMode.ValueType  # 1
-    """Loads only; holes stay holes."""
+    """Loads only; holes stay holes. Past the file's size (rounded up to a
+    block) a READ layout shows holes, even where blocks are preallocated,
+    unless the session holds the file open for writing (its own uncommitted
+    stores live there).
+    """
     LAYOUT_MODE_WRITE: _LayoutMode.ValueType  # 2
     """Loads and stores; every block of the range is backed by zeroed storage."""
 
@@ -91,7 +114,11 @@ class LayoutMode(_LayoutMode, metaclass=_LayoutModeEnumTypeWrapper):
 LAYOUT_MODE_UNSPECIFIED: LayoutMode.ValueType  # 0
 """Not set: refused."""
 LAYOUT_MODE_READ: LayoutMode.ValueType  # 1
-"""Loads only; holes stay holes."""
+"""Loads only; holes stay holes. Past the file's size (rounded up to a
+block) a READ layout shows holes, even where blocks are preallocated,
+unless the session holds the file open for writing (its own uncommitted
+stores live there).
+"""
 LAYOUT_MODE_WRITE: LayoutMode.ValueType  # 2
 """Loads and stores; every block of the range is backed by zeroed storage."""
 Global___LayoutMode: _TypeAlias = LayoutMode  # noqa: Y015
@@ -694,7 +721,9 @@ class CreateRequest(_message.Message):
     read: _builtins.bool
     """Open for reading."""
     write: _builtins.bool
-    """Open for writing."""
+    """Open for writing. At least one of read and write must be set
+    (INVALID_ARGUMENT otherwise: a handle open for neither serves nothing).
+    """
     append: _builtins.bool
     """O_APPEND: every Write goes to the end."""
     @_builtins.property
@@ -1218,9 +1247,11 @@ class Extent(_message.Message):
     length: _builtins.int
     """Bytes."""
     region_offset: _builtins.int
-    """Byte offset in the region; meaningless when hole is set."""
+    """Byte offset in the region; 0 when hole is set (which does not mean
+    region byte 0: a hole has no storage at all).
+    """
     hole: _builtins.bool
-    """No storage: reads as zeros."""
+    """No storage: the range reads as zeros; never load or store the region for it."""
     def __init__(
         self,
         *,
@@ -1324,7 +1355,10 @@ class Layout(_message.Message):
     length: _builtins.int
     """Bytes covered."""
     lease_id: _builtins.int
-    """Lease id for ReturnLayout."""
+    """Lease id for ReturnLayout. One lease per (session, file): every layout of
+    the file this session gets carries the same id, and returning it returns
+    them all. Opaque 64-bit.
+    """
     expires_ns: _builtins.int
     """Unused since protocol "2" (always 0): a layout is valid while the
     session's lease is, on the client's own clock (see the header).
@@ -1336,7 +1370,9 @@ class Layout(_message.Message):
     """
     @_builtins.property
     def extents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Extent]:
-        """Extents and holes in file order; together they tile the range exactly."""
+        """Extents and holes in file order; together they tile the range exactly
+        (a range past the file's size is tiled too: see LAYOUT_MODE_READ).
+        """
 
     def __init__(
         self,
@@ -1369,7 +1405,10 @@ class CommitLayoutRequest(_message.Message):
     handle: _builtins.int
     """Open file handle (opened for writing)."""
     new_size: _builtins.int
-    """New size if larger than the current one; -1 keeps the size."""
+    """New size if larger than the current one; -1 keeps the size. A smaller
+    value is not an error and shrinks nothing: two writers committing at once
+    must not undo each other's growth. Truncate with SetAttr size.
+    """
     mtime_ns: _builtins.int
     """New mtime in ns; 0 means now."""
     @_builtins.property

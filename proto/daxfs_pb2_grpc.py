@@ -403,7 +403,8 @@ class DaxfsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReturnLayout(self, request, context):
-        """Gives a lease back before it expires (pNFS LAYOUTRETURN).
+        """Gives a lease back before it expires (pNFS LAYOUTRETURN): every layout of
+        that file this session holds (a lease is per session and file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

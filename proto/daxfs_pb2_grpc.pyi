@@ -11,18 +11,37 @@ Conventions:
 - Times are nanoseconds since the Unix epoch.
 - Paths are absolute and already resolved: no "." or ".." components; names
   are 1..255 bytes of UTF-8 without "/" or NUL.
+- Ids (client_id, handle, lease_id, recall_id, server_instance) are opaque
+  uint64 values, client_id and server_instance above 2^53: carry them as
+  strings or 64-bit integers (JavaScript: proto-loader `longs: String`;
+  JSON: the decimal string), never as doubles, and send them back unchanged.
 - Errors are gRPC status codes with a human message; the POSIX errno rides in
-  the trailing metadata key "daxfs-errno" (decimal). NOT_FOUND=ENOENT,
-  ALREADY_EXISTS=EEXIST, RESOURCE_EXHAUSTED=ENOSPC, INVALID_ARGUMENT=EINVAL
-  and friends, OUT_OF_RANGE=EFBIG, FAILED_PRECONDITION=ENOTDIR/EISDIR/
-  ENOTEMPTY/EBADF/ESTALE, PERMISSION_DENIED=EACCES/EPERM, DATA_LOSS=EIO.
+  the trailing metadata key "daxfs-errno" (decimal), and where the errno alone
+  is ambiguous the error's name rides in "daxfs-error" (only
+  "UnknownSession": ESTALE for a session the server does not know, as
+  opposed to a stale file handle). Every status code the server sends, with
+  the errnos it carries (Linux numbers):
+    NOT_FOUND            ENOENT(2) ENODATA(61)
+    ALREADY_EXISTS       EEXIST(17)
+    RESOURCE_EXHAUSTED   ENOSPC(28) EUSERS(87)
+    INVALID_ARGUMENT     EINVAL(22) ENAMETOOLONG(36) ERANGE(34)
+    OUT_OF_RANGE         EFBIG(27)
+    FAILED_PRECONDITION  ENOTDIR(20) EISDIR(21) ENOTEMPTY(39) EBADF(9)
+                         ESTALE(116) EBUSY(16) EROFS(30)
+    PERMISSION_DENIED    EACCES(13) EPERM(1)
+    UNIMPLEMENTED        EOPNOTSUPP(95)
+    DATA_LOSS            EIO(5)
+    INTERNAL             EIO(5)
+  EUSERS: the server holds --max-sessions sessions. INTERNAL is a server
+  bug (its log has the traceback). UNAUTHENTICATED, with no errno, refuses a
+  missing or unknown token ("authorization: Bearer <token>"; the scheme is
+  case-insensitive). UNAVAILABLE and DEADLINE_EXCEEDED come from gRPC itself.
 
 Sessions, leases and recalls (protocol "2"; README "The layout safety
 invariant" explains why each rule exists):
 - Hello opens a session. Its client_id is an opaque, random, unguessable
-  64-bit value bound to the credential that opened it: carry it as a string
-  or a 64-bit integer (JavaScript: proto-loader `longs: String`; JSON: the
-  decimal string), never as a double. 0 names no session: stateless calls
+  64-bit value (see Ids above) bound to the credential that opened it.
+  0 names no session: stateless calls
   (stat, mkdir, ...) may use it; open files and layouts need a session.
   A call naming a session the server does not know fails with ESTALE; a
   session of another credential with EPERM.
@@ -152,7 +171,9 @@ class DaxfsStub:
     CommitLayout: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.CommitLayoutRequest, _daxfs_pb2.Attr]
     """Publishes writes made through a layout: new size and mtime (pNFS LAYOUTCOMMIT)."""
     ReturnLayout: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.ReturnLayoutRequest, _daxfs_pb2.Empty]
-    """Gives a lease back before it expires (pNFS LAYOUTRETURN)."""
+    """Gives a lease back before it expires (pNFS LAYOUTRETURN): every layout of
+    that file this session holds (a lease is per session and file).
+    """
     Allocate: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.AllocateRequest, _daxfs_pb2.Attr]
     """Preallocates storage for a range (fallocate), optionally in one extent."""
     Read: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.ReadRequest, _daxfs_pb2.ReadReply]
@@ -235,7 +256,9 @@ class DaxfsAsyncStub(DaxfsStub):
     CommitLayout: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.CommitLayoutRequest, _daxfs_pb2.Attr]  # type: ignore[assignment]
     """Publishes writes made through a layout: new size and mtime (pNFS LAYOUTCOMMIT)."""
     ReturnLayout: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.ReturnLayoutRequest, _daxfs_pb2.Empty]  # type: ignore[assignment]
-    """Gives a lease back before it expires (pNFS LAYOUTRETURN)."""
+    """Gives a lease back before it expires (pNFS LAYOUTRETURN): every layout of
+    that file this session holds (a lease is per session and file).
+    """
     Allocate: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.AllocateRequest, _daxfs_pb2.Attr]  # type: ignore[assignment]
     """Preallocates storage for a range (fallocate), optionally in one extent."""
     Read: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.ReadRequest, _daxfs_pb2.ReadReply]  # type: ignore[assignment]
@@ -483,7 +506,9 @@ class DaxfsServicer(metaclass=_abc_1.ABCMeta):
         request: _daxfs_pb2.ReturnLayoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_daxfs_pb2.Empty, _abc.Awaitable[_daxfs_pb2.Empty]]:
-        """Gives a lease back before it expires (pNFS LAYOUTRETURN)."""
+        """Gives a lease back before it expires (pNFS LAYOUTRETURN): every layout of
+        that file this session holds (a lease is per session and file).
+        """
 
     @_abc_1.abstractmethod
     def Allocate(

@@ -35,8 +35,8 @@ def credential_of(context: grpc.ServicerContext) -> str:
     """
     for key, value in context.invocation_metadata() or ():
         if key == METADATA_KEY:
-            raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
-            return "bearer:" + hashlib.sha256(raw).hexdigest()[:12]
+            token = bearer_token(value) or b""
+            return "bearer:" + hashlib.sha256(token).hexdigest()[:12]
     return ""
 
 
@@ -52,9 +52,21 @@ def bearer(token: str) -> str:
     return f"{AUTH_SCHEME} {token}"
 
 
+def bearer_token(value: str | bytes) -> bytes | None:
+    """The token of an ``authorization`` value, or None if it is not ``Bearer <token>``.
+
+    The scheme is case-insensitive (RFC 7235 section 2.1, RFC 6750 section 2.1).
+    """
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    scheme, _, token = raw.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return token.strip()
+
+
 class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, token: str) -> None:
-        self._expected = bearer(token).encode()
+        self._expected = token.encode()
 
     def intercept_service(
         self,
@@ -69,7 +81,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         for key, value in handler_call_details.invocation_metadata or ():
             if key == METADATA_KEY:
                 got = value if isinstance(value, str) else value.decode("latin-1")
-        if hmac.compare_digest(got.encode("utf-8", "surrogateescape"), self._expected):
+        token = bearer_token(got)
+        if token is not None and hmac.compare_digest(token, self._expected):
             return handler
         log.warning("refused %s: %s token", method, "wrong" if got else "missing")
         return _deny_like(handler, "missing token" if not got else "wrong token")

@@ -1184,11 +1184,23 @@ class Namespace:
                 raise errors.BadHandle("handle not open for reading")
             if write and length:
                 self._ensure_allocated(of.ino, offset, offset + length, contiguous=contiguous)
-            mapped = self.meta.extents_in(of.ino, offset, offset + length)
-            tiles = tuple(fill_holes(mapped, offset, offset + length))
+            end = offset + length
+            mapped = self.meta.extents_in(of.ino, offset, end)
+            if not write and mapped and not self._writes(caller.client, of.ino):
+                # Preallocation past EOF is not data: a reader sees holes there
+                # (a writer sees its own uncommitted stores).
+                eof = align_up(self._inode(of.ino).size, self.block_size)
+                mapped = [p for e in mapped if (p := e.clip(offset, min(end, eof)))]
+            tiles = tuple(fill_holes(mapped, offset, end))
             lease = self.leases.grant(caller.client, of.ino)
             self.counters.layouts += 1
             return Layout(offset, length, tiles, lease.id, lease.granted_seq)
+
+    def _writes(self, client: ClientId, ino: InodeId) -> bool:
+        """Whether ``client`` holds ``ino`` open for writing (its stores may lie past EOF)."""
+        return any(
+            of.writable and of.client == client and of.ino == ino for of in self._opens.values()
+        )
 
     def commit_layout(
         self, fh: int, caller: Caller, *, new_size: int | None = None, mtime_ns: int | None = None

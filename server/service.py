@@ -25,7 +25,13 @@ from daxfs.server.auth import credential_of
 from daxfs.server.leases import RecallNotice
 from daxfs.server.namespace import Attr, Caller, Namespace
 from daxfs.server.sessions import SessionHub, StreamEnd
-from daxfs.shared.errors import BY_NAME, DaxfsError, StaleHandle, TooManySessions
+from daxfs.shared.errors import (
+    BY_NAME,
+    DaxfsError,
+    InvalidArgument,
+    StaleHandle,
+    TooManySessions,
+)
 from daxfs.shared.extent import ClientId, Extent
 from daxfs.shared.limits import ERRNO_KEY, ERROR_KEY
 
@@ -326,6 +332,10 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     @_edge
     def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.OpenReply:
         r = request
+        if not (r.read or r.write):
+            raise InvalidArgument(
+                "Create needs read or write: a handle open for neither serves nothing"
+            )
         opened = self.ns.create(
             r.path,
             r.mode,
@@ -447,8 +457,6 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     def GetLayout(self, request: pb.GetLayoutRequest, context: grpc.ServicerContext) -> pb.Layout:
         r = request
         if r.mode not in (pb.LAYOUT_MODE_READ, pb.LAYOUT_MODE_WRITE):
-            from daxfs.shared.errors import InvalidArgument
-
             raise InvalidArgument(f"layout mode {r.mode} is not READ or WRITE")
         lay = self.ns.get_layout(
             r.handle,
