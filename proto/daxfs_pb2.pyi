@@ -1684,6 +1684,7 @@ class StatsReply(_message.Message):
     SESSIONS_FIELD_NUMBER: _builtins.int
     SESSIONS_OPEN_FIELD_NUMBER: _builtins.int
     RECALL_WAITS_TIMED_OUT_FIELD_NUMBER: _builtins.int
+    AUTH_REFUSALS_FIELD_NUMBER: _builtins.int
     read_calls: _builtins.int
     """Read RPCs served."""
     read_bytes: _builtins.int
@@ -1714,6 +1715,11 @@ class StatsReply(_message.Message):
     """Calls that freed blocks and stopped waiting for an attached client's
     RecallDone after 2 s (the blocks stay in quarantine until it answers).
     """
+    auth_refusals: _builtins.int
+    """Calls refused for their credential: a missing or unknown token, or what
+    the credential's policy forbids (read-only, another credential's
+    session). The server logs each with the credential's name.
+    """
     def __init__(
         self,
         *,
@@ -1731,10 +1737,11 @@ class StatsReply(_message.Message):
         sessions: _builtins.int = ...,
         sessions_open: _builtins.int = ...,
         recall_waits_timed_out: _builtins.int = ...,
+        auth_refusals: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "layouts", b"layouts", "leases", b"leases", "open_files", b"open_files", "pending_recalls", b"pending_recalls", "quarantined_bytes", b"quarantined_bytes", "read_bytes", b"read_bytes", "read_calls", b"read_calls", "recall_waits_timed_out", b"recall_waits_timed_out", "recalls_sent", b"recalls_sent", "sessions", b"sessions", "sessions_open", b"sessions_open", "write_bytes", b"write_bytes", "write_calls", b"write_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_refusals", b"auth_refusals", "free_bytes", b"free_bytes", "layouts", b"layouts", "leases", b"leases", "open_files", b"open_files", "pending_recalls", b"pending_recalls", "quarantined_bytes", b"quarantined_bytes", "read_bytes", b"read_bytes", "read_calls", b"read_calls", "recall_waits_timed_out", b"recall_waits_timed_out", "recalls_sent", b"recalls_sent", "sessions", b"sessions", "sessions_open", b"sessions_open", "write_bytes", b"write_bytes", "write_calls", b"write_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

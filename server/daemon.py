@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
-from daxfs.server.auth import TokenAuthInterceptor
+from daxfs.server.auth import Keyring, TokenAuthInterceptor
 from daxfs.server.leases import DEFAULT_MAX_SESSIONS
 from daxfs.server.namespace import Namespace
 from daxfs.server.service import DaxfsServicer
@@ -52,8 +52,9 @@ class ServerConfig:
     announce_region: str | None = None
     #: Layout lease duration in ns (None: leases.DEFAULT_LEASE_NS).
     lease_ns: int | None = None
-    #: Shared secret clients must send; None accepts everyone who can reach the socket.
-    token: str | None = None
+    #: Credentials clients must present (--token-file); None accepts everyone who
+    #: can reach the socket, as trusted.
+    keyring: Keyring | None = None
     #: TLS for TCP listening: PEM certificate chain and private key files.
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -61,6 +62,8 @@ class ServerConfig:
     socket_group: str | None = None
     #: Sessions accepted at once; each attached session stream holds a thread.
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    #: Listen on TCP without TLS (the operator says the network is private).
+    insecure: bool = False
 
 
 def unix_path(listen: str) -> str | None:
@@ -79,7 +82,7 @@ def create_server(
     region_path: str,
     workers: int = 64,
     socket_mode: int = 0o600,
-    token: str | None = None,
+    keyring: Keyring | None = None,
     tls: tuple[bytes, bytes] | None = None,
     socket_gid: int | None = None,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -100,14 +103,14 @@ def create_server(
         futures.ThreadPoolExecutor(
             max_workers=workers + max_streams, thread_name_prefix="daxfs-rpc"
         ),
-        interceptors=[TokenAuthInterceptor(token)] if token else [],
+        interceptors=[TokenAuthInterceptor(keyring)] if keyring and keyring.required else [],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = DaxfsServicer(ns, region_path=region_path, max_streams=max_streams)
+    servicer = DaxfsServicer(ns, region_path=region_path, max_streams=max_streams, keyring=keyring)
     pb_grpc.add_DaxfsServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -164,6 +167,30 @@ def _enable_reflection(server: grpc.Server, services: tuple[str, ...]) -> None:
     )
 
 
+def check_transport(config: ServerConfig) -> None:
+    """Refuse plain TCP unless the operator said --insecure; say why."""
+    plain = config.tls_cert is None and config.tls_key is None
+    if unix_path(config.listen) is not None or not plain:
+        return
+    if not config.insecure:
+        raise InvalidArgument(
+            f"refusing to listen on {config.listen} without TLS: tokens and every file's "
+            "metadata would cross the network in clear"
+            + (
+                ""
+                if config.keyring
+                else ", and without --token-file anyone who reaches the "
+                "port acts as any uid, root included"
+            )
+            + ". Pass --tls-cert and --tls-key, or --insecure if the network is private"
+        )
+    log.warning(
+        "listening on %s without TLS (--insecure)%s",
+        config.listen,
+        "" if config.keyring else " and without a token: anyone who reaches it is root",
+    )
+
+
 def _read_tls(config: ServerConfig) -> tuple[bytes, bytes] | None:
     """(certificate chain, private key) PEM bytes, or None for plaintext."""
     if config.tls_cert is None and config.tls_key is None:
@@ -209,6 +236,7 @@ def _sweeper(ns: Namespace, stop: threading.Event, health_servicer: health.Healt
 
 def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status."""
+    check_transport(config)
     if config.format:
         format_volume(config.region, config.meta, config.size, config.block_size)
     ns = open_volume(
@@ -236,7 +264,7 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
             region_path=config.announce_region or os.path.abspath(config.region),
             workers=config.workers,
             socket_mode=config.socket_mode,
-            token=config.token,
+            keyring=config.keyring,
             tls=_read_tls(config),
             socket_gid=_group_id(config.socket_group),
             max_sessions=config.max_sessions,

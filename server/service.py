@@ -21,7 +21,7 @@ import grpc
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
-from daxfs.server.auth import credential_of
+from daxfs.server.auth import Keyring
 from daxfs.server.leases import RecallNotice
 from daxfs.server.namespace import Attr, Caller, Namespace
 from daxfs.server.sessions import SessionHub, StreamEnd
@@ -29,6 +29,8 @@ from daxfs.shared.errors import (
     BY_NAME,
     DaxfsError,
     InvalidArgument,
+    NotPermitted,
+    ReadOnly,
     StaleHandle,
     TooManySessions,
 )
@@ -137,21 +139,50 @@ def recall_event(notice: RecallNotice) -> pb.SessionEvent:
 class DaxfsServicer(pb_grpc.DaxfsServicer):
     """The gRPC edge. ``max_streams`` bounds the worker threads session streams may hold."""
 
-    def __init__(self, ns: Namespace, *, region_path: str, max_streams: int = 1024) -> None:
+    def __init__(
+        self,
+        ns: Namespace,
+        *,
+        region_path: str,
+        max_streams: int = 1024,
+        keyring: Keyring | None = None,
+    ) -> None:
         self.ns = ns
+        self.keyring = keyring or Keyring([])
         self.region_path = region_path
         self.hub = SessionHub()
         self._streams = threading.BoundedSemaphore(max_streams)
         self.max_streams = max_streams
         ns.notify = self.hub.deliver
 
-    def _caller(self, msg: pb.Caller, context: grpc.ServicerContext) -> Caller:
-        """The request's Caller, bound to the connection's credential; its session must be live."""
-        caller = Caller(
-            msg.uid, msg.gid, tuple(msg.groups), ClientId(msg.client_id), credential_of(context)
-        )
-        self.ns.check_session(caller)
+    def _caller(
+        self, msg: pb.Caller, context: grpc.ServicerContext, *, change: str | None = None
+    ) -> Caller:
+        """Who asks, as the call's credential allows; its session must be live and its own.
+
+        The request's ids are a claim: the credential's policy replaces those it
+        may not assert. ``change`` names what the call would change, refused
+        (EROFS) for a read-only credential.
+        """
+        cred = self.keyring.identify(context)
+        policy = cred.policy
+        if change is not None and policy.read_only:
+            raise self._refused(
+                cred.name,
+                context,
+                ReadOnly(f"credential {cred.name} is read-only: {change} refused"),
+            )
+        uid, gid, groups = policy.identity(msg.uid, msg.gid, tuple(msg.groups))
+        caller = Caller(uid, gid, groups, ClientId(msg.client_id), cred.name)
+        try:
+            self.ns.check_session(caller)
+        except NotPermitted as exc:
+            raise self._refused(cred.name, context, exc) from None
         return caller
+
+    def _refused(self, who: str, context: grpc.ServicerContext, exc: DaxfsError) -> DaxfsError:
+        self.keyring.refused(who, "call", str(exc), context.peer())
+        return exc
 
     def Session(
         self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
@@ -248,7 +279,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
 
     @_edge
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        session = self.ns.hello(credential_of(context), request.client_name or "?")
+        session = self.ns.hello(self.keyring.identify(context).name, request.client_name or "?")
         sb = self.ns.region.superblock
         return pb.HelloReply(
             client_id=session.id,
@@ -294,7 +325,9 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
 
     @_edge
     def Evict(self, request: pb.EvictRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.evict(ClientId(request.client_id), self._caller(request.caller, context))
+        self.ns.evict(
+            ClientId(request.client_id), self._caller(request.caller, context, change="Evict")
+        )
         return pb.Empty()
 
     @_edge
@@ -316,7 +349,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         return attr_msg(
             self.ns.setattr(
                 r.path or None,
-                self._caller(r.caller, context),
+                self._caller(r.caller, context, change="SetAttr"),
                 fh=r.handle or None,
                 mode=r.mode if r.HasField("mode") else None,
                 uid=r.uid if r.HasField("uid") else None,
@@ -339,7 +372,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         opened = self.ns.create(
             r.path,
             r.mode,
-            self._caller(r.caller, context),
+            self._caller(r.caller, context, change="Create"),
             exclusive=r.exclusive,
             truncate=r.truncate,
             readable=r.read,
@@ -353,7 +386,9 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         r = request
         opened = self.ns.open(
             r.path,
-            self._caller(r.caller, context),
+            self._caller(
+                r.caller, context, change="Open for writing" if r.write or r.truncate else None
+            ),
             readable=r.read,
             writable=r.write,
             append=r.append,
@@ -369,29 +404,35 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     @_edge
     def Mkdir(self, request: pb.MkdirRequest, context: grpc.ServicerContext) -> pb.Attr:
         return attr_msg(
-            self.ns.mkdir(request.path, request.mode, self._caller(request.caller, context))
+            self.ns.mkdir(
+                request.path, request.mode, self._caller(request.caller, context, change="Mkdir")
+            )
         )
 
     @_edge
     def Unlink(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.unlink(request.path, self._caller(request.caller, context))
+        self.ns.unlink(request.path, self._caller(request.caller, context, change="Unlink"))
         return pb.Empty()
 
     @_edge
     def Rmdir(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.rmdir(request.path, self._caller(request.caller, context))
+        self.ns.rmdir(request.path, self._caller(request.caller, context, change="Rmdir"))
         return pb.Empty()
 
     @_edge
     def Rename(self, request: pb.RenameRequest, context: grpc.ServicerContext) -> pb.Empty:
         r = request
-        self.ns.rename(r.old_path, r.new_path, self._caller(r.caller, context), flags=r.flags)
+        self.ns.rename(
+            r.old_path, r.new_path, self._caller(r.caller, context, change="Rename"), flags=r.flags
+        )
         return pb.Empty()
 
     @_edge
     def Symlink(self, request: pb.SymlinkRequest, context: grpc.ServicerContext) -> pb.Attr:
         r = request
-        return attr_msg(self.ns.symlink(r.target, r.path, self._caller(r.caller, context)))
+        return attr_msg(
+            self.ns.symlink(r.target, r.path, self._caller(r.caller, context, change="Symlink"))
+        )
 
     @_edge
     def Readlink(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.ReadlinkReply:
@@ -402,7 +443,9 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     @_edge
     def Link(self, request: pb.LinkRequest, context: grpc.ServicerContext) -> pb.Attr:
         r = request
-        return attr_msg(self.ns.link(r.existing, r.new_path, self._caller(r.caller, context)))
+        return attr_msg(
+            self.ns.link(r.existing, r.new_path, self._caller(r.caller, context, change="Link"))
+        )
 
     @_edge
     def ReadDir(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.ReadDirReply:
@@ -432,7 +475,13 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     @_edge
     def SetXattr(self, request: pb.XattrRequest, context: grpc.ServicerContext) -> pb.Empty:
         r = request
-        self.ns.setxattr(r.path, r.name, r.value, self._caller(r.caller, context), flags=r.flags)
+        self.ns.setxattr(
+            r.path,
+            r.name,
+            r.value,
+            self._caller(r.caller, context, change="SetXattr"),
+            flags=r.flags,
+        )
         return pb.Empty()
 
     @_edge
@@ -445,7 +494,9 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
 
     @_edge
     def RemoveXattr(self, request: pb.XattrRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.removexattr(request.path, request.name, self._caller(request.caller, context))
+        self.ns.removexattr(
+            request.path, request.name, self._caller(request.caller, context, change="RemoveXattr")
+        )
         return pb.Empty()
 
     @_edge
@@ -462,7 +513,11 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             r.handle,
             r.offset,
             r.length,
-            self._caller(r.caller, context),
+            self._caller(
+                r.caller,
+                context,
+                change="a WRITE layout" if r.mode == pb.LAYOUT_MODE_WRITE else None,
+            ),
             write=r.mode == pb.LAYOUT_MODE_WRITE,
             contiguous=r.contiguous,
         )
@@ -482,7 +537,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         return attr_msg(
             self.ns.commit_layout(
                 r.handle,
-                self._caller(r.caller, context),
+                self._caller(r.caller, context, change="CommitLayout"),
                 new_size=None if r.new_size < 0 else r.new_size,
                 mtime_ns=r.mtime_ns or None,
             )
@@ -503,7 +558,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 r.handle,
                 r.offset,
                 r.length,
-                self._caller(r.caller, context),
+                self._caller(r.caller, context, change="Allocate"),
                 keep_size=r.keep_size,
                 contiguous=r.contiguous,
             )
@@ -520,7 +575,9 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteReply:
         r = request
         return pb.WriteReply(
-            written=self.ns.write(r.handle, r.offset, r.data, self._caller(r.caller, context))
+            written=self.ns.write(
+                r.handle, r.offset, r.data, self._caller(r.caller, context, change="Write")
+            )
         )
 
     @_edge
@@ -546,4 +603,5 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             sessions=len(self.hub),
             sessions_open=len(self.ns.sessions()),
             recall_waits_timed_out=c.recall_waits_timed_out,
+            auth_refusals=self.keyring.refusals,
         )

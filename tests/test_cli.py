@@ -99,7 +99,7 @@ def test_fresh_server_creates_the_embedded_region_and_reopens_it(workdir: Path) 
 def test_server_over_tcp(volume: Volume) -> None:
     from daxfs.client import connect
 
-    with tcp_server(volume, "127.0.0.1:0") as address:
+    with tcp_server(volume, "127.0.0.1:0", "--insecure") as address:
         assert address.startswith("127.0.0.1:")
         with connect(address) as c, c.open("/tcp", "wb") as f:
             f.write(b"over tcp")

@@ -49,8 +49,9 @@ def test_missing_or_wrong_token_is_refused_and_logged(
     with pytest.raises(errors.PermissionDenied, match="wrong token"):
         connect(auth_server.address, token=TOKEN + "x")
     log = auth_server.log.read_text()
-    assert "refused /daxfs.v1.Daxfs/Hello: missing token" in log
-    assert "refused /daxfs.v1.Daxfs/Hello: wrong token" in log
+    assert 'refused /daxfs.v1.Daxfs/Hello credential="" peer=: missing token' in log
+    assert "refused /daxfs.v1.Daxfs/Hello credential=unknown:" in log
+    assert ": wrong token" in log
     with connect(auth_server.address, token_file=str(token_file)) as c:
         with c.open("/f", "wb") as f:
             f.write(b"authenticated")

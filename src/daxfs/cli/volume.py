@@ -7,12 +7,16 @@ import dataclasses
 import logging
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from daxfs.cli.arguments import Subcommands, add_volume_options, block_size, byte_size, meta_path
 from daxfs.shared.address import normalize_address
 from daxfs.shared.errors import DaxfsError, QuietError
 from daxfs.shared.format import DEFAULT_BLOCK_SIZE, GIB, HUGE_BLOCK_SIZE
 from daxfs.shared.region import DEFAULT_REGION_PATH
+
+if TYPE_CHECKING:
+    from daxfs.server.auth import Keyring
 
 log = logging.getLogger("daxfs")
 
@@ -62,10 +66,11 @@ def cmd_server(args: argparse.Namespace) -> int:
         socket_mode=int(args.socket_mode, 8),
         announce_region=args.announce_region,
         lease_ns=None if args.lease_seconds is None else int(args.lease_seconds * 1e9),
-        token=_server_token(args.token_file),
+        keyring=_server_keyring(args.token_file),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         socket_group=args.socket_group,
+        insecure=args.insecure,
     )
     if args.max_sessions is not None:
         if args.max_sessions < 1:
@@ -74,13 +79,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     return serve(config)
 
 
-def _server_token(path: str | None) -> str | None:
+def _server_keyring(path: str | None) -> Keyring | None:
     if path is None:
         return None
-    from daxfs.server.auth import read_token
+    from daxfs.server.auth import read_keyring
 
     try:
-        return read_token(path)
+        return read_keyring(path)
     except (OSError, ValueError) as exc:
         raise QuietError(f"--token-file: {exc}", 1) from None
 
@@ -151,7 +156,14 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--format", action="store_true", help="erase and format the region first")
     p.add_argument("--socket-mode", default="600", help="octal mode of the unix socket")
     p.add_argument("--announce-region", help="region path to tell clients (default: --region)")
-    p.add_argument("--token-file", help="clients must send this file's token (>= 16 chars)")
+    p.add_argument(
+        "--token-file",
+        help="clients must send a token of this file: one token (>= 16 chars), or lines of "
+        "NAME TOKEN POLICY (README, Security)",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="allow TCP without TLS (a private network only)"
+    )
     p.add_argument("--tls-cert", help="PEM certificate chain for TCP listening")
     p.add_argument("--tls-key", help="PEM private key for TCP listening")
     p.add_argument("--socket-group", help="group allowed to use the unix socket (mode 0660)")
