@@ -6,9 +6,12 @@ socket or port 0 and drive a real server in-process.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import signal
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import Keyring, TokenAuthInterceptor
 from daxfs.server.leases import DEFAULT_MAX_SESSIONS
 from daxfs.server.namespace import Namespace
+from daxfs.server.peercred import PeerRelay, PeerTable, private_socket_dir
 from daxfs.server.service import DaxfsServicer
 from daxfs.server.volume import close_volume, format_volume, open_volume
 from daxfs.shared.errors import InvalidArgument
@@ -64,6 +68,8 @@ class ServerConfig:
     max_sessions: int = DEFAULT_MAX_SESSIONS
     #: Listen on TCP without TLS (the operator says the network is private).
     insecure: bool = False
+    #: On the unix socket, a non-root peer acts as its own uid (SO_PEERCRED relay).
+    peer_credentials: bool = False
 
 
 def unix_path(listen: str) -> str | None:
@@ -86,6 +92,7 @@ def create_server(
     tls: tuple[bytes, bytes] | None = None,
     socket_gid: int | None = None,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
+    peer_credentials: bool = False,
 ) -> tuple[grpc.Server, str, health.HealthServicer]:
     """Build and start a server; returns it, the address it answers on, and its health servicer.
 
@@ -97,6 +104,10 @@ def create_server(
     ordinary calls *plus* one per possible stream, and the servicer refuses
     streams beyond ``max_sessions`` (RESOURCE_EXHAUSTED): health and ordinary
     calls never wait behind sessions. Threads are created on demand.
+
+    ``peer_credentials`` (unix socket only) puts a relay on the public socket
+    that tells the servicer which process each connection comes from
+    (server/peercred.py); gRPC itself listens in a private 0700 directory.
     """
     max_streams = max_sessions + STREAM_HEADROOM
     server = grpc.server(
@@ -110,12 +121,15 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = DaxfsServicer(ns, region_path=region_path, max_streams=max_streams, keyring=keyring)
+    path = unix_path(listen)
+    peers = PeerTable() if peer_credentials and path is not None else None
+    servicer = DaxfsServicer(
+        ns, region_path=region_path, max_streams=max_streams, keyring=keyring, peers=peers
+    )
     pb_grpc.add_DaxfsServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
-    path = unix_path(listen)
     if path is not None:
         if not path:
             raise InvalidArgument(f"empty unix socket path in {listen!r}")
@@ -123,8 +137,19 @@ def create_server(
         tmp = f"{path}.{os.getpid()}.tmp"
         if os.path.exists(tmp):
             os.unlink(tmp)
-        server.add_insecure_port(f"unix:{tmp}")
-        server.start()
+        if peers is None:
+            server.add_insecure_port(f"unix:{tmp}")
+            server.start()
+        else:
+            private_dir = private_socket_dir(path)
+            atexit.register(shutil.rmtree, private_dir, True)
+            private = os.path.join(private_dir, "grpc.sock")
+            server.add_insecure_port(f"unix:{private}")
+            server.start()
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(tmp)
+            listener.listen(128)
+            PeerRelay(listener, private, peers).start()
         if socket_gid is not None:
             os.chown(tmp, -1, socket_gid)
             socket_mode |= 0o060
@@ -170,6 +195,8 @@ def _enable_reflection(server: grpc.Server, services: tuple[str, ...]) -> None:
 def check_transport(config: ServerConfig) -> None:
     """Refuse plain TCP unless the operator said --insecure; say why."""
     plain = config.tls_cert is None and config.tls_key is None
+    if unix_path(config.listen) is None and config.peer_credentials:
+        raise InvalidArgument("--peer-credentials applies to a unix socket (--listen unix:PATH)")
     if unix_path(config.listen) is not None or not plain:
         return
     if not config.insecure:
@@ -268,6 +295,7 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
             tls=_read_tls(config),
             socket_gid=_group_id(config.socket_group),
             max_sessions=config.max_sessions,
+            peer_credentials=config.peer_credentials,
         )
     except BaseException:
         close_volume(ns)

@@ -24,6 +24,7 @@ from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import Keyring
 from daxfs.server.leases import RecallNotice
 from daxfs.server.namespace import Attr, Caller, Namespace
+from daxfs.server.peercred import PeerTable
 from daxfs.server.sessions import SessionHub, StreamEnd
 from daxfs.shared.errors import (
     BY_NAME,
@@ -146,9 +147,12 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         region_path: str,
         max_streams: int = 1024,
         keyring: Keyring | None = None,
+        peers: PeerTable | None = None,
     ) -> None:
         self.ns = ns
         self.keyring = keyring or Keyring([])
+        #: Identities of unix socket peers (--peer-credentials), by gRPC peer address.
+        self.peers = peers
         self.region_path = region_path
         self.hub = SessionHub()
         self._streams = threading.BoundedSemaphore(max_streams)
@@ -160,9 +164,10 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     ) -> Caller:
         """Who asks, as the call's credential allows; its session must be live and its own.
 
-        The request's ids are a claim: the credential's policy replaces those it
-        may not assert. ``change`` names what the call would change, refused
-        (EROFS) for a read-only credential.
+        The request's ids are a claim: a non-root unix socket peer acts as
+        itself (with --peer-credentials), and the credential's policy replaces
+        the ids it may not assert. ``change`` names what the call would change,
+        refused (EROFS) for a read-only credential.
         """
         cred = self.keyring.identify(context)
         policy = cred.policy
@@ -172,7 +177,14 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 context,
                 ReadOnly(f"credential {cred.name} is read-only: {change} refused"),
             )
-        uid, gid, groups = policy.identity(msg.uid, msg.gid, tuple(msg.groups))
+        claimed = (msg.uid, msg.gid, tuple(msg.groups))
+        if self.peers is not None:
+            peer = self.peers.lookup(context.peer())
+            if peer is None:  # only the relay reaches gRPC's socket: fail closed
+                raise self._refused(cred.name, context, NotPermitted("unknown socket peer"))
+            if peer.uid != 0:
+                claimed = (peer.uid, peer.gid, peer.groups)
+        uid, gid, groups = policy.identity(*claimed)
         caller = Caller(uid, gid, groups, ClientId(msg.client_id), cred.name)
         try:
             self.ns.check_session(caller)

@@ -71,6 +71,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         socket_group=args.socket_group,
         insecure=args.insecure,
+        peer_credentials=args.peer_credentials,
     )
     if args.max_sessions is not None:
         if args.max_sessions < 1:
@@ -163,6 +164,11 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument(
         "--insecure", action="store_true", help="allow TCP without TLS (a private network only)"
+    )
+    p.add_argument(
+        "--peer-credentials",
+        action="store_true",
+        help="on the unix socket, a non-root process acts as its own uid (SO_PEERCRED)",
     )
     p.add_argument("--tls-cert", help="PEM certificate chain for TCP listening")
     p.add_argument("--tls-key", help="PEM private key for TCP listening")

@@ -1,0 +1,106 @@
+"""On the unix socket the kernel says who connected (SO_PEERCRED, ``--peer-credentials``).
+
+A non-root process acts as itself whatever its Caller claims; a root peer (a
+FUSE daemon acting for its callers) may assert ids. The non-root process is
+a real one: it drops to nobody before it connects, as the kernel records the
+peer's credentials at connect().
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daxfs.client import connect
+from daxfs.shared import errors
+from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server
+
+NOBODY = 65534
+
+AS_NOBODY = textwrap.dedent(
+    """
+    import os, sys
+    import grpc
+    from daxfs.proto import daxfs_pb2 as pb, daxfs_pb2_grpc as pb_grpc
+
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)  # before connecting
+    stub = pb_grpc.DaxfsStub(grpc.insecure_channel(sys.argv[1]))
+    hello = stub.Hello(pb.HelloRequest(client_name="nobody"), timeout=30)
+    claims_root = pb.Caller(uid=0, gid=0, groups=[0], client_id=hello.client_id)
+    try:
+        stub.Open(pb.OpenRequest(caller=claims_root, path="/secret", read=True), timeout=30)
+        print("secret: read")
+    except grpc.RpcError as exc:
+        print("secret:", exc.code().name)
+    made = stub.Create(
+        pb.CreateRequest(caller=claims_root, path="/pub/mine", mode=0o644, write=True),
+        timeout=30,
+    )
+    print("owner:", made.attr.uid, made.attr.gid)
+    stub.Release(pb.ReleaseRequest(caller=claims_root, handle=made.handle), timeout=30)
+    try:
+        stub.ListSessions(pb.ListSessionsRequest(caller=claims_root), timeout=30)
+        print("sessions: listed")
+    except grpc.RpcError as exc:
+        print("sessions:", exc.code().name)
+    stub.Goodbye(pb.GoodbyeRequest(caller=claims_root), timeout=30)
+    """
+)
+
+
+@pytest.fixture
+def peer_server(volume: Volume, workdir: Path) -> Iterator[ServerProc]:
+    workdir.chmod(0o755)  # nobody must reach the socket
+    srv = start_server(volume, "--peer-credentials", "--socket-mode", "666")
+    yield srv
+    assert srv.stop() == 0
+    assert "Traceback" not in srv.log.read_text()
+    assert_fsck_clean(volume)
+
+
+def test_a_non_root_peer_acts_as_itself_whatever_it_claims(peer_server: ServerProc) -> None:
+    with connect(peer_server.address) as root:
+        with root.open("/secret", "wb") as f:
+            f.write(b"root only")
+        root.chmod("/secret", 0o600)
+        root.mkdir("/pub")
+        root.chmod("/pub", 0o777)
+        out = subprocess.run(
+            [sys.executable, "-c", AS_NOBODY, peer_server.address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split("\n")[:3] == [
+            "secret: PERMISSION_DENIED",
+            f"owner: {NOBODY} {NOBODY}",
+            "sessions: PERMISSION_DENIED",
+        ]
+        assert root.stat("/pub/mine").uid == NOBODY
+        root.unlink("/pub/mine")
+        root.rmdir("/pub")
+        root.unlink("/secret")
+
+
+def test_a_root_peer_may_assert_the_ids_it_acts_for(peer_server: ServerProc) -> None:
+    with connect(peer_server.address) as root:
+        with root.open("/secret", "wb") as f:
+            f.write(b"root only")
+        root.chmod("/secret", 0o600)
+        root.mkdir("/pub")
+        root.chmod("/pub", 0o777)
+        with connect(peer_server.address, uid=1000, gid=1000, groups=()) as fuse_like:
+            with pytest.raises(errors.PermissionDenied):
+                fuse_like.open("/secret", "rb")
+            with fuse_like.open("/pub/f", "wb") as f:
+                f.write(b"as 1000")
+            assert fuse_like.stat("/pub/f").uid == 1000
+            fuse_like.unlink("/pub/f")
+        root.rmdir("/pub")
+        root.unlink("/secret")
