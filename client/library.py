@@ -674,6 +674,12 @@ class DaxFile(io.RawIOBase):
             reply = self._get_layout(start, end, write)
             tiles = _tiles(reply)
             with self.client.fence.io.shared():
+                if self.session_lost:
+                    # The reply outlived its session (a reply held past a restart or
+                    # an eviction): its blocks may be another file's by now.
+                    raise errors.StaleHandle(
+                        f"{self.path}: the session this file was opened in ended; reopen it"
+                    )
                 if not self.client.lease_state.grant_usable(self.ino, int(reply.recall_seq)):
                     log.debug("layout of ino %d overtaken by a recall: asking again", self.ino)
                     continue

@@ -326,6 +326,41 @@ def test_a_layout_reply_overtaken_by_its_recall_is_discarded(
         b.unlink("/y")
 
 
+def test_a_layout_reply_that_outlives_its_session_is_not_used(
+    leased: ServerProc, proxy: FaultyProxy
+) -> None:
+    """Found while modelling the library for tests/test_protocol_sim.py."""
+    with connect(leased.address) as b, connect(proxy.address, timeout=10) as a:
+        write_file(b, "/x", b"\x11" * (4 * MIB))
+        old_blocks = blocks_of(b, "/x")
+        f = a.open("/x", "rb")
+        proxy.hold_next_layout()
+        got: list[bytes | BaseException] = []
+
+        def read() -> None:
+            try:
+                got.append(f.pread(4 * MIB, 0))
+            except BaseException as exc:  # reported below
+                got.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert proxy.holding.wait(10), "the read never asked for a layout"
+        # The reply is in flight when a's session ends (evicted here; a restart
+        # does the same): /x's blocks go back without a recall and /y takes them.
+        b.evict(a.client_id)
+        wait_until(lambda: a.session is not None and a.session.sessions_lost > 0, "a new session")
+        b.truncate("/x", 0)
+        write_file(b, "/y", b"\xee" * (4 * MIB))
+        assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
+        proxy.release_layout()
+        reader.join(30)
+        assert got and isinstance(got[0], errors.StaleHandle), got
+        f.close()
+        b.unlink("/x")
+        b.unlink("/y")
+
+
 # -- 3. a copy in flight when the guest is frozen --------------------------------------
 
 
