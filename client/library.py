@@ -271,6 +271,10 @@ class Client:
         )
 
     def _on_deadline(self) -> None:
+        # Views first, at once: the exclusive lock waits for copies in flight, and
+        # a view must not stay live past the lease while a copy finishes. Then
+        # again under the lock, for a view registered meanwhile by array().
+        self.fence.fence(None)
         with self.fence.io.exclusive():
             self.layouts.clear()
             self.fence.fence(None)
