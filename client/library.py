@@ -25,7 +25,7 @@ import socket
 import stat as _stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,9 +215,6 @@ class Client:
         #: Moves when the server ends our session (restart, eviction): files
         #: opened before then are void (ESTALE).
         self.session_epoch = 0
-        #: Called as fn(ino, offset, length) after a recall was fenced, before it is
-        #: acknowledged (the FUSE mount forgets what it knew of the file's size).
-        self.recall_listeners: list[Callable[[InodeId, int, int], None]] = []
         #: Open DaxFiles and the lease id per file, for return-on-close. Guarded by _lock.
         self._lock = threading.Lock()
         self._open_counts: dict[InodeId, int] = {}
@@ -261,11 +258,6 @@ class Client:
             self.layouts.invalidate(ino)
             self.fence.fence(ino, recall.offset, recall.length)
             self.epochs[ino] = self.epochs.get(ino, 0) + 1
-        for listener in list(self.recall_listeners):
-            try:
-                listener(ino, recall.offset, recall.length)
-            except Exception:
-                log.exception("recall listener failed")
         log.debug(
             "recall %d: ino=%d [%d, +%d)", recall.recall_id, ino, recall.offset, recall.length
         )
