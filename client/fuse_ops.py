@@ -190,11 +190,26 @@ class IoStats:
 class _Inode:
     """What this mount knows of an inode it has open. Guarded by ``self.lock``."""
 
-    __slots__ = ("dirty", "epoch", "growth", "handles", "ino", "lock", "published", "size")
+    __slots__ = (
+        "dirty",
+        "epoch",
+        "gid",
+        "growth",
+        "handles",
+        "ino",
+        "lock",
+        "mode",
+        "published",
+        "size",
+    )
 
-    def __init__(self, ino: InodeId, size: int, epoch: int) -> None:
+    def __init__(self, ino: InodeId, size: int, epoch: int, mode: int, gid: int) -> None:
         self.ino = ino
         self.lock = threading.Lock()
+        #: st_mode and st_gid as last seen (open, getattr, setattr through this
+        #: mount): a write must clear the set-id bits.
+        self.mode = mode
+        self.gid = gid
         #: Layout recalls of this inode seen so far (``Client.epochs``): another
         #: client freed part of it, so ``size`` must be learnt again.
         self.epoch = epoch
@@ -366,7 +381,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             inode = self._inodes.get(ino)
             if inode is None:
                 epoch = self.client.epochs.get(ino, 0)
-                inode = self._inodes[ino] = _Inode(ino, int(attr.size), epoch)
+                inode = self._inodes[ino] = _Inode(ino, int(attr.size), epoch, attr.mode, attr.gid)
                 # Close-to-open: nothing cached of this file may be trusted now.
                 self.client.layouts.invalidate(ino)
             h = _Handle(file, inode, append)
@@ -383,13 +398,14 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             self._handles[fh] = h
             return fh
 
-    def _local_size(self, ino: InodeId, server_size: int) -> int:
+    def _local_size(self, ino: InodeId, server_size: int, mode: int, gid: int) -> int:
         """The size to report: the server's, or this mount's while it has the file open."""
         with self._lock:
             inode = self._inodes.get(ino)
         if inode is None:
             return server_size
         with inode.lock:
+            inode.mode, inode.gid = mode, gid
             if self._recalled(inode):
                 inode.size = server_size
             else:
@@ -478,39 +494,61 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             else:
                 raise errors.NotFound("no path and no handle")
             a = self._call("GetAttr", req)
-        size = self._local_size(InodeId(a.ino), int(a.size)) if stat.S_ISREG(a.mode) else a.size
+        if stat.S_ISREG(a.mode):
+            size = self._local_size(InodeId(a.ino), int(a.size), a.mode, a.gid)
+        else:
+            size = a.size
         return _stat_dict(a, size)
 
-    def _setattr(self, path: str | None, **fields: Any) -> pb.Attr:
-        if path is None:
+    def _setattr(self, path: str | None, fh: int | None = None, **fields: Any) -> pb.Attr:
+        """SetAttr through the open handle when the kernel named one (fchmod, ftruncate, ...)."""
+        if fh is not None:
+            h = self._handle(fh)
+            req = pb.SetAttrRequest(caller=self._caller(), handle=h.file.handle, **fields)
+        elif path is None:
             # libfuse found no path for the inode (it was removed meanwhile).
             raise errors.NotFound("the file was unlinked")
-        req = pb.SetAttrRequest(caller=self._caller(), path=path, **fields)
-        return self._remember(path, self._call("SetAttr", req))
+        else:
+            req = pb.SetAttrRequest(caller=self._caller(), path=path, **fields)
+        attr: pb.Attr = self._call("SetAttr", req)
+        with self._lock:
+            inode = self._inodes.get(InodeId(attr.ino))
+        if inode is not None:
+            with inode.lock:
+                inode.mode, inode.gid = attr.mode, attr.gid
+        return self._remember(path, attr) if path is not None else attr
 
     @_edge
-    def chmod(self, path: str | None, mode: int) -> int:
-        self._setattr(path, mode=mode & 0o7777)
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        self._setattr(path, fh, mode=mode & 0o7777)
         return 0
 
     @_edge
-    def chown(self, path: str | None, uid: int, gid: int) -> int:
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
         fields = {}
         if uid != -1:
             fields["uid"] = uid
         if gid != -1:
             fields["gid"] = gid
         if fields:
-            self._setattr(path, **fields)
+            self._setattr(path, fh, **fields)
         return 0
 
     @_edge
-    def utimens(self, path: str | None, times: tuple[int, int] | None = None) -> int:
-        if path is None:
+    def utimens(
+        self, path: str | None, times: tuple[int, int] | None = None, fh: int | None = None
+    ) -> int:
+        if fh is not None:
+            h = self._handle(fh)
+            if h.file.mode_info.write:
+                with h.lock:
+                    self._commit(h)
+        elif path is None:
             raise errors.NotFound("the file was unlinked")
-        self._publish(path)
+        else:
+            self._publish(path)
         if times is None:
-            self._setattr(path, atime_now=True, mtime_now=True)
+            self._setattr(path, fh, atime_now=True, mtime_now=True)
             return 0
         fields: dict[str, Any] = {}
         for name, ns in zip(("atime", "mtime"), times, strict=True):
@@ -522,7 +560,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             else:
                 fields[f"{name}_ns"] = ns  # an explicit time: the owner only
         if fields:
-            self._setattr(path, **fields)
+            self._setattr(path, fh, **fields)
         return 0
 
     @_edge
@@ -730,6 +768,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         inode = h.inode
         with h.lock:
             self._sync(h)
+            self._drop_setid(h)
             if h.append:
                 # O_APPEND: at the end this mount knows, held so appenders do not interleave.
                 with inode.lock:
@@ -743,6 +782,32 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
                 inode.grew(offset + n)
                 inode.mark_dirty(offset, offset + n)
             return n
+
+    def _drop_setid(self, h: _Handle) -> None:
+        """A write by anyone but root clears the set-id bits as Linux does.
+
+        S_ISUID goes; S_ISGID goes too when group execute is set or the writer
+        is not in the file's group (setattr_should_drop_sgid). The kernel
+        leaves this to the filesystem for direct I/O (no handle_killpriv
+        here). Call with ``h.lock`` held.
+        """
+        with h.inode.lock:
+            mode, gid = h.inode.mode, h.inode.gid
+        if not mode & (stat.S_ISUID | stat.S_ISGID):
+            return
+        caller = self._caller()
+        if caller.uid == 0:
+            return
+        kill = mode & stat.S_ISUID
+        in_group = gid == caller.gid or gid in caller.groups
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not in_group):
+            kill |= stat.S_ISGID
+        if not kill:
+            return
+        req = pb.SetAttrRequest(caller=caller, handle=h.file.handle, mode=mode & 0o7777 & ~kill)
+        attr: pb.Attr = self._call("SetAttr", req)
+        with h.inode.lock:
+            h.inode.mode = attr.mode
 
     @_edge
     def flush(self, path: str | None, fh: int) -> int:
@@ -795,7 +860,9 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         h = self._handle(fh)
         keep = bool(mode & FALLOC_FL_KEEP_SIZE)
         with h.lock:
-            self._sync(h)
+            # Publish first: the server zeroes what lies past the size it knows
+            # when a file grows, and this mount's writes past it are not yet known.
+            self._commit(h)
             h.file.allocate(offset, size, keep_size=keep)
             with h.inode.lock:
                 h.inode.grew(h.file.size)
@@ -858,3 +925,36 @@ class DaxfsFuse(mfusepy.FUSE):  # type: ignore[misc]
         return self.operations.rename_flags(
             old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags
         )
+
+    # mfusepy 3.1.1 drops the file handle of these four (ftruncate, fchmod,
+    # fchown, futimens): the call then went by path and checked the mode bits,
+    # so ftruncate of a descriptor opened O_CREAT|O_RDWR with mode 0 failed.
+
+    def _path(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return int(fip.contents.fh) if fip else None
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate(self._path(path), length, self._fh(fip))
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod(self._path(path), mode, self._fh(fip))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        # -1 (leave unchanged) arrives as the unsigned maximum.
+        uid = -1 if uid == 0xFFFFFFFF else uid
+        gid = -1 if gid == 0xFFFFFFFF else gid
+        return self.operations.chown(self._path(path), uid, gid, self._fh(fip))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        times = None
+        if buf:
+            ts = buf.contents
+            times = (
+                mfusepy.time_of_timespec(ts.actime, use_ns=True),
+                mfusepy.time_of_timespec(ts.modtime, use_ns=True),
+            )
+        return self.operations.utimens(self._path(path), times, self._fh(fip))

@@ -850,6 +850,8 @@ class DaxFile(io.RawIOBase):
         ``daxfs.shared.growth``).
         """
         self._check_open()
+        # Growth this handle wrote first: a growing fallocate zeroes past the server's size.
+        self._commit()
         attr = self.client.call(
             "Allocate",
             pb.AllocateRequest(

@@ -153,6 +153,20 @@ def _check_range(offset: int, length: int) -> None:
         raise errors.FileTooBig(f"range [{offset}, {offset}+{length}) passes the largest file size")
 
 
+def _setid_cleared(mode: int) -> int:
+    """The mode after a chown, as Linux leaves it (root's chown too).
+
+    A non-directory loses S_ISUID, and S_ISGID when group execute is set
+    (without it, S_ISGID means mandatory locking and stays).
+    """
+    if stat.S_ISDIR(mode):
+        return mode
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode
+
+
 def check_name(name: str) -> None:
     """A directory entry name: 1..255 bytes of UTF-8, no '/', no NUL, not '.' or '..'."""
     if not name:
@@ -780,10 +794,20 @@ class Namespace:
             now = self.clock()
             owner = caller.uid in (0, row.uid)
             if mode is not None:
-                if not owner:
-                    raise errors.NotPermitted("only the owner may chmod")
                 if mode < 0 or mode > 0o7777:
                     raise errors.InvalidArgument(f"mode {mode:o} out of range")
+                if not owner:
+                    # What a write or truncate by a non-owner does on Linux: drop
+                    # the set-id bits. Allowed to whoever may write the file.
+                    perm = row.mode & 0o7777
+                    dropped = perm & ~mode
+                    if mode & ~perm or not dropped or dropped & ~(stat.S_ISUID | stat.S_ISGID):
+                        raise errors.NotPermitted("only the owner may chmod")
+                    if of is not None:
+                        if not of.writable:
+                            raise errors.NotPermitted("only the owner may chmod")
+                    else:
+                        self._may(row, caller, W_OK)
                 new_mode = stat.S_IFMT(row.mode) | mode
                 if caller.uid != 0 and row.gid != caller.gid and row.gid not in caller.groups:
                     new_mode &= ~stat.S_ISGID
@@ -802,9 +826,7 @@ class Namespace:
                     row.ino,
                     uid=row.uid if uid is None else uid,
                     gid=row.gid if gid is None else gid,
-                    mode=self._inode(row.ino).mode & ~(stat.S_ISUID | stat.S_ISGID)
-                    if caller.uid != 0
-                    else self._inode(row.ino).mode,
+                    mode=_setid_cleared(self._inode(row.ino).mode),
                     ctime_ns=now,
                 )
             if size is not None:

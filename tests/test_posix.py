@@ -1,0 +1,232 @@
+"""POSIX behaviours on a real mount, each one a case pjdfstest, fsx or a real program hit.
+
+Every test mounts for real against a real server (the ``server`` fixture fscks
+the volume after it stopped) and asserts exact errnos through ``os.*``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daxfs.client import Client
+from daxfs.testing import ServerProc, fuse_mount
+
+pytestmark = [
+    pytest.mark.fuse,
+    pytest.mark.skipif(
+        not os.path.exists("/dev/fuse"), reason="/dev/fuse is missing: no FUSE in this machine"
+    ),
+]
+
+NOBODY = 65534
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@pytest.fixture
+def mnt(server: ServerProc, workdir: Path) -> Iterator[Path]:
+    os.chmod(workdir, 0o755)  # let uid 65534 reach the mountpoint
+    with fuse_mount(server.address, workdir / "mnt", "-o", "allow_other"):
+        yield workdir / "mnt"
+
+
+def errno_of(fn: object, *args: object) -> int:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except OSError as exc:
+        return exc.errno or 0
+    raise AssertionError(f"{fn} did not fail")
+
+
+def as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    """Run Python code as uid/gid 65534 with no supplementary groups."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         "/usr/bin/python3", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+# -- size and allocation changes see this mount's unpublished writes -------
+
+
+def test_fallocate_keeps_writes_not_yet_published(mnt: Path) -> None:
+    """fsx's READ BAD DATA: fallocate past the server's EOF zeroed unpublished writes."""
+    data = bytes(range(256)) * 256  # 64 KiB
+    fd = os.open(mnt / "f", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.posix_fallocate(fd, 8192, 131072)
+        assert os.fstat(fd).st_size == 8192 + 131072
+        assert os.pread(fd, len(data), 0) == data
+        assert os.pread(fd, 8192 + 131072, 0) == data + bytes(8192 + 131072 - len(data))
+    finally:
+        os.close(fd)
+    assert (mnt / "f").read_bytes()[: len(data)] == data
+
+
+def test_library_allocate_publishes_growth_first(client: Client) -> None:
+    with client.open("/f", "w+b") as f:
+        f.write(b"w" * 10000)
+        f.allocate(4096, 65536)
+        assert f.pread(10000, 0) == b"w" * 10000
+        assert f.size == 4096 + 65536
+
+
+def test_fallocate_keep_size_keeps_writes_not_yet_published(mnt: Path) -> None:
+    data = b"k" * 10000
+    fd = os.open(mnt / "f", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        _fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 1 << 20)
+        assert os.fstat(fd).st_size == len(data)
+        assert os.pread(fd, 2 * len(data), 0) == data
+    finally:
+        os.close(fd)
+
+
+def test_truncate_of_another_descriptor_keeps_writes_not_yet_published(mnt: Path) -> None:
+    """Write through one descriptor, grow and shrink through another and by path."""
+    fd = os.open(mnt / "f", os.O_CREAT | os.O_RDWR, 0o644)
+    fd2 = os.open(mnt / "f", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"a" * 20000, 0)
+        os.ftruncate(fd2, 30000)
+        assert os.pread(fd, 40000, 0) == b"a" * 20000 + bytes(10000)
+        os.pwrite(fd, b"b" * 5000, 30000)
+        os.truncate(mnt / "f", 40000)
+        assert os.pread(fd2, 50000, 0) == b"a" * 20000 + bytes(10000) + b"b" * 5000 + bytes(5000)
+        os.pwrite(fd2, b"c" * 100, 45000)
+        os.ftruncate(fd, 45050)
+        assert os.pread(fd, 50000, 40000) == bytes(5000) + b"c" * 50
+    finally:
+        os.close(fd)
+        os.close(fd2)
+    assert os.stat(mnt / "f").st_size == 45050
+
+
+def test_rename_over_and_o_trunc_with_writes_not_yet_published(mnt: Path) -> None:
+    fd = os.open(mnt / "a", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"x" * 9000, 0)
+        (mnt / "b").write_bytes(b"old")
+        os.rename(mnt / "a", mnt / "b")  # the open file is now b
+        os.pwrite(fd, b"y" * 100, 9000)
+        assert (mnt / "b").read_bytes() == b"x" * 9000 + b"y" * 100
+        (mnt / "c").write_bytes(b"z" * 3)
+        os.rename(mnt / "c", mnt / "b")  # b is replaced while open: its bytes stay readable
+        assert os.pread(fd, 10000, 0) == b"x" * 9000 + b"y" * 100
+    finally:
+        os.close(fd)
+    assert (mnt / "b").read_bytes() == b"zzz"
+    fd = os.open(mnt / "d", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"q" * 9000, 0)
+        fd2 = os.open(mnt / "d", os.O_RDWR | os.O_TRUNC)
+        try:
+            assert os.fstat(fd).st_size == 0
+            os.pwrite(fd2, b"r" * 10, 0)
+        finally:
+            os.close(fd2)
+        assert os.pread(fd, 100, 0) == b"r" * 10
+    finally:
+        os.close(fd)
+    assert (mnt / "d").read_bytes() == b"r" * 10
+
+
+# -- set-id bits and handle-based calls ------------------------------------
+
+
+def test_ftruncate_uses_the_descriptor_not_the_mode_bits(mnt: Path) -> None:
+    """pjdfstest ftruncate/00.t: O_CREAT|O_RDWR with mode 0, then ftruncate."""
+    os.chmod(mnt, 0o777)
+    out = as_nobody(
+        "import os\n"
+        f"fd = os.open({str(mnt / 'f')!r}, os.O_CREAT | os.O_RDWR, 0)\n"
+        "os.ftruncate(fd, 1234)\n"
+        "os.fchmod(fd, 0o640)\n"
+        "os.utime(fd, ns=(5, 6))\n"
+        "os.close(fd)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    st = os.stat(mnt / "f")
+    assert (st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (1234, 0o640, 6)
+
+
+def test_write_by_non_root_clears_setuid_and_setgid(mnt: Path) -> None:
+    f = mnt / "f"
+    f.write_bytes(b"x")
+    os.chmod(f, 0o6777)
+    out = as_nobody(f"open({str(f)!r}, 'r+b').write(b'y')")
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o777
+    assert f.read_bytes() == b"y"
+    # Without group execute S_ISGID stays for a member of the file's group
+    # (it marks mandatory locking), and goes for anyone else.
+    os.chown(f, 0, NOBODY)
+    os.chmod(f, 0o6766)
+    out = as_nobody(f"open({str(f)!r}, 'r+b').write(b'z')")
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o2766
+    os.chown(f, 0, 0)
+    os.chmod(f, 0o6766)
+    out = as_nobody(f"open({str(f)!r}, 'r+b').write(b'z')")
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o766
+    # Root keeps them (CAP_FSETID).
+    os.chmod(f, 0o6777)
+    with open(f, "r+b") as fh:
+        fh.write(b"w")
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o6777
+
+
+def test_truncate_by_a_non_owner_writer_clears_setuid(mnt: Path) -> None:
+    f = mnt / "f"
+    f.write_bytes(b"x" * 100)
+    os.chmod(f, 0o4666)
+    out = as_nobody(f"import os; os.truncate({str(f)!r}, 10)")
+    assert out.returncode == 0, out.stderr
+    st = os.stat(f)
+    assert (st.st_size, stat.S_IMODE(st.st_mode)) == (10, 0o666)
+    # A non-owner may not otherwise chmod. (Without default_permissions the
+    # server cannot tell chmod(2) from the kernel's set-id kill, so a writer
+    # may drop set-id bits; nothing else.)
+    os.chmod(f, 0o4666)
+    out = as_nobody(f"import os; os.chmod({str(f)!r}, 0o4664)")
+    assert "Operation not permitted" in out.stderr, out
+
+
+def test_chown_clears_setuid_as_linux(mnt: Path) -> None:
+    f = mnt / "f"
+    f.write_bytes(b"x")
+    os.chmod(f, 0o6555)
+    os.chown(f, NOBODY, NOBODY)
+    st = os.stat(f)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o555, NOBODY, NOBODY)
+    os.chmod(f, 0o6545)  # no group execute: S_ISGID stays
+    os.chown(f, 0, 0)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o2545
+    d = mnt / "d"
+    d.mkdir()
+    os.chmod(d, 0o6755)  # directories keep theirs
+    os.chown(d, NOBODY, NOBODY)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o6755
