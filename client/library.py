@@ -39,7 +39,7 @@ from daxfs.client.rpc import Connection
 from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors, growth
-from daxfs.shared.extent import Extent, InodeId, align_up
+from daxfs.shared.extent import MAX_FILE_SIZE, Extent, InodeId, align_up
 from daxfs.shared.flush import FlushMode
 from daxfs.shared.format import MIB
 from daxfs.shared.hugepages import HUGE_PAGE
@@ -645,6 +645,7 @@ class DaxFile(io.RawIOBase):
                 ask_end = align_up(end, self._bs) + growth.chunk(
                     end, self._bs, self.client.region.superblock.data_size
                 )
+                ask_end = min(ask_end, max(end, MAX_FILE_SIZE))
         else:
             # Reads: one layout for the whole file, so later reads cost no RPC.
             ask_start, ask_end = 0, max(end, align_up(self._size, self._bs))
@@ -775,6 +776,11 @@ class DaxFile(io.RawIOBase):
         if offset < 0:
             raise errors.InvalidArgument(f"negative offset {offset}")
         src = np.frombuffer(data, dtype=np.uint8)
+        if offset + len(src) > MAX_FILE_SIZE:
+            # As write(2) at the file size limit: the part that fits, else EFBIG.
+            if offset >= MAX_FILE_SIZE:
+                raise errors.FileTooBig(f"offset {offset} is at or past the largest file size")
+            src = src[: MAX_FILE_SIZE - offset]
         n = len(src)
         if n == 0:
             return 0

@@ -15,8 +15,11 @@ FileHandle = NewType("FileHandle", int)
 LeaseId = NewType("LeaseId", int)
 ClientId = NewType("ClientId", int)
 
-#: Largest file size and offset daxfs accepts: offsets are int64 on the wire.
-MAX_FILE_SIZE = (1 << 63) - 1
+#: Largest file size daxfs accepts, in bytes (4 EiB); an offset + length past it
+#: is refused with EFBIG. Offsets are int64 on the wire and clients round
+#: ranges up to blocks and layout windows, so the limit leaves int64 headroom:
+#: no arithmetic on a valid range can overflow.
+MAX_FILE_SIZE = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import stat
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from daxfs.client import Client
+from daxfs.shared import errors
+from daxfs.shared.extent import MAX_FILE_SIZE
 from daxfs.testing import ServerProc, fuse_mount
 
 pytestmark = [
@@ -230,3 +233,44 @@ def test_chown_clears_setuid_as_linux(mnt: Path) -> None:
     os.chmod(d, 0o6755)  # directories keep theirs
     os.chown(d, NOBODY, NOBODY)
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o6755
+
+
+# -- the largest file ------------------------------------------------------
+
+
+def test_largest_file_size_and_efbig_past_it(mnt: Path) -> None:
+    """A size of 2^63-1 was accepted and the file could then not be read (EIO)."""
+    f = mnt / "f"
+    f.write_bytes(b"abc")
+    os.truncate(f, MAX_FILE_SIZE)
+    fd = os.open(f, os.O_RDWR)
+    try:
+        assert os.fstat(fd).st_size == MAX_FILE_SIZE
+        assert os.pread(fd, 10, 0) == b"abc" + bytes(7)
+        assert os.pread(fd, 10, MAX_FILE_SIZE - 4) == bytes(4)
+        assert os.pwrite(fd, b"tail", MAX_FILE_SIZE - 4) == 4
+        assert os.pread(fd, 10, MAX_FILE_SIZE - 4) == b"tail"
+        assert os.pwrite(fd, b"xyz", MAX_FILE_SIZE - 1) == 1  # the part that fits
+        assert errno_of(os.pwrite, fd, b"x", MAX_FILE_SIZE) == errno.EFBIG
+        assert errno_of(os.ftruncate, fd, MAX_FILE_SIZE + 1) == errno.EFBIG
+        assert errno_of(os.posix_fallocate, fd, MAX_FILE_SIZE - 4096, 8192) == errno.EFBIG
+        assert errno_of(os.truncate, f, (1 << 63) - 1) == errno.EFBIG
+        assert os.fstat(fd).st_size == MAX_FILE_SIZE
+    finally:
+        os.close(fd)
+    assert os.stat(f).st_size == MAX_FILE_SIZE
+    os.truncate(f, 3)
+    assert f.read_bytes() == b"abc"
+
+
+def test_library_refuses_sizes_past_the_largest_file(client: Client) -> None:
+    with client.open("/f", "w+b") as f:
+        with pytest.raises(errors.FileTooBig):
+            f.truncate(MAX_FILE_SIZE + 1)
+        with pytest.raises(errors.FileTooBig):
+            f.pwrite(b"x", MAX_FILE_SIZE)
+        with pytest.raises(errors.FileTooBig):
+            f.allocate(MAX_FILE_SIZE, 1)
+        f.truncate(MAX_FILE_SIZE)
+        assert f.pread(4, MAX_FILE_SIZE - 2) == bytes(2)
+        f.truncate(0)
