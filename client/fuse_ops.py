@@ -586,6 +586,15 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     # -- namespace -----------------------------------------------------------
 
     @_edge
+    def opendir(self, path: str) -> int:
+        """open(2) of a directory needs read permission (the server's rule, as access)."""
+        caller = self._caller()
+        a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=caller, path=path))
+        if not _may(a, caller, os.R_OK):
+            raise errors.PermissionDenied(f"cannot open directory {path}: no read permission")
+        return 0
+
+    @_edge
     def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
         reply = self._call("ReadDir", pb.PathRequest(caller=self._caller(), path=path))
         out: list[tuple[str, dict[str, int], int]] = [

@@ -5,8 +5,10 @@ nor mfusepy (tests/test_repository.py enforces that).
 
 Paths are absolute, ``/``-separated, already resolved by the caller (the FUSE
 kernel resolves ``.``, ``..`` and symlinks before a request reaches a FUSE
-daemon; the client library does the same). A ``.`` or ``..`` component, a NUL,
-a component over 255 bytes or a path over 4096 bytes is refused.
+daemon; the client library does the same). A ``.`` or ``..`` component, a NUL
+or a component over 255 bytes is refused. The whole path has no limit here:
+PATH_MAX bounds each system call's argument, which the kernel checks, and a
+relative name deep in a tree reaches the server as a long absolute path.
 
 Concurrency: every public method holds ``self._lock`` and runs as one SQLite
 transaction; on failure nothing changes (the allocator is reloaded from SQLite
@@ -50,7 +52,8 @@ from daxfs.shared.region import Region
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
-PATH_MAX = 4096
+#: Longest symlink target in bytes (Linux: PATH_MAX including the NUL).
+SYMLINK_MAX = 4095
 #: Quarantine deadline of blocks that wait for recall acknowledgements, not for a time.
 UNTIL_ACKNOWLEDGED = (1 << 63) - 1
 #: How long a call that freed blocks waits for streams to acknowledge the recall.
@@ -189,8 +192,6 @@ def split_path(path: str) -> list[str]:
     """Components of an absolute path; '//' collapses."""
     if not isinstance(path, str) or not path.startswith("/"):
         raise errors.InvalidArgument(f"path {path!r} must be absolute")
-    if len(path.encode("utf-8", "surrogatepass")) > PATH_MAX:
-        raise errors.NameTooLong(f"path exceeds {PATH_MAX} bytes")
     parts = [p for p in path.split("/") if p]
     for p in parts:
         check_name(p)
@@ -982,8 +983,10 @@ class Namespace:
             return self._attr(self._new_inode(parent, name, stat.S_IFDIR | mode, caller))
 
     def symlink(self, target: str, path: str, caller: Caller = ROOT) -> Attr:
-        if not target or "\0" in target or len(target.encode()) > PATH_MAX:
-            raise errors.InvalidArgument("symlink target must be 1..4096 bytes without NUL")
+        if not target or "\0" in target:
+            raise errors.InvalidArgument("symlink target must be 1 or more bytes without NUL")
+        if len(target.encode("utf-8", "surrogatepass")) > SYMLINK_MAX:
+            raise errors.NameTooLong(f"symlink target longer than {SYMLINK_MAX} bytes")
         with self._txn():
             parent, name = self._resolve_parent(path, caller)
             return self._attr(self._new_inode(parent, name, stat.S_IFLNK | 0o777, caller, target))
@@ -1000,6 +1003,7 @@ class Namespace:
             row = self._resolve(existing, caller)
             if stat.S_ISDIR(row.mode):
                 raise errors.NotPermitted("hard links to directories are not allowed")
+            self._may_link(row, caller)
             parent, name = self._resolve_parent(new, caller)
             if self.meta.lookup(parent.ino, name) is not None:
                 raise errors.AlreadyExists(f"{new} already exists")
@@ -1008,6 +1012,24 @@ class Namespace:
             self.meta.update_inode(row.ino, nlink=row.nlink + 1, ctime_ns=self.clock())
             self._touch(parent.ino)
             return self._attr(self._inode(row.ino))
+
+    def _may_link(self, row: InodeRow, caller: Caller) -> None:
+        """Linux's fs.protected_hardlinks = 1: link only what you own or may read and write.
+
+        Someone else's file qualifies when it is a regular file that is neither
+        set-uid nor set-gid-executable and the caller may read and write it.
+        """
+        if caller.uid in (0, row.uid):
+            return
+        setid = row.mode & stat.S_ISUID or (row.mode & stat.S_ISGID and row.mode & stat.S_IXGRP)
+        if (
+            not stat.S_ISREG(row.mode)
+            or setid
+            or not mode_allows(
+                row.mode, row.uid, row.gid, caller.uid, caller.gid, caller.groups, R_OK | W_OK
+            )
+        ):
+            raise errors.NotPermitted("protected hard links: not the owner of the file")
 
     def unlink(self, path: str, caller: Caller = ROOT) -> None:
         with self._txn():
@@ -1049,6 +1071,13 @@ class Namespace:
             self._may_modify_dir(src_parent, src, caller)
             self._may_modify_dir(dst_parent, dst, caller)
             src_dir = stat.S_ISDIR(src.mode)
+            if src_parent.ino != dst_parent.ino:
+                # A directory that changes parent has its ".." rewritten: Linux
+                # asks for write permission on it (vfs_rename).
+                if src_dir:
+                    self._may(src, caller, W_OK)
+                if flags & RENAME_EXCHANGE and dst is not None and stat.S_ISDIR(dst.mode):
+                    self._may(dst, caller, W_OK)
             if src_dir and self._descends(dst_parent.ino, src.ino):
                 raise errors.InvalidArgument("cannot move a directory into itself")
             if flags & RENAME_EXCHANGE:

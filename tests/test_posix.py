@@ -50,9 +50,9 @@ def mnt(server: ServerProc, workdir: Path) -> Iterator[Path]:
         yield workdir / "mnt"
 
 
-def errno_of(fn: object, *args: object) -> int:
+def errno_of(fn: object, *args: object, **kwargs: object) -> int:
     try:
-        fn(*args)  # type: ignore[operator]
+        fn(*args, **kwargs)  # type: ignore[operator]
     except OSError as exc:
         return exc.errno or 0
     raise AssertionError(f"{fn} did not fail")
@@ -274,3 +274,89 @@ def test_library_refuses_sizes_past_the_largest_file(client: Client) -> None:
         f.truncate(MAX_FILE_SIZE)
         assert f.pread(4, MAX_FILE_SIZE - 2) == bytes(2)
         f.truncate(0)
+
+
+# -- path limits -----------------------------------------------------------
+
+
+def test_deep_tree_past_path_max_from_the_mount_root(mnt: Path) -> None:
+    """PATH_MAX bounds a system call's argument, not the path from the mount root."""
+    name = "d" * 250
+    fds = [os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for _ in range(40):  # about 10 KB from the root
+            os.mkdir(name, dir_fd=fds[-1])
+            fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        deep = fds[-1]
+        fd = os.open("f" * 255, os.O_CREAT | os.O_RDWR, 0o644, dir_fd=deep)
+        try:
+            os.write(fd, b"deep")
+        finally:
+            os.close(fd)
+        assert os.stat("f" * 255, dir_fd=deep).st_size == 4
+        os.rename("f" * 255, "g", src_dir_fd=deep, dst_dir_fd=deep)
+        os.symlink("t" * 4095, "s", dir_fd=deep)
+        assert os.readlink("s", dir_fd=deep) == "t" * 4095
+        assert errno_of(os.symlink, "t" * 4096, "s2", dir_fd=deep) == errno.ENAMETOOLONG
+        assert errno_of(os.mkdir, "n" * 256, dir_fd=deep) == errno.ENAMETOOLONG
+        assert sorted(os.listdir(deep)) == ["g", "s"]
+        os.unlink("g", dir_fd=deep)
+        os.unlink("s", dir_fd=deep)
+        for parent in reversed(fds[:-1]):
+            os.close(fds.pop())
+            os.rmdir(name, dir_fd=parent)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert os.listdir(mnt) == []
+
+
+# -- the server's own permission checks (no default_permissions) -----------
+
+
+def test_directory_without_read_permission_cannot_be_opened(mnt: Path) -> None:
+    d = mnt / "d"
+    d.mkdir(mode=0o711)
+    (d / "f").write_bytes(b"x")
+    out = as_nobody(f"import os; os.listdir({str(d)!r})")
+    assert "Permission denied" in out.stderr, out
+    out = as_nobody(f"print(open({str(d / 'f')!r}).read())")  # search is enough for a name
+    assert out.stdout.strip() == "x", out
+
+
+def test_moving_someone_elses_directory_to_another_parent(mnt: Path) -> None:
+    for sub in ("a", "b"):
+        (mnt / sub).mkdir()
+        os.chmod(mnt / sub, 0o777)
+    (mnt / "a" / "roots").mkdir(mode=0o755)
+    (mnt / "a" / "rootfile").write_bytes(b"x")
+    os.chmod(mnt / "a" / "rootfile", 0o644)
+    move = "import os; os.rename({!r}, {!r})"
+    out = as_nobody(move.format(str(mnt / "a" / "roots"), str(mnt / "b" / "roots")))
+    assert "Permission denied" in out.stderr, out
+    # Within the same parent its ".." stays: allowed. A file may change parent.
+    out = as_nobody(move.format(str(mnt / "a" / "roots"), str(mnt / "a" / "renamed")))
+    assert out.returncode == 0, out.stderr
+    out = as_nobody(move.format(str(mnt / "a" / "rootfile"), str(mnt / "b" / "rootfile")))
+    assert out.returncode == 0, out.stderr
+    # In a sticky directory only the owner of the entry or of the directory.
+    os.chmod(mnt / "b", 0o1777)
+    out = as_nobody(move.format(str(mnt / "b" / "rootfile"), str(mnt / "b" / "mine")))
+    assert "Operation not permitted" in out.stderr, out
+
+
+def test_hard_links_follow_protected_hardlinks(mnt: Path) -> None:
+    pub = mnt / "pub"
+    pub.mkdir()
+    os.chmod(pub, 0o777)
+    for name, mode in (("secret", 0o600), ("shared", 0o666), ("suid", 0o4777)):
+        (mnt / name).write_bytes(b"x")
+        os.chmod(mnt / name, mode)
+    link = "import os; os.link({!r}, {!r})"
+    out = as_nobody(link.format(str(mnt / "secret"), str(pub / "l1")))
+    assert "Operation not permitted" in out.stderr, out
+    out = as_nobody(link.format(str(mnt / "suid"), str(pub / "l2")))
+    assert "Operation not permitted" in out.stderr, out
+    out = as_nobody(link.format(str(mnt / "shared"), str(pub / "l3")))
+    assert out.returncode == 0, out.stderr
+    assert os.stat(pub / "l3").st_ino == os.stat(mnt / "shared").st_ino
