@@ -52,7 +52,12 @@ from daxfs.shared import errors
 from daxfs.shared.errors import DaxfsError
 from daxfs.shared.extent import InodeId
 from daxfs.shared.format import MIB
-from daxfs.shared.limits import FALLOC_FL_KEEP_SIZE, MAX_RPC_IO
+from daxfs.shared.limits import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    MAX_RPC_IO,
+)
 from daxfs.shared.permissions import mode_allows
 
 log = logging.getLogger(__name__)
@@ -864,17 +869,20 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_edge
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
-        if mode & ~FALLOC_FL_KEEP_SIZE:
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
             raise errors.NotSupported(f"fallocate mode {mode:#x}")
         h = self._handle(fh)
         keep = bool(mode & FALLOC_FL_KEEP_SIZE)
+        punch = bool(mode & FALLOC_FL_PUNCH_HOLE)
+        zero = bool(mode & FALLOC_FL_ZERO_RANGE)
         with h.lock:
             # Publish first: the server zeroes what lies past the size it knows
             # when a file grows, and this mount's writes past it are not yet known.
             self._commit(h)
-            h.file.allocate(offset, size, keep_size=keep)
+            h.file.allocate(offset, size, keep_size=keep, punch_hole=punch, zero_range=zero)
             with h.inode.lock:
-                h.inode.grew(h.file.size)
+                # Published already (the server grew the size), so no growth to count.
+                h.inode.size = max(h.inode.size, h.file.size)
         return 0
 
     # -- extended attributes -------------------------------------------------

@@ -844,7 +844,14 @@ class DaxFile(io.RawIOBase):
         return self._size
 
     def allocate(
-        self, offset: int, length: int, *, keep_size: bool = False, contiguous: bool = False
+        self,
+        offset: int,
+        length: int,
+        *,
+        keep_size: bool = False,
+        contiguous: bool = False,
+        punch_hole: bool = False,
+        zero_range: bool = False,
     ) -> None:
         """fallocate: back [offset, offset+length) with storage; ``contiguous`` as one extent.
 
@@ -854,6 +861,9 @@ class DaxFile(io.RawIOBase):
         layout call. The allocation is kept at
         close (not trimmed like the speculative growth of appends, see
         ``daxfs.shared.growth``).
+
+        ``punch_hole`` (with ``keep_size``) frees the range's blocks;
+        ``zero_range`` makes it read as zeros (see AllocateRequest).
         """
         self._check_open()
         # Growth this handle wrote first: a growing fallocate zeroes past the server's size.
@@ -867,12 +877,14 @@ class DaxFile(io.RawIOBase):
                 length=length,
                 keep_size=keep_size,
                 contiguous=contiguous,
+                punch_hole=punch_hole,
+                zero_range=zero_range,
             ),
         )
         self.client.layouts.invalidate(self.ino)
         self._size = max(self._size, int(attr.size))
         self._committed_size = int(attr.size)
-        if self.mode_info.write and length > 0:
+        if self.mode_info.write and length > 0 and not punch_hole:
             # The one layout: writes into the range, or an array() of it, need no other.
             self._fetch_layout(offset, offset + length, write=True)
 

@@ -1471,6 +1471,8 @@ class AllocateRequest(_message.Message):
     LENGTH_FIELD_NUMBER: _builtins.int
     KEEP_SIZE_FIELD_NUMBER: _builtins.int
     CONTIGUOUS_FIELD_NUMBER: _builtins.int
+    PUNCH_HOLE_FIELD_NUMBER: _builtins.int
+    ZERO_RANGE_FIELD_NUMBER: _builtins.int
     handle: _builtins.int
     """Open file handle (opened for writing)."""
     offset: _builtins.int
@@ -1481,6 +1483,16 @@ class AllocateRequest(_message.Message):
     """FALLOC_FL_KEEP_SIZE: do not grow the file size."""
     contiguous: _builtins.bool
     """One extent for the whole range, or RESOURCE_EXHAUSTED."""
+    punch_hole: _builtins.bool
+    """FALLOC_FL_PUNCH_HOLE: free the whole blocks of the range (other clients
+    get a layout recall first, as for a truncate) and zero the partial blocks
+    at its edges; the range then reads as zeros. Needs keep_size, excludes
+    contiguous and zero_range (UNIMPLEMENTED otherwise).
+    """
+    zero_range: _builtins.bool
+    """FALLOC_FL_ZERO_RANGE: the range reads as zeros afterwards, with storage
+    behind it; the size grows to offset + length unless keep_size.
+    """
     @_builtins.property
     def caller(self) -> Global___Caller:
         """Credentials."""
@@ -1494,10 +1506,12 @@ class AllocateRequest(_message.Message):
         length: _builtins.int = ...,
         keep_size: _builtins.bool = ...,
         contiguous: _builtins.bool = ...,
+        punch_hole: _builtins.bool = ...,
+        zero_range: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "contiguous", b"contiguous", "handle", b"handle", "keep_size", b"keep_size", "length", b"length", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "contiguous", b"contiguous", "handle", b"handle", "keep_size", b"keep_size", "length", b"length", "offset", b"offset", "punch_hole", b"punch_hole", "zero_range", b"zero_range"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -508,35 +508,46 @@ class Namespace:
         self._freed.setdefault(ino, []).append((file_offset, length, offset))
 
     def _drop_extents_from(
-        self, ino: InodeId, keep_end: int, caller: Caller, *, beyond_eof: bool = False
+        self,
+        ino: InodeId,
+        keep_end: int,
+        caller: Caller,
+        end: int | None = None,
+        *,
+        beyond_eof: bool = False,
     ) -> None:
-        """Free every block of ``ino`` at or beyond file offset ``keep_end`` (block aligned)."""
-        for ext in self.meta.extents(ino):
+        """Free every block of ``ino`` in file range [keep_end, end) (block aligned).
+
+        ``end`` None means to the end of the file (truncate, trimming
+        preallocation); a bounded range punches a hole. Freed blocks go
+        through :meth:`_release_range` (recall and quarantine).
+        """
+        extents = (
+            self.meta.extents(ino) if end is None else self.meta.extents_in(ino, keep_end, end)
+        )
+        for ext in extents:
             assert ext.region_offset is not None
-            if ext.file_end <= keep_end:
+            lo = max(ext.file_offset, keep_end)
+            hi = ext.file_end if end is None else min(ext.file_end, end)
+            if lo >= hi:
                 continue
-            if ext.file_offset >= keep_end:
-                self.meta.delete_extent(ino, ext.file_offset)
-                self._release_range(
-                    ino,
-                    ext.region_offset,
-                    ext.length,
-                    caller,
-                    ext.file_offset,
-                    beyond_eof=beyond_eof,
+            self.meta.delete_extent(ino, ext.file_offset)
+            if lo > ext.file_offset:
+                self.meta.add_extent(
+                    ino, Extent(ext.file_offset, lo - ext.file_offset, ext.region_offset)
                 )
-            else:
-                kept = keep_end - ext.file_offset
-                self.meta.delete_extent(ino, ext.file_offset)
-                self.meta.add_extent(ino, Extent(ext.file_offset, kept, ext.region_offset))
-                self._release_range(
-                    ino,
-                    ext.region_offset + kept,
-                    ext.length - kept,
-                    caller,
-                    ext.file_offset + kept,
-                    beyond_eof=beyond_eof,
+            if hi < ext.file_end:
+                self.meta.add_extent(
+                    ino, Extent(hi, ext.file_end - hi, ext.region_offset + (hi - ext.file_offset))
                 )
+            self._release_range(
+                ino,
+                ext.region_offset + (lo - ext.file_offset),
+                hi - lo,
+                caller,
+                lo,
+                beyond_eof=beyond_eof,
+            )
 
     def _zero_file_range(self, ino: InodeId, start: int, end: int) -> None:
         """Zero the mapped bytes of file range [start, end) in the region."""
@@ -1284,15 +1295,51 @@ class Namespace:
         *,
         keep_size: bool = False,
         contiguous: bool = False,
+        punch_hole: bool = False,
+        zero_range: bool = False,
     ) -> Attr:
-        """Preallocate; ``contiguous`` asks for the range in one extent (or ENOSPC)."""
+        """fallocate(2): preallocate, punch a hole or zero a range.
+
+        ``contiguous`` asks for the range in one extent (or ENOSPC).
+        ``punch_hole`` (with ``keep_size``, as Linux requires) frees the whole
+        blocks of the range, through recall and quarantine as truncate does,
+        and zeroes the partial blocks at its edges. ``zero_range`` makes the
+        range read as zeros with storage behind it, growing the size unless
+        ``keep_size``.
+        """
         _check_range(offset, length)
         if length == 0:
             raise errors.InvalidArgument("fallocate of zero bytes")
+        if punch_hole and (zero_range or contiguous or not keep_size):
+            raise errors.NotSupported("punch hole goes with keep_size only")
+        if zero_range and contiguous:
+            raise errors.NotSupported("zero range cannot ask for one extent")
         with self._txn():
             of = self._open_file(fh, caller)
             if not of.writable:
                 raise errors.BadHandle("handle not open for writing")
+            row = self._inode(of.ino)
+            if not stat.S_ISREG(row.mode):
+                raise errors.InvalidArgument("fallocate needs a regular file")
+            end = offset + length
+            if punch_hole:
+                bs = self.block_size
+                lo, hi = align_up(offset, bs), align_down(end, bs)
+                if lo < hi:
+                    self._zero_file_range(of.ino, offset, lo)
+                    self._drop_extents_from(of.ino, lo, caller, hi)
+                    self._zero_file_range(of.ino, hi, end)
+                else:
+                    self._zero_file_range(of.ino, offset, end)
+                self._touch(of.ino)
+                return self._attr(self._inode(of.ino))
+            if zero_range:
+                self._ensure_allocated(of.ino, offset, end)
+                self._zero_file_range(of.ino, offset, end)
+                if not keep_size and end > row.size:
+                    self._set_size(row, end, caller)
+                self._touch(of.ino)
+                return self._attr(self._inode(of.ino))
             if contiguous:
                 bs = self.block_size
                 lo, hi = align_down(offset, bs), align_up(offset + length, bs)

@@ -573,6 +573,8 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 self._caller(r.caller, context, change="Allocate"),
                 keep_size=r.keep_size,
                 contiguous=r.contiguous,
+                punch_hole=r.punch_hole,
+                zero_range=r.zero_range,
             )
         )
 

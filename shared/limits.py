@@ -47,3 +47,4 @@ RENAME_EXCHANGE = 2
 #: fallocate(2) mode bits, Linux's values (<linux/falloc.h>).
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from daxfs.client import Client
+from daxfs.client import Client, connect
 from daxfs.shared import errors
 from daxfs.shared.extent import MAX_FILE_SIZE
 from daxfs.testing import ServerProc, fuse_mount
@@ -360,3 +360,78 @@ def test_hard_links_follow_protected_hardlinks(mnt: Path) -> None:
     out = as_nobody(link.format(str(mnt / "shared"), str(pub / "l3")))
     assert out.returncode == 0, out.stderr
     assert os.stat(pub / "l3").st_ino == os.stat(mnt / "shared").st_ino
+
+
+# -- punch hole and zero range ---------------------------------------------
+
+
+def _extents(path: Path) -> list[tuple[int, int, int]]:
+    text = os.getxattr(path, "user.daxfs.extents").decode()
+    return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in text.splitlines())]
+
+
+def test_punch_hole_frees_whole_blocks_and_zeroes_the_edges(mnt: Path) -> None:
+    data = bytes(range(251)) * 400  # 100,400 bytes
+    f = mnt / "f"
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, data, 0)  # not yet published: the punch must keep it
+        before = os.fstat(fd).st_blocks
+        _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 5000, 30000)
+        want = data[:5000] + bytes(30000) + data[35000:]
+        assert os.fstat(fd).st_size == len(data)
+        assert os.pread(fd, len(data), 0) == want
+        assert os.fstat(fd).st_blocks < before
+        # Blocks 8192..32768 are gone from the map: a hole.
+        assert not [e for e in _extents(f) if e[0] < 32768 and e[0] + e[2] > 8192]
+        # Past EOF and inside one block: no size change.
+        _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 100, 10)
+        _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 90000, 1 << 20)
+        want = want[:100] + bytes(10) + want[110:90000] + bytes(len(data) - 90000)
+        assert os.pread(fd, len(data) + 10, 0) == want
+        # Writing into the hole allocates again.
+        os.pwrite(fd, b"back", 10000)
+        assert os.pread(fd, 4, 10000) == b"back"
+        assert errno_of(_fallocate, fd, FALLOC_FL_PUNCH_HOLE, 0, 4096) == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    want = want[:10000] + b"back" + want[10004:]
+    assert f.read_bytes() == want
+
+
+def test_zero_range_zeroes_and_grows_unless_keep_size(mnt: Path) -> None:
+    f = mnt / "f"
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"z" * 20000, 0)
+        _fallocate(fd, FALLOC_FL_ZERO_RANGE, 1000, 3000)
+        assert os.pread(fd, 20000, 0) == b"z" * 1000 + bytes(3000) + b"z" * 16000
+        _fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 19000, 10000)
+        assert os.fstat(fd).st_size == 20000
+        assert os.pread(fd, 30000, 15000) == b"z" * 4000 + bytes(1000)
+        _fallocate(fd, FALLOC_FL_ZERO_RANGE, 19990, 10010)
+        assert os.fstat(fd).st_size == 30000
+        assert os.pread(fd, 30000, 18980) == b"z" * 20 + bytes(11000)
+    finally:
+        os.close(fd)
+    assert os.stat(f).st_size == 30000
+
+
+def test_punch_hole_recalls_another_clients_layout(server: ServerProc) -> None:
+    """The freed blocks go through recall and quarantine: the reader sees zeros, never reuse."""
+    with connect(server.address) as a, connect(server.address) as b:
+        with a.open("/f", "w+b") as w:
+            w.write(b"p" * (256 * 1024))
+        reader = b.open("/f", "rb")
+        try:
+            assert reader.pread(16, 64 * 1024) == b"p" * 16  # b now holds a layout
+            with a.open("/f", "r+b") as w:
+                w.allocate(0, 128 * 1024, keep_size=True, punch_hole=True)
+                # The freed blocks stay out of use until b acknowledged.
+                w.pwrite(b"n" * (64 * 1024), 200 * 1024)
+            assert reader.pread(16, 64 * 1024) == bytes(16)
+            assert reader.pread(16, 200 * 1024) == b"n" * 16
+            assert reader.pread(16, 130 * 1024) == b"p" * 16
+        finally:
+            reader.close()
+        assert not [e for e in a.extents("/f") if e.file_offset < 128 * 1024]
