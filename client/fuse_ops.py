@@ -258,13 +258,21 @@ class _Inode:
 class _Handle:
     """One FUSE open: a DaxFile (a server handle). ``lock`` guards ``file``."""
 
-    __slots__ = ("append", "file", "inode", "lock")
+    __slots__ = ("append", "file", "floor", "inode", "lock")
 
     def __init__(self, file: DaxFile, inode: _Inode, append: bool) -> None:
         self.file = file
         self.inode = inode
         self.append = append
         self.lock = threading.Lock()
+        #: The smallest size the server has had since this handle last synced
+        #: (a truncate through another handle or by another guest), or None.
+        #: Guarded by ``inode.lock``.
+        self.floor: int | None = None
+
+    def cut(self, size: int) -> None:
+        """The server's size became ``size`` (call with ``inode.lock`` held)."""
+        self.floor = size if self.floor is None else min(self.floor, size)
 
 
 class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
@@ -355,16 +363,24 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             return  # the server forgot the handle: nothing to learn (ino may be reused)
         with h.inode.lock:
             recalled = self._recalled(h.inode)
+            epoch = h.inode.epoch
         if recalled:
             # Another client truncated or removed part of the file: its size now.
             req = pb.GetAttrRequest(caller=self.client.caller, handle=h.file.handle)
             a: pb.Attr = self._call("GetAttr", req)
             with h.inode.lock:
                 h.inode.size = int(a.size)
+                for other in h.inode.handles:
+                    other.cut(h.inode.size)
         with h.inode.lock:
             size = h.inode.size
-        if h.file.size != size:
-            h.file.adopt_size(size)
+            floor, h.floor = h.floor, None
+        # The inode's size already reflects every recall up to ``epoch``: the
+        # handle must not learn the server's size again for them (it would
+        # drop growth another handle of this mount has not published). The
+        # floor makes its next flush publish any growth past a truncate it
+        # did not see.
+        h.file.adopt_size(size, epoch, published=floor)
 
     def _commit(self, h: _Handle) -> None:
         """Publish size and mtime through ``h`` (CommitLayout; call with ``h.lock`` held).
@@ -393,6 +409,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             with inode.lock:
                 if truncated:
                     inode.size = int(attr.size)
+                    for other in inode.handles:
+                        other.cut(inode.size)
                     inode.published = inode.growth
                     inode.dirty.clear()
                     self.client.layouts.invalidate(ino)
@@ -444,6 +462,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if inode is not None:
             with inode.lock:
                 inode.size = size
+                for h in inode.handles:
+                    h.cut(size)
                 inode.published = inode.growth  # published first, then cut
                 inode.dirty = [(a, min(b, size)) for a, b in inode.dirty if a < size]
 

@@ -815,18 +815,31 @@ class DaxFile(io.RawIOBase):
                 "the client's lease lapsed during the read (was it frozen?); read again"
             )
 
-    def adopt_size(self, size: int) -> None:
+    def adopt_size(
+        self, size: int, epoch: int | None = None, *, published: int | None = None
+    ) -> None:
         """Take ``size`` as the file size: another handle of this client grew or truncated the file.
 
         Reads then stop at ``size``; a later flush publishes no growth this
         handle saw before a truncation (the FUSE mount shares one size among
         the handles of an inode).
+
+        ``epoch`` is the count of this file's recalls (``Client.epochs``) that
+        ``size`` already reflects: the handle then does not ask the server for
+        the size again after those recalls, which would drop growth the caller
+        knows of and the server does not yet. ``published``: the server's size
+        went down to this meanwhile (a truncate through another handle), so a
+        later flush publishes whatever lies past it.
         """
         self._check_open()
         if size < 0:
             raise errors.InvalidArgument(f"negative size {size}")
+        if epoch is not None:
+            self._epoch = epoch
         self._size = size
         self._committed_size = min(self._committed_size, size)
+        if published is not None:
+            self._committed_size = min(self._committed_size, published)
 
     def truncate(self, size: int | None = None) -> int:
         self._check_open()
