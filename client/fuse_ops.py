@@ -137,6 +137,7 @@ def _stat_dict(a: pb.Attr, size: int) -> dict[str, int]:
         "st_size": size,
         "st_blocks": (a.allocated + 511) // 512,
         "st_blksize": a.blksize,
+        "st_rdev": a.rdev,
         "st_atime": a.atime_ns,
         "st_mtime": a.mtime_ns,
         "st_ctime": a.ctime_ns,
@@ -639,6 +640,13 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def mkdir(self, path: str, mode: int) -> int:
         req = pb.MkdirRequest(caller=self._caller(), path=path, mode=mode & 0o7777)
         self._remember(path, self._call("Mkdir", req))
+        return 0
+
+    @_edge
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        """FIFOs, sockets (bind), devices: the kernel serves their I/O, the server the inode."""
+        req = pb.MknodRequest(caller=self._caller(), path=path, mode=mode, rdev=dev)
+        self._remember(path, self._call("Mknod", req))
         return 0
 
     @_edge

@@ -559,6 +559,7 @@ class Attr(_message.Message):
     MTIME_NS_FIELD_NUMBER: _builtins.int
     CTIME_NS_FIELD_NUMBER: _builtins.int
     BLKSIZE_FIELD_NUMBER: _builtins.int
+    RDEV_FIELD_NUMBER: _builtins.int
     ino: _builtins.int
     """Inode number."""
     generation: _builtins.int
@@ -583,6 +584,10 @@ class Attr(_message.Message):
     """Last status change, ns."""
     blksize: _builtins.int
     """Preferred I/O size in bytes (the block size)."""
+    rdev: _builtins.int
+    """st_rdev: the device number of a character or block device (Linux's
+    encoding, as makedev(3) gives it); 0 for every other type.
+    """
     def __init__(
         self,
         *,
@@ -598,10 +603,11 @@ class Attr(_message.Message):
         mtime_ns: _builtins.int = ...,
         ctime_ns: _builtins.int = ...,
         blksize: _builtins.int = ...,
+        rdev: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "atime_ns", b"atime_ns", "blksize", b"blksize", "ctime_ns", b"ctime_ns", "generation", b"generation", "gid", b"gid", "ino", b"ino", "mode", b"mode", "mtime_ns", b"mtime_ns", "nlink", b"nlink", "size", b"size", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "atime_ns", b"atime_ns", "blksize", b"blksize", "ctime_ns", b"ctime_ns", "generation", b"generation", "gid", b"gid", "ino", b"ino", "mode", b"mode", "mtime_ns", b"mtime_ns", "nlink", b"nlink", "rdev", b"rdev", "size", b"size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -881,6 +887,51 @@ class MkdirRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MkdirRequest: _TypeAlias = MkdirRequest  # noqa: Y015
+
+@_typing.final
+class MknodRequest(_message.Message):
+    """Creates a special file. Its I/O is the guest kernel's (a FIFO's buffer, a
+    socket's peer, a device's driver): the server stores only the inode.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    RDEV_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path of the new file."""
+    mode: _builtins.int
+    """st_mode: the type (S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK or S_IFREG) and
+    the permission bits (after the client's umask); any other type is
+    INVALID_ARGUMENT (a directory has Mkdir, a symlink Symlink).
+    """
+    rdev: _builtins.int
+    """Device number for S_IFCHR and S_IFBLK (makedev(3) encoding); ignored
+    for the other types.
+    """
+    @_builtins.property
+    def caller(self) -> Global___Caller:
+        """Credentials. A character or block device needs uid 0 (CAP_MKNOD): else
+        PERMISSION_DENIED with errno EPERM.
+        """
+
+    def __init__(
+        self,
+        *,
+        caller: Global___Caller | None = ...,
+        path: _builtins.str = ...,
+        mode: _builtins.int = ...,
+        rdev: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "mode", b"mode", "path", b"path", "rdev", b"rdev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MknodRequest: _TypeAlias = MknodRequest  # noqa: Y015
 
 @_typing.final
 class PathRequest(_message.Message):

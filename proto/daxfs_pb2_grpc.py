@@ -95,6 +95,11 @@ class DaxfsStub:
                 request_serializer=daxfs_dot_proto_dot_daxfs__pb2.MkdirRequest.SerializeToString,
                 response_deserializer=daxfs_dot_proto_dot_daxfs__pb2.Attr.FromString,
                 _registered_method=True)
+        self.Mknod = channel.unary_unary(
+                '/daxfs.v1.Daxfs/Mknod',
+                request_serializer=daxfs_dot_proto_dot_daxfs__pb2.MknodRequest.SerializeToString,
+                response_deserializer=daxfs_dot_proto_dot_daxfs__pb2.Attr.FromString,
+                _registered_method=True)
         self.Unlink = channel.unary_unary(
                 '/daxfs.v1.Daxfs/Unlink',
                 request_serializer=daxfs_dot_proto_dot_daxfs__pb2.PathRequest.SerializeToString,
@@ -292,6 +297,14 @@ class DaxfsServicer:
 
     def Mkdir(self, request, context):
         """Creates a directory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Mknod(self, request, context):
+        """Creates a special file (FIFO, unix socket, character or block device) or
+        an empty regular file, not opened: mknod(2), mkfifo(3), bind(2).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -506,6 +519,11 @@ def add_DaxfsServicer_to_server(servicer, server):
             'Mkdir': grpc.unary_unary_rpc_method_handler(
                     servicer.Mkdir,
                     request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.MkdirRequest.FromString,
+                    response_serializer=daxfs_dot_proto_dot_daxfs__pb2.Attr.SerializeToString,
+            ),
+            'Mknod': grpc.unary_unary_rpc_method_handler(
+                    servicer.Mknod,
+                    request_deserializer=daxfs_dot_proto_dot_daxfs__pb2.MknodRequest.FromString,
                     response_serializer=daxfs_dot_proto_dot_daxfs__pb2.Attr.SerializeToString,
             ),
             'Unlink': grpc.unary_unary_rpc_method_handler(
@@ -938,6 +956,33 @@ class Daxfs:
             target,
             '/daxfs.v1.Daxfs/Mkdir',
             daxfs_dot_proto_dot_daxfs__pb2.MkdirRequest.SerializeToString,
+            daxfs_dot_proto_dot_daxfs__pb2.Attr.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Mknod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/daxfs.v1.Daxfs/Mknod',
+            daxfs_dot_proto_dot_daxfs__pb2.MknodRequest.SerializeToString,
             daxfs_dot_proto_dot_daxfs__pb2.Attr.FromString,
             options,
             channel_credentials,

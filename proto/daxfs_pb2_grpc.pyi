@@ -140,6 +140,10 @@ class DaxfsStub:
     """
     Mkdir: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.MkdirRequest, _daxfs_pb2.Attr]
     """Creates a directory."""
+    Mknod: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.MknodRequest, _daxfs_pb2.Attr]
+    """Creates a special file (FIFO, unix socket, character or block device) or
+    an empty regular file, not opened: mknod(2), mkfifo(3), bind(2).
+    """
     Unlink: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.PathRequest, _daxfs_pb2.Empty]
     """Removes a name of a non-directory; the file lives on while open."""
     Rmdir: _grpc.UnaryUnaryMultiCallable[_daxfs_pb2.PathRequest, _daxfs_pb2.Empty]
@@ -225,6 +229,10 @@ class DaxfsAsyncStub(DaxfsStub):
     """
     Mkdir: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.MkdirRequest, _daxfs_pb2.Attr]  # type: ignore[assignment]
     """Creates a directory."""
+    Mknod: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.MknodRequest, _daxfs_pb2.Attr]  # type: ignore[assignment]
+    """Creates a special file (FIFO, unix socket, character or block device) or
+    an empty regular file, not opened: mknod(2), mkfifo(3), bind(2).
+    """
     Unlink: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.PathRequest, _daxfs_pb2.Empty]  # type: ignore[assignment]
     """Removes a name of a non-directory; the file lives on while open."""
     Rmdir: _aio.UnaryUnaryMultiCallable[_daxfs_pb2.PathRequest, _daxfs_pb2.Empty]  # type: ignore[assignment]
@@ -379,6 +387,16 @@ class DaxfsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_daxfs_pb2.Attr, _abc.Awaitable[_daxfs_pb2.Attr]]:
         """Creates a directory."""
+
+    @_abc_1.abstractmethod
+    def Mknod(
+        self,
+        request: _daxfs_pb2.MknodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_daxfs_pb2.Attr, _abc.Awaitable[_daxfs_pb2.Attr]]:
+        """Creates a special file (FIFO, unix socket, character or block device) or
+        an empty regular file, not opened: mknod(2), mkfifo(3), bind(2).
+        """
 
     @_abc_1.abstractmethod
     def Unlink(

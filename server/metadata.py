@@ -37,7 +37,7 @@ CREATE TABLE inodes (
     atime_ns INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
-    target TEXT,                    -- symlink target
+    target TEXT,                    -- symlink target, or a device number in decimal
     keep_prealloc INTEGER NOT NULL DEFAULT 0  -- fallocate(KEEP_SIZE) blocks survive close
 );
 CREATE TABLE dirents (
@@ -223,7 +223,8 @@ class Metadata:
         target: str | None = None,
         ino: int | None = None,
     ) -> InodeId:
-        size = len(target.encode()) if target is not None else 0
+        # A device keeps its rdev in ``target`` (no schema change); its size is 0.
+        size = len(target.encode()) if target is not None and mode & 0o170000 == 0o120000 else 0
         cur = self._conn.execute(
             "INSERT INTO inodes (ino, generation, mode, uid, gid, nlink, size, atime_ns, "
             "mtime_ns, ctime_ns, target) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

@@ -97,6 +97,8 @@ class Attr:
     mtime_ns: int
     ctime_ns: int
     blksize: int
+    rdev: int = 0
+    """Device number of a character or block device, else 0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,20 @@ def _setid_cleared(mode: int) -> int:
     if mode & stat.S_IXGRP:
         mode &= ~stat.S_ISGID
     return mode
+
+
+_SPECIAL = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG)
+
+
+def _is_device(mode: int) -> bool:
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def _rdev(row: InodeRow) -> int:
+    """A device's number, kept in the ``target`` column (decimal text)."""
+    if _is_device(row.mode) and row.target:
+        return int(row.target)
+    return 0
 
 
 def check_name(name: str) -> None:
@@ -418,6 +434,7 @@ class Namespace:
             mtime_ns=row.mtime_ns,
             ctime_ns=row.ctime_ns,
             blksize=self.block_size,
+            rdev=_rdev(row),
         )
 
     @staticmethod
@@ -992,6 +1009,26 @@ class Namespace:
         with self._txn():
             parent, name = self._resolve_parent(path, caller)
             return self._attr(self._new_inode(parent, name, stat.S_IFDIR | mode, caller))
+
+    def mknod(self, path: str, mode: int, caller: Caller = ROOT, *, rdev: int = 0) -> Attr:
+        """mknod(2): a FIFO, unix socket, device or empty regular file; nothing is opened.
+
+        Only the inode is stored: the guest kernel serves a special file's I/O.
+        A device needs root (CAP_MKNOD), as on Linux.
+        """
+        kind = stat.S_IFMT(mode)
+        if kind not in _SPECIAL or mode & ~(stat.S_IFMT(mode) | 0o7777):
+            raise errors.InvalidArgument(f"mknod mode {mode:o}: not a special or regular file")
+        if not _is_device(mode):
+            rdev = 0
+        elif caller.uid != 0:
+            raise errors.NotPermitted("only root may create a device node")
+        elif rdev < 0 or rdev >= 1 << 64:
+            raise errors.InvalidArgument(f"device number {rdev} out of range")
+        with self._txn():
+            parent, name = self._resolve_parent(path, caller)
+            target = str(rdev) if _is_device(mode) else None
+            return self._attr(self._new_inode(parent, name, mode, caller, target))
 
     def symlink(self, target: str, path: str, caller: Caller = ROOT) -> Attr:
         if not target or "\0" in target:

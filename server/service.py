@@ -114,6 +114,7 @@ def attr_msg(a: Attr) -> pb.Attr:
         mtime_ns=a.mtime_ns,
         ctime_ns=a.ctime_ns,
         blksize=a.blksize,
+        rdev=a.rdev,
     )
 
 
@@ -420,6 +421,11 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 request.path, request.mode, self._caller(request.caller, context, change="Mkdir")
             )
         )
+
+    @_edge
+    def Mknod(self, request: pb.MknodRequest, context: grpc.ServicerContext) -> pb.Attr:
+        r = request
+        return attr_msg(self.ns.mknod(r.path, r.mode, self._caller(r.caller, context), rdev=r.rdev))
 
     @_edge
     def Unlink(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.Empty:

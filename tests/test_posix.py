@@ -435,3 +435,62 @@ def test_punch_hole_recalls_another_clients_layout(server: ServerProc) -> None:
         finally:
             reader.close()
         assert not [e for e in a.extents("/f") if e.file_offset < 128 * 1024]
+
+
+# -- special files ---------------------------------------------------------
+
+
+def test_fifos_sockets_and_devices(mnt: Path) -> None:
+    import socket
+    import threading
+
+    os.mkfifo(mnt / "fifo", 0o640)
+    st = os.stat(mnt / "fifo")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append((mnt / "fifo").read_bytes()))
+    reader.start()
+    (mnt / "fifo").write_bytes(b"through the guest kernel")
+    reader.join(timeout=30)
+    assert got == [b"through the guest kernel"]
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(str(mnt / "sock"))
+        server.listen(1)
+        assert stat.S_ISSOCK(os.stat(mnt / "sock").st_mode)
+        client.connect(str(mnt / "sock"))
+        conn, _ = server.accept()
+        with conn:
+            client.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+    finally:
+        client.close()
+        server.close()
+
+    os.mknod(mnt / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(mnt / "blk", 0o600 | stat.S_IFBLK, os.makedev(7, 200))
+    st = os.stat(mnt / "null")
+    assert stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
+    st = os.stat(mnt / "blk")
+    assert stat.S_ISBLK(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (7, 200)
+    # FUSE mounts are nodev unless mounted with -o dev: the node exists, its
+    # driver is not reachable through it.
+    assert errno_of(os.open, mnt / "null", os.O_RDONLY) == errno.EACCES
+    os.mknod(mnt / "plain", 0o644 | stat.S_IFREG)
+    assert stat.S_ISREG(os.stat(mnt / "plain").st_mode)
+    assert errno_of(os.mknod, mnt / "fifo", 0o644 | stat.S_IFIFO) == errno.EEXIST
+    os.link(mnt / "fifo", mnt / "fifo2")
+    assert os.stat(mnt / "fifo").st_nlink == 2
+    os.rename(mnt / "blk", mnt / "blk2")
+    assert os.stat(mnt / "blk2").st_rdev == os.makedev(7, 200)
+    os.chmod(mnt, 0o777)
+    out = as_nobody(f"import os, stat; os.mknod({str(mnt / 'dev')!r}, 0o600 | stat.S_IFCHR, 259)")
+    assert "Operation not permitted" in out.stderr, out
+    out = as_nobody(f"import os; os.mkfifo({str(mnt / 'nobodys')!r})")
+    assert out.returncode == 0, out.stderr
+    assert os.stat(mnt / "nobodys").st_uid == NOBODY
+    for name in ("fifo", "fifo2", "sock", "null", "blk2", "plain", "nobodys"):
+        os.unlink(mnt / name)
+    assert os.listdir(mnt) == []
