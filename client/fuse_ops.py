@@ -919,6 +919,9 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         caller = self._caller()
         if name == XATTR_IOSTATS:
+            a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=caller, path=path))
+            if not _may(a, caller, os.R_OK):
+                raise errors.PermissionDenied(f"{name} of {path} needs read permission")
             return self.iostats.to_json()
         if name == XATTR_EXTENTS:
             reply = self._call("Extents", pb.PathRequest(caller=caller, path=path))

@@ -22,6 +22,7 @@ import itertools
 import logging
 import secrets
 import stat
+import struct
 import threading
 import time
 from collections import Counter
@@ -45,6 +46,7 @@ from daxfs.shared.extent import (
     align_up,
     fill_holes,
 )
+from daxfs.shared.format import MIB
 from daxfs.shared.limits import MAX_RPC_IO, RENAME_EXCHANGE, RENAME_NOREPLACE
 from daxfs.shared.permissions import R_OK, W_OK, X_OK, mode_allows
 from daxfs.shared.region import Region
@@ -184,6 +186,56 @@ def _rdev(row: InodeRow) -> int:
     if _is_device(row.mode) and row.target:
         return int(row.target)
     return 0
+
+
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 64 * 1024
+#: Names and values of one inode together, bytes (ENOSPC beyond).
+XATTR_TOTAL_MAX = 1 * MIB
+ACL_ACCESS = "system.posix_acl_access"
+ACL_DEFAULT = "system.posix_acl_default"
+# posix_acl_xattr format: a u32 version (2), then (u16 tag, u16 perm, u32 id) entries.
+_ACL_VERSION = 2
+_ACL_HEADER = struct.Struct("<I")
+_ACL_ENTRY = struct.Struct("<HHI")
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 0x10, 0x20
+
+
+def _parse_acl(value: bytes) -> list[tuple[int, int, int]]:
+    """The entries of a POSIX ACL attribute, checked as Linux's posix_acl_valid does."""
+    if len(value) < _ACL_HEADER.size or (len(value) - _ACL_HEADER.size) % _ACL_ENTRY.size:
+        raise errors.InvalidArgument("not a POSIX ACL")
+    if _ACL_HEADER.unpack_from(value)[0] != _ACL_VERSION:
+        raise errors.NotSupported("unknown POSIX ACL version")
+    entries = [
+        _ACL_ENTRY.unpack_from(value, off)
+        for off in range(_ACL_HEADER.size, len(value), _ACL_ENTRY.size)
+    ]
+    tags = [tag for tag, _, _ in entries]
+    named = any(t in (ACL_USER, ACL_GROUP) for t in tags)
+    if (
+        any(
+            t not in (ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER)
+            for t in tags
+        )
+        or any(perm & ~7 for _, perm, _ in entries)
+        or [tags.count(t) for t in (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER)] != [1, 1, 1]
+        or tags.count(ACL_MASK) > 1
+        or (named and ACL_MASK not in tags)
+    ):
+        raise errors.InvalidArgument("invalid POSIX ACL")
+    return entries
+
+
+def _pack_acl(entries: list[tuple[int, int, int]]) -> bytes:
+    return _ACL_HEADER.pack(_ACL_VERSION) + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
+
+
+def _acl_mode(entries: list[tuple[int, int, int]]) -> int:
+    """The permission bits an access ACL implies: owner, mask (else group), other."""
+    perm = {tag: p for tag, p, _ in entries}
+    group = perm.get(ACL_MASK, perm[ACL_GROUP_OBJ])
+    return perm[ACL_USER_OBJ] << 6 | group << 3 | perm[ACL_OTHER]
 
 
 def check_name(name: str) -> None:
@@ -841,6 +893,7 @@ class Namespace:
                 if caller.uid != 0 and row.gid != caller.gid and row.gid not in caller.groups:
                     new_mode &= ~stat.S_ISGID
                 self.meta.update_inode(row.ino, mode=new_mode, ctime_ns=now)
+                self._chmod_acl(row.ino, new_mode)
             if uid is not None or gid is not None:
                 if (uid is not None and uid < 0) or (gid is not None and gid < 0):
                     raise errors.InvalidArgument("negative uid or gid")
@@ -1209,10 +1262,36 @@ class Namespace:
 
     # -- extended attributes -------------------------------------------------
 
+    def _may_xattr(self, row: InodeRow, name: str, caller: Caller, *, write: bool) -> None:
+        """Linux's xattr_permission, by namespace.
+
+        ``user.*``: read or write permission on the file, regular files and
+        directories only. ``trusted.*``: root (CAP_SYS_ADMIN) only; others see
+        none. ``security.*``: stored; written by the owner or root.
+        ``system.posix_acl_access`` and ``_default``: set by the owner or
+        root. Any other name: EOPNOTSUPP.
+        """
+        if name.startswith("user."):
+            if not (stat.S_ISREG(row.mode) or stat.S_ISDIR(row.mode)):
+                if write:
+                    raise errors.NotPermitted("user.* attributes need a file or directory")
+                raise errors.NoData(f"no attribute {name!r}")
+            self._may(row, caller, W_OK if write else R_OK)
+        elif name.startswith("trusted."):
+            if caller.uid != 0:
+                if write:
+                    raise errors.NotPermitted("trusted.* attributes need CAP_SYS_ADMIN")
+                raise errors.NoData(f"no attribute {name!r}")
+        elif name.startswith("security.") or name in (ACL_ACCESS, ACL_DEFAULT):
+            if write and caller.uid not in (0, row.uid):
+                raise errors.NotPermitted(f"only the owner may set {name}")
+        else:
+            raise errors.NotSupported(f"attribute namespace of {name!r} is not supported")
+
     def getxattr(self, path: str, name: str, caller: Caller = ROOT) -> bytes:
         with self._lock:
             row = self._resolve(path, caller)
-            self._may(row, caller, R_OK)
+            self._may_xattr(row, name, caller, write=False)
             value = self.meta.get_xattr(row.ino, name)
             if value is None:
                 raise errors.NoData(f"no attribute {name!r}")
@@ -1221,38 +1300,84 @@ class Namespace:
     def setxattr(
         self, path: str, name: str, value: bytes, caller: Caller = ROOT, *, flags: int = 0
     ) -> None:
-        if not name or len(name.encode()) > 255 or len(value) > 65536:
-            raise errors.InvalidArgument("xattr name 1..255 bytes, value up to 64 KiB")
+        """setxattr(2); sizes as Linux: name 1..255 bytes (ERANGE), value up to 64 KiB (E2BIG).
+
+        All names and values of one inode together stay within XATTR_TOTAL_MAX
+        (ENOSPC beyond, as ext4 when its attribute space is full). An access
+        ACL sets the permission bits it implies, and is stored only when it
+        says more than they do (posix_acl_update_mode).
+        """
+        if not name or len(name.encode()) > XATTR_NAME_MAX:
+            raise errors.RangeError(f"attribute name of 1..{XATTR_NAME_MAX} bytes")
+        if len(value) > XATTR_SIZE_MAX:
+            raise errors.ArgumentTooBig(f"attribute value over {XATTR_SIZE_MAX} bytes")
         with self._txn():
             row = self._resolve(path, caller)
-            if caller.uid not in (0, row.uid):
-                self._may(row, caller, W_OK)
-            exists = self.meta.get_xattr(row.ino, name) is not None
-            if flags == 1 and exists:  # XATTR_CREATE
+            self._may_xattr(row, name, caller, write=True)
+            old = self.meta.get_xattr(row.ino, name)
+            if flags == 1 and old is not None:  # XATTR_CREATE
                 raise errors.AlreadyExists(f"attribute {name!r} exists")
-            if flags == 2 and not exists:  # XATTR_REPLACE
+            if flags == 2 and old is None:  # XATTR_REPLACE
                 raise errors.NoData(f"no attribute {name!r}")
+            if name == ACL_DEFAULT and not stat.S_ISDIR(row.mode):
+                raise errors.PermissionDenied("a default ACL belongs on a directory")
+            if name in (ACL_ACCESS, ACL_DEFAULT):
+                entries = _parse_acl(value)
+                if name == ACL_ACCESS:
+                    mode = (row.mode & ~0o777) | _acl_mode(entries)
+                    in_group = row.gid == caller.gid or row.gid in caller.groups
+                    if caller.uid != 0 and not in_group:
+                        mode &= ~stat.S_ISGID
+                    self.meta.update_inode(row.ino, mode=mode)
+                    if len(entries) == 3:  # no more than the mode bits say: not stored
+                        self.meta.remove_xattr(row.ino, name)
+                        self._touch(row.ino, mtime=False)
+                        return
+            used = sum(
+                len(n.encode()) + len(self.meta.get_xattr(row.ino, n) or b"")
+                for n in self.meta.list_xattrs(row.ino)
+                if n != name
+            )
+            if used + len(name.encode()) + len(value) > XATTR_TOTAL_MAX:
+                raise errors.NoSpace(f"extended attributes of inode {row.ino} are full")
             self.meta.set_xattr(row.ino, name, value)
             self._touch(row.ino, mtime=False)
 
     def listxattr(self, path: str, caller: Caller = ROOT) -> list[str]:
         with self._lock:
-            return self.meta.list_xattrs(self._resolve(path, caller).ino)
+            names = self.meta.list_xattrs(self._resolve(path, caller).ino)
+            if caller.uid != 0:
+                names = [n for n in names if not n.startswith("trusted.")]
+            return names
 
     def removexattr(self, path: str, name: str, caller: Caller = ROOT) -> None:
         with self._txn():
             row = self._resolve(path, caller)
-            if caller.uid not in (0, row.uid):
-                self._may(row, caller, W_OK)
+            self._may_xattr(row, name, caller, write=True)
             if not self.meta.remove_xattr(row.ino, name):
                 raise errors.NoData(f"no attribute {name!r}")
+            self._touch(row.ino, mtime=False)
+
+    def _chmod_acl(self, ino: InodeId, mode: int) -> None:
+        """chmod rewrites a stored access ACL's owner, group (or mask) and other entries."""
+        value = self.meta.get_xattr(ino, ACL_ACCESS)
+        if value is None:
+            return
+        entries = _parse_acl(value)
+        has_mask = any(tag == ACL_MASK for tag, _, _ in entries)
+        bits = {ACL_USER_OBJ: mode >> 6 & 7, ACL_OTHER: mode & 7}
+        bits[ACL_MASK if has_mask else ACL_GROUP_OBJ] = mode >> 3 & 7
+        out = [(tag, bits.get(tag, perm), ident) for tag, perm, ident in entries]
+        self.meta.set_xattr(ino, ACL_ACCESS, _pack_acl(out))
 
     # -- layouts -------------------------------------------------------------
 
     def extents(self, path: str, caller: Caller = ROOT) -> list[Extent]:
-        """The whole extent map of a file (for inspection; takes no lease)."""
+        """The whole extent map of a file (inspection: no lease; needs read permission)."""
         with self._lock:
-            return self.meta.extents(self._resolve(path, caller).ino)
+            row = self._resolve(path, caller)
+            self._may(row, caller, R_OK)
+            return self.meta.extents(row.ino)
 
     def get_layout(
         self,

@@ -50,6 +50,7 @@ STATUS_FOR: dict[int, grpc.StatusCode] = {
     errno.EINVAL: grpc.StatusCode.INVALID_ARGUMENT,
     errno.ENAMETOOLONG: grpc.StatusCode.INVALID_ARGUMENT,
     errno.ERANGE: grpc.StatusCode.INVALID_ARGUMENT,
+    errno.E2BIG: grpc.StatusCode.INVALID_ARGUMENT,
     errno.EFBIG: grpc.StatusCode.OUT_OF_RANGE,
     errno.ENOTDIR: grpc.StatusCode.FAILED_PRECONDITION,
     errno.EISDIR: grpc.StatusCode.FAILED_PRECONDITION,

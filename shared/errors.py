@@ -125,6 +125,12 @@ class NoData(DaxfsError, OSError):
     code = _errno.ENODATA
 
 
+class ArgumentTooBig(DaxfsError, OSError):
+    """A value over its limit, such as an extended attribute over 64 KiB."""
+
+    code = _errno.E2BIG
+
+
 class RangeError(DaxfsError, OSError):
     """A result would not fit the caller's buffer (xattr values)."""
 
@@ -174,6 +180,7 @@ for _cls in (
     RangeError,
     ReadOnly,
     TooManySessions,
+    ArgumentTooBig,
 ):
     _BY_ERRNO.setdefault(_cls.code, _cls)
 

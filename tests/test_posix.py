@@ -494,3 +494,106 @@ def test_fifos_sockets_and_devices(mnt: Path) -> None:
     for name in ("fifo", "fifo2", "sock", "null", "blk2", "plain", "nobodys"):
         os.unlink(mnt / name)
     assert os.listdir(mnt) == []
+
+
+# -- extended attributes ---------------------------------------------------
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    import struct
+
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+USER_OBJ, USER, GROUP_OBJ, MASK, OTHER = 1, 2, 4, 0x10, 0x20
+NONE = 0xFFFFFFFF  # ACL_UNDEFINED_ID: the id of the entries that name no one
+
+
+def test_cp_a_keeps_the_mode_through_the_access_acl(mnt: Path, workdir: Path) -> None:
+    src = workdir / "src"
+    src.write_bytes(b"copied")
+    os.chmod(src, 0o644)
+    subprocess.run(["cp", "-a", str(src), str(mnt / "dst")], check=True)
+    assert stat.S_IMODE(os.stat(mnt / "dst").st_mode) == 0o644
+    assert (mnt / "dst").read_bytes() == b"copied"
+
+
+def test_posix_acls_set_the_mode_bits(mnt: Path) -> None:
+    f = mnt / "f"
+    f.write_bytes(b"x")
+    os.chmod(f, 0o600)
+    # A minimal ACL is the mode bits: they change, nothing is stored.
+    os.setxattr(
+        f,
+        "system.posix_acl_access",
+        _acl((USER_OBJ, 7, NONE), (GROUP_OBJ, 5, NONE), (OTHER, 4, NONE)),
+    )
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o754
+    assert errno_of(os.getxattr, f, "system.posix_acl_access") == errno.ENODATA
+    # An extended ACL is stored; the group bits are its mask.
+    acl = _acl(
+        (USER_OBJ, 6, NONE),
+        (USER, 6, NOBODY),
+        (GROUP_OBJ, 4, NONE),
+        (MASK, 6, NONE),
+        (OTHER, 0, NONE),
+    )
+    os.setxattr(f, "system.posix_acl_access", acl)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o660
+    assert os.getxattr(f, "system.posix_acl_access") == acl
+    # chmod rewrites the ACL's owner, mask and other entries.
+    os.chmod(f, 0o640)
+    assert os.getxattr(f, "system.posix_acl_access") == _acl(
+        (USER_OBJ, 6, NONE),
+        (USER, 6, NOBODY),
+        (GROUP_OBJ, 4, NONE),
+        (MASK, 4, NONE),
+        (OTHER, 0, NONE),
+    )
+    bad = _acl(
+        (USER_OBJ, 6, NONE), (USER, 6, NOBODY), (GROUP_OBJ, 4, NONE), (OTHER, 0, NONE)
+    )  # no mask
+    assert errno_of(os.setxattr, f, "system.posix_acl_access", bad) == errno.EINVAL
+    junk = b"\x02\x00\x00\x00junk"
+    assert errno_of(os.setxattr, f, "system.posix_acl_access", junk) == errno.EINVAL
+    default = _acl((USER_OBJ, 7, NONE), (GROUP_OBJ, 5, NONE), (OTHER, 5, NONE))
+    assert errno_of(os.setxattr, f, "system.posix_acl_default", default) == errno.EACCES
+    (mnt / "d").mkdir()
+    os.setxattr(mnt / "d", "system.posix_acl_default", default)
+    assert os.getxattr(mnt / "d", "system.posix_acl_default") == default
+    assert errno_of(os.setxattr, f, "system.other", b"x") == errno.EOPNOTSUPP
+
+
+def test_xattr_namespaces_permissions_and_limits(mnt: Path) -> None:
+    f = mnt / "f"
+    f.write_bytes(b"x")
+    os.chmod(f, 0o600)
+    os.chmod(mnt, 0o777)
+    os.setxattr(f, "trusted.root", b"r")
+    os.setxattr(f, "security.label", b"s")
+    assert os.getxattr(f, "security.label") == b"s"
+    get = "import os; print(os.getxattr({!r}, {!r}))"
+    out = as_nobody(f"import os; os.setxattr({str(f)!r}, 'trusted.x', b'x')")
+    assert "Operation not permitted" in out.stderr, out
+    out = as_nobody(get.format(str(f), "user.daxfs.extents"))
+    assert "Permission denied" in out.stderr, out
+    out = as_nobody(get.format(str(f), "user.daxfs.iostats"))
+    assert "Permission denied" in out.stderr, out
+    os.chmod(f, 0o644)
+    out = as_nobody(f"import os; print(sorted(os.listxattr({str(f)!r})))")
+    assert out.stdout.strip() == "['security.label']", out  # trusted.* is root's
+    out = as_nobody(get.format(str(f), "trusted.root"))
+    assert "No data available" in out.stderr, out
+    out = as_nobody(f"import os; os.setxattr({str(f)!r}, 'user.x', b'x')")
+    assert "Permission denied" in out.stderr, out  # no write permission
+    assert os.getxattr(f, "trusted.root") == b"r"
+
+    os.setxattr(f, "user.max", bytes(64 * 1024))
+    assert errno_of(os.setxattr, f, "user.big", bytes(64 * 1024 + 1)) == errno.E2BIG
+    assert errno_of(os.setxattr, f, "user." + "n" * 251, b"x") == errno.ERANGE
+    for i in range(14):
+        os.setxattr(f, f"user.v{i}", bytes(64 * 1024))
+    assert errno_of(os.setxattr, f, "user.more", bytes(64 * 1024)) == errno.ENOSPC
+    os.setxattr(f, "user.v0", b"small")  # replacing within the bound is fine
+    os.symlink("f", mnt / "s")
+    assert errno_of(os.setxattr, mnt / "s", "user.x", b"x", follow_symlinks=False) == errno.EPERM
