@@ -34,11 +34,11 @@ def proto_errno_table() -> dict[str, set[int]]:
     table: dict[str, set[int]] = {}
     code = ""
     for line in (ROOT / "proto" / "daxfs.proto").read_text().splitlines():
-        m = re.match(r"//\s+([A-Z_]+)?\s+((?:E[A-Z]+\(\d+\)\s*)+)$", line)
+        m = re.match(r"//\s+([A-Z_]+)?\s+((?:E[A-Z0-9]+\(\d+\)\s*)+)$", line)
         if m is None:
             continue
         code = m.group(1) or code  # a continuation line keeps the code above
-        for name, number in re.findall(r"(E[A-Z]+)\((\d+)\)", m.group(2)):
+        for name, number in re.findall(r"(E[A-Z0-9]+)\((\d+)\)", m.group(2)):
             assert getattr(errno, name) == int(number), f"{name} is not {number} on Linux"
             table.setdefault(code, set()).add(int(number))
     return table
