@@ -675,7 +675,7 @@ def test_server_gone_gives_eio_not_a_hang(workdir: Path) -> None:
     try:
         m = start_mount(srv.address, workdir / "mnt", "--timeout", "3")
         m.allowed_log.append("session stream lost")  # the server is gone: expected
-        m.allowed_log.append("at unmount")  # a handle the kernel released late cannot tell the server
+        m.allowed_log.append("at unmount")  # a late-released handle cannot tell the server
         try:
             (m.path / "f").write_bytes(b"before")
             fd = os.open(m.path / "f", os.O_RDWR)
