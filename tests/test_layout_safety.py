@@ -326,6 +326,46 @@ def test_a_layout_reply_overtaken_by_its_recall_is_discarded(
         b.unlink("/y")
 
 
+@pytest.mark.fuse
+def test_through_fuse_a_layout_reply_overtaken_by_its_recall_is_discarded(
+    leased: ServerProc, proxy: FaultyProxy, workdir: Path
+) -> None:
+    mnt = workdir / "mnt"
+    with connect(leased.address) as b, fuse_mount(proxy.address, mnt, "--timeout", "10"):
+        write_file(b, "/x", b"\x11" * (4 * MIB))
+        old_blocks = blocks_of(b, "/x")
+        fd = os.open(mnt / "x", os.O_RDONLY)
+        try:
+            proxy.hold_next_layout()
+            got: list[bytes | BaseException] = []
+
+            def read() -> None:
+                try:
+                    got.append(os.pread(fd, 4 * MIB, 0))
+                except BaseException as exc:  # reported below
+                    got.append(exc)
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            assert proxy.holding.wait(10), "the read never asked for a layout"
+            b.truncate("/x", 0)
+            write_file(b, "/y", b"\xee" * (4 * MIB))
+            assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
+            proxy.release_layout()
+            reader.join(30)
+            assert got, "the read never returned"
+            # The read may fail or come back short (the file is empty now); it
+            # must never carry the next owner's bytes.
+            if not isinstance(got[0], BaseException):
+                assert b"\xee" not in got[0], "a read used a layout its recall had overtaken"
+            else:
+                assert isinstance(got[0], OSError), got
+        finally:
+            os.close(fd)
+        b.unlink("/x")
+        b.unlink("/y")
+
+
 def test_a_layout_reply_that_outlives_its_session_is_not_used(
     leased: ServerProc, proxy: FaultyProxy
 ) -> None:
@@ -412,6 +452,59 @@ def test_a_writer_frozen_mid_copy_never_lands_in_the_next_owners_blocks(
         b.unlink("/y")
 
 
+@pytest.mark.fuse
+def test_through_fuse_a_writer_frozen_with_its_mount_never_lands_in_the_next_owners_blocks(
+    leased: ServerProc, workdir: Path
+) -> None:
+    """The guest freezes whole (a paused VM): the writing program and its mount."""
+    mnt = workdir / "mnt"
+    script = textwrap.dedent(
+        f"""
+        import os
+        fd = os.open({str(mnt / "x")!r}, os.O_RDWR)
+        buf = b"\\x66" * (8 * 1024 * 1024)
+        print("writing", flush=True)
+        while True:
+            try:
+                os.pwrite(fd, buf, 0)
+            except OSError:
+                pass
+        """
+    )
+    with connect(leased.address) as b, fuse_mount(leased.address, mnt, "--timeout", "10") as m:
+        # Frozen past its lease, the mount finds its session over when it thaws.
+        m.allowed_log += ["session stream lost", "lease ends unrenewed", "session ended by"]
+        write_file(b, "/x", b"\x11" * (8 * MIB))
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "writing"
+            time.sleep(0.2)
+            m.proc.send_signal(signal.SIGSTOP)  # the mount, almost surely mid-copy
+            child.send_signal(signal.SIGSTOP)
+            wait_until(lambda: process_state(m.proc.pid) == "T", "the mount to stop")
+            b.unlink("/x")  # still open on the mount: freed at its last close
+            time.sleep(3 * LEASE_S)  # the frozen guest's lease is long over
+            try:
+                write_file(b, "/y", b"\xee" * (8 * MIB))
+            except errors.NoSpace:
+                b.unlink("/y")
+                write_file(b, "/y", b"\xee" * (4 * MIB))
+            want = digest(b, "/y")
+            m.proc.send_signal(signal.SIGCONT)
+            child.send_signal(signal.SIGCONT)
+            time.sleep(1.0)  # the resumed copy finishes, then the writes fail
+            assert digest(b, "/y") == want, "a frozen mount's copy landed in another file"
+        finally:
+            m.proc.send_signal(signal.SIGCONT)
+            child.kill()
+            child.wait()
+            assert child.stdout is not None
+            child.stdout.close()
+        wait_until(lambda: b.stats().open_files == 0, "the mount to close /x")
+        b.unlink("/y")
+
+
 # -- 4. a recall sent while the stream reconnects -----------------------------------
 
 
@@ -437,6 +530,35 @@ def test_a_recall_sent_while_the_stream_is_down_is_delivered_on_reattach(
         data = f.pread(4 * MIB, 0)
         assert b"\xee" not in data
         f.close()
+        b.unlink("/x")
+        b.unlink("/y")
+
+
+@pytest.mark.fuse
+def test_through_fuse_a_recall_sent_while_the_stream_is_down_is_delivered_on_reattach(
+    leased: ServerProc, proxy: FaultyProxy, workdir: Path
+) -> None:
+    mnt = workdir / "mnt"
+    with connect(leased.address) as b, fuse_mount(proxy.address, mnt, "--timeout", "10") as m:
+        m.allowed_log.append("session stream lost")  # the proxy cuts it: the point
+        write_file(b, "/x", b"\x11" * (4 * MIB))
+        old_blocks = blocks_of(b, "/x")
+        fd = os.open(mnt / "x", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4, 0) == b"\x11" * 4  # the mount caches /x's layout
+            proxy.link_down = True
+            proxy.cut_streams()
+            wait_until(lambda: b.stats().sessions == 1, "the mount's stream to drop")
+            b.truncate("/x", 0)  # the recall for the mount cannot be delivered now
+            assert b.stats().pending_recalls == 1
+            proxy.link_down = False  # the mount reattaches within its lease
+            wait_until(lambda: b.stats().quarantined_bytes == 0, "the mount's acknowledgement")
+            write_file(b, "/y", b"\xee" * (4 * MIB))
+            assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
+            time.sleep(2 * LEASE_S)  # renewals go on; the recalled layout must not come back
+            assert b"\xee" not in os.pread(fd, 4 * MIB, 0)
+        finally:
+            os.close(fd)
         b.unlink("/x")
         b.unlink("/y")
 
