@@ -100,6 +100,8 @@ class SessionInfo:
 
     client_id: int
     name: str
+    credential: str
+    """The server's name for the credential that opened it ("" on a server without any)."""
     attached: bool
     """True while its session stream is open."""
     idle_ns: int
@@ -470,7 +472,9 @@ class Client:
         """The server's live sessions (root only), for operators."""
         reply = self.call("ListSessions", pb.ListSessionsRequest(caller=self.caller))
         return [
-            SessionInfo(s.client_id, s.name, s.attached, s.idle_ns, s.unacknowledged_recalls)
+            SessionInfo(
+                s.client_id, s.name, s.credential, s.attached, s.idle_ns, s.unacknowledged_recalls
+            )
             for s in reply.sessions
         ]
 

@@ -773,11 +773,15 @@ class OpenRequest(_message.Message):
     read: _builtins.bool
     """Open for reading."""
     write: _builtins.bool
-    """Open for writing."""
+    """Open for writing. At least one of read and write must be set
+    (INVALID_ARGUMENT otherwise, as for Create; O_TRUNC alone is no exception).
+    """
     append: _builtins.bool
     """O_APPEND."""
     truncate: _builtins.bool
-    """O_TRUNC."""
+    """O_TRUNC: truncate to zero; needs permission to write the file, even with
+    read alone (as Linux does for O_RDONLY|O_TRUNC).
+    """
     @_builtins.property
     def caller(self) -> Global___Caller:
         """Credentials."""

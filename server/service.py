@@ -398,6 +398,10 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     @_edge
     def Open(self, request: pb.OpenRequest, context: grpc.ServicerContext) -> pb.OpenReply:
         r = request
+        if not (r.read or r.write):
+            raise InvalidArgument(
+                "Open needs read or write: a handle open for neither serves nothing"
+            )
         opened = self.ns.open(
             r.path,
             self._caller(

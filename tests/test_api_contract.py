@@ -96,6 +96,18 @@ def test_create_for_neither_reading_nor_writing_is_refused(pair: tuple[Client, C
     assert not a.exists("/useless")
 
 
+def test_open_for_neither_reading_nor_writing_is_refused(pair: tuple[Client, Client]) -> None:
+    a, _ = pair
+    with a.open("/f", "wb") as f:
+        f.write(b"kept")
+    for how in ({}, {"truncate": True}, {"append": True}):
+        with pytest.raises(errors.InvalidArgument, match="read or write"):
+            a.call("Open", pb.OpenRequest(caller=a.caller, path="/f", **how))
+    assert a.stats().open_files == 0  # nothing was opened
+    assert a.stat("/f").size == 4  # and nothing truncated
+    a.unlink("/f")
+
+
 def test_a_read_layout_past_eof_shows_holes_not_preallocated_blocks(
     pair: tuple[Client, Client],
 ) -> None:

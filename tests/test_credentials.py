@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from daxfs.cli import main
 from daxfs.client import Client, connect
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.auth import parse_keyring
@@ -146,6 +147,22 @@ def test_a_session_opened_with_one_token_cannot_be_used_with_another(
         assert {s.credential for s in listed.sessions} == {"guest-b", "fuse-host"}
         assert host.stats().auth_refusals == before + 1
     assert "credential=guest-a" in guests.log.read_text()
+
+
+def test_the_operator_sees_which_credential_opened_each_session(
+    guests: ServerProc, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = workdir / "host-token"
+    token.write_text(HOST + "\n")
+    with connect(guests.address, token=GUEST, name="guest-a-app"):
+        with connect(guests.address, token=READER, name="reader-app"):
+            assert main(["sessions", guests.address, "--token-file", str(token)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["client_id", "stream", "idle_s", "recalls", "credential", "name"]
+    assert sorted(row.split()[4:] for row in rows) == [
+        ["guest-a", "guest-a-app"],
+        ["reader", "reader-app"],
+    ]
 
 
 def test_refusals_are_logged_with_the_credential_and_counted(guests: ServerProc) -> None:

@@ -100,13 +100,17 @@ def cmd_extents(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     with _connect(args) as c:
-        print(f"{'client_id':>20} {'stream':>6} {'idle_s':>8} {'recalls':>7}  name")
-        for s in c.sessions():
-            if s.client_id == c.client_id:
-                continue  # this command's own session
+        sessions = [s for s in c.sessions() if s.client_id != c.client_id]  # not our own
+        width = max([len("credential"), *(len(s.credential or "-") for s in sessions)])
+        print(
+            f"{'client_id':>20} {'stream':>6} {'idle_s':>8} {'recalls':>7}  "
+            f"{'credential':<{width}}  name"
+        )
+        for s in sessions:
             print(
                 f"{s.client_id:20d} {'yes' if s.attached else 'no':>6} "
-                f"{s.idle_ns / 1e9:8.1f} {s.unacknowledged_recalls:7d}  {s.name}"
+                f"{s.idle_ns / 1e9:8.1f} {s.unacknowledged_recalls:7d}  "
+                f"{s.credential or '-':<{width}}  {s.name}"
             )
     return 0
 
