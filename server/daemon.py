@@ -69,7 +69,9 @@ class ServerConfig:
     #: Listen on TCP without TLS (the operator says the network is private).
     insecure: bool = False
     #: On the unix socket, a non-root peer acts as its own uid (SO_PEERCRED relay).
-    peer_credentials: bool = False
+    #: None: whenever others than the server's own user may open the socket
+    #: (see :func:`peer_credentials_for`).
+    peer_credentials: bool | None = None
 
 
 def unix_path(listen: str) -> str | None:
@@ -192,9 +194,40 @@ def _enable_reflection(server: grpc.Server, services: tuple[str, ...]) -> None:
     )
 
 
+def socket_is_shared(config: ServerConfig) -> bool:
+    """Whether users other than the server's own may open its unix socket."""
+    return config.socket_group is not None or bool(config.socket_mode & 0o077)
+
+
+def peer_credentials_for(config: ServerConfig) -> bool:
+    """Whether the unix socket gets the SO_PEERCRED relay.
+
+    By default exactly when the socket is shared (``--socket-group`` or a mode
+    with group or other bits): then a process that is not root must not act as
+    root by saying so. A 0600 socket is open only to the server's own user,
+    which owns the region and the metadata anyway, so the relay's copy would
+    buy nothing there.
+    """
+    if unix_path(config.listen) is None:
+        return False
+    if config.peer_credentials is None:
+        return socket_is_shared(config)
+    return config.peer_credentials
+
+
 def check_transport(config: ServerConfig) -> None:
     """Refuse plain TCP unless the operator said --insecure; say why."""
     plain = config.tls_cert is None and config.tls_key is None
+    if (
+        unix_path(config.listen) is not None
+        and config.peer_credentials is False
+        and socket_is_shared(config)
+    ):
+        log.warning(
+            "--no-peer-credentials on a socket others may open: every process that can "
+            "open it acts as whatever uid it claims%s",
+            " (its credential's policy still applies)" if config.keyring else ", root included",
+        )
     if unix_path(config.listen) is None and config.peer_credentials:
         raise InvalidArgument("--peer-credentials applies to a unix socket (--listen unix:PATH)")
     if unix_path(config.listen) is not None or not plain:
@@ -295,7 +328,7 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
             tls=_read_tls(config),
             socket_gid=_group_id(config.socket_group),
             max_sessions=config.max_sessions,
-            peer_credentials=config.peer_credentials,
+            peer_credentials=peer_credentials_for(config),
         )
     except BaseException:
         close_volume(ns)

@@ -154,9 +154,11 @@ def test_the_operator_sees_which_credential_opened_each_session(
 ) -> None:
     token = workdir / "host-token"
     token.write_text(HOST + "\n")
-    with connect(guests.address, token=GUEST, name="guest-a-app"):
-        with connect(guests.address, token=READER, name="reader-app"):
-            assert main(["sessions", guests.address, "--token-file", str(token)]) == 0
+    with (
+        connect(guests.address, token=GUEST, name="guest-a-app"),
+        connect(guests.address, token=READER, name="reader-app"),
+    ):
+        assert main(["sessions", guests.address, "--token-file", str(token)]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["client_id", "stream", "idle_s", "recalls", "credential", "name"]
     assert sorted(row.split()[4:] for row in rows) == [

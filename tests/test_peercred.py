@@ -1,13 +1,15 @@
 """On the unix socket the kernel says who connected (SO_PEERCRED, ``--peer-credentials``).
 
 A non-root process acts as itself whatever its Caller claims; a root peer (a
-FUSE daemon acting for its callers) may assert ids. The non-root process is
-a real one: it drops to nobody before it connects, as the kernel records the
-peer's credentials at connect().
+FUSE daemon acting for its callers) may assert ids. This is the default as
+soon as the socket is shared (a group or other mode bits). The non-root
+process is a real one: it drops to nobody before it connects, as the kernel
+records the peer's credentials at connect().
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,7 @@ import pytest
 
 from daxfs.client import connect
 from daxfs.shared import errors
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server
+from daxfs.testing import ServerProc, Volume, assert_fsck_clean, assert_log_clean, start_server
 
 NOBODY = 65534
 
@@ -56,36 +58,75 @@ AS_NOBODY = textwrap.dedent(
 @pytest.fixture
 def peer_server(volume: Volume, workdir: Path) -> Iterator[ServerProc]:
     workdir.chmod(0o755)  # nobody must reach the socket
-    srv = start_server(volume, "--peer-credentials", "--socket-mode", "666")
+    srv = start_server(volume, "--socket-mode", "666")  # shared: peer credentials by default
     yield srv
     assert srv.stop() == 0
     assert "Traceback" not in srv.log.read_text()
     assert_fsck_clean(volume)
 
 
-def test_a_non_root_peer_acts_as_itself_whatever_it_claims(peer_server: ServerProc) -> None:
-    with connect(peer_server.address) as root:
+def _as_nobody_claiming_root(address: str) -> list[str]:
+    """What a process running as nobody gets when every request claims uid 0."""
+    with connect(address) as root:
         with root.open("/secret", "wb") as f:
             f.write(b"root only")
         root.chmod("/secret", 0o600)
         root.mkdir("/pub")
         root.chmod("/pub", 0o777)
         out = subprocess.run(
-            [sys.executable, "-c", AS_NOBODY, peer_server.address],
+            [sys.executable, "-c", AS_NOBODY, address],
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert out.returncode == 0, out.stderr
-        assert out.stdout.split("\n")[:3] == [
-            "secret: PERMISSION_DENIED",
-            f"owner: {NOBODY} {NOBODY}",
-            "sessions: PERMISSION_DENIED",
-        ]
-        assert root.stat("/pub/mine").uid == NOBODY
         root.unlink("/pub/mine")
         root.rmdir("/pub")
         root.unlink("/secret")
+    return out.stdout.split("\n")[:3]
+
+
+def test_a_non_root_peer_acts_as_itself_whatever_it_claims(peer_server: ServerProc) -> None:
+    assert _as_nobody_claiming_root(peer_server.address) == [
+        "secret: PERMISSION_DENIED",
+        f"owner: {NOBODY} {NOBODY}",
+        "sessions: PERMISSION_DENIED",
+    ]
+
+
+def test_the_operator_may_turn_peer_credentials_off_and_is_warned(
+    volume: Volume, workdir: Path
+) -> None:
+    workdir.chmod(0o755)
+    srv = start_server(volume, "--socket-mode", "666", "--no-peer-credentials")
+    try:
+        # What the default prevents: nobody claims root and is root.
+        assert _as_nobody_claiming_root(srv.address) == [
+            "secret: read",
+            "owner: 0 0",
+            "sessions: listed",
+        ]
+    finally:
+        assert srv.stop() == 0
+    assert_log_clean(srv.log, ["acts as whatever uid it claims, root included"])
+    assert_fsck_clean(volume)
+
+
+def test_a_private_socket_needs_no_relay_unless_asked(volume: Volume, workdir: Path) -> None:
+    """0600: only the server's own user may connect, and it owns the region anyway."""
+    for extra, relayed in (((), False), (("--peer-credentials",), True)):
+        srv = start_server(volume, *extra)
+        try:
+            private = [p.name for p in workdir.iterdir() if p.name.startswith(".daxfs-private-")]
+            assert bool(private) == relayed
+            with connect(srv.address) as c:
+                assert c.listdir("/") == []
+        finally:
+            assert srv.stop() == 0
+        assert_log_clean(srv.log)
+        for p in workdir.iterdir():
+            if p.name.startswith(".daxfs-private-"):
+                shutil.rmtree(p)
 
 
 def test_a_root_peer_may_assert_the_ids_it_acts_for(peer_server: ServerProc) -> None:

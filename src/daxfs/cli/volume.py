@@ -167,8 +167,11 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument(
         "--peer-credentials",
-        action="store_true",
-        help="on the unix socket, a non-root process acts as its own uid (SO_PEERCRED)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="on the unix socket, a non-root process acts as its own uid (SO_PEERCRED); "
+        "default: on when the socket is shared (--socket-group, or --socket-mode with "
+        "group or other bits)",
     )
     p.add_argument("--tls-cert", help="PEM certificate chain for TCP listening")
     p.add_argument("--tls-key", help="PEM private key for TCP listening")
