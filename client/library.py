@@ -166,10 +166,18 @@ class Client:
         token: str | None = None,
         token_file: str | None = None,
         tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         self.address = address
         self.conn = Connection(
-            address, timeout=timeout, token=token, token_file=token_file, tls_ca=tls_ca
+            address,
+            timeout=timeout,
+            token=token,
+            token_file=token_file,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
         self._name = name or f"{socket.gethostname()}:{os.getpid()}"
         try:

@@ -10,7 +10,13 @@ from typing import Any
 import grpc
 
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
-from daxfs.shared.errors import DaxfsError, PermissionDenied, Unavailable, from_errno
+from daxfs.shared.errors import (
+    DaxfsError,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    from_errno,
+)
 from daxfs.shared.limits import (
     AUTH_SCHEME,
     AUTHORIZATION_KEY,
@@ -37,7 +43,7 @@ def to_error(exc: grpc.RpcError, address: str) -> DaxfsError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"daxfs server at {address} is unreachable ({details})")
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        return PermissionDenied(f"daxfs server at {address} refused the token: {details}")
+        return PermissionDenied(f"daxfs server at {address} refused the credential: {details}")
     return DaxfsError(f"daxfs server at {address}: {code}: {details}")
 
 
@@ -59,7 +65,9 @@ class Connection:
 
     ``token`` (or ``token_file``, or $DAXFS_TOKEN_FILE) is sent with every
     call; ``tls_ca`` (or $DAXFS_TLS_CA), a PEM file of trusted roots, makes a
-    TCP channel use TLS.
+    TCP channel use TLS. ``tls_cert`` and ``tls_key`` (or $DAXFS_TLS_CERT and
+    $DAXFS_TLS_KEY), PEM files, are this client's certificate and key for a
+    server that requires client certificates (``--tls-client-ca``).
     """
 
     def __init__(
@@ -70,6 +78,8 @@ class Connection:
         token: str | None = None,
         token_file: str | None = None,
         tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -86,9 +96,17 @@ class Connection:
             ("grpc.use_local_subchannel_pool", 1),
         ]
         ca = tls_ca or os.environ.get("DAXFS_TLS_CA")
+        cert = tls_cert or os.environ.get("DAXFS_TLS_CERT")
+        key = tls_key or os.environ.get("DAXFS_TLS_KEY")
+        if bool(cert) != bool(key):
+            raise InvalidArgument("a client certificate needs both tls_cert and tls_key")
         if ca and not address.startswith("unix:"):
             roots = Path(ca).read_bytes()
-            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=roots,
+                private_key=Path(key).read_bytes() if key else None,
+                certificate_chain=Path(cert).read_bytes() if cert else None,
+            )
             self.channel = grpc.secure_channel(address, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(address, options=options)

@@ -35,7 +35,10 @@ Conventions:
   EUSERS: the server holds --max-sessions sessions. INTERNAL is a server
   bug (its log has the traceback). UNAUTHENTICATED, with no errno, refuses a
   missing or unknown token ("authorization: Bearer <token>"; the scheme is
-  case-insensitive). UNAVAILABLE and DEADLINE_EXCEEDED come from gRPC itself.
+  case-insensitive), or a TLS client certificate that names no credential
+  (a call without a token is judged by its connection's certificate).
+  UNAVAILABLE and DEADLINE_EXCEEDED come from gRPC itself; a server that
+  requires client certificates refuses a connection without one there.
 
 Sessions, leases and recalls (protocol "2"; README "The layout safety
 invariant" explains why each rule exists):
@@ -1785,7 +1788,8 @@ class StatsReply(_message.Message):
     RecallDone after 2 s (the blocks stay in quarantine until it answers).
     """
     auth_refusals: _builtins.int
-    """Calls refused for their credential: a missing or unknown token, or what
+    """Calls refused for their credential: a missing or unknown token or client
+    certificate (not a failed TLS handshake, which gRPC refuses), or what
     the credential's policy forbids (read-only, another credential's
     session). The server logs each with the credential's name.
     """
@@ -1857,7 +1861,9 @@ class SessionInfo(_message.Message):
     name: _builtins.str
     """HelloRequest.client_name."""
     credential: _builtins.str
-    """The credential that opened it (the token's name; "" without auth)."""
+    """The credential that opened it (its name in the server's token file, for
+    a token or a client certificate; "" without auth).
+    """
     attached: _builtins.bool
     """True while its Session stream is open."""
     idle_ns: _builtins.int

@@ -35,7 +35,10 @@ Conventions:
   EUSERS: the server holds --max-sessions sessions. INTERNAL is a server
   bug (its log has the traceback). UNAUTHENTICATED, with no errno, refuses a
   missing or unknown token ("authorization: Bearer <token>"; the scheme is
-  case-insensitive). UNAVAILABLE and DEADLINE_EXCEEDED come from gRPC itself.
+  case-insensitive), or a TLS client certificate that names no credential
+  (a call without a token is judged by its connection's certificate).
+  UNAVAILABLE and DEADLINE_EXCEEDED come from gRPC itself; a server that
+  requires client certificates refuses a connection without one there.
 
 Sessions, leases and recalls (protocol "2"; README "The layout safety
 invariant" explains why each rule exists):

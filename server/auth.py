@@ -1,12 +1,14 @@
 """Credentials: who may call, as whom, and what they may change.
 
 Every call carries metadata ``authorization: Bearer <token>`` (the scheme is
-case-insensitive, RFC 7235). The token names a :class:`Credential` of the
-server's token file (``--token-file``); its :class:`Policy` decides which uid
-and gids the call acts as and whether it may change anything. The request's
-``Caller`` is only a claim: the edge (``service._caller``) replaces what the
-policy does not let the credential assert. Without a token file every caller
-is the open credential "" (trusted: as safe as whoever can reach the socket).
+case-insensitive, RFC 7235), or arrives on a TLS connection whose client
+certificate the server verified (``--tls-client-ca``). The token, or else the
+certificate's subject CN, names a :class:`Credential` of the server's token
+file (``--token-file``); its :class:`Policy` decides which uid and gids the
+call acts as and whether it may change anything. The request's ``Caller`` is
+only a claim: the edge (``service._caller``) replaces what the policy does
+not let the credential assert. Without a token file every caller is the open
+credential "" (trusted: as safe as whoever can reach the socket).
 
 The token file is either one token (at least 16 characters: the credential
 "default", trusted) or one credential per line::
@@ -15,6 +17,17 @@ The token file is either one token (at least 16 characters: the credential
     fuse-host   0f1e2d3c4b5a69788796a5b4   trusted
     guest-a     a5b4c3d2e1f0a9b8c7d6e5f4   squash=1000:1000
     guest-b     9a8b7c6d5e4f3a2b1c0d9e8f   root-squash read-only
+    guest-c     cert:guest-c.example       squash=1001:1001
+
+A token of the form ``cert:CN`` is no secret: it names the client
+certificate whose subject common name is CN (no whitespace), which only a
+server with ``--tls-client-ca`` verifies. TLS then refuses, at the handshake,
+a connection without a certificate signed by that CA (grpc-python can only
+require client certificates, not merely ask for them), so such a guest never
+reaches daxfs: gRPC logs the failed handshake and the client sees
+UNAVAILABLE. A certificate the CA signed whose CN no credential names gets
+UNAUTHENTICATED, logged as ``cert:CN`` and counted like an unknown token.
+A call that carries a token is judged by the token alone.
 
 ``trusted`` may assert any uid (a FUSE daemon acting for its callers);
 ``squash=UID:GID`` acts as that uid and gid whatever the request says (NFS
@@ -95,11 +108,18 @@ class Credential:
     name: str
     """Shown in logs and ListSessions; "" for the open credential (no token file)."""
     token: bytes = field(repr=False)
+    """The bearer token; b"" for a certificate credential."""
     policy: Policy = TRUSTED
+    cert_cn: str = ""
+    """The subject CN of the client certificate that presents it; "" for a token."""
 
 
 #: Every caller of a server without a token file.
 OPEN = Credential("", b"", TRUSTED)
+#: A token field naming a client certificate by its subject CN.
+CERT_PREFIX = "cert:"
+#: The auth context property grpc fills with a verified client certificate's CN.
+X509_CN = "x509_common_name"
 
 
 def token_hint(token: bytes) -> str:
@@ -126,6 +146,12 @@ def _token_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | Non
     return None
 
 
+def cert_cn(context: grpc.ServicerContext) -> str | None:
+    """The subject CN of the client certificate TLS verified for this call, or None."""
+    names: list[bytes] = list(context.auth_context().get(X509_CN) or ())
+    return names[0].decode("utf-8", "replace") if len(names) == 1 else None
+
+
 class Keyring:
     """The server's credentials and its refusal counter. Thread-safe."""
 
@@ -133,10 +159,16 @@ class Keyring:
         names = [c.name for c in credentials]
         if len(set(names)) != len(names):
             raise InvalidArgument("two credentials have the same name")
-        self._by_digest = {hashlib.sha256(c.token).digest(): c for c in credentials}
-        if len(self._by_digest) != len(credentials):
+        tokens = [c for c in credentials if not c.cert_cn]
+        self._by_digest = {hashlib.sha256(c.token).digest(): c for c in tokens}
+        if len(self._by_digest) != len(tokens):
             raise InvalidArgument("two credentials have the same token")
+        self._by_cn = {c.cert_cn: c for c in credentials if c.cert_cn}
+        if len(self._by_cn) != len(credentials) - len(tokens):
+            raise InvalidArgument("two credentials name the same certificate")
         self.required = bool(credentials)
+        #: Some credential is a client certificate (the server must verify them).
+        self.certificates = bool(self._by_cn)
         self._lock = threading.Lock()
         self._refusals = 0
 
@@ -154,13 +186,18 @@ class Keyring:
             return None
         return found
 
+    def match_cert(self, cn: str | None) -> Credential | None:
+        """The credential of the verified client certificate with subject CN ``cn``, or None."""
+        return None if cn is None else self._by_cn.get(cn)
+
     def identify(self, context: grpc.ServicerContext) -> Credential:
         """The credential of a call that the interceptor already let through."""
         if not self.required:
             return OPEN
-        found = self.match(_token_of(context.invocation_metadata()))
+        token = _token_of(context.invocation_metadata())
+        found = self.match(token) if token is not None else self.match_cert(cert_cn(context))
         if found is None:  # the interceptor refuses these; never act on one
-            raise PermissionError("call without a valid token reached the service")
+            raise PermissionError("call without a valid credential reached the service")
         return found
 
     def refused(self, who: str, what: str, reason: str, peer: str = "") -> None:
@@ -192,6 +229,12 @@ def parse_keyring(text: str, source: str = "token file") -> Keyring:
         name, token, *policy = words
         if not _NAME.fullmatch(name):
             raise InvalidArgument(f"{where}: bad credential name {name!r}")
+        if token.startswith(CERT_PREFIX):
+            cn = token[len(CERT_PREFIX) :]
+            if not cn:
+                raise InvalidArgument(f"{where}: cert: needs the certificate's subject CN")
+            creds.append(Credential(name, b"", _policy(policy, where), cert_cn=cn))
+            continue
         if len(token) < MIN_TOKEN:
             raise InvalidArgument(f"{where}: the token must hold at least {MIN_TOKEN} characters")
         creds.append(Credential(name, token.encode(), _policy(policy, where)))
@@ -232,7 +275,12 @@ def read_keyring(path: str) -> Keyring:
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuses, before any handler runs, a call whose token names no credential."""
+    """Refuses, before any handler runs, a call whose token names no credential.
+
+    A call without a token, on a server with certificate credentials, is
+    judged inside its handler: only there does gRPC show the connection's
+    verified certificate (the auth context).
+    """
 
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
@@ -247,16 +295,77 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler is None or method in OPEN_METHODS:
             return handler
         token = _token_of(handler_call_details.invocation_metadata)
+        if token is None and self._keyring.certificates:
+            return _checked(handler, lambda context: self._check_cert(method, context))
         if self._keyring.match(token) is not None:
             return handler
         reason = "missing token" if not token else "wrong token"
         self._keyring.refused(token_hint(token) if token else "", method, reason)
         return _deny_like(handler, reason)
 
+    def _check_cert(self, method: str, context: grpc.ServicerContext) -> None:
+        """Abort UNAUTHENTICATED unless the connection's certificate names a credential."""
+        cn = cert_cn(context)
+        if self._keyring.match_cert(cn) is not None:
+            return
+        reason = "missing token or client certificate" if cn is None else "unknown certificate"
+        who = "" if cn is None else CERT_PREFIX + cn
+        self._keyring.refused(who, method, reason, context.peer())
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, _refusal(reason))
+
+
+def _refusal(reason: str) -> str:
+    return (
+        f"{reason}: pass the server's token (--token-file or DAXFS_TOKEN_FILE) or a client "
+        "certificate it knows (--tls-cert and --tls-key, or DAXFS_TLS_CERT and DAXFS_TLS_KEY)"
+    )
+
+
+def _checked(handler: Any, check: Callable[[grpc.ServicerContext], None]) -> Any:
+    """``handler`` with ``check(context)`` run first (it aborts to refuse)."""
+    if handler.request_streaming and handler.response_streaming:
+        stream_stream = handler.stream_stream
+
+        def checked_ss(requests: Any, context: grpc.ServicerContext) -> Any:
+            check(context)
+            yield from stream_stream(requests, context)
+
+        new: Any = grpc.stream_stream_rpc_method_handler
+        behaviour: Any = checked_ss
+    elif handler.request_streaming:
+        stream_unary = handler.stream_unary
+
+        def checked_su(requests: Any, context: grpc.ServicerContext) -> Any:
+            check(context)
+            return stream_unary(requests, context)
+
+        new, behaviour = grpc.stream_unary_rpc_method_handler, checked_su
+    elif handler.response_streaming:
+        unary_stream = handler.unary_stream
+
+        def checked_us(request: Any, context: grpc.ServicerContext) -> Any:
+            check(context)
+            yield from unary_stream(request, context)
+
+        new, behaviour = grpc.unary_stream_rpc_method_handler, checked_us
+    else:
+        unary_unary = handler.unary_unary
+
+        def checked_uu(request: Any, context: grpc.ServicerContext) -> Any:
+            check(context)
+            return unary_unary(request, context)
+
+        new, behaviour = grpc.unary_unary_rpc_method_handler, checked_uu
+    return new(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
 
 def _deny_like(handler: Any, reason: str) -> Any:
     """A handler of the same shape as ``handler`` that aborts UNAUTHENTICATED."""
-    message = f"{reason}: pass the server's token (--token-file or DAXFS_TOKEN_FILE)"
+    message = _refusal(reason)
 
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)

@@ -62,6 +62,9 @@ class ServerConfig:
     #: TLS for TCP listening: PEM certificate chain and private key files.
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: PEM roots that sign guests' client certificates: with it TLS requires and
+    #: verifies one on every connection; ``cert:CN`` credentials name them.
+    tls_client_ca: str | None = None
     #: Group (name or gid) that may use the unix socket; its mode becomes 0660.
     socket_group: str | None = None
     #: Sessions accepted at once; each attached session stream holds a thread.
@@ -92,6 +95,7 @@ def create_server(
     socket_mode: int = 0o600,
     keyring: Keyring | None = None,
     tls: tuple[bytes, bytes] | None = None,
+    tls_client_ca: bytes | None = None,
     socket_gid: int | None = None,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     peer_credentials: bool = False,
@@ -106,6 +110,9 @@ def create_server(
     ordinary calls *plus* one per possible stream, and the servicer refuses
     streams beyond ``max_sessions`` (RESOURCE_EXHAUSTED): health and ordinary
     calls never wait behind sessions. Threads are created on demand.
+
+    ``tls_client_ca`` (PEM roots, TCP with ``tls`` only) makes TLS require a
+    client certificate they signed on every connection.
 
     ``peer_credentials`` (unix socket only) puts a relay on the public socket
     that tells the servicer which process each connection comes from
@@ -160,7 +167,13 @@ def create_server(
         address = f"unix:{path}"
     else:
         if tls is not None:
-            creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            # grpc-python can require a client certificate or not ask for one;
+            # it cannot merely ask (auth.py says what that means for guests).
+            creds = grpc.ssl_server_credentials(
+                [(tls[1], tls[0])],
+                root_certificates=tls_client_ca,
+                require_client_auth=tls_client_ca is not None,
+            )
             port = server.add_secure_port(listen, creds)
         else:
             port = server.add_insecure_port(listen)
@@ -216,8 +229,20 @@ def peer_credentials_for(config: ServerConfig) -> bool:
 
 
 def check_transport(config: ServerConfig) -> None:
-    """Refuse plain TCP unless the operator said --insecure; say why."""
+    """Refuse plain TCP unless the operator said --insecure; say why.
+
+    Also refuse certificate credentials that nothing would verify.
+    """
     plain = config.tls_cert is None and config.tls_key is None
+    if config.keyring is not None and config.keyring.certificates and not config.tls_client_ca:
+        raise InvalidArgument(
+            "the token file names client certificates (cert:CN) but the server verifies none: "
+            "pass --tls-client-ca with the CA that signs them (and TCP with --tls-cert, --tls-key)"
+        )
+    if config.tls_client_ca is not None and (plain or unix_path(config.listen) is not None):
+        raise InvalidArgument(
+            "--tls-client-ca applies to TLS on TCP: pass --tls-cert and --tls-key and a host:port"
+        )
     if (
         unix_path(config.listen) is not None
         and config.peer_credentials is False
@@ -263,6 +288,13 @@ def _read_tls(config: ServerConfig) -> tuple[bytes, bytes] | None:
         )
     with open(config.tls_cert, "rb") as c, open(config.tls_key, "rb") as k:
         return c.read(), k.read()
+
+
+def _read_client_ca(config: ServerConfig) -> bytes | None:
+    if config.tls_client_ca is None:
+        return None
+    with open(config.tls_client_ca, "rb") as f:
+        return f.read()
 
 
 def _group_id(group: str | None) -> int | None:
@@ -326,6 +358,7 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
             socket_mode=config.socket_mode,
             keyring=config.keyring,
             tls=_read_tls(config),
+            tls_client_ca=_read_client_ca(config),
             socket_gid=_group_id(config.socket_group),
             max_sessions=config.max_sessions,
             peer_credentials=peer_credentials_for(config),

@@ -256,21 +256,42 @@ def run_server(
 
 
 @contextlib.contextmanager
-def tcp_server(volume: Volume, listen: str, *extra: str) -> Iterator[str]:
-    """A server on TCP (port 0 allowed); yields the address it logged, stops it cleanly after."""
-    proc = subprocess.Popen(server_argv(volume, listen, *extra), stderr=subprocess.PIPE, text=True)
+def tcp_server(
+    volume: Volume, listen: str, *extra: str, log: Path | None = None, timeout: float = 60.0
+) -> Iterator[str]:
+    """A server on TCP (port 0 allowed); yields the address it logged, stops it cleanly after.
+
+    With ``log`` the server's output goes to that file (for the test to read).
+    """
+    if log is None:
+        proc = subprocess.Popen(server_argv(volume, listen, *extra), stderr=subprocess.PIPE)
+    else:
+        with open(log, "ab") as logf:
+            proc = subprocess.Popen(
+                server_argv(volume, listen, *extra), stdout=logf, stderr=subprocess.STDOUT
+            )
     try:
-        assert proc.stderr is not None
         address = None
-        for line in proc.stderr:
-            if "serving address=" in line:
-                address = line.split("serving address=")[1].split()[0]
-                break
+        if proc.stderr is not None:
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace")
+                if "serving address=" in line:
+                    address = line.split("serving address=")[1].split()[0]
+                    break
+        else:
+            assert log is not None
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                found = re.search(r"serving address=(\S+)", log.read_text(errors="replace"))
+                if found:
+                    address = found.group(1)
+                    break
+                time.sleep(0.05)
         assert address is not None, "the server never said where it listens"
         yield address
     finally:
         proc.terminate()
         code = proc.wait(timeout=20)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
         assert code == 0, f"server exited {code}"

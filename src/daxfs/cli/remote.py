@@ -21,6 +21,8 @@ def _connect(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         region_path=args.region,
         token_file=args.token_file,
         tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
@@ -160,6 +162,11 @@ def register(sub: Subcommands) -> None:
         )
         q.add_argument("--token-file", help="the server's token (default: $DAXFS_TOKEN_FILE)")
         q.add_argument("--tls-ca", help="PEM roots to verify a TLS server (default: $DAXFS_TLS_CA)")
+        q.add_argument(
+            "--tls-cert",
+            help="PEM client certificate, for --tls-client-ca servers ($DAXFS_TLS_CERT)",
+        )
+        q.add_argument("--tls-key", help="its PEM private key (default: $DAXFS_TLS_KEY)")
         q.set_defaults(fn=fn)
         return q
 

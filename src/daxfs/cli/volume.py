@@ -69,6 +69,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         keyring=_server_keyring(args.token_file),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         socket_group=args.socket_group,
         insecure=args.insecure,
         peer_credentials=args.peer_credentials,
@@ -175,6 +176,11 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument("--tls-cert", help="PEM certificate chain for TCP listening")
     p.add_argument("--tls-key", help="PEM private key for TCP listening")
+    p.add_argument(
+        "--tls-client-ca",
+        help="PEM roots that sign guests' client certificates: every TCP connection must "
+        "present one (mTLS); token file lines NAME cert:CN POLICY map them to policies",
+    )
     p.add_argument("--socket-group", help="group allowed to use the unix socket (mode 0660)")
     p.add_argument(
         "--lease-seconds",
