@@ -229,7 +229,8 @@ def peer_credentials_for(config: ServerConfig) -> bool:
 
 
 def check_transport(config: ServerConfig) -> None:
-    """Refuse plain TCP unless the operator said --insecure; say why.
+    """Refuse plain TCP, or TCP without credentials, unless the operator said
+    --insecure; say why.
 
     Also refuse certificate credentials that nothing would verify.
     """
@@ -255,7 +256,16 @@ def check_transport(config: ServerConfig) -> None:
         )
     if unix_path(config.listen) is None and config.peer_credentials:
         raise InvalidArgument("--peer-credentials applies to a unix socket (--listen unix:PATH)")
-    if unix_path(config.listen) is not None or not plain:
+    if unix_path(config.listen) is not None:
+        return
+    if not plain:
+        if config.keyring is None and not config.insecure:
+            raise InvalidArgument(
+                f"refusing to listen on {config.listen} without --token-file: anyone who "
+                "reaches the port would act as any uid, root included. Pass --token-file "
+                "(tokens, or cert:CN lines with --tls-client-ca), or --insecure if everyone "
+                "who can reach the port may be root"
+            )
         return
     if not config.insecure:
         raise InvalidArgument(

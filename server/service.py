@@ -430,7 +430,11 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     @_edge
     def Mknod(self, request: pb.MknodRequest, context: grpc.ServicerContext) -> pb.Attr:
         r = request
-        return attr_msg(self.ns.mknod(r.path, r.mode, self._caller(r.caller, context), rdev=r.rdev))
+        return attr_msg(
+            self.ns.mknod(
+                r.path, r.mode, self._caller(r.caller, context, change="Mknod"), rdev=r.rdev
+            )
+        )
 
     @_edge
     def Unlink(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.Empty:

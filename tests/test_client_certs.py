@@ -18,7 +18,14 @@ from daxfs.client import Client, connect
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.auth import parse_keyring
 from daxfs.shared import errors
-from daxfs.testing import Volume, assert_fsck_clean, assert_log_clean, run_server, tcp_server
+from daxfs.testing import (
+    Volume,
+    assert_fsck_clean,
+    assert_log_clean,
+    run_server,
+    server_argv,
+    tcp_server,
+)
 
 TOKEN = "token-holder-0123456789abcdef"
 TOKENS = f"""\
@@ -188,6 +195,15 @@ def test_certificate_credentials_need_a_server_that_verifies_them(
     assert out.returncode == 1 and "--tls-client-ca" in out.stderr
     out = run_server(volume, "--tls-client-ca", str(pki["ca"][0]))
     assert out.returncode == 1 and "applies to TLS on TCP" in out.stderr
+    # TLS alone says nothing about who may act as whom.
+    cert, key = pki["server"]
+    out = subprocess.run(
+        server_argv(volume, "localhost:0", "--tls-cert", str(cert), "--tls-key", str(key)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "without --token-file" in out.stderr
     with pytest.raises(errors.InvalidArgument, match="same certificate"):
         parse_keyring("a cert:x trusted\nb cert:x squash=1:1\n")
     with pytest.raises(errors.InvalidArgument, match="subject CN"):

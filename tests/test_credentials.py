@@ -96,6 +96,9 @@ def test_a_read_only_guest_reads_through_read_layouts_and_changes_nothing(
                 lambda: reader.unlink("/shared"),
                 lambda: reader.rename("/shared", "/moved"),
                 lambda: reader.chmod("/shared", 0o600),
+                lambda: reader.call(
+                    "Mknod", pb.MknodRequest(caller=reader.caller, path="/fifo", mode=0o10644)
+                ),
             ):
                 with pytest.raises(errors.ReadOnly):
                     change()
