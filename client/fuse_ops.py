@@ -289,8 +289,12 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         cache: bool = False,
         attr_timeout: float | None = None,
         on_ready: Callable[[], None] | None = None,
+        context: Callable[[], tuple[int, int, int]] | None = None,
     ) -> None:
         self.client = client
+        #: (uid, gid, pid) of the calling process: libfuse's context, or the
+        #: kernel backend's request header (``daxfs.client.kernel``).
+        self._context = context or mfusepy.fuse_get_context
         self.cache = cache
         #: Seconds the kernel may trust attributes and names. Without the page
         #: cache, 0: every stat asks the server, so another guest's commits
@@ -309,7 +313,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
 
     def _caller(self) -> pb.Caller:
         """The credentials of the process whose system call this is."""
-        uid, gid, pid = mfusepy.fuse_get_context()
+        uid, gid, pid = self._context()
         # Root passes every permission check, so its groups need no /proc read.
         groups = _groups_of(pid) if uid != 0 and pid > 0 else []
         return pb.Caller(uid=uid, gid=gid, groups=groups, client_id=self.client.client_id)

@@ -1,8 +1,12 @@
-"""The life cycle of the FUSE daemon: checks, libfuse in the foreground, unmount.
+"""The life cycle of the FUSE daemon: checks, the front end in the foreground, unmount.
 
 :func:`run_mount` checks the mountpoint and /dev/fuse, connects (Hello, then
-maps the region) and runs libfuse in this process, in the foreground. libfuse
-itself never forks: a gRPC channel does not survive a fork. The ``daxfs
+maps the region) and serves the mount in this process, in the foreground,
+through one of two front ends (``--backend``): ``libfuse`` (mfusepy over
+libfuse 3's high-level API) or ``kernel`` (``daxfs.client.kernel``: the
+daemon speaks the kernel's FUSE protocol itself; mount(2) needs root). Both
+drive the same :class:`~daxfs.client.fuse_ops.DaxfsOperations`. Neither
+forks: a gRPC channel does not survive a fork. The ``daxfs
 mount`` and ``daxfs umount`` verbs (``daxfs.cli.mount``) call it, and start it
 again as a detached child when asked for the background form.
 
@@ -20,15 +24,19 @@ import ctypes
 import errno
 import logging
 import os
+import signal
 import stat
 import subprocess
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daxfs.shared.address import normalize_address
 from daxfs.shared.errors import DaxfsError, QuietError
 from daxfs.shared.mman import libc
+
+if TYPE_CHECKING:
+    from daxfs.client.library import Client
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +173,21 @@ class _Stopper:
                 return
 
     def _unmount(self) -> None:
+        unmount_or_detach(self.mountpoint)
+
+
+def unmount_or_detach(mountpoint: str) -> None:
+    """Unmount; if files are still open there, detach lazily (they keep working)."""
+    try:
+        unmount(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return  # the main loop noticed too and unmounted first
+        log.warning("unmount of %s: %s; detaching it lazily", mountpoint, exc)
         try:
-            unmount(self.mountpoint)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                return  # the main loop noticed too and unmounted first
-            log.warning("unmount of %s: %s; detaching it lazily", self.mountpoint, exc)
-            try:
-                unmount(self.mountpoint, lazy=True)
-            except OSError as exc2:
-                log.error("lazy unmount of %s failed: %s", self.mountpoint, exc2)
+            unmount(mountpoint, lazy=True)
+        except OSError as exc2:
+            log.error("lazy unmount of %s failed: %s", mountpoint, exc2)
 
 
 def _detach_stdio(log_path: str | None) -> None:
@@ -200,6 +213,13 @@ def run_mount(args: argparse.Namespace) -> int:
         client = Client(address, region_path=args.region, timeout=args.timeout, name=f"mount:{mp}")
     except DaxfsError as exc:
         raise QuietError(f"cannot use the daxfs server at {address}: {exc}", 1) from None
+    if getattr(args, "backend", "libfuse") == "kernel":
+        try:
+            _serve_kernel(args, client, options)
+        finally:
+            client.close()
+        log.info("unmounted %s", mp)
+        return 0
 
     def ready() -> None:
         log.info("mounted %s at %s (%s)", address, mp, "cached" if args.cache else "direct_io")
@@ -237,3 +257,61 @@ def run_mount(args: argparse.Namespace) -> int:
         client.close()
     log.info("unmounted %s", mp)
     return 0
+
+
+def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, Any]) -> None:
+    """The kernel backend: mount(2) a /dev/fuse channel and serve it until unmounted.
+
+    SIGTERM, SIGINT and SIGHUP unmount (lazily if files are open), which ends
+    the serving threads; then the operations close what is left open.
+    """
+    from daxfs.client.fuse_ops import DaxfsOperations
+    from daxfs.client.kernel.channel import Channel, MountOptions
+    from daxfs.client.kernel.dispatch import Dispatcher, Negotiated
+    from daxfs.client.kernel.session import KernelSession
+
+    mp = args.mountpoint
+    if os.geteuid() != 0:
+        raise QuietError("--backend kernel mounts with mount(2), as root; use --backend libfuse", 1)
+    try:
+        mount_options = MountOptions.parse(options)
+    except DaxfsError as exc:
+        raise QuietError(str(exc), 2) from None
+
+    def ready(negotiated: Negotiated) -> None:
+        log.info(
+            "mounted %s at %s (kernel protocol 7.%d, %s)",
+            client.address, mp, negotiated.minor, "cached" if args.cache else "direct_io",
+        )  # fmt: skip
+        if args.detached_child:
+            _detach_stdio(args.log)
+
+    ops = DaxfsOperations(
+        client,
+        cache=args.cache,
+        attr_timeout=args.attr_timeout,
+        context=lambda: dispatcher.context(),
+    )
+    dispatcher = Dispatcher(ops, on_init=ready)
+    stop = threading.Event()
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signals}
+    channel = Channel.open()
+    try:
+        try:
+            channel.mount(mp, mount_options)
+        except OSError as exc:
+            raise QuietError(f"mounting {mp} failed: {exc.strerror}", 1) from None
+        session = KernelSession(channel, dispatcher)
+        session.start()
+        while session.running():
+            if stop.wait(0.2):
+                log.info("asked to exit: unmounting %s", mp)
+                unmount_or_detach(mp)
+                break
+        session.join()
+    finally:
+        channel.close()
+        ops.destroy("/")
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -195,14 +195,17 @@ class TestLibrary(FilesystemSemantics):
 @pytest.mark.fuse
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="/dev/fuse is missing")
 class TestMount(FilesystemSemantics):
-    """A real ``daxfs mount``, driven through ``os`` as any program would."""
+    """A real ``daxfs mount``, driven through ``os`` as any program would, on each
+    FUSE front end (``--backend``)."""
 
     mnt: Path
 
-    @pytest.fixture(autouse=True)
-    def bind(self, server: ServerProc, client: Client, workdir: Path) -> Iterator[None]:
+    @pytest.fixture(autouse=True, params=["libfuse", "kernel"])
+    def bind(
+        self, server: ServerProc, client: Client, workdir: Path, request: pytest.FixtureRequest
+    ) -> Iterator[None]:
         self.raw = client
-        with fuse_mount(server.address, workdir / "mnt") as m:
+        with fuse_mount(server.address, workdir / "mnt", backend=request.param) as m:
             self.mnt = m.path
             yield
 

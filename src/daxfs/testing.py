@@ -26,6 +26,16 @@ from daxfs.server.volume import format_volume
 
 DEFAULT_TEST_REGION = 256 * 1024 * 1024
 
+#: The environment variable that picks the FUSE front end of every mount
+#: :func:`start_mount` starts without an explicit ``backend`` ("libfuse" or
+#: "kernel"), so one suite runs against either: ``DAXFS_TEST_BACKEND=kernel pytest``.
+BACKEND_ENV = "DAXFS_TEST_BACKEND"
+
+
+def default_backend() -> str:
+    """The FUSE front end tests mount with unless they name one."""
+    return os.environ.get(BACKEND_ENV, "libfuse")
+
 
 @dataclass
 class Volume:
@@ -155,6 +165,8 @@ class Mount:
     log: Path
     #: Substrings of log records this test expects (see :func:`assert_log_clean`).
     allowed_log: list[str] = field(default_factory=list)
+    #: The FUSE front end serving it ("libfuse" or "kernel").
+    backend: str = "libfuse"
 
     def iostats(self) -> dict[str, int]:
         """The mount's counters of kernel reads and writes (its virtual xattr)."""
@@ -191,23 +203,28 @@ def start_mount(
     *extra: str,
     timeout: float = 60.0,
     log: Path | None = None,
+    backend: str | None = None,
 ) -> Mount:
     """``daxfs mount --foreground`` in a subprocess; returns once the mount is live.
 
     The one way tests, the bench and the demos start a FUSE mount. The daemon's
     output goes to ``log`` (default: ``MOUNTPOINT.mount.log`` beside the
     mountpoint); a daemon that exits or does not mount within ``timeout``
-    seconds fails with its log in the message.
+    seconds fails with its log in the message. ``backend`` is the front end
+    (``--backend``; default :func:`default_backend`).
     """
     mountpoint.mkdir(parents=True, exist_ok=True)
     log = log or mountpoint.parent / f"{mountpoint.name}.mount.log"
+    backend = backend or default_backend()
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            daxfs_cmd("mount", address, str(mountpoint), "--foreground", *extra),
+            daxfs_cmd(
+                "mount", address, str(mountpoint), "--foreground", "--backend", backend, *extra
+            ),
             stdout=logf,
             stderr=subprocess.STDOUT,
         )
-    m = Mount(mountpoint, proc, log)
+    m = Mount(mountpoint, proc, log, backend=backend)
     deadline = time.monotonic() + timeout
     while not is_mounted(str(mountpoint)):
         if proc.poll() is not None:
@@ -227,9 +244,10 @@ def fuse_mount(
     timeout: float = 60.0,
     log: Path | None = None,
     check: bool = True,
+    backend: str | None = None,
 ) -> Iterator[Mount]:
     """:func:`start_mount`, stopped on the way out (see :meth:`Mount.stop` for ``check``)."""
-    m = start_mount(address, mountpoint, *extra, timeout=timeout, log=log)
+    m = start_mount(address, mountpoint, *extra, timeout=timeout, log=log, backend=backend)
     try:
         yield m
     finally:

@@ -89,6 +89,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--region", args.region]
     if args.cache:
         argv.append("--cache")
+    argv += ["--backend", args.backend]
     if args.attr_timeout is not None:
         argv += ["--attr-timeout", str(args.attr_timeout)]
     if args.debug_fuse:
@@ -117,6 +118,13 @@ def register(sub: Subcommands) -> None:
         "--cache",
         action="store_true",
         help="use the guest page cache (no direct_io; close-to-open consistency only)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("libfuse", "kernel"),
+        default="libfuse",
+        help="FUSE front end: libfuse (mfusepy; default) or kernel (the daemon speaks the "
+        "kernel's FUSE protocol itself: one copy per read, shared mmap; root only)",
     )
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument(
@@ -151,7 +159,7 @@ def mount8_argv(args: Sequence[str]) -> list[str] | None:
     """``mount.daxfs ADDR MOUNTPOINT [-sfnv] [-o opts]`` (as mount -t daxfs calls it) as
     ``daxfs`` arguments; None when the command line does not have that shape.
 
-    daxfs's own options ride in -o: region=PATH, cache, timeout=S, log=PATH.
+    daxfs's own options ride in -o: region=PATH, cache, timeout=S, log=PATH, backend=NAME.
     """
     positional: list[str] = []
     opts: list[str] = []
@@ -162,7 +170,7 @@ def mount8_argv(args: Sequence[str]) -> list[str] | None:
         if a == "-o" and i + 1 < len(args):
             for item in args[i + 1].split(","):
                 key, sep, val = item.partition("=")
-                if key in ("region", "timeout", "log") and sep:
+                if key in ("region", "timeout", "log", "backend") and sep:
                     ours += [f"--{key}", val]
                 elif key == "cache" and not sep:
                     ours.append("--cache")
