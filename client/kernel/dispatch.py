@@ -97,6 +97,8 @@ def _attr(st: Mapping[str, int]) -> p.Attr:
         nlink=st.get("st_nlink", 1),
         uid=st.get("st_uid", 0),
         gid=st.get("st_gid", 0),
+        # glibc's dev_t and the kernel's u32 encoding agree on the low 32 bits.
+        rdev=st.get("st_rdev", 0) & 0xFFFFFFFF,
         blksize=st.get("st_blksize", 4096) or 4096,
     )
 
@@ -335,13 +337,15 @@ class Dispatcher:
             handle = self._any_handle(hdr.nodeid)
         ops = self.ops
         # libfuse's order: mode, owner, size, times; then the attributes as they are.
+        # fchmod, fchown, ftruncate and futimens name the handle (FATTR_FH).
         if v & SetattrValid.MODE:
-            ops.chmod(path, mode)
+            ops.chmod(path, mode, handle)
         if v & (SetattrValid.UID | SetattrValid.GID):
             ops.chown(
                 path,
                 uid if v & SetattrValid.UID else -1,
                 gid if v & SetattrValid.GID else -1,
+                handle,
             )
         if v & SetattrValid.SIZE:
             ops.truncate(path, size, handle)
@@ -362,6 +366,7 @@ class Dispatcher:
                     when(SetattrValid.ATIME_NOW, SetattrValid.ATIME, atime, atimensec),
                     when(SetattrValid.MTIME_NOW, SetattrValid.MTIME, mtime, mtimensec),
                 ),
+                handle,
             )
         if path is None and handle is None:
             raise NotFound(f"node {hdr.nodeid} was removed")
@@ -505,7 +510,7 @@ class Dispatcher:
     # -- directories -------------------------------------------------------------
 
     def _opendir(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
-        self._path(hdr.nodeid)  # a removed directory cannot be opened
+        self.ops.opendir(self._path(hdr.nodeid))  # read permission, as open(2) needs
         with self._lock:
             dh = next(self._dh)
             self._dirs[dh] = None
