@@ -9,6 +9,8 @@ records the peer's credentials at connect().
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,14 @@ import pytest
 
 from daxfs.client import connect
 from daxfs.shared import errors
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, assert_log_clean, start_server
+from daxfs.testing import (
+    ServerProc,
+    Volume,
+    assert_fsck_clean,
+    assert_log_clean,
+    fuse_mount,
+    start_server,
+)
 
 NOBODY = 65534
 
@@ -145,3 +154,36 @@ def test_a_root_peer_may_assert_the_ids_it_acts_for(peer_server: ServerProc) -> 
             fuse_like.unlink("/pub/f")
         root.rmdir("/pub")
         root.unlink("/secret")
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="/dev/fuse is missing")
+def test_a_fuse_daemon_on_a_shared_socket_still_acts_for_its_callers(
+    peer_server: ServerProc, workdir: Path
+) -> None:
+    """The mount daemon runs as root: through the relay it asserts each caller's ids."""
+    with fuse_mount(peer_server.address, workdir / "mnt", "-o", "allow_other") as m:
+        secret = m.path / "secret"
+        secret.write_bytes(b"root only")
+        os.chmod(secret, 0o600)
+        (m.path / "pub").mkdir(mode=0o777)
+        os.chmod(m.path / "pub", 0o777)
+        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        code = (
+            "import os, sys\n"
+            "try:\n    os.close(os.open(sys.argv[1], os.O_RDONLY)); print(0)\n"
+            "except OSError as e:\n    print(e.errno)\n"
+            "open(sys.argv[2], 'w').write('x')\n"
+        )
+        out = subprocess.run(
+            [*as_nobody, "/usr/bin/python3", "-c", code, str(secret), str(m.path / "pub/mine")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.stdout.strip() == str(errno.EACCES), out
+        st = os.stat(m.path / "pub/mine")
+        assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+        os.unlink(m.path / "pub/mine")
+        os.rmdir(m.path / "pub")
+        os.unlink(secret)
