@@ -519,11 +519,11 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             if fh is not None:
                 h = self._handle(fh)
                 req = pb.GetAttrRequest(caller=caller, handle=h.file.handle)
+                a = self._call("GetAttr", req)
             elif path is not None:
-                req = pb.GetAttrRequest(caller=caller, path=path)
+                a = self.client.attr(path, caller)
             else:
                 raise errors.NotFound("no path and no handle")
-            a = self._call("GetAttr", req)
         if stat.S_ISREG(a.mode):
             size = self._local_size(InodeId(a.ino), int(a.size), a.mode, a.gid)
         else:

@@ -17,6 +17,7 @@ otherwise). ``flush`` publishes a new size and mtime to the server
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import mmap
@@ -35,6 +36,7 @@ import numpy.typing as npt
 from daxfs.client.fence import Fence
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.lease_state import LeaseState
+from daxfs.client.meta_cache import Answer, MetaCache, key_of
 from daxfs.client.rpc import Connection
 from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
@@ -168,6 +170,7 @@ class Client:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        cache_metadata: bool = True,
     ) -> None:
         self.address = address
         self.conn = Connection(
@@ -180,8 +183,12 @@ class Client:
             tls_key=tls_key,
         )
         self._name = name or f"{socket.gethostname()}:{os.getpid()}"
+        #: Metadata answers kept until the server takes them back (client/meta_cache.py);
+        #: only with a session stream, which carries the invalidations.
+        self.caches_metadata = cache_metadata and session
+        self.meta_cache = MetaCache()
         try:
-            hello = self.conn.call("Hello", pb.HelloRequest(client_name=self._name), wait=False)
+            hello = self.conn.call("Hello", self._hello_request(), wait=False)
         except BaseException:
             self.conn.close()
             raise
@@ -244,12 +251,19 @@ class Client:
                 on_deadline=self._on_deadline,
                 on_lost=self._session_lost,
                 state=self.lease_state,
+                on_invalidate=self._on_invalidate,
+                on_attached=self._on_attached,
             )
+            if self.caches_metadata:
+                self.conn.on_invalidated = self._own_invalidated
         old = os.umask(0)
         os.umask(old)
         self.umask = old
 
     # -- session -------------------------------------------------------------
+
+    def _hello_request(self) -> pb.HelloRequest:
+        return pb.HelloRequest(client_name=self._name, cache_metadata=self.caches_metadata)
 
     def _goodbye(self) -> None:
         try:
@@ -277,9 +291,47 @@ class Client:
         # a view must not stay live past the lease while a copy finishes. Then
         # again under the lock, for a view registered meanwhile by array().
         self.fence.fence(None)
+        self.meta_cache.close()
         with self.fence.io.exclusive():
             self.layouts.clear()
             self.fence.fence(None)
+
+    # -- the metadata cache ----------------------------------------------------
+
+    def _on_attached(self, up: bool) -> None:
+        """The session stream is attached (its first Renewed came) or ended."""
+        if up and self.caches_metadata:
+            self.meta_cache.open()
+        else:
+            self.meta_cache.close()
+
+    def _on_invalidate(self, inv: pb.Invalidate) -> None:
+        self.meta_cache.invalidate(inv.inos, inv.paths)
+
+    def _own_invalidated(self, blob: bytes) -> None:
+        stale = json.loads(blob)
+        self.meta_cache.invalidate(stale.get("inos", ()), stale.get("paths", ()))
+
+    def attr(self, path: str, caller: pb.Caller | None = None) -> pb.Attr:
+        """The attributes of ``path``, from the metadata cache when it holds them."""
+        who = caller if caller is not None else self.caller
+        if not self.caches_metadata:
+            return self.call("GetAttr", pb.GetAttrRequest(caller=who, path=path))  # type: ignore[no-any-return]
+        key = key_of(path, who)
+        if self.lease_valid():
+            hit = self.meta_cache.get(key)
+            if hit is not None:
+                if hit.attr is None:
+                    raise errors.NotFound(str(hit.error))
+                return hit.attr
+        epoch = self.meta_cache.epoch
+        try:
+            a: pb.Attr = self.call("GetAttr", pb.GetAttrRequest(caller=who, path=path))
+        except errors.NotFound as exc:
+            self.meta_cache.put(key, Answer(None, exc), epoch)
+            raise
+        self.meta_cache.put(key, Answer(a, None), epoch)
+        return a
 
     def _session_lost(self, stale_id: int) -> pb.Caller | None:
         """The server no longer knows session ``stale_id``: everything we held is void.
@@ -298,6 +350,7 @@ class Client:
 
     def _new_session(self) -> pb.Caller | None:
         sent = time.monotonic_ns()  # Hello counts as the new session's first renewal
+        self.meta_cache.close()
         with self.fence.io.exclusive():
             self.layouts.clear()
             self.fence.fence(None)
@@ -306,7 +359,7 @@ class Client:
         with self._lock:
             self._lease_ids.clear()
         try:
-            hello = self.conn.call("Hello", pb.HelloRequest(client_name=self._name))
+            hello = self.conn.call("Hello", self._hello_request())
         except errors.DaxfsError as exc:
             log.warning("cannot open a new session: %s", exc)
             return None
@@ -416,7 +469,7 @@ class Client:
     # -- namespace -----------------------------------------------------------
 
     def stat(self, path: str) -> Stat:
-        return _stat_of(self.call("GetAttr", pb.GetAttrRequest(caller=self.caller, path=path)))
+        return _stat_of(self.attr(path))
 
     def exists(self, path: str) -> bool:
         try:

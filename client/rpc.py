@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from daxfs.shared.limits import (
     AUTHORIZATION_KEY,
     ERRNO_KEY,
     ERROR_KEY,
+    INVALIDATED_KEY,
     MAX_MESSAGE,
 )
 
@@ -111,6 +113,9 @@ class Connection:
         else:
             self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.DaxfsStub(self.channel)
+        #: Given the INVALIDATED_KEY trailer of a successful call, before it returns
+        #: (set by a client that caches metadata).
+        self.on_invalidated: Callable[[bytes], None] | None = None
 
     def call(
         self, method: str, request: Any, *, timeout: float | None = None, wait: bool = True
@@ -120,12 +125,24 @@ class Connection:
         at once; the first call of a client (Hello) does not wait, so a wrong
         address fails fast."""
         try:
-            return getattr(self.stub, method)(
+            hook = self.on_invalidated
+            if hook is None:
+                return getattr(self.stub, method)(
+                    request,
+                    timeout=timeout or self.timeout,
+                    metadata=self.metadata,
+                    wait_for_ready=wait,
+                )
+            reply, call = getattr(self.stub, method).with_call(
                 request,
                 timeout=timeout or self.timeout,
                 metadata=self.metadata,
                 wait_for_ready=wait,
             )
+            for key, value in call.trailing_metadata() or ():
+                if key == INVALIDATED_KEY:
+                    hook(value)
+            return reply
         except grpc.RpcError as exc:
             raise to_error(exc, self.address) from None
 

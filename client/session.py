@@ -59,6 +59,8 @@ class Session:
         on_lost: Callable[[int], pb.Caller | None],
         clock: Callable[[], int] = time.monotonic_ns,
         state: LeaseState | None = None,
+        on_invalidate: Callable[[pb.Invalidate], None] = lambda inv: None,
+        on_attached: Callable[[bool], None] = lambda up: None,
     ) -> None:
         self._stub = stub
         self._metadata = metadata
@@ -71,6 +73,9 @@ class Session:
         self._on_recall = on_recall
         self._on_deadline = on_deadline
         self._on_lost = on_lost
+        self._on_invalidate = on_invalidate
+        #: Called with True at the first Renewed of each stream, False when it ends.
+        self._on_attached = on_attached
         self._out: queue.SimpleQueue[pb.SessionRequest | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -132,12 +137,24 @@ class Session:
     def _read_loop(self) -> None:
         while not self._stop.is_set():
             retry_s = 1.0
+            attached = False
             try:
                 self._call = self._stub.Session(self._requests(self._out), metadata=self._metadata)
                 for event in self._call:
                     kind = event.WhichOneof("kind")
                     if kind == "renewed":
                         self._renewed(event.renewed)
+                        if not attached:
+                            attached = True
+                            self._on_attached(True)
+                    elif kind == "invalidate":
+                        self._on_invalidate(event.invalidate)
+                        self.send(
+                            pb.SessionRequest(
+                                caller=self.caller,
+                                invalidate_done=pb.InvalidateDone(id=event.invalidate.id),
+                            )
+                        )
                     elif kind == "recall":
                         self._on_recall(event.recall)
                         self.recalls += 1  # after fencing: observers may rely on it
@@ -159,6 +176,7 @@ class Session:
                     log.warning("session stream lost (%s); retrying", exc.code())
             except Exception:
                 log.exception("session stream failed")
+            self._on_attached(False)
             if self._stop.wait(retry_s):
                 return
             # End the old request generator; the next call gets a fresh queue.

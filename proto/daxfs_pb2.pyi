@@ -188,16 +188,28 @@ class HelloRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    CACHE_METADATA_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Free text naming the client (host, process), for logs."""
+    cache_metadata: _builtins.bool
+    """The client caches metadata answers (GetAttr, Lookup, and the errors they
+    give) and follows the cache rules: it keeps an answer only while its lease
+    is valid and its session stream attached, drops what an Invalidate or a
+    reply's "daxfs-invalidated-bin" trailing metadata names before anything
+    else, drops everything when its stream ends (before it attaches again) or
+    its lease lapses, and does not keep an answer whose request was sent before
+    the latest Invalidate it received. The server then tells it, before any
+    other client's change returns, what that change made stale.
+    """
     def __init__(
         self,
         *,
         client_name: _builtins.str = ...,
+        cache_metadata: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_metadata", b"cache_metadata", "client_name", b"client_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,6 +308,7 @@ class SessionRequest(_message.Message):
     CALLER_FIELD_NUMBER: _builtins.int
     RENEW_FIELD_NUMBER: _builtins.int
     RECALL_DONE_FIELD_NUMBER: _builtins.int
+    INVALIDATE_DONE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def caller(self) -> Global___Caller:
         """Credentials; the first message of a stream must carry the session id."""
@@ -308,22 +321,49 @@ class SessionRequest(_message.Message):
     def recall_done(self) -> Global___RecallDone:
         """The client stopped using what a recall named."""
 
+    @_builtins.property
+    def invalidate_done(self) -> Global___InvalidateDone:
+        """The client dropped what an Invalidate named."""
+
     def __init__(
         self,
         *,
         caller: Global___Caller | None = ...,
         renew: Global___Renew | None = ...,
         recall_done: Global___RecallDone | None = ...,
+        invalidate_done: Global___InvalidateDone | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "kind", b"kind", "recall_done", b"recall_done", "renew", b"renew"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "invalidate_done", b"invalidate_done", "kind", b"kind", "recall_done", b"recall_done", "renew", b"renew"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "kind", b"kind", "recall_done", b"recall_done", "renew", b"renew"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "invalidate_done", b"invalidate_done", "kind", b"kind", "recall_done", b"recall_done", "renew", b"renew"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["renew", "recall_done"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["renew", "recall_done", "invalidate_done"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class InvalidateDone(_message.Message):
+    """Acknowledges an Invalidate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The Invalidate's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvalidateDone: _TypeAlias = InvalidateDone  # noqa: Y015
 
 @_typing.final
 class Renew(_message.Message):
@@ -377,6 +417,7 @@ class SessionEvent(_message.Message):
 
     RENEWED_FIELD_NUMBER: _builtins.int
     RECALL_FIELD_NUMBER: _builtins.int
+    INVALIDATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def renewed(self) -> Global___Renewed:
         """Every lease of the session now lasts until this deadline."""
@@ -385,21 +426,70 @@ class SessionEvent(_message.Message):
     def recall(self) -> Global___LayoutRecall:
         """Stop using these extents."""
 
+    @_builtins.property
+    def invalidate(self) -> Global___Invalidate:
+        """Drop these cached metadata answers (only to clients that said
+        HelloRequest.cache_metadata).
+        """
+
     def __init__(
         self,
         *,
         renewed: Global___Renewed | None = ...,
         recall: Global___LayoutRecall | None = ...,
+        invalidate: Global___Invalidate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "recall", b"recall", "renewed", b"renewed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invalidate", b"invalidate", "kind", b"kind", "recall", b"recall", "renewed", b"renewed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "recall", b"recall", "renewed", b"renewed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidate", b"invalidate", "kind", b"kind", "recall", b"recall", "renewed", b"renewed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["renewed", "recall"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["renewed", "recall", "invalidate"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SessionEvent: _TypeAlias = SessionEvent  # noqa: Y015
+
+@_typing.final
+class Invalidate(_message.Message):
+    """Another client changed what cached answers depended on. The change does not
+    return to its caller until this is acknowledged with InvalidateDone (or the
+    lease this client held when it was sent runs out). The same content, as JSON
+    {"inos": [...], "paths": [...]}, rides in the trailing metadata key
+    "daxfs-invalidated-bin" of the reply to a client's own change.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    INOS_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Id for InvalidateDone."""
+    @_builtins.property
+    def inos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Drop the cached attributes of these inodes (by Attr.ino)."""
+
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Drop every cached answer for these paths and for any path below them (a
+        name appeared, vanished or changed there, or a directory's search
+        permission changed).
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        inos: _abc.Iterable[_builtins.int] | None = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "inos", b"inos", "paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Invalidate: _TypeAlias = Invalidate  # noqa: Y015
 
 @_typing.final
 class Renewed(_message.Message):

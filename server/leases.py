@@ -190,6 +190,9 @@ class LeaseTable:
             raise NotPermitted(f"session {client} belongs to another credential")
         return session
 
+    def session_or_none(self, client: ClientId) -> Session | None:
+        return self._sessions.get(client)
+
     def known(self, client: ClientId) -> bool:
         return client in self._sessions
 

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from daxfs.server import cache_grants
+from daxfs.server.cache_grants import Key
 from daxfs.shared.errors import DaxfsError, FormatError, NoSpace
 from daxfs.shared.extent import Extent, InodeId
 
@@ -114,6 +116,9 @@ class Metadata:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._depth = 0  # guarded by self._lock: nesting of transaction()
+        #: What the open transaction changed, as cache-grant keys (see
+        #: daxfs.server.cache_grants); the namespace takes it after the commit.
+        self.touched: set[Key] = set()
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -174,10 +179,12 @@ class Metadata:
             except sqlite3.DatabaseError as exc:
                 raise storage_error(self.path, exc) from None
             self._depth = 1
+            self.touched = set()
             try:
                 yield
                 self._conn.execute("COMMIT")
             except BaseException as exc:
+                self.touched = set()
                 try:
                     self._conn.execute("ROLLBACK")
                 except sqlite3.DatabaseError:
@@ -234,10 +241,14 @@ class Metadata:
         return InodeId(cur.lastrowid)
 
     def update_inode(self, ino: int, **fields: object) -> None:
+        self.touched.add(cache_grants.Attr(InodeId(ino)))
+        if fields.keys() & {"mode", "uid", "gid"}:
+            self.touched.add(cache_grants.Perm(InodeId(ino)))
         cols = ", ".join(f"{k}=?" for k in fields)
         self._conn.execute(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
 
     def delete_inode(self, ino: int) -> None:
+        self.touched.add(cache_grants.Attr(InodeId(ino)))
         self._conn.execute("DELETE FROM inodes WHERE ino=?", (ino,))
         self._conn.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
 
@@ -262,14 +273,17 @@ class Metadata:
         return None if row is None else InodeId(row[0])
 
     def add_dirent(self, parent: int, name: str, ino: int) -> None:
+        self.touched.add(cache_grants.Entry(InodeId(parent), name))
         self._conn.execute("INSERT INTO dirents VALUES (?, ?, ?)", (parent, name, ino))
 
     def set_dirent(self, parent: int, name: str, ino: int) -> None:
+        self.touched.add(cache_grants.Entry(InodeId(parent), name))
         self._conn.execute(
             "UPDATE dirents SET ino=? WHERE parent=? AND name=?", (ino, parent, name)
         )
 
     def remove_dirent(self, parent: int, name: str) -> None:
+        self.touched.add(cache_grants.Entry(InodeId(parent), name))
         self._conn.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
 
     def list_dir(self, parent: int) -> list[tuple[str, InodeId]]:
@@ -287,6 +301,12 @@ class Metadata:
         row = self._conn.execute("SELECT parent FROM dirents WHERE ino=? LIMIT 1", (ino,))
         found = row.fetchone()
         return None if found is None else InodeId(found[0])
+
+    def entry_of(self, ino: int) -> tuple[InodeId, str] | None:
+        """(parent, name) of a directory inode's one entry; None for the root or a removed one."""
+        row = self._conn.execute("SELECT parent, name FROM dirents WHERE ino=? LIMIT 1", (ino,))
+        found = row.fetchone()
+        return None if found is None else (InodeId(found[0]), str(found[1]))
 
     def all_dirents(self) -> list[tuple[InodeId, str, InodeId]]:
         rows = self._conn.execute("SELECT parent, name, ino FROM dirents").fetchall()
@@ -331,15 +351,18 @@ class Metadata:
         return int(row[0]), int(row[1])
 
     def add_extent(self, ino: int, ext: Extent) -> None:
+        self.touched.add(cache_grants.Attr(InodeId(ino)))  # st_blocks
         self._conn.execute(
             "INSERT INTO extents VALUES (?, ?, ?, ?)",
             (ino, ext.file_offset, ext.region_offset, ext.length),
         )
 
     def delete_extent(self, ino: int, file_offset: int) -> None:
+        self.touched.add(cache_grants.Attr(InodeId(ino)))
         self._conn.execute("DELETE FROM extents WHERE ino=? AND file_offset=?", (ino, file_offset))
 
     def delete_extents(self, ino: int) -> None:
+        self.touched.add(cache_grants.Attr(InodeId(ino)))
         self._conn.execute("DELETE FROM extents WHERE ino=?", (ino,))
 
     def all_extents(self) -> list[tuple[InodeId, Extent]]:

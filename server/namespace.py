@@ -30,7 +30,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from daxfs.server import cache_grants
 from daxfs.server.allocator import Allocator
+from daxfs.server.cache_grants import CacheGrants, Invalidation
 from daxfs.server.leases import LeaseTable, Pending, RecallNotice, Session
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
 from daxfs.shared import errors, growth
@@ -318,6 +320,13 @@ class Namespace:
         #: until acknowledged, so a wake-up that finds no stream loses nothing.
         self.notify: Callable[[ClientId, RecallNotice], None] = lambda client, notice: None
         self._grace_until_wall = self._start_instance()
+        #: Which clients may answer which metadata questions from their caches.
+        self.grants = CacheGrants()
+        #: Sends an invalidation to a client's session stream (set by the edge; must not block).
+        self.notify_invalidation: Callable[[ClientId, Invalidation], None] = lambda c, i: None
+        #: Per serving thread: the session of the call being served, and what of
+        #: its own cache its change made stale (the edge returns it with the reply).
+        self._local = threading.local()
 
     # -- server instances ------------------------------------------------------
 
@@ -381,6 +390,7 @@ class Namespace:
         """
         self._check_usable()
         started: list[int] = []
+        invalidated: list[int] = []
         with self._lock:
             outer = self.meta.depth == 0
             try:
@@ -394,8 +404,11 @@ class Namespace:
             if outer:
                 self._discard_freed()
                 started = self._send_recalls()
+                invalidated = self._invalidate(self.meta.touched)
         if started and wait_recalls:
             self._wait_recalls(started)
+        if outer and invalidated:
+            self._wait_invalidations(invalidated)
 
     def _discard_freed(self) -> None:
         """After a commit: freed extents give their memory back and read as zeros.
@@ -460,6 +473,89 @@ class Namespace:
                 self.counters.recall_waits_timed_out += 1
             return done
 
+    # -- metadata caches ------------------------------------------------------
+
+    def start_call(self) -> None:
+        """A new call on this thread (the edge says so): nobody's yet."""
+        self._local.client = ClientId(0)
+        self._local.own = None
+
+    def take_own_invalidation(self) -> tuple[list[InodeId], list[str]] | None:
+        """What the call just served made stale in its caller's own cache, if anything."""
+        own: tuple[list[InodeId], list[str]] | None = getattr(self._local, "own", None)
+        self._local.own = None
+        return own
+
+    def _invalidate(self, touched: set[cache_grants.Key]) -> list[int]:
+        """After a commit: every client caching what changed is told; returns ids to wait for.
+
+        The caller's own session is not sent anything: what it must drop rides
+        back with its reply (``take_own_invalidation``).
+        """
+        if not touched:
+            return []
+        holders = self.grants.holders(touched)
+        me = getattr(self._local, "client", 0)
+        sent: list[int] = []
+        for client, keys in holders.items():
+            self.grants.revoke(client, keys)
+            inos, paths = self._stale(keys)
+            if client == me:
+                own: tuple[list[InodeId], list[str]] = getattr(self._local, "own", None) or ([], [])
+                self._local.own = (own[0] + inos, own[1] + paths)
+                continue
+            session = self.leases.session_or_none(client)
+            if session is None:
+                self.grants.drop(client)
+                continue
+            inv = self.grants.send(client, inos, paths, session.deadline_ns)
+            self.notify_invalidation(client, inv)
+            sent.append(inv.id)
+        return sent
+
+    def _stale(self, keys: set[cache_grants.Key]) -> tuple[list[InodeId], list[str]]:
+        """Keys as a client can apply them: inode numbers, and paths to drop at and under."""
+        inos: list[InodeId] = []
+        paths: list[str] = []
+        for key in keys:
+            if isinstance(key, cache_grants.Attr):
+                inos.append(key.ino)
+                continue
+            where = self._dir_path(key.ino if isinstance(key, cache_grants.Perm) else key.dir)
+            if where is None:
+                continue  # the directory is gone: its entry in its parent is a key too
+            if isinstance(key, cache_grants.Entry):
+                where = where.rstrip("/") + "/" + key.name
+            paths.append(where)
+        return inos, paths
+
+    def _dir_path(self, ino: InodeId) -> str | None:
+        parts: list[str] = []
+        while ino != ROOT_INO:
+            entry = self.meta.entry_of(ino)
+            if entry is None:
+                return None
+            ino, name = entry
+            parts.append(name)
+        return "/" + "/".join(reversed(parts))
+
+    def _wait_invalidations(self, ids: list[int]) -> None:
+        """Until each client acknowledged, or the lease it held when told has run out.
+
+        A client answers from its cache only within its lease, counted on its
+        own clock from before the server extended it, so past that deadline it
+        has dropped the cache by itself.
+        """
+        with self._recalls_done:
+            while self.grants.waiting(ids, self.leases.now()):
+                self._recalls_done.wait(0.05)
+            self.grants.forget(ids)
+
+    def invalidation_done(self, client: ClientId, invalidation_id: int) -> None:
+        with self._lock:
+            if self.grants.done(client, invalidation_id):
+                self._recalls_done.notify_all()
+
     def _gen(self) -> int:
         gen = self._next_generation
         self._next_generation += 1
@@ -496,16 +592,26 @@ class Namespace:
             raise errors.PermissionDenied(f"permission denied (inode {row.ino})")
 
     def _walk(self, parts: list[str], caller: Caller) -> InodeRow:
+        self._local.client = caller.client
+        caching = self.grants.caches(caller.client)
+        keys: list[cache_grants.Key] = []
         row = self._inode(ROOT_INO)
-        for name in parts:
-            if not stat.S_ISDIR(row.mode):
-                raise errors.NotADirectory(f"{name!r}: a path component is not a directory")
-            self._may(row, caller, X_OK)
-            child = self.meta.lookup(row.ino, name)
-            if child is None:
-                raise errors.NotFound(f"no such file or directory: {name!r}")
-            row = self._inode(child)
-        return row
+        try:
+            for name in parts:
+                if not stat.S_ISDIR(row.mode):
+                    raise errors.NotADirectory(f"{name!r}: a path component is not a directory")
+                self._may(row, caller, X_OK)
+                if caching:
+                    keys += (cache_grants.Perm(row.ino), cache_grants.Entry(row.ino, name))
+                child = self.meta.lookup(row.ino, name)
+                if child is None:
+                    raise errors.NotFound(f"no such file or directory: {name!r}")
+                row = self._inode(child)
+            keys.append(cache_grants.Attr(row.ino))
+            return row
+        finally:
+            if caching:  # the answer, an error included, depends on these
+                self.grants.grant(caller.client, keys)
 
     def _resolve(self, path: str, caller: Caller) -> InodeRow:
         return self._walk(split_path(path), caller)
@@ -527,6 +633,7 @@ class Namespace:
             raise errors.NotPermitted("sticky directory: not the owner")
 
     def _open_file(self, fh: int, caller: Caller) -> OpenFile:
+        self._local.client = caller.client
         self.leases.session(caller.client, caller.credential)
         of = self._opens.get(FileHandle(fh))
         if of is None or of.client != caller.client:
@@ -713,10 +820,15 @@ class Namespace:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def hello(self, credential: str = "", name: str = "") -> Session:
-        """A new session bound to ``credential`` (RESOURCE_EXHAUSTED past the limit)."""
+    def hello(self, credential: str = "", name: str = "", *, cache: bool = False) -> Session:
+        """A new session bound to ``credential`` (RESOURCE_EXHAUSTED past the limit).
+
+        ``cache``: the client caches metadata and follows invalidations (cache_grants).
+        """
         with self._lock:
             session = self.leases.open_session(credential, name)
+            if cache:
+                self.grants.enable(session.id)
             log.info("session opened id=%d name=%s credential=%s", session.id, name, credential)
             return session
 
@@ -756,6 +868,8 @@ class Namespace:
         for fh in handles:
             self._release(self._opens[fh], ROOT)
         self._complete_recalls(self.leases.drop_session(client))
+        self.grants.drop(client)
+        self._recalls_done.notify_all()
         return len(handles)
 
     def renew(self, client: ClientId) -> Session:
@@ -764,9 +878,16 @@ class Namespace:
             return self.leases.renew(client)
 
     def attach(self, client: ClientId) -> list[RecallNotice]:
-        """A session stream opened: returns the unacknowledged recalls to send first."""
+        """A session stream opened: returns the unacknowledged recalls to send first.
+
+        A client drops its whole metadata cache before it attaches a stream, so
+        its cache grants and outstanding invalidations end here.
+        """
         with self._lock:
-            return self.leases.attach(client)
+            resend = self.leases.attach(client)
+            self.grants.reset(client)
+            self._recalls_done.notify_all()
+            return resend
 
     def detach(self, client: ClientId) -> None:
         with self._lock:
@@ -831,8 +952,7 @@ class Namespace:
     def lookup(self, parent: str, name: str, caller: Caller = ROOT) -> Attr:
         check_name(name)
         with self._lock:
-            dirrow = self._resolve(parent, caller)
-            return self._attr(self._walk_one(dirrow, name, caller))
+            return self._attr(self._walk([*split_path(parent), name], caller))
 
     def _walk_one(self, dirrow: InodeRow, name: str, caller: Caller) -> InodeRow:
         if not stat.S_ISDIR(dirrow.mode):

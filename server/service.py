@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import itertools
+import json
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ import grpc
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import Keyring
+from daxfs.server.cache_grants import Invalidation
 from daxfs.server.leases import RecallNotice
 from daxfs.server.namespace import Attr, Caller, Namespace
 from daxfs.server.peercred import PeerTable
@@ -36,7 +38,7 @@ from daxfs.shared.errors import (
     TooManySessions,
 )
 from daxfs.shared.extent import ClientId, Extent
-from daxfs.shared.limits import ERRNO_KEY, ERROR_KEY
+from daxfs.shared.limits import ERRNO_KEY, ERROR_KEY, INVALIDATED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,14 @@ def _edge(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: DaxfsServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(self, request, context)
+            self.ns.start_call()
+            reply = fn(self, request, context)
+            own = self.ns.take_own_invalidation()
+            if own is not None:
+                inos, paths = own
+                blob = json.dumps({"inos": sorted(set(inos)), "paths": sorted(set(paths))})
+                context.set_trailing_metadata(((INVALIDATED_KEY, blob.encode()),))
+            return reply
         except DaxfsError as exc:
             log.debug("%s refused: %s (errno %d)", fn.__name__, exc, exc.code)
             _abort(context, exc)
@@ -160,6 +169,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         self._streams = threading.BoundedSemaphore(max_streams)
         self.max_streams = max_streams
         ns.notify = self.hub.deliver
+        ns.notify_invalidation = self.hub.deliver_invalidation
 
     def _caller(
         self, msg: pb.Caller, context: grpc.ServicerContext, *, change: str | None = None
@@ -257,6 +267,8 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                         q.put(msg.renew)
                     elif kind == "recall_done":
                         self.ns.recall_done(client, msg.recall_done.recall_id)
+                    elif kind == "invalidate_done":
+                        self.ns.invalidation_done(client, msg.invalidate_done.id)
             except DaxfsError as exc:
                 q.put(StreamEnd(exc))  # e.g. evicted meanwhile: ESTALE
                 return
@@ -279,6 +291,10 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                     return
                 if isinstance(item, RecallNotice):
                     yield recall_event(item)
+                elif isinstance(item, Invalidation):
+                    yield pb.SessionEvent(
+                        invalidate=pb.Invalidate(id=item.id, inos=item.inos, paths=item.paths)
+                    )
                 else:
                     lease_ns = self.ns.leases.duration_ns
                     yield pb.SessionEvent(
@@ -293,7 +309,11 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
 
     @_edge
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        session = self.ns.hello(self.keyring.identify(context).name, request.client_name or "?")
+        session = self.ns.hello(
+            self.keyring.identify(context).name,
+            request.client_name or "?",
+            cache=request.cache_metadata,
+        )
         sb = self.ns.region.superblock
         return pb.HelloReply(
             client_id=session.id,

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from daxfs.server.cache_grants import Invalidation
 from daxfs.server.leases import RecallNotice
 from daxfs.shared.errors import DaxfsError
 from daxfs.shared.extent import ClientId
@@ -49,6 +50,13 @@ class SessionHub:
                 del self._queues[client]
                 return True
             return False
+
+    def deliver_invalidation(self, client: ClientId, inv: Invalidation) -> None:
+        """Queue an Invalidate; without a stream the client caches nothing (it is dropped)."""
+        with self._lock:
+            q = self._queues.get(client)
+        if q is not None:
+            q.put(inv)
 
     def deliver(self, client: ClientId, notice: RecallNotice) -> None:
         with self._lock:

@@ -35,6 +35,10 @@ ERRNO_KEY = "daxfs-errno"
 #: Trailing-metadata key naming the error leaf where the errno alone is
 #: ambiguous (``errors.BY_NAME``: an unknown session vs a stale handle).
 ERROR_KEY = "daxfs-error"
+#: Trailing metadata of a reply to a client's own change: JSON {"inos": [...],
+#: "paths": [...]} naming what of its own metadata cache the change made stale
+#: (the same content as a SessionEvent.invalidate; binary because paths are UTF-8).
+INVALIDATED_KEY = "daxfs-invalidated-bin"
 
 #: Call metadata carrying the token, as ``authorization: Bearer <token>``.
 AUTHORIZATION_KEY = "authorization"

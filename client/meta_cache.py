@@ -1,0 +1,116 @@
+"""The client's metadata cache: answers the server may take back (server/cache_grants.py).
+
+A ``GetAttr``/``Lookup`` answer by path (attributes, or the error, such as
+ENOENT) is kept per path and caller identity, and served again without a
+round trip while the cache is *open*: the session stream is attached (a
+``Renewed`` came on it) and the lease is valid. The server tells this client,
+before another client's change returns, what the change made stale
+(``Invalidate``: inodes, and paths to drop at and under); the reply to this
+client's own change says the same in its trailing metadata.
+
+Races are settled by one counter, ``epoch``, moved by every invalidation, by
+closing and by opening: an answer is kept only if the epoch did not move
+between sending its request and receiving it (an invalidation may overtake the
+reply it concerns, as a recall may overtake a layout). Everything else is a
+plain dictionary under a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared.errors import DaxfsError
+
+#: Whom an answer was given to: path, uid, gid, groups (the server checks permissions).
+Key = tuple[str, int, int, tuple[int, ...]]
+
+#: Answers kept at most; past it the cache starts over (a working set this big
+#: is better served by the kernel's cache in front of the mount).
+MAX_ENTRIES = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    attr: pb.Attr | None
+    error: DaxfsError | None
+
+
+def key_of(path: str, caller: pb.Caller) -> Key:
+    return (path, int(caller.uid), int(caller.gid), tuple(caller.groups))
+
+
+class MetaCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answers: dict[Key, Answer] = {}  # guarded by _lock
+        self._by_ino: dict[int, set[Key]] = {}  # guarded by _lock
+        self._open = False  # guarded by _lock
+        self.epoch = 0
+        """Moves on every invalidation, close and open (read without the lock: an int)."""
+        self.hits = 0
+        self.invalidations = 0
+
+    def get(self, key: Key) -> Answer | None:
+        with self._lock:
+            if not self._open:
+                return None
+            answer = self._answers.get(key)
+        if answer is not None:
+            self.hits += 1
+        return answer
+
+    def put(self, key: Key, answer: Answer, epoch: int) -> None:
+        """Keep ``answer`` unless the cache moved since its request was sent at ``epoch``."""
+        with self._lock:
+            if not self._open or epoch != self.epoch:
+                return
+            if len(self._answers) >= MAX_ENTRIES:
+                self._answers.clear()
+                self._by_ino.clear()
+            self._answers[key] = answer
+            if answer.attr is not None:
+                self._by_ino.setdefault(int(answer.attr.ino), set()).add(key)
+
+    def invalidate(self, inos: Iterable[int], paths: Iterable[str]) -> None:
+        """Drop the attributes of ``inos`` and every answer at or under ``paths``."""
+        with self._lock:
+            self.epoch += 1
+            self.invalidations += 1
+            for ino in inos:
+                for key in self._by_ino.pop(int(ino), ()):
+                    self._answers.pop(key, None)
+            prefixes = [(p.rstrip("/") or "/", p.rstrip("/") + "/") for p in paths]
+            if prefixes:
+                for key in [k for k in self._answers if _under(k[0], prefixes)]:
+                    self._drop(key)
+
+    def _drop(self, key: Key) -> None:
+        answer = self._answers.pop(key)
+        if answer.attr is not None:
+            keys = self._by_ino.get(int(answer.attr.ino))
+            if keys is not None:
+                keys.discard(key)
+
+    def close(self) -> None:
+        """Drop everything; keep nothing until opened (stream down, lease lapsed, new session)."""
+        with self._lock:
+            self.epoch += 1
+            self._open = False
+            self._answers.clear()
+            self._by_ino.clear()
+
+    def open(self) -> None:
+        """The session stream is attached (the server reset our grants): cache from now on."""
+        with self._lock:
+            self.epoch += 1
+            self._open = True
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+def _under(path: str, prefixes: list[tuple[str, str]]) -> bool:
+    return any(path == exact or path.startswith(below) for exact, below in prefixes)

@@ -1,0 +1,214 @@
+"""Metadata caching that stays coherent: what another client changed shows at once.
+
+A client (library or mount) answers stat and lookups from its own cache; the
+server tells it what a change made stale before that change returns to its
+caller (server/cache_grants.py, client/meta_cache.py). Every test here reads
+right after another client's call returned, with no sleep: a stale answer
+fails it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daxfs.client import Client, connect
+from daxfs.shared import errors
+from daxfs.testing import ServerProc, Volume, fuse_mount, start_server
+
+
+def write_file(c: Client, path: str, data: bytes) -> None:
+    with c.open(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.fixture
+def pair(server: ServerProc) -> Iterator[tuple[Client, Client]]:
+    with connect(server.address) as a, connect(server.address) as b:
+        wait_open(a)
+        yield a, b
+
+
+def wait_open(c: Client) -> None:
+    """The cache opens at the session stream's first Renewed."""
+    deadline = time.monotonic() + 10
+    while True:
+        epoch = c.meta_cache.epoch
+        c.stat("/")
+        hits = c.meta_cache.hits
+        c.stat("/")
+        if c.meta_cache.hits > hits and c.meta_cache.epoch == epoch:
+            return
+        assert time.monotonic() < deadline, "the metadata cache never opened"
+        time.sleep(0.05)
+
+
+def test_a_repeated_stat_is_answered_from_the_cache(pair: tuple[Client, Client]) -> None:
+    a, b = pair
+    write_file(b, "/f", b"x")
+    first = a.stat("/f")
+    hits = a.meta_cache.hits
+    assert a.stat("/f") == first
+    assert a.meta_cache.hits == hits + 1
+
+
+def test_another_clients_chmod_shows_at_once(pair: tuple[Client, Client]) -> None:
+    a, b = pair
+    write_file(b, "/f", b"x")
+    assert a.stat("/f").mode & 0o777 == 0o644 & ~a.umask
+    for mode in (0o600, 0o640, 0o604):
+        b.chmod("/f", mode)
+        assert a.stat("/f").mode & 0o777 == mode
+
+
+def test_another_clients_write_shows_its_size_at_once(pair: tuple[Client, Client]) -> None:
+    a, b = pair
+    write_file(b, "/f", b"x")
+    assert a.stat("/f").size == 1
+    with b.open("/f", "ab") as f:
+        f.write(b"y" * 9999)
+    assert a.stat("/f").size == 10000
+    b.truncate("/f", 3)
+    assert a.stat("/f").size == 3
+
+
+def test_a_name_another_client_creates_or_removes_shows_at_once(
+    pair: tuple[Client, Client],
+) -> None:
+    a, b = pair
+    assert not a.exists("/g")
+    assert not a.exists("/g")  # now a cached ENOENT
+    write_file(b, "/g", b"new")
+    assert a.exists("/g")
+    b.unlink("/g")
+    assert not a.exists("/g")
+    b.mkdir("/g")
+    assert a.stat("/g").is_dir
+
+
+def test_renaming_a_directory_moves_every_cached_path_below_it(
+    pair: tuple[Client, Client],
+) -> None:
+    a, b = pair
+    b.mkdir("/d")
+    b.mkdir("/d/e")
+    write_file(b, "/d/e/x", b"1")
+    assert a.stat("/d/e/x").size == 1
+    assert not a.exists("/n/e/x")
+    b.rename("/d", "/n")
+    assert not a.exists("/d/e/x")
+    assert a.stat("/n/e/x").size == 1
+
+
+def test_search_permission_taken_away_shows_at_once(server: ServerProc) -> None:
+    with connect(server.address) as b, connect(server.address, uid=1000, gid=1000) as a:
+        wait_open(a)
+        b.mkdir("/d")
+        b.chmod("/d", 0o755)
+        write_file(b, "/d/x", b"1")
+        assert a.stat("/d/x").size == 1
+        b.chmod("/d", 0o700)
+        with pytest.raises(errors.PermissionDenied):
+            a.stat("/d/x")
+
+
+def test_a_hard_link_change_shows_under_every_name(pair: tuple[Client, Client]) -> None:
+    a, b = pair
+    write_file(b, "/f", b"x")
+    b.link("/f", "/g")
+    assert a.stat("/g").nlink == 2
+    b.unlink("/f")
+    assert a.stat("/g").nlink == 1
+
+
+def test_a_clients_own_change_shows_to_itself(pair: tuple[Client, Client]) -> None:
+    a, _b = pair
+    write_file(a, "/f", b"x")
+    assert a.stat("/f").size == 1
+    a.truncate("/f", 5)
+    assert a.stat("/f").size == 5
+    a.chmod("/f", 0o600)
+    assert a.stat("/f").mode & 0o777 == 0o600
+    a.rename("/f", "/h")
+    assert not a.exists("/f")
+
+
+def test_a_frozen_cacher_holds_a_change_back_only_until_its_lease_ends(
+    volume: Volume,
+) -> None:
+    """A frozen guest cannot acknowledge; the change waits for its lease, then it
+    fences its cache on thawing before answering anything."""
+    srv = start_server(volume, "--lease-seconds", "1.5")
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from daxfs.client import connect
+        c = connect({srv.address!r})
+        while True:
+            try:
+                c.stat("/f")
+                break
+            except Exception:
+                time.sleep(0.05)
+        for _ in range(100):  # until the cache is open and holds /f
+            c.stat("/f")
+            time.sleep(0.02)
+        print("cached", flush=True)
+        for line in sys.stdin:
+            print(oct(c.stat("/f").mode & 0o777), flush=True)
+        """
+    )
+    try:
+        with connect(srv.address) as b:
+            write_file(b, "/f", b"x")
+            b.chmod("/f", 0o644)
+            child = subprocess.Popen(
+                [sys.executable, "-c", script],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert child.stdin is not None and child.stdout is not None
+                assert child.stdout.readline().strip() == "cached"
+                child.send_signal(signal.SIGSTOP)
+                b.chmod("/f", 0o600)  # returns once the frozen child's lease is over
+                child.send_signal(signal.SIGCONT)
+                child.stdin.write("stat\n")
+                child.stdin.flush()
+                assert child.stdout.readline().strip() == "0o600"
+            finally:
+                child.kill()
+                child.wait()
+                for pipe in (child.stdin, child.stdout):
+                    if pipe is not None:
+                        pipe.close()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.fuse
+def test_through_a_mount_another_clients_change_shows_at_once(
+    server: ServerProc, workdir: Path
+) -> None:
+    mnt = workdir / "mnt"
+    with connect(server.address) as b, fuse_mount(server.address, mnt):
+        write_file(b, "/f", b"x")
+        os.stat(mnt / "f")
+        for mode in (0o600, 0o640):
+            b.chmod("/f", mode)
+            assert os.stat(mnt / "f").st_mode & 0o777 == mode
+        b.rename("/f", "/g")
+        assert not (mnt / "f").exists()
+        assert (mnt / "g").stat().st_size == 1
+        with b.open("/g", "ab") as f:
+            f.write(b"y" * 99)
+        assert (mnt / "g").stat().st_size == 100
