@@ -170,7 +170,7 @@ class Client:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
-        cache_metadata: bool = True,
+        cache_metadata: bool = False,
     ) -> None:
         self.address = address
         self.conn = Connection(
@@ -310,7 +310,10 @@ class Client:
 
     def _own_invalidated(self, blob: bytes) -> None:
         stale = json.loads(blob)
-        self.meta_cache.invalidate(stale.get("inos", ()), stale.get("paths", ()))
+        if stale.get("all"):
+            self.meta_cache.clear()
+        else:
+            self.meta_cache.invalidate(stale.get("inos", ()), stale.get("paths", ()))
 
     def attr(self, path: str, caller: pb.Caller | None = None) -> pb.Attr:
         """The attributes of ``path``, from the metadata cache when it holds them."""

@@ -94,6 +94,14 @@ class MetaCache:
             if keys is not None:
                 keys.discard(key)
 
+    def clear(self) -> None:
+        """Drop everything, and go on caching."""
+        with self._lock:
+            self.epoch += 1
+            self.invalidations += 1
+            self._answers.clear()
+            self._by_ino.clear()
+
     def close(self) -> None:
         """Drop everything; keep nothing until opened (stream down, lease lapsed, new session)."""
         with self._lock:

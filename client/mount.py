@@ -210,7 +210,13 @@ def run_mount(args: argparse.Namespace) -> int:
     stopper = _Stopper(mp)
     address = normalize_address(args.addr)
     try:
-        client = Client(address, region_path=args.region, timeout=args.timeout, name=f"mount:{mp}")
+        client = Client(
+            address,
+            region_path=args.region,
+            timeout=args.timeout,
+            name=f"mount:{mp}",
+            cache_metadata=getattr(args, "cache_metadata", False),
+        )
     except DaxfsError as exc:
         raise QuietError(f"cannot use the daxfs server at {address}: {exc}", 1) from None
     if getattr(args, "backend", "libfuse") == "kernel":

@@ -455,7 +455,8 @@ class Invalidate(_message.Message):
     return to its caller until this is acknowledged with InvalidateDone (or the
     lease this client held when it was sent runs out). The same content, as JSON
     {"inos": [...], "paths": [...]}, rides in the trailing metadata key
-    "daxfs-invalidated-bin" of the reply to a client's own change.
+    "daxfs-invalidated-bin" of the reply to a client's own change, or
+    {"all": true} when that would be too long: drop every cached answer.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -42,6 +42,10 @@ from daxfs.shared.limits import ERRNO_KEY, ERROR_KEY, INVALIDATED_KEY
 
 log = logging.getLogger(__name__)
 
+#: Largest own-invalidation trailer sent as it is; past it the client drops its
+#: whole cache ({"all": true}): gRPC refuses metadata past 8 KiB (deep paths).
+MAX_INVALIDATED_TRAILER = 2048
+
 
 #: errno -> gRPC status, after grpc's doc/statuscodes.md.
 STATUS_FOR: dict[int, grpc.StatusCode] = {
@@ -91,6 +95,8 @@ def _edge(fn: F) -> F:
             if own is not None:
                 inos, paths = own
                 blob = json.dumps({"inos": sorted(set(inos)), "paths": sorted(set(paths))})
+                if len(blob) > MAX_INVALIDATED_TRAILER:  # gRPC caps metadata at 8 KiB
+                    blob = '{"all": true}'
                 context.set_trailing_metadata(((INVALIDATED_KEY, blob.encode()),))
             return reply
         except DaxfsError as exc:

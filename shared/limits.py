@@ -37,7 +37,8 @@ ERRNO_KEY = "daxfs-errno"
 ERROR_KEY = "daxfs-error"
 #: Trailing metadata of a reply to a client's own change: JSON {"inos": [...],
 #: "paths": [...]} naming what of its own metadata cache the change made stale
-#: (the same content as a SessionEvent.invalidate; binary because paths are UTF-8).
+#: (the same content as a SessionEvent.invalidate; binary because paths are UTF-8),
+#: or {"all": true}: drop everything (what changed would not fit in metadata).
 INVALIDATED_KEY = "daxfs-invalidated-bin"
 
 #: Call metadata carrying the token, as ``authorization: Bearer <token>``.

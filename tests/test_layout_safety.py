@@ -26,9 +26,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -37,7 +35,14 @@ import pytest
 from daxfs.client import Client, connect
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, fuse_mount, start_server
+from daxfs.testing import (
+    FaultyProxy,
+    ServerProc,
+    Volume,
+    assert_fsck_clean,
+    fuse_mount,
+    start_server,
+)
 
 MIB = 1024 * 1024
 LEASE_S = 1.5
@@ -88,98 +93,6 @@ def leased(small_volume: Volume) -> Iterator[ServerProc]:
     finally:
         srv.stop()
         assert_fsck_clean(small_volume)
-
-
-class FaultyProxy:
-    """A real gRPC proxy (unix socket) in front of a server, scripted to misbehave.
-
-    ``hold_next_layout()`` makes the next GetLayout reply wait (after the server
-    answered) until ``release_layout()``; ``cut_streams()`` breaks every
-    Session stream and ``link_down`` refuses new ones, as a broken network would.
-    """
-
-    def __init__(self, upstream: str, path: str) -> None:
-        self._channel = grpc.insecure_channel(upstream)
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-        self._server.add_generic_rpc_handlers([self])
-        self._server.add_insecure_port(f"unix:{path}")
-        self.address = f"unix:{path}"
-        self._hold = threading.Event()
-        self.holding = threading.Event()
-        self._release = threading.Event()
-        self.link_down = False
-        self._lock = threading.Lock()
-        self._streams: list[Any] = []  # guarded by _lock
-        self._server.start()
-
-    def close(self) -> None:
-        self._release.set()
-        self._server.stop(grace=0).wait()
-        self._channel.close()
-
-    def hold_next_layout(self) -> None:
-        self._release.clear()
-        self.holding.clear()
-        self._hold.set()
-
-    def release_layout(self) -> None:
-        self._release.set()
-
-    def cut_streams(self) -> None:
-        with self._lock:
-            streams, self._streams = self._streams, []
-        for call in streams:
-            call.cancel()
-
-    # -- grpc.GenericRpcHandler ------------------------------------------------
-
-    def service(self, details: grpc.HandlerCallDetails) -> Any:
-        method = details.method
-        if method.endswith("/Session"):
-            return grpc.stream_stream_rpc_method_handler(self._stream(method))
-        return grpc.unary_unary_rpc_method_handler(self._unary(method))
-
-    @staticmethod
-    def _metadata(context: grpc.ServicerContext) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in context.invocation_metadata() if k == "authorization"]
-
-    @staticmethod
-    def _fail(context: grpc.ServicerContext, exc: grpc.RpcError) -> None:
-        context.set_trailing_metadata(exc.trailing_metadata() or ())
-        context.abort(exc.code(), exc.details() or "")
-
-    def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
-        call = self._channel.unary_unary(method)
-
-        def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
-            try:
-                reply: bytes = call(request, metadata=self._metadata(context), timeout=30)
-            except grpc.RpcError as exc:
-                self._fail(context, exc)
-                raise
-            if method.endswith("/GetLayout") and self._hold.is_set():
-                self._hold.clear()
-                self.holding.set()
-                self._release.wait(30)
-            return reply
-
-        return handle
-
-    def _stream(self, method: str) -> Callable[[Iterator[bytes], grpc.ServicerContext], Any]:
-        def handle(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-            if self.link_down:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "proxy: the link is down")
-            call = self._channel.stream_stream(method)(requests, metadata=self._metadata(context))
-            with self._lock:
-                self._streams.append(call)
-            try:
-                yield from call
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.CANCELLED:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "proxy: the link broke")
-                self._fail(context, exc)
-
-        return handle
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from daxfs.client import Client, connect
 from daxfs.shared import errors
-from daxfs.testing import ServerProc, Volume, fuse_mount, start_server
+from daxfs.testing import FaultyProxy, ServerProc, Volume, fuse_mount, start_server
 
 
 def write_file(c: Client, path: str, data: bytes) -> None:
@@ -32,7 +33,7 @@ def write_file(c: Client, path: str, data: bytes) -> None:
 
 @pytest.fixture
 def pair(server: ServerProc) -> Iterator[tuple[Client, Client]]:
-    with connect(server.address) as a, connect(server.address) as b:
+    with connect(server.address, cache_metadata=True) as a, connect(server.address) as b:
         wait_open(a)
         yield a, b
 
@@ -109,7 +110,10 @@ def test_renaming_a_directory_moves_every_cached_path_below_it(
 
 
 def test_search_permission_taken_away_shows_at_once(server: ServerProc) -> None:
-    with connect(server.address) as b, connect(server.address, uid=1000, gid=1000) as a:
+    with (
+        connect(server.address) as b,
+        connect(server.address, uid=1000, gid=1000, cache_metadata=True) as a,
+    ):
         wait_open(a)
         b.mkdir("/d")
         b.chmod("/d", 0o755)
@@ -118,6 +122,21 @@ def test_search_permission_taken_away_shows_at_once(server: ServerProc) -> None:
         b.chmod("/d", 0o700)
         with pytest.raises(errors.PermissionDenied):
             a.stat("/d/x")
+
+
+def test_a_change_too_long_to_name_in_a_reply_drops_the_whole_cache(
+    pair: tuple[Client, Client],
+) -> None:
+    a, _b = pair
+    deep = ""
+    for _ in range(12):  # about 3 KB: longer than a reply's metadata may carry
+        deep += "/" + "d" * 250
+        a.mkdir(deep)
+    write_file(a, deep + "/f", b"x")
+    assert a.stat(deep + "/f").size == 1
+    assert a.stat("/").is_dir
+    a.truncate(deep + "/f", 7)
+    assert a.stat(deep + "/f").size == 7
 
 
 def test_a_hard_link_change_shows_under_every_name(pair: tuple[Client, Client]) -> None:
@@ -141,6 +160,34 @@ def test_a_clients_own_change_shows_to_itself(pair: tuple[Client, Client]) -> No
     assert not a.exists("/f")
 
 
+def test_an_answer_overtaken_by_its_invalidation_is_not_kept(
+    server: ServerProc, workdir: Path
+) -> None:
+    proxy = FaultyProxy(server.address, str(workdir / "proxy.sock"))
+    try:
+        with (
+            connect(server.address) as b,
+            connect(proxy.address, timeout=10, cache_metadata=True) as a,
+        ):
+            wait_open(a)
+            write_file(b, "/f", b"x")
+            b.chmod("/f", 0o644)
+            proxy.hold_next("GetAttr")
+            got: list[int] = []
+            asking = threading.Thread(target=lambda: got.append(a.stat("/f").mode & 0o777))
+            asking.start()
+            assert proxy.holding.wait(10), "the stat never reached the server"
+            # The server answered 0644 and granted it; the reply is in flight when
+            # b's chmod invalidates it (a acknowledges on its stream meanwhile).
+            b.chmod("/f", 0o600)
+            proxy.release()
+            asking.join(10)
+            assert got == [0o644]  # the answer of its time, given to its caller...
+            assert a.stat("/f").mode & 0o777 == 0o600  # ...but not kept
+    finally:
+        proxy.close()
+
+
 def test_a_frozen_cacher_holds_a_change_back_only_until_its_lease_ends(
     volume: Volume,
 ) -> None:
@@ -151,7 +198,7 @@ def test_a_frozen_cacher_holds_a_change_back_only_until_its_lease_ends(
         f"""
         import sys, time
         from daxfs.client import connect
-        c = connect({srv.address!r})
+        c = connect({srv.address!r}, cache_metadata=True)
         while True:
             try:
                 c.stat("/f")
@@ -200,7 +247,7 @@ def test_through_a_mount_another_clients_change_shows_at_once(
     server: ServerProc, workdir: Path
 ) -> None:
     mnt = workdir / "mnt"
-    with connect(server.address) as b, fuse_mount(server.address, mnt):
+    with connect(server.address) as b, fuse_mount(server.address, mnt, "--cache-metadata"):
         write_file(b, "/f", b"x")
         os.stat(mnt / "f")
         for mode in (0o600, 0o640):

@@ -15,10 +15,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 from daxfs.client.mount import is_mounted
 from daxfs.server.fsck import fsck
@@ -313,3 +318,100 @@ def tcp_server(
         if proc.stderr is not None:
             proc.stderr.close()
         assert code == 0, f"server exited {code}"
+
+
+class FaultyProxy:
+    """A real gRPC proxy (unix socket) in front of a server, scripted to misbehave.
+
+    ``hold_next(method)`` makes the next reply of ``method`` (GetLayout unless
+    named) wait, after the server answered, until ``release()``; ``cut_streams()`` breaks every
+    Session stream and ``link_down`` refuses new ones, as a broken network would.
+    """
+
+    def __init__(self, upstream: str, path: str) -> None:
+        self._channel = grpc.insecure_channel(upstream)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        self._server.add_generic_rpc_handlers([self])
+        self._server.add_insecure_port(f"unix:{path}")
+        self.address = f"unix:{path}"
+        self._hold = threading.Event()
+        self._hold_method = "/GetLayout"
+        self.holding = threading.Event()
+        self._release = threading.Event()
+        self.link_down = False
+        self._lock = threading.Lock()
+        self._streams: list[Any] = []  # guarded by _lock
+        self._server.start()
+
+    def close(self) -> None:
+        self._release.set()
+        self._server.stop(grace=0).wait()
+        self._channel.close()
+
+    def hold_next(self, method: str = "GetLayout") -> None:
+        self._hold_method = "/" + method
+        self._release.clear()
+        self.holding.clear()
+        self._hold.set()
+
+    def release(self) -> None:
+        self._release.set()
+
+    hold_next_layout = hold_next
+    release_layout = release
+
+    def cut_streams(self) -> None:
+        with self._lock:
+            streams, self._streams = self._streams, []
+        for call in streams:
+            call.cancel()
+
+    # -- grpc.GenericRpcHandler ------------------------------------------------
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        if method.endswith("/Session"):
+            return grpc.stream_stream_rpc_method_handler(self._stream(method))
+        return grpc.unary_unary_rpc_method_handler(self._unary(method))
+
+    @staticmethod
+    def _metadata(context: grpc.ServicerContext) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in context.invocation_metadata() if k == "authorization"]
+
+    @staticmethod
+    def _fail(context: grpc.ServicerContext, exc: grpc.RpcError) -> None:
+        context.set_trailing_metadata(exc.trailing_metadata() or ())
+        context.abort(exc.code(), exc.details() or "")
+
+    def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        call = self._channel.unary_unary(method)
+
+        def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                reply: bytes = call(request, metadata=self._metadata(context), timeout=30)
+            except grpc.RpcError as exc:
+                self._fail(context, exc)
+                raise
+            if method.endswith(self._hold_method) and self._hold.is_set():
+                self._hold.clear()
+                self.holding.set()
+                self._release.wait(30)
+            return reply
+
+        return handle
+
+    def _stream(self, method: str) -> Callable[[Iterator[bytes], grpc.ServicerContext], Any]:
+        def handle(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            if self.link_down:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "proxy: the link is down")
+            call = self._channel.stream_stream(method)(requests, metadata=self._metadata(context))
+            with self._lock:
+                self._streams.append(call)
+            try:
+                yield from call
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "proxy: the link broke")
+                self._fail(context, exc)
+
+        return handle

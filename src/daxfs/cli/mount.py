@@ -92,6 +92,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     argv += ["--backend", args.backend]
     if args.attr_timeout is not None:
         argv += ["--attr-timeout", str(args.attr_timeout)]
+    if args.cache_metadata:
+        argv.append("--cache-metadata")
     if args.debug_fuse:
         argv.append("--debug-fuse")
     if args.log:
@@ -142,6 +144,12 @@ def register(sub: Subcommands) -> None:
         "--attr-timeout",
         type=float,
         help="seconds the kernel caches attributes and names (default 0, 1 with --cache)",
+    )
+    p.add_argument(
+        "--cache-metadata",
+        action="store_true",
+        help="answer stat and lookups from the mount's own cache, kept coherent by the "
+        "server's invalidations (README: Coherent metadata caching)",
     )
     p.add_argument("--log", help="detached daemon's log file (default: discarded)")
     p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
