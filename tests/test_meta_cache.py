@@ -1,0 +1,74 @@
+"""The client's metadata cache as a pure object: what an invalidation drops, and races."""
+
+from __future__ import annotations
+
+from daxfs.client.meta_cache import Answer, MetaCache, key_of
+from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared import errors
+
+ROOT = pb.Caller(uid=0, gid=0)
+
+
+def opened() -> MetaCache:
+    cache = MetaCache()
+    cache.open()
+    return cache
+
+
+def put(cache: MetaCache, path: str, ino: int) -> None:
+    cache.put(key_of(path, ROOT), Answer(pb.Attr(ino=ino), None), cache.epoch)
+
+
+def cached(cache: MetaCache, path: str) -> bool:
+    return cache.get(key_of(path, ROOT)) is not None
+
+
+def test_a_path_invalidation_drops_that_path_and_below_not_its_siblings() -> None:
+    cache = opened()
+    for path, ino in (("/a", 2), ("/a/b", 3), ("/a/b/c", 4), ("/ab", 5), ("/z", 6)):
+        put(cache, path, ino)
+    cache.invalidate([], ["/a"])
+    assert [p for p in ("/a", "/a/b", "/a/b/c", "/ab", "/z") if cached(cache, p)] == ["/ab", "/z"]
+
+
+def test_the_root_path_drops_everything() -> None:
+    cache = opened()
+    put(cache, "/x", 2)
+    put(cache, "/y/z", 3)
+    cache.invalidate([], ["/"])
+    assert len(cache) == 0
+
+
+def test_an_inode_invalidation_drops_every_name_of_it() -> None:
+    cache = opened()
+    put(cache, "/f", 7)
+    put(cache, "/g", 7)  # a hard link
+    put(cache, "/h", 8)
+    cache.invalidate([7], [])
+    assert not cached(cache, "/f") and not cached(cache, "/g") and cached(cache, "/h")
+
+
+def test_an_answer_whose_request_an_invalidation_overtook_is_not_kept() -> None:
+    cache = opened()
+    sent_at = cache.epoch
+    cache.invalidate([9], [])  # arrives before the reply it concerns
+    cache.put(key_of("/f", ROOT), Answer(pb.Attr(ino=9), None), sent_at)
+    assert not cached(cache, "/f")
+
+
+def test_nothing_is_kept_or_served_while_closed() -> None:
+    cache = MetaCache()
+    put(cache, "/f", 2)
+    assert not cached(cache, "/f")
+    cache.open()
+    put(cache, "/f", 2)
+    cache.close()
+    assert not cached(cache, "/f")
+    cache.open()
+    assert not cached(cache, "/f")  # closing dropped it
+
+
+def test_answers_are_per_caller() -> None:
+    cache = opened()
+    cache.put(key_of("/f", ROOT), Answer(None, errors.NotFound("x")), cache.epoch)
+    assert cache.get(key_of("/f", pb.Caller(uid=1000, gid=1000))) is None
