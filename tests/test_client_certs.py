@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from daxfs.cli import main
 from daxfs.client import Client, connect
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.auth import parse_keyring
@@ -184,6 +185,11 @@ def test_a_guest_without_a_certificate_the_ca_signed_never_reaches_daxfs(
             _as(address, pki, who, token=token, timeout=10)
     with _as(address, pki, "host-c") as host:
         assert host.stats().auth_refusals == 0
+    # The health check needs no credential, but the handshake needs a certificate.
+    tls = ["--tls-ca", str(pki["ca"][0])]
+    assert main(["health", address, *tls]) == 1
+    mine = ["--tls-cert", str(pki["reader-c"][0]), "--tls-key", str(pki["reader-c"][1])]
+    assert main(["health", address, *tls, *mine]) == 0
 
 
 def test_certificate_credentials_need_a_server_that_verifies_them(

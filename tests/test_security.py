@@ -129,6 +129,7 @@ def test_tls_over_tcp(volume: Volume, workdir: Path, token_file: Path) -> None:
     cert, key = _self_signed(workdir)
     extra = ("--tls-cert", str(cert), "--tls-key", str(key), "--token-file", str(token_file))
     with tcp_server(volume, "localhost:0", *extra) as address:
+        assert main(["health", address, "--tls-ca", str(cert)]) == 0
         with connect(address, token=TOKEN, tls_ca=str(cert)) as c, c.open("/tls", "wb") as f:
             f.write(b"encrypted in transit")
         with pytest.raises(errors.DaxfsError):

@@ -129,14 +129,22 @@ def cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from daxfs.client.rpc import Connection
+
     address = normalize_address(args.addr)
     deadline = time.monotonic() + args.wait
     while True:
         try:
-            with grpc.insecure_channel(address) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
+            # TLS (and a client certificate) as for every other verb; no token needed.
+            conn = Connection(
+                address, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
+            )
+            try:
+                reply = health_pb2_grpc.HealthStub(conn.channel).Check(
                     health_pb2.HealthCheckRequest(service="daxfs.v1.Daxfs"), timeout=5
                 )
+            finally:
+                conn.close()
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 print("SERVING")
                 return 0
@@ -191,4 +199,7 @@ def register(sub: Subcommands) -> None:
     q = sub.add_parser("health", help="exit 0 when the server is SERVING")
     q.add_argument("addr", metavar="ADDR")
     q.add_argument("--wait", type=float, default=0.0, help="keep trying for this many seconds")
+    q.add_argument("--tls-ca", help="PEM roots to verify a TLS server (default: $DAXFS_TLS_CA)")
+    q.add_argument("--tls-cert", help="PEM client certificate ($DAXFS_TLS_CERT)")
+    q.add_argument("--tls-key", help="its PEM private key ($DAXFS_TLS_KEY)")
     q.set_defaults(fn=cmd_health)
