@@ -800,6 +800,28 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             self._sync(h)
             return h.file.preadinto(dst, offset)
 
+    @_edge
+    def read_to(
+        self, fh: int, size: int, offset: int, send: Callable[[list[memoryview]], None]
+    ) -> None:
+        """One copy: ``send`` gets views of the region (the kernel backend's writev).
+
+        ``send`` runs under the fence's shared lock with the lease checked just
+        before (``DaxFile.segments``). A lease found lapsed after it is logged:
+        the bytes are gone to the reader and cannot be taken back (README, the
+        layout safety invariant, one-copy reads).
+        """
+        self.iostats.read(size)
+        h = self._handle(fh)
+        with h.lock:
+            self._sync(h)
+            with h.file.segments(offset, size) as views:
+                send(views)
+        if not self.client.lease_valid():
+            log.warning(
+                "the lease lapsed during a one-copy read of %d bytes of %s", size, h.file.path
+            )
+
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         """The Operations form (bytes); the mount uses :meth:`write_from`."""
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)

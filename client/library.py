@@ -27,6 +27,7 @@ import stat as _stat
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 COPY_PIECE = 4 * MIB
 #: Layout grants discarded in a row (each overtaken by a recall) before giving up.
 STALE_GRANT_RETRIES = 8
+#: What a hole reads as, for :meth:`DaxFile.segments` (longer holes get their own zeros).
+_ZEROS = bytes(MIB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -810,6 +813,48 @@ class DaxFile(io.RawIOBase):
                     dst[a:b] = self._u8[r : r + tile.length]
         self._validate_copy()
         return end - offset
+
+    @contextmanager
+    def segments(self, offset: int, size: int) -> Iterator[list[memoryview]]:
+        """The bytes of [offset, offset + size) (cut at EOF) as views of the region, in order.
+
+        For a caller that copies them once and cannot take the copy back: the
+        FUSE kernel backend hands them to one writev on /dev/fuse, and the
+        kernel copies them straight into the reader's buffer. preadinto
+        validates the lease *after* its copy and discards the bytes if it
+        lapsed; here the lease is checked *before*, under the fence's shared
+        lock, which is held until the block ends so a recall of these extents
+        waits for the copy. The residual risk and its bound are in the README
+        (the layout safety invariant, "one-copy reads"). Holes are zeros. The
+        views are valid only inside the block.
+        """
+        self._check_open()
+        if not self.mode_info.read:
+            raise errors.BadHandle("file not open for reading")
+        if offset < 0:
+            raise errors.InvalidArgument(f"negative offset {offset}")
+        while True:
+            self._check_lease()
+            end = min(self._size, offset + size)
+            if end <= offset:
+                yield []
+                return
+            tiles = self._layout(offset, end, write=False)
+            with self.client.fence.io.shared():
+                if self.client.layouts.lookup(self.ino, offset, end) is None:
+                    continue  # recalled meanwhile: start over
+                if not self.client.lease_valid():
+                    raise errors.StaleHandle("the client's lease lapsed; its layouts are fenced")
+                region = self._u8.data
+                yield [
+                    region[t.region_offset : t.region_offset + t.length]
+                    if t.region_offset is not None
+                    else memoryview(_ZEROS if t.length <= len(_ZEROS) else bytes(t.length))[
+                        : t.length
+                    ]
+                    for t in tiles
+                ]
+                return
 
     def pread(self, size: int, offset: int) -> bytes:
         self._check_open()

@@ -566,6 +566,46 @@ def test_sqlite_twenty_thousand_rows(mnt: Path) -> None:
         db.close()
 
 
+def test_sqlite_wal_needs_shared_mmap_and_gets_it_on_the_kernel_backend(
+    server: ServerProc, workdir: Path
+) -> None:
+    """SQLite in WAL mode maps its -shm index MAP_SHARED; on a direct_io file that
+    takes FUSE_DIRECT_IO_ALLOW_MMAP, which only the kernel backend asks for."""
+    m = start_mount(server.address, workdir / "mnt", backend="kernel")
+    try:
+        path = m.path / "wal.db"
+        db = sqlite3.connect(path)
+        reader = None
+        try:
+            assert db.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+            db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+            for start in range(0, 5_000, 1_000):
+                with db:
+                    db.executemany(
+                        "INSERT INTO t (id, name) VALUES (?, ?)",
+                        ((i, f"row {i}") for i in range(start, start + 1_000)),
+                    )
+            # A second connection finds the rows through the shared WAL index.
+            reader = sqlite3.connect(path)
+            assert reader.execute("SELECT count(*) FROM t").fetchone() == (5_000,)
+            with db:
+                db.execute("DELETE FROM t WHERE id % 2 = 0")
+            assert reader.execute("SELECT count(*) FROM t").fetchone() == (2_500,)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            if reader is not None:
+                reader.close()
+            db.close()
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert db.execute("SELECT name FROM t WHERE id = 4999").fetchone() == ("row 4999",)
+        finally:
+            db.close()
+    finally:
+        m.stop()
+
+
 def test_tar_round_trip_of_a_real_tree(mnt: Path, workdir: Path) -> None:
     names = sorted(p.name for p in Path("/usr/share/doc").iterdir() if p.name[0] in "abcd")
     assert names, "no /usr/share/doc entries to copy"

@@ -57,9 +57,9 @@ class Request:
     data: memoryview
     #: The address of ``data[0]`` (WRITE hands the operations its payload in place).
     address: int
-    #: A buffer of MAX_KERNEL_REQUEST bytes the thread owns, for READ replies, and its address.
-    out: memoryview
-    out_address: int
+    #: Writes one reply at once. READ replies through it itself, while the
+    #: region memory the reply points into is still fenced for it.
+    send: Callable[[Reply], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,11 +471,16 @@ class Dispatcher:
         self._opened(int.from_bytes(entry[:8], "little"), fh)
         return self._reply(hdr, entry, p.OPEN_OUT.pack(fh, self._open_flags(), 0))
 
-    def _read(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
+    def _read(self, hdr: p.InHeader, body: memoryview, req: Request) -> None:
+        """One copy: the reply's iovec points into the region mapping (DaxFile.segments)."""
         fh, offset, size, *_ = p.READ_IN.unpack_from(body)
-        size = min(size, len(req.out))
-        n = self.ops.read_into(fh, req.out_address, size, offset)
-        return self._reply(hdr, req.out[:n])
+
+        def send(views: list[memoryview]) -> None:
+            n = p.OUT_HEADER.size + sum(len(v) for v in views)
+            req.send([p.out_header(n, hdr.unique), *views])
+
+        self.ops.read_to(fh, min(size, MAX_KERNEL_REQUEST), offset, send)
+        return None
 
     def _write(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         fh, offset, size, *_ = p.WRITE_IN.unpack_from(body)

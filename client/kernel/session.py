@@ -3,8 +3,9 @@
 Several threads read the one ``/dev/fuse`` descriptor; the kernel gives each
 request to one of them, so a slow request (an RPC waiting on the server)
 holds one thread and the others go on serving. Each thread owns its buffers:
-one for the request (a WRITE's payload is handed to the operations in place)
-and one for READ replies. All threads end when the file system is unmounted.
+the request buffer (a WRITE's payload is handed to the operations in place);
+a READ reply points into the region mapping itself. All threads end when the
+file system is unmounted.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import ctypes
 import logging
 import threading
 
-from daxfs.client.fuse_ops import MAX_KERNEL_REQUEST
 from daxfs.client.kernel.channel import Channel
-from daxfs.client.kernel.dispatch import REQUEST_BUFFER, Dispatcher, Request
+from daxfs.client.kernel.dispatch import REQUEST_BUFFER, Dispatcher, Reply, Request
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,23 @@ class KernelSession:
         for t in self._threads:
             t.join(timeout)
 
+    def _send(self, reply: Reply) -> None:
+        try:
+            self.channel.send(reply)
+        except OSError:
+            # A malformed reply (EINVAL) is this daemon's bug: the caller sees
+            # an error from the kernel; keep serving the others.
+            log.exception("the kernel refused a reply")
+
     def _serve(self) -> None:
         inbuf = (ctypes.c_ubyte * REQUEST_BUFFER)()
-        outbuf = (ctypes.c_ubyte * MAX_KERNEL_REQUEST)()
         data = memoryview(inbuf).cast("B")
-        out = memoryview(outbuf).cast("B")
-        address, out_address = ctypes.addressof(inbuf), ctypes.addressof(outbuf)
+        address = ctypes.addressof(inbuf)
         while True:
             n = self.channel.receive(data)
             if n == 0:
                 return
-            req = Request(data[:n], address, out, out_address)
+            req = Request(data[:n], address, self._send)
             reply = self.dispatcher.handle(req)
             if reply is None:
                 continue
