@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""The mount's two front ends against the naive FUSE, side by side in one run (issue 16).
+
+``.venv/bin/python benchmarks/fuse_backends.py [--rounds N] [--mib M]`` (as
+root; /dev/fuse and fio needed) starts a daxfs server on a fresh region in
+/dev/shm, writes one file of M MiB, and mounts it three ways: ``daxfs mount
+--backend libfuse`` (mfusepy), ``daxfs mount --backend kernel`` (the daemon
+that speaks the kernel protocol itself, ``daxfs.client.kernel``), and the
+naive mfusepy passthrough of a tmpfs directory holding the same bytes
+(``daxfs.bench.naive_passthrough``, direct_io: the filesystem a user would
+write instead). It then measures all three in interleaved rounds, with the
+spike's measures (``fuse_spike/bench.py``): sequential 1 MiB reads, fio random
+4 KiB reads and writes (psync, 1 job), ``os.stat``, and create + close +
+unlink of small files. Prints best and median, each daxfs front end's ratio to
+the naive FUSE (best / best and median / median), the daemons' CPU per unit
+of work (``/proc/PID/stat``, all threads), and the load average at the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "fuse_spike"))
+
+from bench import cpu_seconds, randread_iops, seq_read_gbps, serving, stat_per_s  # noqa: E402
+
+from daxfs.testing import Volume, fuse_mount, start_server  # noqa: E402
+
+
+def randwrite_iops(path: Path, seconds: int) -> tuple[float, float]:
+    """(IOPS, writes done): fio random 4 KiB writes over the file, psync, 1 job."""
+    out = subprocess.run(
+        ["fio", "--name=w", f"--filename={path}", "--rw=randwrite", "--bs=4k",
+         "--ioengine=psync", "--numjobs=1", f"--size={path.stat().st_size}",
+         f"--runtime={seconds}", "--time_based", "--output-format=json"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    write = json.loads(out[out.index("{") :])["jobs"][0]["write"]
+    return float(write["iops"]), float(write["total_ios"])
+
+
+def create_unlink_per_s(path: Path, n: int = 200) -> tuple[float, float]:
+    """(files/s, files): create + write 100 bytes + close, then unlink, in the file's directory."""
+    d = path.parent / f"meta-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    for i in range(n):
+        fd = os.open(d / f"f{i}", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        os.write(fd, b"x" * 100)
+        os.close(fd)
+    for i in range(n):
+        os.unlink(d / f"f{i}")
+    rate = n / (time.perf_counter() - t0)
+    d.rmdir()
+    return rate, float(n)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--fio-seconds", type=int, default=3)
+    args = ap.parse_args()
+    if shutil.which("fio") is None or not os.path.exists("/dev/fuse") or os.geteuid() != 0:
+        print("needs root, fio and /dev/fuse", file=sys.stderr)
+        return 2
+    load = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="fusebackends-", dir="/dev/shm"))
+    blob = os.urandom(args.mib << 20)
+    tests: dict[str, tuple[Callable[[Path], tuple[float, float]], str, float]] = {
+        "seq 1 MiB read, GB/s": (seq_read_gbps, "ms/GiB", 1024e3),
+        "random 4 KiB read (fio psync), IOPS": (
+            lambda p: randread_iops(p, args.fio_seconds), "us/op", 1e6),
+        "random 4 KiB write (fio psync), IOPS": (
+            lambda p: randwrite_iops(p, args.fio_seconds), "us/op", 1e6),
+        "stat, calls/s": (stat_per_s, "us/call", 1e6),
+        "create+close+unlink, files/s": (create_unlink_per_s, "us/file", 1e6),
+    }  # fmt: skip
+    rates: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
+    names = ("daxfs kernel", "daxfs libfuse", "naive mfusepy")
+    server = None
+    try:
+        server = start_server(Volume.create(work, size=max(4 * args.mib, 256) << 20))
+        with ExitStack() as stack:
+            targets: dict[str, tuple[Path, int]] = {}
+            for backend in ("kernel", "libfuse"):
+                m = stack.enter_context(
+                    fuse_mount(
+                        server.address, work / f"mnt-{backend}", check=False, backend=backend
+                    )
+                )
+                targets[f"daxfs {backend}"] = (m.path / "data.bin", m.proc.pid)
+            (targets["daxfs kernel"][0]).write_bytes(blob)
+            src = work / "naive-src"
+            src.mkdir()
+            (src / "data.bin").write_bytes(blob)
+            naive = [sys.executable, "-m", "daxfs.bench.naive_passthrough", str(src),
+                     str(work / "naive")]  # fmt: skip
+            mp, pid = stack.enter_context(serving(naive, work / "naive", work / "naive.log"))
+            targets["naive mfusepy"] = (mp / "data.bin", pid)
+            for name, (path, _) in targets.items():  # correctness first
+                assert path.read_bytes() == blob, name
+            for r in range(args.rounds):
+                for test, (fn, _, scale) in tests.items():
+                    for name in names:
+                        path, pid = targets[name]
+                        c0 = cpu_seconds(pid)
+                        rate, units = fn(path)
+                        cpu = (cpu_seconds(pid) - c0) * scale / units
+                        rates.setdefault((test, name), []).append(rate)
+                        cpus.setdefault((test, name), []).append(cpu)
+                print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    loads = " ".join(f"{x:.1f}" for x in load)
+    print(f"load average at start: {loads}; {os.cpu_count()} CPUs; file {args.mib} MiB; "
+          f"rounds {args.rounds}")  # fmt: skip
+    print()
+    print(
+        "| operation | daxfs kernel best / median | daxfs libfuse best / median "
+        "| naive best / median | kernel / naive (best, median) "
+        "| libfuse / naive (best, median) | daemon CPU kernel / libfuse / naive (median) |"
+    )
+    print("|---|---|---|---|---|---|---|")  # fmt: skip
+    for test, (_, unit, _) in tests.items():
+        k, lf, n = (rates[(test, x)] for x in names)
+        fmt = "{:,.2f}" if "GB/s" in test else "{:,.0f}"
+
+        def cell(v: list[float], fmt: str = fmt) -> str:
+            return f"{fmt.format(max(v))} / {fmt.format(statistics.median(v))}"
+
+        def ratio(a: list[float], b: list[float]) -> str:
+            return f"{max(a) / max(b):.2f}, {statistics.median(a) / statistics.median(b):.2f}"
+
+        c = [statistics.median(cpus[(test, x)]) for x in names]
+        print(f"| {test} | {cell(k)} | {cell(lf)} | {cell(n)} | {ratio(k, n)} | {ratio(lf, n)} "
+              f"| {c[0]:,.1f} / {c[1]:,.1f} / {c[2]:,.1f} {unit} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
