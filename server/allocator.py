@@ -188,6 +188,13 @@ class Allocator:
         self._meta.add_quarantine(offset, length, until_ns)
         self.quarantined_bytes += length
 
+    def requarantine(self, offset: int, length: int, until_ns: int) -> None:
+        """Keep one quarantined extent until ``until_ns`` instead (its recall completed)."""
+        if self._meta.quarantined_length(offset) != length:
+            return
+        self._meta.remove_quarantine(offset)
+        self._meta.add_quarantine(offset, length, until_ns)
+
     def release_quarantined(self, offset: int, length: int) -> int:
         """Free one quarantined extent early (its recall completed); 0 if already released."""
         if self._meta.quarantined_length(offset) != length:

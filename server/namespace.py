@@ -453,7 +453,13 @@ class Namespace:
         released = 0
         for pending in done:
             for offset, length in pending.ranges:
-                released += self.allocator.release_quarantined(offset, length)
+                if self._in_grace():
+                    # Acknowledged by this instance's holders, but an earlier
+                    # instance's clients may still map it until the grace ends:
+                    # both must hold (seed 4393 of the simulation's long run).
+                    self.allocator.requarantine(offset, length, self._grace_until_wall)
+                else:
+                    released += self.allocator.release_quarantined(offset, length)
         if done:
             self._recalls_done.notify_all()
         return released
@@ -671,11 +677,9 @@ class Namespace:
         holders = self.leases.holders(ino)
         if beyond_eof:
             holders.discard(caller.client)
-        if self._in_grace():
+        if self._in_grace() and not holders:
             # Earlier-instance clients may map anything: time, not recalls, frees it.
             self.allocator.quarantine(offset, length, self._grace_until_wall)
-            if holders:
-                self._freed.setdefault(ino, []).append((file_offset, length, None))
             return
         if not holders:
             self.allocator.free(offset, length)

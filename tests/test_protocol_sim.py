@@ -272,6 +272,8 @@ class SimClient:
                 self.stream.to_server.append(("renew", seq))
         if self.core.due_to_fence():
             self.log("fence point passed unrenewed: fencing")
+            for v in self.views:  # views at once (library._on_deadline), layouts after copies
+                v.blocks.clear()
             self.deadline_fence_pending = True
         if self.deadline_fence_pending and not self.copies:
             self.deadline_fence_pending = False
@@ -784,6 +786,8 @@ class World:
         if cp.write and not c.core.lease_valid():
             c.copies.remove(cp)
             c.log("write stopped: lease lapsed (ESTALE)")
+            if not c.copies:
+                c.timers()  # a deadline fence that waited for the I/O lock runs now
             return
         block, grant = cp.blocks[cp.done]
         cp.done += 1
@@ -921,6 +925,41 @@ def test_random_schedules_keep_the_invariant(template: str, chunk: int) -> None:
 def test_replay(template: str) -> None:
     assert REPLAY is not None
     world = run_schedule(template, int(REPLAY))
+    if world is not None:
+        pytest.fail(explain(world), pytrace=False)
+
+
+#: Seeds the long run (seeds 1,000 to 168,000 of 1,000,000) found breaching, each
+#: fixed since and kept as a regression: a truncate during the restart grace freed
+#: blocks at the grace's end although a current holder had not acknowledged; and
+#: the model fenced views only after copies in flight, as the library no longer
+#: does. Seed 59638 is left out: it still breaches (a ReturnLayout in flight ends
+#: the lease a later grant of the same file to the same client refreshed, so the
+#: next truncate frees the blocks without recalling it); see the session notes.
+FOUND_SEEDS = (
+    4393,
+    16134,
+    32427,
+    42488,
+    50641,
+    59002,
+    60971,
+    67669,
+    88185,
+    96569,
+    109275,
+    122793,
+    135738,
+    139476,
+    140983,
+    143937,
+    151562,
+)
+
+
+@pytest.mark.parametrize("seed", FOUND_SEEDS)
+def test_seeds_the_long_run_found_keep_the_invariant(template: str, seed: int) -> None:
+    world = run_schedule(template, seed)
     if world is not None:
         pytest.fail(explain(world), pytrace=False)
 
