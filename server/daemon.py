@@ -328,6 +328,8 @@ def _sweeper(ns: Namespace, stop: threading.Event, health_servicer: health.Healt
             ns.fail(problem)
             for name in ("", SERVICE_NAME):
                 health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if ns.failed:
+            continue  # the edge refuses every call (failed_volume.py); nothing to sweep
         try:
             released = ns.sweep()
             if released:

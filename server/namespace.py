@@ -1,7 +1,11 @@
 """The core: POSIX namespace, open files and layouts over one region and one metadata store.
 
 This module decides; the gRPC servicer only translates. It imports neither grpc
-nor mfusepy (tests/test_repository.py enforces that).
+nor mfusepy (tests/test_repository.py enforces that). Two concerns live beside
+it: where each file's bytes are (``extent_map.py``) and when freed blocks may
+be reused (``lease_lifecycle.py``: quarantine, recalls, the restart grace).
+After every transaction that freed blocks under others' leases, the core sends
+the recalls and waits for them itself before the call returns.
 
 Paths are absolute, ``/``-separated, already resolved by the caller (the FUSE
 kernel resolves ``.``, ``..`` and symlinks before a request reaches a FUSE
@@ -32,10 +36,12 @@ from typing import Any
 
 from daxfs.server import cache_grants
 from daxfs.server.allocator import Allocator
-from daxfs.server.cache_grants import CacheGrants, Invalidation
-from daxfs.server.leases import LeaseTable, Pending, RecallNotice, Session
+from daxfs.server.cache_grants import CacheGrants
+from daxfs.server.extent_map import ExtentMap
+from daxfs.server.lease_lifecycle import LeaseLifecycle, Outbox
+from daxfs.server.leases import LeaseTable, RecallNotice, Session
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
-from daxfs.shared import errors, growth
+from daxfs.shared import errors
 from daxfs.shared.extent import (
     MAX_FILE_SIZE,
     ClientId,
@@ -58,14 +64,6 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 #: Longest symlink target in bytes (Linux: PATH_MAX including the NUL).
 SYMLINK_MAX = 4095
-#: Quarantine deadline of blocks that wait for recall acknowledgements, not for a time.
-UNTIL_ACKNOWLEDGED = (1 << 63) - 1
-#: How long a call that freed blocks waits for streams to acknowledge the recall.
-RECALL_WAIT_NS = 2_000_000_000
-#: Added to one lease for the restart grace period (clock rates differ a little).
-GRACE_MARGIN_NS = 1_000_000_000
-#: Metadata key: leases left at the last clean stop ("0" lets a restart skip the grace).
-LEASES_AT_STOP = "leases_at_stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,13 +289,10 @@ class Namespace:
         self.allocator = Allocator(
             meta, region.superblock.data_offset, region.size, region.block_size
         )
-        #: Free space reads as zeros when the store can punch holes: freed extents
-        #: are discarded after commit, so allocation needs no zeroing. Otherwise
-        #: (a /dev/dax device) new extents are zeroed when allocated.
-        self._zero_on_alloc = not region.supports_discard()
-        if not self._zero_on_alloc:
-            for offset, length in self.allocator.free_extents():
-                region.discard(offset, length)
+        #: Where each file's bytes live (extent_map.py).
+        self.extent_map = ExtentMap(region, meta, self.allocator)
+        #: Grants, recalls, quarantine and the restart grace (lease_lifecycle.py).
+        self.lifecycle = LeaseLifecycle(self.leases, meta, self.allocator, self._lock, clock)
         # guarded by self._lock
         self._opens: dict[FileHandle, OpenFile] = {}
         self._open_count: Counter[InodeId] = Counter()
@@ -307,23 +302,13 @@ class Namespace:
         boot = (time.time_ns() // 1_000_000) << 16
         self._handles = itertools.count(boot + 1)
         self._next_generation = int(meta.get_meta("next_generation") or "1")
-        #: Extents freed under other clients' leases in the current transaction,
-        #: per file: (file offset, length, region offset or None when the restart
-        #: grace period, not the recall, holds them). Guarded by self._lock.
-        self._freed: dict[InodeId, list[tuple[int, int, int | None]]] = {}
         self.failed: str | None = None  # set by fail(): why every call now gets EIO
-        #: Notified whenever recalls complete; waits release self._lock.
-        self._recalls_done = threading.Condition(self._lock)
+        #: Notified whenever recalls or invalidations complete; waits release self._lock.
+        self._recalls_done = self.lifecycle.changed
         self._last_sweep = self.leases.now()  # monotonic ns; guarded by self._lock
-        #: Wakes the session stream of a client a recall was queued for (set by the
-        #: edge; must not block). The recall itself stays queued in the lease table
-        #: until acknowledged, so a wake-up that finds no stream loses nothing.
-        self.notify: Callable[[ClientId, RecallNotice], None] = lambda client, notice: None
-        self._grace_until_wall = self._start_instance()
+        self.lifecycle.grace_until_wall = self._start_instance()
         #: Which clients may answer which metadata questions from their caches.
         self.grants = CacheGrants()
-        #: Sends an invalidation to a client's session stream (set by the edge; must not block).
-        self.notify_invalidation: Callable[[ClientId, Invalidation], None] = lambda c, i: None
         #: Per serving thread: the session of the call being served, and what of
         #: its own cache its change made stale (the edge returns it with the reply).
         self._local = threading.local()
@@ -331,41 +316,18 @@ class Namespace:
     # -- server instances ------------------------------------------------------
 
     def _start_instance(self) -> int:
-        """Begin this instance; returns the wall-clock end of the restart grace period (or 0).
+        """Begin this instance (``LeaseLifecycle.start_instance``); the grace's wall-clock end."""
+        return self.lifecycle.start_instance(self.leases.duration_ns)
 
-        Clients of an earlier instance may still map blocks it granted. Every
-        one of them has fenced itself one lease after its last renewal, on its
-        own clock; so for one lease from now every freed block waits in
-        quarantine, and blocks the earlier instance left in quarantine (their
-        recalls died with it) wait as long. Not needed after a clean stop with
-        no lease left (``shutdown``).
-        """
-        clean = self.meta.get_meta(LEASES_AT_STOP) == "0"
-        grace_end = 0 if clean else self.clock() + self.leases.duration_ns + GRACE_MARGIN_NS
-        with self.meta.transaction():
-            self.meta.set_meta(LEASES_AT_STOP, "running")
-            for offset, length, until in self.meta.quarantined():
-                if until == UNTIL_ACKNOWLEDGED:
-                    self.meta.remove_quarantine(offset)
-                    self.meta.add_quarantine(offset, length, max(grace_end, self.clock()))
-        if grace_end:
-            log.info(
-                "restart grace: freed blocks wait %.1f s before reuse (earlier sessions fence)",
-                (grace_end - self.clock()) / 1e9,
-            )
-        return grace_end
-
-    def _in_grace(self) -> bool:
-        return bool(self._grace_until_wall) and self.clock() < self._grace_until_wall
+    def connect(self, outbox: Outbox) -> None:
+        """The edge that carries recalls and invalidations to session streams."""
+        with self._lock:
+            self.lifecycle.outbox = outbox
 
     def shutdown(self) -> None:
-        """A clean stop: record whether leases were left, for the next instance's grace.
-
-        Only a lease lets a client map blocks, so a stop with none left (every
-        client closed its files, or used only the byte path) needs no grace.
-        """
-        with self._lock, self.meta.transaction():
-            self.meta.set_meta(LEASES_AT_STOP, str(len(self.leases)))
+        """A clean stop: record whether leases were left, for the next instance's grace."""
+        with self._lock:
+            self.lifecycle.record_stop()
 
     # -- plumbing ------------------------------------------------------------
 
@@ -398,12 +360,12 @@ class Namespace:
                     yield
             except BaseException:
                 if outer:
-                    self._freed.clear()
+                    self.lifecycle.rollback()
                 self.allocator.reload()
                 raise
             if outer:
                 self._discard_freed()
-                started = self._send_recalls()
+                started = self.lifecycle.send_recalls()
                 invalidated = self._invalidate(self.meta.touched)
         if started and wait_recalls:
             self._wait_recalls(started)
@@ -420,64 +382,12 @@ class Namespace:
         for offset, length in self.allocator.take_freed():
             self.region.discard(offset, length)
 
-    def _send_recalls(self) -> list[int]:
-        """After a commit: one recall per file whose freed extents others may still map."""
-        freed, self._freed = self._freed, {}
-        started: list[int] = []
-        for ino, pieces in freed.items():
-            holders = self.leases.holders(ino)
-            start = min(f for f, _, _ in pieces)
-            end = max(f + n for f, n, _ in pieces)
-            ranges = [(r, n) for _, n, r in pieces if r is not None]
-            recall, notices = self.leases.start_recall(
-                ino, start, end - start, "extents freed", holders, ranges
-            )
-            log.debug(
-                "recall id=%d ino=%d range=[%d,%d) holders=%s",
-                recall.id,
-                ino,
-                start,
-                end,
-                sorted(holders),
-            )
-            if not notices:  # the holders' sessions are gone: nobody maps the range
-                self._complete_recalls([Pending(recall, set(), ranges)])
-                continue
-            for client, notice in notices:
-                self.notify(client, notice)
-            started.append(recall.id)
-        return started
-
-    def _complete_recalls(self, done: list[Pending]) -> int:
-        """Every holder acknowledged (or is gone): quarantined extents go back to the free list."""
-        released = 0
-        for pending in done:
-            for offset, length in pending.ranges:
-                if self._in_grace():
-                    # Acknowledged by this instance's holders, but an earlier
-                    # instance's clients may still map it until the grace ends:
-                    # both must hold (seed 4393 of the simulation's long run).
-                    self.allocator.requarantine(offset, length, self._grace_until_wall)
-                else:
-                    released += self.allocator.release_quarantined(offset, length)
-        if done:
-            self._recalls_done.notify_all()
-        return released
-
     def _wait_recalls(self, started: list[int]) -> bool:
-        """Wait until clients with a live stream acknowledged ``started`` (at most RECALL_WAIT_NS).
-
-        Clients without a stream are not waited for: they get the recall when
-        they reattach, and quarantine keeps the blocks until they answer.
-        """
-        with self._recalls_done:
-            done = self._recalls_done.wait_for(
-                lambda: not any(self.leases.waits_on_attached(r) for r in started),
-                RECALL_WAIT_NS / 1e9,
-            )
-            if not done:
-                self.counters.recall_waits_timed_out += 1
-            return done
+        """Until live streams acknowledged ``started`` (``LeaseLifecycle.wait``)."""
+        done = self.lifecycle.wait(started)
+        if not done:
+            self.counters.recall_waits_timed_out += 1
+        return done
 
     # -- metadata caches ------------------------------------------------------
 
@@ -515,7 +425,7 @@ class Namespace:
                 self.grants.drop(client)
                 continue
             inv = self.grants.send(client, inos, paths, session.deadline_ns)
-            self.notify_invalidation(client, inv)
+            self.lifecycle.outbox.deliver_invalidation(client, inv)
             sent.append(inv.id)
         return sent
 
@@ -656,37 +566,6 @@ class Namespace:
 
     # -- extents -------------------------------------------------------------
 
-    def _release_range(
-        self,
-        ino: InodeId,
-        offset: int,
-        length: int,
-        caller: Caller,
-        file_offset: int = 0,
-        *,
-        beyond_eof: bool = False,
-    ) -> None:
-        """Give region bytes back: at once, or to quarantine while a client may still map them.
-
-        Every lease holder (the caller included: its arrays may map the range)
-        gets a recall once the transaction commits, and the blocks stay in
-        quarantine until every holder acknowledged or is gone (leases.py). The
-        one exception is ``beyond_eof`` for the caller itself: the trim of its
-        own preallocation at its last close, which no view of it maps.
-        """
-        holders = self.leases.holders(ino)
-        if beyond_eof:
-            holders.discard(caller.client)
-        if self._in_grace() and not holders:
-            # Earlier-instance clients may map anything: time, not recalls, frees it.
-            self.allocator.quarantine(offset, length, self._grace_until_wall)
-            return
-        if not holders:
-            self.allocator.free(offset, length)
-            return
-        self.allocator.quarantine(offset, length, UNTIL_ACKNOWLEDGED)
-        self._freed.setdefault(ino, []).append((file_offset, length, offset))
-
     def _drop_extents_from(
         self,
         ino: InodeId,
@@ -699,113 +578,25 @@ class Namespace:
         """Free every block of ``ino`` in file range [keep_end, end) (block aligned).
 
         ``end`` None means to the end of the file (truncate, trimming
-        preallocation); a bounded range punches a hole. Freed blocks go
-        through :meth:`_release_range` (recall and quarantine).
+        preallocation); a bounded range punches a hole. What leaves the map
+        goes through the lease lifecycle (recall and quarantine).
         """
-        extents = (
-            self.meta.extents(ino) if end is None else self.meta.extents_in(ino, keep_end, end)
-        )
-        for ext in extents:
-            assert ext.region_offset is not None
-            lo = max(ext.file_offset, keep_end)
-            hi = ext.file_end if end is None else min(ext.file_end, end)
-            if lo >= hi:
-                continue
-            self.meta.delete_extent(ino, ext.file_offset)
-            if lo > ext.file_offset:
-                self.meta.add_extent(
-                    ino, Extent(ext.file_offset, lo - ext.file_offset, ext.region_offset)
-                )
-            if hi < ext.file_end:
-                self.meta.add_extent(
-                    ino, Extent(hi, ext.file_end - hi, ext.region_offset + (hi - ext.file_offset))
-                )
-            self._release_range(
-                ino,
-                ext.region_offset + (lo - ext.file_offset),
-                hi - lo,
-                caller,
-                lo,
-                beyond_eof=beyond_eof,
-            )
-
-    def _zero_file_range(self, ino: InodeId, start: int, end: int) -> None:
-        """Zero the mapped bytes of file range [start, end) in the region."""
-        if start >= end:
-            return
-        for ext in self.meta.extents(ino):
-            part = ext.clip(start, end)
-            if part is not None and part.region_offset is not None:
-                self.region.zero(part.region_offset, part.length)
+        for piece in self.extent_map.cut(ino, keep_end, end):
+            self.lifecycle.release(ino, piece, caller.client, beyond_eof=beyond_eof)
 
     def _set_size(self, row: InodeRow, new_size: int, caller: Caller) -> None:
         if new_size < row.size:
             keep_end = align_up(new_size, self.block_size)
             self._drop_extents_from(row.ino, keep_end, caller)
-            self._zero_file_range(row.ino, new_size, keep_end)
+            self.extent_map.zero(row.ino, new_size, keep_end)
         elif new_size > row.size:
             # Bytes past the old EOF may hold stores that were never committed.
-            self._zero_file_range(row.ino, row.size, new_size)
+            self.extent_map.zero(row.ino, row.size, new_size)
         self.meta.update_inode(row.ino, size=new_size)
 
-    def _ensure_allocated(
-        self, ino: InodeId, start: int, end: int, *, contiguous: bool = False
-    ) -> None:
-        """Back every block of file range [start, end) with region storage (zeroed)."""
-        bs = self.block_size
-        start, end = align_down(start, bs), align_up(end, bs)
-        # Range queries only: a sparse file written at random holds thousands of extents.
-        lo = max(start - 1, 0)  # also the extent ending at start, for the goal
-        mapped = self.meta.extents_in(ino, lo, end)
-        gaps = [e for e in fill_holes(mapped, start, end) if e.hole]
-        if not gaps:
-            return
-        alloc_end, already = self.meta.extent_summary(ino)
-        for gap in gaps:
-            prev = [e for e in mapped if e.file_end <= gap.file_offset]
-            goal = None
-            if prev and prev[-1].file_end == gap.file_offset:
-                assert prev[-1].region_offset is not None
-                goal = prev[-1].region_offset + prev[-1].length
-            want = gap.length
-            if gap.file_end >= alloc_end and not contiguous:
-                # Growing at the end: allocate a chunk so sequential writers get few extents.
-                want = max(want, growth.chunk(already, bs, self.region.superblock.data_size))
-            try:
-                pieces = self.allocator.allocate(want, goal=goal, contiguous=contiguous)
-            except errors.NoSpace:
-                if want == gap.length:
-                    raise
-                pieces = self.allocator.allocate(gap.length, goal=goal, contiguous=contiguous)
-            fpos = gap.file_offset
-            for roff, n in pieces:
-                if self._zero_on_alloc:
-                    self.region.zero(roff, n)
-                self._add_extent(ino, Extent(fpos, n, roff))
-                fpos += n
-            mapped = self.meta.extents_in(ino, lo, end)
-
-    def _add_extent(self, ino: InodeId, ext: Extent) -> None:
-        """Insert an extent, merging with the previous one when both file and region continue."""
-        assert ext.region_offset is not None
-        before = self.meta.extent_before(ino, ext.file_offset)
-        prev = [before] if before is not None and before.file_end == ext.file_offset else []
-        if prev and prev[0].region_offset is not None:
-            p = prev[0]
-            assert p.region_offset is not None
-            if p.region_offset + p.length == ext.region_offset:
-                self.meta.delete_extent(ino, p.file_offset)
-                self.meta.add_extent(
-                    ino, Extent(p.file_offset, p.length + ext.length, p.region_offset)
-                )
-                return
-        self.meta.add_extent(ino, ext)
-
     def _destroy(self, row: InodeRow, caller: Caller) -> None:
-        for ext in self.meta.extents(row.ino):
-            assert ext.region_offset is not None
-            self._release_range(row.ino, ext.region_offset, ext.length, caller, ext.file_offset)
-        self.meta.delete_extents(row.ino)
+        for piece in self.extent_map.drop(row.ino):
+            self.lifecycle.release(row.ino, piece, caller.client)
         self.meta.delete_inode(row.ino)
 
     def _unref(self, ino: InodeId, caller: Caller) -> None:
@@ -871,7 +662,7 @@ class Namespace:
         handles = [h for h, of in self._opens.items() if of.client == client]
         for fh in handles:
             self._release(self._opens[fh], ROOT)
-        self._complete_recalls(self.leases.drop_session(client))
+        self.lifecycle.complete(self.leases.drop_session(client))
         self.grants.drop(client)
         self._recalls_done.notify_all()
         return len(handles)
@@ -900,7 +691,7 @@ class Namespace:
     def recall_done(self, client: ClientId, recall_id: int) -> None:
         """A client fenced what a recall asked for."""
         with self._txn():
-            self._complete_recalls(self.leases.recall_done(client, recall_id))
+            self.lifecycle.complete(self.leases.recall_done(client, recall_id))
 
     def sessions(self) -> list[Session]:
         with self._lock:
@@ -939,8 +730,7 @@ class Namespace:
                     client,
                     closed,
                 )
-            # Entries awaiting acknowledgement carry UNTIL_ACKNOWLEDGED: never due.
-            return released + self.allocator.release_quarantine(self.clock())
+            return released + self.lifecycle.release_due()
 
     # -- namespace calls -----------------------------------------------------
 
@@ -1501,7 +1291,7 @@ class Namespace:
         with self._lock:
             row = self._resolve(path, caller)
             self._may(row, caller, R_OK)
-            return self.meta.extents(row.ino)
+            return self.extent_map.of(row.ino)
 
     def get_layout(
         self,
@@ -1531,9 +1321,9 @@ class Namespace:
             if not write and not of.readable:
                 raise errors.BadHandle("handle not open for reading")
             if write and length:
-                self._ensure_allocated(of.ino, offset, offset + length, contiguous=contiguous)
+                self.extent_map.allocate(of.ino, offset, offset + length, contiguous=contiguous)
             end = offset + length
-            mapped = self.meta.extents_in(of.ino, offset, end)
+            mapped = self.extent_map.overlapping(of.ino, offset, end)
             if not write and mapped and not self._writes(caller.client, of.ino):
                 # Preallocation past EOF is not data: a reader sees holes there
                 # (a writer sees its own uncommitted stores).
@@ -1570,7 +1360,7 @@ class Namespace:
 
     def return_layout(self, lease_id: int, caller: Caller) -> None:
         with self._txn():
-            self._complete_recalls(self.leases.give_back(LeaseId(lease_id), caller.client))
+            self.lifecycle.complete(self.leases.give_back(LeaseId(lease_id), caller.client))
 
     def fallocate(
         self,
@@ -1612,16 +1402,16 @@ class Namespace:
                 bs = self.block_size
                 lo, hi = align_up(offset, bs), align_down(end, bs)
                 if lo < hi:
-                    self._zero_file_range(of.ino, offset, lo)
+                    self.extent_map.zero(of.ino, offset, lo)
                     self._drop_extents_from(of.ino, lo, caller, hi)
-                    self._zero_file_range(of.ino, hi, end)
+                    self.extent_map.zero(of.ino, hi, end)
                 else:
-                    self._zero_file_range(of.ino, offset, end)
+                    self.extent_map.zero(of.ino, offset, end)
                 self._touch(of.ino)
                 return self._attr(self._inode(of.ino))
             if zero_range:
-                self._ensure_allocated(of.ino, offset, end)
-                self._zero_file_range(of.ino, offset, end)
+                self.extent_map.allocate(of.ino, offset, end)
+                self.extent_map.zero(of.ino, offset, end)
                 if not keep_size and end > row.size:
                     self._set_size(row, end, caller)
                 self._touch(of.ino)
@@ -1629,9 +1419,9 @@ class Namespace:
             if contiguous:
                 bs = self.block_size
                 lo, hi = align_down(offset, bs), align_up(offset + length, bs)
-                if any(not e.hole for e in fill_holes(self.meta.extents(of.ino), lo, hi)):
+                if self.extent_map.overlapping(of.ino, lo, hi):
                     raise errors.InvalidArgument("contiguous preallocation needs an empty range")
-            self._ensure_allocated(of.ino, offset, offset + length, contiguous=contiguous)
+            self.extent_map.allocate(of.ino, offset, offset + length, contiguous=contiguous)
             row = self._inode(of.ino)
             if keep_size:
                 self.meta.update_inode(of.ino, keep_prealloc=1)
@@ -1658,14 +1448,7 @@ class Namespace:
             if end <= offset:
                 return b""
             out = bytearray(end - offset)
-            dst = memoryview(out)
-            for ext in self.meta.extents_in(of.ino, offset, end):
-                part = ext.clip(offset, end)
-                if part is not None and part.region_offset is not None:
-                    r = part.region_offset
-                    dst[part.file_offset - offset : part.file_end - offset] = self.region.u8[
-                        r : r + part.length
-                    ].data
+            self.extent_map.copy_out(of.ino, offset, memoryview(out))
             self.counters.read_bytes += len(out)
             return bytes(out)
 
@@ -1685,20 +1468,13 @@ class Namespace:
             if not data:
                 return 0
             end = offset + len(data)
-            self._ensure_allocated(of.ino, offset, end)
+            self.extent_map.allocate(of.ino, offset, end)
             row = self._inode(of.ino)
             if offset > row.size:
                 # As for a growing truncate: blocks past EOF may hold stores made
                 # through a write layout and never committed; the gap reads as zeros.
-                self._zero_file_range(of.ino, row.size, offset)
-            src = memoryview(data)
-            for ext in self.meta.extents_in(of.ino, offset, end):
-                part = ext.clip(offset, end)
-                if part is not None and part.region_offset is not None:
-                    r = part.region_offset
-                    self.region.u8[r : r + part.length] = src[
-                        part.file_offset - offset : part.file_end - offset
-                    ]
+                self.extent_map.zero(of.ino, row.size, offset)
+            self.extent_map.copy_in(of.ino, offset, memoryview(data))
             now = self.clock()
             self.meta.update_inode(of.ino, size=max(row.size, end), mtime_ns=now, ctime_ns=now)
             self.counters.write_bytes += len(data)
@@ -1707,7 +1483,4 @@ class Namespace:
     def persist(self, fh: int, caller: Caller) -> None:
         """fsync for byte-path clients: flush the file's extents in the region."""
         with self._lock:
-            of = self._open_file(fh, caller)
-            for ext in self.meta.extents(of.ino):
-                assert ext.region_offset is not None
-                self.region.persist(ext.region_offset, ext.length)
+            self.extent_map.persist(self._open_file(fh, caller).ino)

@@ -166,7 +166,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         keyring: Keyring | None = None,
         peers: PeerTable | None = None,
     ) -> None:
-        self.ns = ns
+        self._ns = ns
         self.keyring = keyring or Keyring([])
         #: Identities of unix socket peers (--peer-credentials), by gRPC peer address.
         self.peers = peers
@@ -174,8 +174,23 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         self.hub = SessionHub()
         self._streams = threading.BoundedSemaphore(max_streams)
         self.max_streams = max_streams
-        ns.notify = self.hub.deliver
-        ns.notify_invalidation = self.hub.deliver_invalidation
+        ns.connect(self.hub)
+
+    @property
+    def ns(self) -> Namespace:
+        """The core: every call reaches it through here, so a failed region refuses them all.
+
+        Once the sweeper found the region truncated, removed or replaced
+        (``Namespace.fail``), getattr, readdir and statfs are refused as reads
+        and writes are (EIO, with the reason and what to do): nothing answers
+        from metadata that no longer describes the bytes clients would map.
+        Stats still answers, for the operator.
+        """
+        if self._ns.failed is not None:
+            raise DaxfsError(
+                f"the region is unusable ({self._ns.failed}); fix it and restart the server"
+            )
+        return self._ns
 
     def _caller(
         self, msg: pb.Caller, context: grpc.ServicerContext, *, change: str | None = None
@@ -310,7 +325,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                     )
         finally:
             if self.hub.detach(client, q):
-                self.ns.detach(client)
+                self._ns.detach(client)
             log.debug("session detached client=%d", client)
 
     @_edge
@@ -642,21 +657,22 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
 
     @_edge
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
-        c = self.ns.counters
+        ns = self._ns
+        c = ns.counters
         return pb.StatsReply(
             read_calls=c.read_calls,
             read_bytes=c.read_bytes,
             write_calls=c.write_calls,
             write_bytes=c.write_bytes,
             layouts=c.layouts,
-            leases=len(self.ns.leases),
-            free_bytes=self.ns.allocator.free_bytes,
-            quarantined_bytes=self.ns.allocator.quarantined_bytes,
-            open_files=self.ns.open_files,
-            pending_recalls=self.ns.leases.pending_recalls,
+            leases=len(ns.leases),
+            free_bytes=ns.allocator.free_bytes,
+            quarantined_bytes=ns.allocator.quarantined_bytes,
+            open_files=ns.open_files,
+            pending_recalls=ns.leases.pending_recalls,
             recalls_sent=self.hub.recalls_sent,
             sessions=len(self.hub),
-            sessions_open=len(self.ns.sessions()),
+            sessions_open=len(ns.sessions()),
             recall_waits_timed_out=c.recall_waits_timed_out,
             auth_refusals=self.keyring.refusals,
         )

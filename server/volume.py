@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 
+from daxfs.server.lease_lifecycle import LEASES_AT_STOP
 from daxfs.server.leases import DEFAULT_LEASE_NS, DEFAULT_MAX_SESSIONS, LeaseTable
 from daxfs.server.metadata import ROOT_INO, Metadata
-from daxfs.server.namespace import LEASES_AT_STOP, Namespace
+from daxfs.server.namespace import Namespace
 from daxfs.shared.errors import FormatError, InvalidArgument, NotFound
 from daxfs.shared.format import DEFAULT_BLOCK_SIZE
 from daxfs.shared.region import Region, backing_size, format_region, read_superblock

@@ -14,7 +14,14 @@ from daxfs.client import connect
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.volume import format_volume
 from daxfs.shared import errors
-from daxfs.testing import Volume, assert_fsck_clean, assert_log_clean, run_server, start_server
+from daxfs.testing import (
+    Volume,
+    assert_fsck_clean,
+    assert_log_clean,
+    daxfs_cmd,
+    run_server,
+    start_server,
+)
 
 MIB = 1024 * 1024
 
@@ -73,21 +80,38 @@ def test_a_full_metadata_disk_is_a_clean_enospc(workdir: Path, small_meta_fs: Pa
 def test_a_region_replaced_behind_the_servers_back_is_detected(volume: Volume) -> None:
     srv = start_server(volume)
     try:
-        with connect(srv.address) as c, c.open("/a", "wb") as f:
-            f.write(b"data")
-        # Replace the region file (new inode at the same path).
-        os.rename(volume.region, volume.region + ".old")
-        with open(volume.region, "wb") as f:
-            f.truncate(64 * MIB)
-        deadline = time.monotonic() + 10
-        while "replaced" not in srv.log.read_text():
-            assert time.monotonic() < deadline, "the server did not notice"
-            time.sleep(0.1)
+        with connect(srv.address) as c:
+            with c.open("/a", "wb") as f:
+                f.write(b"data")
+            c.mkdir("/d")
+            # Replace the region file (new inode at the same path).
+            os.rename(volume.region, volume.region + ".old")
+            with open(volume.region, "wb") as f:
+                f.truncate(64 * MIB)
+            deadline = time.monotonic() + 10
+            while "replaced" not in srv.log.read_text():
+                assert time.monotonic() < deadline, "the server did not notice"
+                time.sleep(0.1)
+            # Every call is refused now, metadata-only ones too: nothing answers
+            # from metadata that no longer describes the region clients map.
+            for call in (
+                lambda: c.stat("/a"),
+                lambda: c.listdir("/"),
+                lambda: c.statfs(),
+                lambda: c.mkdir("/e"),
+            ):
+                with pytest.raises(errors.DaxfsError, match="region is unusable"):
+                    call()
+            out = subprocess.run(daxfs_cmd("health", srv.address), capture_output=True, text=True)
+            assert out.returncode != 0 and "NOT_SERVING" in out.stdout + out.stderr
         # New clients map the new file: refused with a clear message, not served garbage.
         with pytest.raises(errors.DaxfsError):
             connect(srv.address, region_path=volume.region)
+        time.sleep(2.5)  # two sweep periods: a failed volume is not swept (no traceback each)
     finally:
         assert srv.stop() == 0
+    log = srv.log.read_text()
+    assert "Traceback" not in log and "sweep failed" not in log
     # Restarting on the replacement is refused too.
     out = run_server(volume)
     assert out.returncode != 0 and "not a daxfs region" in out.stderr

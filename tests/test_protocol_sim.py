@@ -66,6 +66,7 @@ from typing import Any
 import pytest
 
 from daxfs.client.lease_state import LeaseState
+from daxfs.server.cache_grants import Invalidation
 from daxfs.server.fsck import fsck
 from daxfs.server.leases import LeaseTable, RecallNotice
 from daxfs.server.metadata import Metadata
@@ -336,7 +337,7 @@ class SimServer:
         table = self.leases(LEASE_NS, clock=w.clock.mono, new_id=lambda: w.rng.getrandbits(63))
         ns = self.ns_type(Region(w.region_path), meta, leases=table, clock=w.clock.wall)
         ns.reclaim_orphans()
-        ns.notify = self.deliver
+        ns.connect(self)
         self.hub = {}
         return ns
 
@@ -344,6 +345,9 @@ class SimServer:
         s = self.hub.get(client)
         if s is not None and s.alive:
             s.to_client.append(("recall", notice))
+
+    def deliver_invalidation(self, client: ClientId, invalidation: Invalidation) -> None:
+        pass  # simulated clients cache no metadata
 
     def restart(self, clean: bool) -> None:
         if clean:

@@ -38,6 +38,9 @@ def test_core_imports_neither_grpc_nor_fuse() -> None:
             "allocator.py",
             "metadata.py",
             "leases.py",
+            "lease_lifecycle.py",
+            "extent_map.py",
+            "cache_grants.py",
             "volume.py",
             "fsck.py",
         )
