@@ -46,6 +46,7 @@ import mfusepy
 import numpy as np
 import numpy.typing as npt
 
+from daxfs.client import rpc
 from daxfs.client.library import Client, DaxFile, OpenMode
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
@@ -318,8 +319,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         groups = _groups_of(pid) if uid != 0 and pid > 0 else []
         return pb.Caller(uid=uid, gid=gid, groups=groups, client_id=self.client.client_id)
 
-    def _call(self, method: str, request: Any) -> Any:
-        return self.client.call(method, request)
+    def _call(self, call: rpc.Rpc[rpc.Req, rpc.Rep], request: rpc.Req) -> rpc.Rep:
+        return self.client.call(call, request)
 
     def _remember(self, path: str, attr: pb.Attr) -> pb.Attr:
         """Keep the attributes a mutating call returned, for libfuse's getattr right after it.
@@ -372,7 +373,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if recalled:
             # Another client truncated or removed part of the file: its size now.
             req = pb.GetAttrRequest(caller=self.client.caller, handle=h.file.handle)
-            a: pb.Attr = self._call("GetAttr", req)
+            a: pb.Attr = self._call(rpc.GET_ATTR, req)
             with h.inode.lock:
                 h.inode.size = int(a.size)
                 for other in h.inode.handles:
@@ -451,7 +452,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             writers = any(h.file.mode_info.write for h in self._handles.values())
         if not writers:
             return
-        a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=self._caller(), path=path))
+        a: pb.Attr = self._call(rpc.GET_ATTR, pb.GetAttrRequest(caller=self._caller(), path=path))
         with self._lock:
             inode = self._inodes.get(InodeId(a.ino))
             handles = list(inode.handles) if inode is not None else []
@@ -519,7 +520,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             if fh is not None:
                 h = self._handle(fh)
                 req = pb.GetAttrRequest(caller=caller, handle=h.file.handle)
-                a = self._call("GetAttr", req)
+                a = self._call(rpc.GET_ATTR, req)
             elif path is not None:
                 a = self.client.attr(path, caller)
             else:
@@ -540,7 +541,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             raise errors.NotFound("the file was unlinked")
         else:
             req = pb.SetAttrRequest(caller=self._caller(), path=path, **fields)
-        attr: pb.Attr = self._call("SetAttr", req)
+        attr: pb.Attr = self._call(rpc.SET_ATTR, req)
         with self._lock:
             inode = self._inodes.get(InodeId(attr.ino))
         if inode is not None:
@@ -619,14 +620,14 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def opendir(self, path: str) -> int:
         """open(2) of a directory needs read permission (the server's rule, as access)."""
         caller = self._caller()
-        a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=caller, path=path))
+        a: pb.Attr = self._call(rpc.GET_ATTR, pb.GetAttrRequest(caller=caller, path=path))
         if not _may(a, caller, os.R_OK):
             raise errors.PermissionDenied(f"cannot open directory {path}: no read permission")
         return 0
 
     @_edge
     def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
-        reply = self._call("ReadDir", pb.PathRequest(caller=self._caller(), path=path))
+        reply = self._call(rpc.READ_DIR, pb.PathRequest(caller=self._caller(), path=path))
         out: list[tuple[str, dict[str, int], int]] = [
             # With use_ino an entry with inode 0 is dropped by readdir(3); the
             # listing does not carry these two numbers, stat() has them.
@@ -643,26 +644,26 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     @_edge
     def mkdir(self, path: str, mode: int) -> int:
         req = pb.MkdirRequest(caller=self._caller(), path=path, mode=mode & 0o7777)
-        self._remember(path, self._call("Mkdir", req))
+        self._remember(path, self._call(rpc.MKDIR, req))
         return 0
 
     @_edge
     def mknod(self, path: str, mode: int, dev: int) -> int:
         """FIFOs, sockets (bind), devices: the kernel serves their I/O, the server the inode."""
         req = pb.MknodRequest(caller=self._caller(), path=path, mode=mode, rdev=dev)
-        self._remember(path, self._call("Mknod", req))
+        self._remember(path, self._call(rpc.MKNOD, req))
         return 0
 
     @_edge
     def rmdir(self, path: str) -> int:
         self._forget(path)
-        self._call("Rmdir", pb.PathRequest(caller=self._caller(), path=path))
+        self._call(rpc.RMDIR, pb.PathRequest(caller=self._caller(), path=path))
         return 0
 
     @_edge
     def unlink(self, path: str) -> int:
         self._forget(path)
-        self._call("Unlink", pb.PathRequest(caller=self._caller(), path=path))
+        self._call(rpc.UNLINK, pb.PathRequest(caller=self._caller(), path=path))
         return 0
 
     @_edge
@@ -674,31 +675,31 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         """rename(2) and renameat2(2): RENAME_NOREPLACE and RENAME_EXCHANGE reach the server."""
         self._forget(old, new)
         req = pb.RenameRequest(caller=self._caller(), old_path=old, new_path=new, flags=flags)
-        self._call("Rename", req)
+        self._call(rpc.RENAME, req)
         return 0
 
     @_edge
     def symlink(self, path: str, target: str) -> int:
         """mfusepy's order: the new link's path first, then what it points to."""
         req = pb.SymlinkRequest(caller=self._caller(), target=target, path=path)
-        self._remember(path, self._call("Symlink", req))
+        self._remember(path, self._call(rpc.SYMLINK, req))
         return 0
 
     @_edge
     def readlink(self, path: str) -> str:
-        reply = self._call("Readlink", pb.PathRequest(caller=self._caller(), path=path))
+        reply = self._call(rpc.READLINK, pb.PathRequest(caller=self._caller(), path=path))
         return str(reply.target)
 
     @_edge
     def link(self, new: str, existing: str) -> int:
         """mfusepy's order: the new name first, then the existing file."""
         req = pb.LinkRequest(caller=self._caller(), existing=existing, new_path=new)
-        self._remember(new, self._call("Link", req))
+        self._remember(new, self._call(rpc.LINK, req))
         return 0
 
     @_edge
     def statfs(self, path: str) -> dict[str, int]:
-        s = self._call("StatFs", pb.StatFsRequest(caller=self._caller()))
+        s = self._call(rpc.STAT_FS, pb.StatFsRequest(caller=self._caller()))
         return {
             "f_bsize": s.block_size,
             "f_frsize": s.block_size,
@@ -715,7 +716,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def access(self, path: str, amode: int) -> int:
         caller = self._caller()
         # Resolving the path checks search permission on every directory on the way.
-        a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=caller, path=path))
+        a: pb.Attr = self._call(rpc.GET_ATTR, pb.GetAttrRequest(caller=caller, path=path))
         if amode != os.F_OK and not _may(a, caller, amode):
             raise errors.PermissionDenied(f"access {amode:o} to {path} denied")
         return 0
@@ -748,7 +749,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             write=m.write,
             append=m.append,
         )
-        reply = self._call("Create", req)
+        reply = self._call(rpc.CREATE, req)
         fh = self._opened(path, m, reply, trunc)
         self._remember(path, reply.attr)
         return fh
@@ -764,7 +765,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             append=m.append,
             truncate=m.truncate,
         )
-        reply = self._call("Open", req)
+        reply = self._call(rpc.OPEN, req)
         return self._opened(path, m, reply, trunc)
 
     def _opened(self, path: str, m: OpenMode, reply: pb.OpenReply, trunc: bool) -> int:
@@ -873,7 +874,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if not kill:
             return
         req = pb.SetAttrRequest(caller=caller, handle=h.file.handle, mode=mode & 0o7777 & ~kill)
-        attr: pb.Attr = self._call("SetAttr", req)
+        attr: pb.Attr = self._call(rpc.SET_ATTR, req)
         with h.inode.lock:
             h.inode.mode = attr.mode
 
@@ -945,17 +946,17 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         caller = self._caller()
         if name == XATTR_IOSTATS:
-            a: pb.Attr = self._call("GetAttr", pb.GetAttrRequest(caller=caller, path=path))
+            a: pb.Attr = self._call(rpc.GET_ATTR, pb.GetAttrRequest(caller=caller, path=path))
             if not _may(a, caller, os.R_OK):
                 raise errors.PermissionDenied(f"{name} of {path} needs read permission")
             return self.iostats.to_json()
         if name == XATTR_EXTENTS:
-            reply = self._call("Extents", pb.PathRequest(caller=caller, path=path))
+            reply = self._call(rpc.EXTENTS, pb.PathRequest(caller=caller, path=path))
             return "".join(
                 f"{e.file_offset} {e.region_offset} {e.length}\n" for e in reply.extents
             ).encode()
         req = pb.XattrRequest(caller=caller, path=path, name=name)
-        return bytes(self._call("GetXattr", req).value)
+        return bytes(self._call(rpc.GET_XATTR, req).value)
 
     @_edge
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
@@ -964,21 +965,21 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         req = pb.XattrRequest(
             caller=self._caller(), path=path, name=name, value=value, flags=options
         )
-        self._call("SetXattr", req)
+        self._call(rpc.SET_XATTR, req)
         return 0
 
     @_edge
     def listxattr(self, path: str) -> list[str]:
         # The virtual attributes are not listed, so cp -a and tar --xattrs do not
         # try to copy them.
-        reply = self._call("ListXattr", pb.PathRequest(caller=self._caller(), path=path))
+        reply = self._call(rpc.LIST_XATTR, pb.PathRequest(caller=self._caller(), path=path))
         return list(reply.names)
 
     @_edge
     def removexattr(self, path: str, name: str) -> int:
         if name in _VIRTUAL:
             raise errors.NotPermitted(f"{name} is read-only")
-        self._call("RemoveXattr", pb.XattrRequest(caller=self._caller(), path=path, name=name))
+        self._call(rpc.REMOVE_XATTR, pb.XattrRequest(caller=self._caller(), path=path, name=name))
         return 0
 
 

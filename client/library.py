@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from daxfs.client import rpc
 from daxfs.client.fence import Fence
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.lease_state import LeaseState
@@ -191,7 +192,7 @@ class Client:
         self.caches_metadata = cache_metadata and session
         self.meta_cache = MetaCache()
         try:
-            hello = self.conn.call("Hello", self._hello_request(), wait=False)
+            hello = self.conn.call(rpc.HELLO, self._hello_request(), wait=False)
         except BaseException:
             self.conn.close()
             raise
@@ -270,7 +271,7 @@ class Client:
 
     def _goodbye(self) -> None:
         try:
-            self.conn.call("Goodbye", pb.GoodbyeRequest(caller=self.caller), timeout=5)
+            self.conn.call(rpc.GOODBYE, pb.GoodbyeRequest(caller=self.caller), timeout=5)
         except errors.DaxfsError as exc:
             log.debug("goodbye failed: %s", exc)
         finally:
@@ -322,7 +323,7 @@ class Client:
         """The attributes of ``path``, from the metadata cache when it holds them."""
         who = caller if caller is not None else self.caller
         if not self.caches_metadata:
-            return self.call("GetAttr", pb.GetAttrRequest(caller=who, path=path))  # type: ignore[no-any-return]
+            return self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path))
         key = key_of(path, who)
         if self.lease_valid():
             hit = self.meta_cache.get(key)
@@ -332,7 +333,7 @@ class Client:
                 return hit.attr
         epoch = self.meta_cache.epoch
         try:
-            a: pb.Attr = self.call("GetAttr", pb.GetAttrRequest(caller=who, path=path))
+            a: pb.Attr = self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path))
         except errors.NotFound as exc:
             self.meta_cache.put(key, Answer(None, exc), epoch)
             raise
@@ -365,7 +366,7 @@ class Client:
         with self._lock:
             self._lease_ids.clear()
         try:
-            hello = self.conn.call("Hello", self._hello_request())
+            hello = self.conn.call(rpc.HELLO, self._hello_request())
         except errors.DaxfsError as exc:
             log.warning("cannot open a new session: %s", exc)
             return None
@@ -414,7 +415,7 @@ class Client:
         if lease_id is not None:
             try:
                 self.call(
-                    "ReturnLayout", pb.ReturnLayoutRequest(caller=self.caller, lease_id=lease_id)
+                    rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=self.caller, lease_id=lease_id)
                 )
             except errors.StaleHandle:
                 pass  # expired or recalled meanwhile: nothing to return
@@ -452,7 +453,7 @@ class Client:
     def flush_mode(self) -> FlushMode:
         return self.region.flush_mode
 
-    def call(self, method: str, request: Any) -> Any:
+    def call(self, method: rpc.Rpc[rpc.Req, rpc.Rep], request: rpc.Req) -> rpc.Rep:
         """One RPC; if the server forgot our session, recover it and retry what can be.
 
         Calls that name a handle or a lease cannot be retried (those died with
@@ -461,15 +462,17 @@ class Client:
         try:
             return self.conn.call(method, request)
         except errors.UnknownSession:
-            stale = request.caller.client_id if hasattr(request, "caller") else 0
+            caller = getattr(request, "caller", None)
+            stale = caller.client_id if caller is not None else 0
             mine = stale == self.client_id or stale in self._past_sessions
-            if not mine or method == "Goodbye" or self._session_lost(stale) is None:
+            if not mine or method is rpc.GOODBYE or self._session_lost(stale) is None:
                 raise
             if getattr(request, "handle", 0) or getattr(request, "lease_id", 0):
                 raise errors.StaleHandle(
-                    f"{method}: the server ended the session this handle belonged to; reopen"
+                    f"{method.name}: the server ended the session this handle belonged to; reopen"
                 ) from None
-            request.caller.client_id = self.client_id
+            assert caller is not None
+            caller.client_id = self.client_id
             return self.conn.call(method, request)
 
     # -- namespace -----------------------------------------------------------
@@ -485,59 +488,59 @@ class Client:
         return True
 
     def listdir(self, path: str = "/") -> list[str]:
-        reply = self.call("ReadDir", pb.PathRequest(caller=self.caller, path=path))
+        reply = self.call(rpc.READ_DIR, pb.PathRequest(caller=self.caller, path=path))
         return [e.name for e in reply.entries]
 
     def scandir(self, path: str = "/") -> Iterator[tuple[str, Stat]]:
-        reply = self.call("ReadDir", pb.PathRequest(caller=self.caller, path=path))
+        reply = self.call(rpc.READ_DIR, pb.PathRequest(caller=self.caller, path=path))
         for e in reply.entries:
             yield e.name, _stat_of(e.attr)
 
     def mkdir(self, path: str, mode: int = 0o777) -> Stat:
         req = pb.MkdirRequest(caller=self.caller, path=path, mode=mode & ~self.umask)
-        return _stat_of(self.call("Mkdir", req))
+        return _stat_of(self.call(rpc.MKDIR, req))
 
     def unlink(self, path: str) -> None:
-        self.call("Unlink", pb.PathRequest(caller=self.caller, path=path))
+        self.call(rpc.UNLINK, pb.PathRequest(caller=self.caller, path=path))
 
     remove = unlink
 
     def rmdir(self, path: str) -> None:
-        self.call("Rmdir", pb.PathRequest(caller=self.caller, path=path))
+        self.call(rpc.RMDIR, pb.PathRequest(caller=self.caller, path=path))
 
     def rename(self, old: str, new: str, *, flags: int = 0) -> None:
         req = pb.RenameRequest(caller=self.caller, old_path=old, new_path=new, flags=flags)
-        self.call("Rename", req)
+        self.call(rpc.RENAME, req)
 
     def symlink(self, target: str, path: str) -> Stat:
         req = pb.SymlinkRequest(caller=self.caller, target=target, path=path)
-        return _stat_of(self.call("Symlink", req))
+        return _stat_of(self.call(rpc.SYMLINK, req))
 
     def readlink(self, path: str) -> str:
-        return str(self.call("Readlink", pb.PathRequest(caller=self.caller, path=path)).target)
+        return str(self.call(rpc.READLINK, pb.PathRequest(caller=self.caller, path=path)).target)
 
     def link(self, existing: str, new: str) -> Stat:
         req = pb.LinkRequest(caller=self.caller, existing=existing, new_path=new)
-        return _stat_of(self.call("Link", req))
+        return _stat_of(self.call(rpc.LINK, req))
 
     def chmod(self, path: str, mode: int) -> Stat:
         return _stat_of(
-            self.call("SetAttr", pb.SetAttrRequest(caller=self.caller, path=path, mode=mode))
+            self.call(rpc.SET_ATTR, pb.SetAttrRequest(caller=self.caller, path=path, mode=mode))
         )
 
     def truncate(self, path: str, size: int) -> Stat:
         req = pb.SetAttrRequest(caller=self.caller, path=path, size=size)
-        attr = self.call("SetAttr", req)
+        attr = self.call(rpc.SET_ATTR, req)
         self.layouts.invalidate(InodeId(attr.ino))
         return _stat_of(attr)
 
     def statfs(self) -> pb.StatFsReply:
-        reply: pb.StatFsReply = self.call("StatFs", pb.StatFsRequest(caller=self.caller))
+        reply: pb.StatFsReply = self.call(rpc.STAT_FS, pb.StatFsRequest(caller=self.caller))
         return reply
 
     def sessions(self) -> list[SessionInfo]:
         """The server's live sessions (root only), for operators."""
-        reply = self.call("ListSessions", pb.ListSessionsRequest(caller=self.caller))
+        reply = self.call(rpc.LIST_SESSIONS, pb.ListSessionsRequest(caller=self.caller))
         return [
             SessionInfo(
                 s.client_id, s.name, s.credential, s.attached, s.idle_ns, s.unacknowledged_recalls
@@ -547,16 +550,16 @@ class Client:
 
     def evict(self, client_id: int) -> None:
         """Declare a session gone (root only): for a guest frozen or lost for good."""
-        self.call("Evict", pb.EvictRequest(caller=self.caller, client_id=client_id))
+        self.call(rpc.EVICT, pb.EvictRequest(caller=self.caller, client_id=client_id))
 
     def stats(self) -> pb.StatsReply:
         """Server counters (Read/Write RPCs served, layouts granted, free bytes...)."""
-        reply: pb.StatsReply = self.call("Stats", pb.StatsRequest())
+        reply: pb.StatsReply = self.call(rpc.STATS, pb.StatsRequest())
         return reply
 
     def extents(self, path: str) -> list[Extent]:
         """The whole extent map of a file (no holes), like FIEMAP."""
-        reply = self.call("Extents", pb.PathRequest(caller=self.caller, path=path))
+        reply = self.call(rpc.EXTENTS, pb.PathRequest(caller=self.caller, path=path))
         return [Extent(e.file_offset, e.length, e.region_offset) for e in reply.extents]
 
     def layout(self, path: str, offset: int = 0, length: int | None = None) -> list[Extent]:
@@ -581,14 +584,14 @@ class Client:
                 write=m.write,
                 append=m.append,
             )
-            reply = self.call("Create", req)
+            reply = self.call(rpc.CREATE, req)
         else:
             req2 = pb.OpenRequest(
                 caller=self.caller, path=path, read=m.read, write=m.write, append=m.append
             )
-            reply = self.call("Open", req2)
+            reply = self.call(rpc.OPEN, req2)
         if _stat.S_ISDIR(reply.attr.mode):
-            self.call("Release", pb.ReleaseRequest(caller=self.caller, handle=reply.handle))
+            self.call(rpc.RELEASE, pb.ReleaseRequest(caller=self.caller, handle=reply.handle))
             raise errors.IsADirectory(f"{path} is a directory")
         # Close-to-open: whatever we cached of this file may be stale now.
         self.layouts.invalidate(InodeId(reply.attr.ino))
@@ -699,7 +702,7 @@ class DaxFile(io.RawIOBase):
         if epoch != self._epoch:
             self._epoch = epoch
             attr = client.call(
-                "GetAttr", pb.GetAttrRequest(caller=client.caller, handle=self.handle)
+                rpc.GET_ATTR, pb.GetAttrRequest(caller=client.caller, handle=self.handle)
             )
             self._size = self._committed_size = int(attr.size)
 
@@ -758,7 +761,7 @@ class DaxFile(io.RawIOBase):
 
     def _get_layout(self, start: int, end: int, write: bool) -> pb.Layout:
         reply: pb.Layout = self.client.call(
-            "GetLayout",
+            rpc.GET_LAYOUT,
             pb.GetLayoutRequest(
                 caller=self.client.caller,
                 handle=self.handle,
@@ -777,7 +780,7 @@ class DaxFile(io.RawIOBase):
             return []
         if not self.mode_info.read:
             reply = self.client.call(
-                "GetLayout",
+                rpc.GET_LAYOUT,
                 pb.GetLayoutRequest(
                     caller=self.client.caller,
                     handle=self.handle,
@@ -962,7 +965,7 @@ class DaxFile(io.RawIOBase):
             size = self._pos
         self._commit()
         attr = self.client.call(
-            "SetAttr",
+            rpc.SET_ATTR,
             pb.SetAttrRequest(caller=self.client.caller, handle=self.handle, size=size),
         )
         self.client.layouts.invalidate(self.ino)
@@ -995,7 +998,7 @@ class DaxFile(io.RawIOBase):
         # Growth this handle wrote first: a growing fallocate zeroes past the server's size.
         self._commit()
         attr = self.client.call(
-            "Allocate",
+            rpc.ALLOCATE,
             pb.AllocateRequest(
                 caller=self.client.caller,
                 handle=self.handle,
@@ -1032,7 +1035,7 @@ class DaxFile(io.RawIOBase):
                 "writes past its old end are lost"
             )
         self.client.call(
-            "CommitLayout",
+            rpc.COMMIT_LAYOUT,
             pb.CommitLayoutRequest(
                 caller=self.client.caller,
                 handle=self.handle,
@@ -1085,7 +1088,7 @@ class DaxFile(io.RawIOBase):
                 if not self.session_lost:  # else the server forgot the handle already
                     try:
                         self.client.call(
-                            "Release",
+                            rpc.RELEASE,
                             pb.ReleaseRequest(caller=self.client.caller, handle=self.handle),
                         )
                     except errors.StaleHandle:

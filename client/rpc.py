@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
+from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.shared.errors import (
     DaxfsError,
@@ -31,6 +34,101 @@ log = logging.getLogger(__name__)
 
 #: Per-call deadline: a server that stops answering gives EIO, never a hang.
 DEFAULT_TIMEOUT_S = 30.0
+
+
+Req = TypeVar("Req", bound=Message)
+Rep = TypeVar("Rep", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc(Generic[Req, Rep]):
+    """One unary call of the Daxfs service: its name, the request it takes, the reply it gives.
+
+    ``Connection.call(rpc.GET_ATTR, request)`` is typed end to end: mypy checks
+    the request type at every call site and knows the reply's.
+    tests/test_repository.py checks this table against the service descriptor.
+    """
+
+    name: str
+    request: type[Req]
+    reply: type[Rep]
+
+
+# fmt: off
+HELLO = Rpc("Hello", pb.HelloRequest, pb.HelloReply)
+GOODBYE = Rpc("Goodbye", pb.GoodbyeRequest, pb.Empty)
+LIST_SESSIONS = Rpc("ListSessions", pb.ListSessionsRequest, pb.ListSessionsReply)
+EVICT = Rpc("Evict", pb.EvictRequest, pb.Empty)
+LOOKUP = Rpc("Lookup", pb.LookupRequest, pb.Attr)
+GET_ATTR = Rpc("GetAttr", pb.GetAttrRequest, pb.Attr)
+SET_ATTR = Rpc("SetAttr", pb.SetAttrRequest, pb.Attr)
+CREATE = Rpc("Create", pb.CreateRequest, pb.OpenReply)
+OPEN = Rpc("Open", pb.OpenRequest, pb.OpenReply)
+RELEASE = Rpc("Release", pb.ReleaseRequest, pb.Empty)
+MKDIR = Rpc("Mkdir", pb.MkdirRequest, pb.Attr)
+MKNOD = Rpc("Mknod", pb.MknodRequest, pb.Attr)
+UNLINK = Rpc("Unlink", pb.PathRequest, pb.Empty)
+RMDIR = Rpc("Rmdir", pb.PathRequest, pb.Empty)
+RENAME = Rpc("Rename", pb.RenameRequest, pb.Empty)
+SYMLINK = Rpc("Symlink", pb.SymlinkRequest, pb.Attr)
+READLINK = Rpc("Readlink", pb.PathRequest, pb.ReadlinkReply)
+LINK = Rpc("Link", pb.LinkRequest, pb.Attr)
+READ_DIR = Rpc("ReadDir", pb.PathRequest, pb.ReadDirReply)
+STAT_FS = Rpc("StatFs", pb.StatFsRequest, pb.StatFsReply)
+GET_XATTR = Rpc("GetXattr", pb.XattrRequest, pb.XattrReply)
+SET_XATTR = Rpc("SetXattr", pb.XattrRequest, pb.Empty)
+LIST_XATTR = Rpc("ListXattr", pb.PathRequest, pb.ListXattrReply)
+REMOVE_XATTR = Rpc("RemoveXattr", pb.XattrRequest, pb.Empty)
+EXTENTS = Rpc("Extents", pb.PathRequest, pb.ExtentsReply)
+GET_LAYOUT = Rpc("GetLayout", pb.GetLayoutRequest, pb.Layout)
+COMMIT_LAYOUT = Rpc("CommitLayout", pb.CommitLayoutRequest, pb.Attr)
+RETURN_LAYOUT = Rpc("ReturnLayout", pb.ReturnLayoutRequest, pb.Empty)
+ALLOCATE = Rpc("Allocate", pb.AllocateRequest, pb.Attr)
+READ = Rpc("Read", pb.ReadRequest, pb.ReadReply)
+WRITE = Rpc("Write", pb.WriteRequest, pb.WriteReply)
+PERSIST = Rpc("Persist", pb.PersistRequest, pb.Empty)
+STATS = Rpc("Stats", pb.StatsRequest, pb.StatsReply)
+# fmt: on
+
+#: Every unary call, by name (the session stream is not one: client/session.py).
+UNARY: dict[str, Rpc[Message, Message]] = {
+    r.name: r  # type: ignore[misc]
+    for r in (
+        HELLO,
+        GOODBYE,
+        LIST_SESSIONS,
+        EVICT,
+        LOOKUP,
+        GET_ATTR,
+        SET_ATTR,
+        CREATE,
+        OPEN,
+        RELEASE,
+        MKDIR,
+        MKNOD,
+        UNLINK,
+        RMDIR,
+        RENAME,
+        SYMLINK,
+        READLINK,
+        LINK,
+        READ_DIR,
+        STAT_FS,
+        GET_XATTR,
+        SET_XATTR,
+        LIST_XATTR,
+        REMOVE_XATTR,
+        EXTENTS,
+        GET_LAYOUT,
+        COMMIT_LAYOUT,
+        RETURN_LAYOUT,
+        ALLOCATE,
+        READ,
+        WRITE,
+        PERSIST,
+        STATS,
+    )
+}
 
 
 def to_error(exc: grpc.RpcError, address: str) -> DaxfsError:
@@ -118,8 +216,8 @@ class Connection:
         self.on_invalidated: Callable[[bytes], None] | None = None
 
     def call(
-        self, method: str, request: Any, *, timeout: float | None = None, wait: bool = True
-    ) -> Any:
+        self, rpc: Rpc[Req, Rep], request: Req, *, timeout: float | None = None, wait: bool = True
+    ) -> Rep:
         """One unary call. ``wait``: a server that is restarting (socket not there
         yet, connect backoff) is waited for up to the deadline instead of failing
         at once; the first call of a client (Hello) does not wait, so a wrong
@@ -127,13 +225,14 @@ class Connection:
         try:
             hook = self.on_invalidated
             if hook is None:
-                return getattr(self.stub, method)(
+                reply: Rep = getattr(self.stub, rpc.name)(
                     request,
                     timeout=timeout or self.timeout,
                     metadata=self.metadata,
                     wait_for_ready=wait,
                 )
-            reply, call = getattr(self.stub, method).with_call(
+                return reply
+            reply, call = getattr(self.stub, rpc.name).with_call(
                 request,
                 timeout=timeout or self.timeout,
                 metadata=self.metadata,

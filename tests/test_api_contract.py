@@ -18,7 +18,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2
 
 from daxfs.cli import build_parser
-from daxfs.client import Client, connect
+from daxfs.client import Client, connect, rpc
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.service import STATUS_FOR
 from daxfs.shared import errors
@@ -77,7 +77,7 @@ def pair(server: ServerProc) -> Iterator[tuple[Client, Client]]:
 
 
 def _create(c: Client, path: str, **how: bool) -> int:
-    reply = c.call("Create", pb.CreateRequest(caller=c.caller, path=path, mode=0o644, **how))
+    reply = c.call(rpc.CREATE, pb.CreateRequest(caller=c.caller, path=path, mode=0o644, **how))
     return int(reply.handle)
 
 
@@ -85,7 +85,7 @@ def _layout(c: Client, handle: int, offset: int, length: int, mode: int) -> pb.L
     req = pb.GetLayoutRequest(
         caller=c.caller, handle=handle, offset=offset, length=length, mode=mode
     )
-    reply: pb.Layout = c.call("GetLayout", req)
+    reply: pb.Layout = c.call(rpc.GET_LAYOUT, req)
     return reply
 
 
@@ -102,7 +102,7 @@ def test_open_for_neither_reading_nor_writing_is_refused(pair: tuple[Client, Cli
         f.write(b"kept")
     for how in ({}, {"truncate": True}, {"append": True}):
         with pytest.raises(errors.InvalidArgument, match="read or write"):
-            a.call("Open", pb.OpenRequest(caller=a.caller, path="/f", **how))
+            a.call(rpc.OPEN, pb.OpenRequest(caller=a.caller, path="/f", **how))
     assert a.stats().open_files == 0  # nothing was opened
     assert a.stat("/f").size == 4  # and nothing truncated
     a.unlink("/f")
@@ -113,12 +113,14 @@ def test_a_read_layout_past_eof_shows_holes_not_preallocated_blocks(
 ) -> None:
     writer, reader = pair
     w = _create(writer, "/f", read=True, write=True)
-    writer.call("Write", pb.WriteRequest(caller=writer.caller, handle=w, data=b"x" * 10))
+    writer.call(rpc.WRITE, pb.WriteRequest(caller=writer.caller, handle=w, data=b"x" * 10))
     writer.call(
-        "Allocate",
+        rpc.ALLOCATE,
         pb.AllocateRequest(caller=writer.caller, handle=w, offset=0, length=MIB, keep_size=True),
     )
-    r = int(reader.call("Open", pb.OpenRequest(caller=reader.caller, path="/f", read=True)).handle)
+    r = int(
+        reader.call(rpc.OPEN, pb.OpenRequest(caller=reader.caller, path="/f", read=True)).handle
+    )
     lay = _layout(reader, r, 0, MIB, pb.LAYOUT_MODE_READ)
     assert [(e.file_offset, e.length, e.hole) for e in lay.extents] == [
         (0, 4096, False),  # the block holding EOF
@@ -131,18 +133,18 @@ def test_a_read_layout_past_eof_shows_holes_not_preallocated_blocks(
     assert sum(e.length for e in mine.extents) == MIB
     # One lease per session and file: every layout of the file carries the same id.
     assert _layout(reader, r, 0, 4096, pb.LAYOUT_MODE_READ).lease_id == lay.lease_id
-    reader.call("Release", pb.ReleaseRequest(caller=reader.caller, handle=r))
-    writer.call("Release", pb.ReleaseRequest(caller=writer.caller, handle=w))
+    reader.call(rpc.RELEASE, pb.ReleaseRequest(caller=reader.caller, handle=r))
+    writer.call(rpc.RELEASE, pb.ReleaseRequest(caller=writer.caller, handle=w))
     writer.unlink("/f")
 
 
 def test_commit_layout_never_shrinks_a_file(pair: tuple[Client, Client]) -> None:
     a, _ = pair
     h = _create(a, "/g", write=True)
-    a.call("Write", pb.WriteRequest(caller=a.caller, handle=h, data=b"y" * 100))
-    attr = a.call("CommitLayout", pb.CommitLayoutRequest(caller=a.caller, handle=h, new_size=10))
+    a.call(rpc.WRITE, pb.WriteRequest(caller=a.caller, handle=h, data=b"y" * 100))
+    attr = a.call(rpc.COMMIT_LAYOUT, pb.CommitLayoutRequest(caller=a.caller, handle=h, new_size=10))
     assert attr.size == 100
-    a.call("Release", pb.ReleaseRequest(caller=a.caller, handle=h))
+    a.call(rpc.RELEASE, pb.ReleaseRequest(caller=a.caller, handle=h))
     a.unlink("/g")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from daxfs.cli import main
-from daxfs.client import Client, connect
+from daxfs.client import Client, connect, rpc
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.auth import parse_keyring
 from daxfs.shared import errors
@@ -137,11 +137,11 @@ def test_each_certificate_acts_under_its_credentials_policy(
                 with pytest.raises(errors.ReadOnly):
                     reader.mkdir("/d")
                 opened = reader.call(
-                    "Open", pb.OpenRequest(caller=reader.caller, path="/pub/mine", read=True)
+                    rpc.OPEN, pb.OpenRequest(caller=reader.caller, path="/pub/mine", read=True)
                 )
                 with pytest.raises(errors.ReadOnly):
                     reader.call(
-                        "GetLayout",
+                        rpc.GET_LAYOUT,
                         pb.GetLayoutRequest(
                             caller=reader.caller,
                             handle=opened.handle,
@@ -150,7 +150,7 @@ def test_each_certificate_acts_under_its_credentials_policy(
                         ),
                     )
                 reader.call(
-                    "Release", pb.ReleaseRequest(caller=reader.caller, handle=opened.handle)
+                    rpc.RELEASE, pb.ReleaseRequest(caller=reader.caller, handle=opened.handle)
                 )
                 listed = {s.credential for s in host.sessions()}
                 assert listed == {"host", "guest-c", "reader"}

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from daxfs.cli import main
-from daxfs.client import Client, connect
+from daxfs.client import Client, connect, rpc
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.auth import parse_keyring
 from daxfs.shared import errors
@@ -97,18 +97,18 @@ def test_a_read_only_guest_reads_through_read_layouts_and_changes_nothing(
                 lambda: reader.rename("/shared", "/moved"),
                 lambda: reader.chmod("/shared", 0o600),
                 lambda: reader.call(
-                    "Mknod", pb.MknodRequest(caller=reader.caller, path="/fifo", mode=0o10644)
+                    rpc.MKNOD, pb.MknodRequest(caller=reader.caller, path="/fifo", mode=0o10644)
                 ),
             ):
                 with pytest.raises(errors.ReadOnly):
                     change()
             # A handle open for reading gets no WRITE layout either.
             opened = reader.call(
-                "Open", pb.OpenRequest(caller=reader.caller, path="/shared", read=True)
+                rpc.OPEN, pb.OpenRequest(caller=reader.caller, path="/shared", read=True)
             )
             with pytest.raises(errors.ReadOnly):
                 reader.call(
-                    "GetLayout",
+                    rpc.GET_LAYOUT,
                     pb.GetLayoutRequest(
                         caller=reader.caller,
                         handle=opened.handle,
@@ -116,7 +116,7 @@ def test_a_read_only_guest_reads_through_read_layouts_and_changes_nothing(
                         mode=pb.LAYOUT_MODE_WRITE,
                     ),
                 )
-            reader.call("Release", pb.ReleaseRequest(caller=reader.caller, handle=opened.handle))
+            reader.call(rpc.RELEASE, pb.ReleaseRequest(caller=reader.caller, handle=opened.handle))
         assert host.listdir("/") == ["shared"]
         with host.open("/shared", "rb") as f:
             assert f.read() == b"for everyone"
@@ -146,7 +146,7 @@ def test_a_session_opened_with_one_token_cannot_be_used_with_another(
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert dict(refused.value.trailing_metadata())["daxfs-errno"] == "1"  # EPERM
         assert b.listdir("/") == []  # the owner's session is unharmed
-        listed = host.call("ListSessions", pb.ListSessionsRequest(caller=host.caller))
+        listed = host.call(rpc.LIST_SESSIONS, pb.ListSessionsRequest(caller=host.caller))
         assert {s.credential for s in listed.sessions} == {"guest-b", "fuse-host"}
         assert host.stats().auth_refusals == before + 1
     assert "credential=guest-a" in guests.log.read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from daxfs.client import Client
+from daxfs.client import Client, rpc
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.volume import format_volume
@@ -80,7 +80,7 @@ def test_bad_paths_are_refused(client: Client, path: str, exc: type[Exception]) 
 
 def test_a_name_with_a_slash_is_refused(client: Client) -> None:
     with pytest.raises(errors.InvalidArgument, match="contains '/'"):
-        client.call("Lookup", pb.LookupRequest(caller=client.caller, parent="/", name="a/b"))
+        client.call(rpc.LOOKUP, pb.LookupRequest(caller=client.caller, parent="/", name="a/b"))
 
 
 def test_name_of_255_bytes_is_fine(client: Client) -> None:
@@ -105,7 +105,7 @@ def test_bad_offsets_are_refused_over_rpc(
         for mode in (pb.LAYOUT_MODE_READ, pb.LAYOUT_MODE_WRITE):
             with pytest.raises(exc):
                 client.call(
-                    "GetLayout",
+                    rpc.GET_LAYOUT,
                     pb.GetLayoutRequest(
                         caller=client.caller,
                         handle=f.handle,
@@ -116,7 +116,7 @@ def test_bad_offsets_are_refused_over_rpc(
                 )
         with pytest.raises(exc):
             client.call(
-                "Read",
+                rpc.READ,
                 pb.ReadRequest(caller=client.caller, handle=f.handle, offset=offset, length=length),
             )
     assert client.statfs().blocks_free == free
@@ -149,9 +149,9 @@ def test_status_codes_and_errno_on_the_wire(server: ServerProc) -> None:
 
 def test_unknown_handle_and_stale_lease(client: Client) -> None:
     with pytest.raises(errors.StaleHandle):
-        client.call("Release", pb.ReleaseRequest(caller=client.caller, handle=999))
+        client.call(rpc.RELEASE, pb.ReleaseRequest(caller=client.caller, handle=999))
     with pytest.raises(errors.StaleHandle):
-        client.call("ReturnLayout", pb.ReturnLayoutRequest(caller=client.caller, lease_id=999))
+        client.call(rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=client.caller, lease_id=999))
 
 
 def test_unreachable_server_is_a_clear_error(workdir: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daxfs.client import connect
+from daxfs.client import connect, rpc
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.volume import format_volume
 from daxfs.shared import errors
@@ -60,7 +60,7 @@ def test_a_full_metadata_disk_is_a_clean_enospc(workdir: Path, small_meta_fs: Pa
                     pad = pb.XattrRequest(
                         caller=c.caller, path=path, name="user.pad", value=b"p" * 8000
                     )
-                    c.call("SetXattr", pad)
+                    c.call(rpc.SET_XATTR, pad)
             assert made, "some files fit before the disk filled"
             # The server is alive and consistent; freeing space on that disk makes it usable again.
             assert c.exists(made[0])

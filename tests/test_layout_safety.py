@@ -32,7 +32,7 @@ import grpc
 import numpy as np
 import pytest
 
-from daxfs.client import Client, connect
+from daxfs.client import Client, connect, rpc
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
 from daxfs.testing import (
@@ -488,13 +488,13 @@ def test_session_ids_cannot_be_guessed_or_used_by_another_client(leased: ServerP
         guesses = [c.client_id + d for d in range(-50, 51) if d] + [1, 2, 3]
         for guess in guesses:
             me = pb.Caller(client_id=guess)
-            for method, request in (
-                ("Goodbye", pb.GoodbyeRequest(caller=me)),
-                ("Release", pb.ReleaseRequest(caller=me, handle=f.handle)),
-                ("GetAttr", pb.GetAttrRequest(caller=me, path="/x")),
-            ):
-                with pytest.raises(errors.StaleHandle):
-                    c.conn.call(method, request)  # the wire, not the library's recovery
+            # The wire, not the library's recovery.
+            with pytest.raises(errors.StaleHandle):
+                c.conn.call(rpc.GOODBYE, pb.GoodbyeRequest(caller=me))
+            with pytest.raises(errors.StaleHandle):
+                c.conn.call(rpc.RELEASE, pb.ReleaseRequest(caller=me, handle=f.handle))
+            with pytest.raises(errors.StaleHandle):
+                c.conn.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=me, path="/x"))
         # A guessed id cannot attach a stream or acknowledge recalls either.
         with grpc.insecure_channel(leased.address) as ch:
             stub = ch.stream_stream(
@@ -519,19 +519,19 @@ def test_client_id_0_opens_nothing_and_goodbye_is_final(leased: ServerProc) -> N
         write_file(a, "/x", b"x")
         nobody = pb.Caller(client_id=0)
         with pytest.raises(errors.InvalidArgument, match="needs a session"):
-            a.call("Open", pb.OpenRequest(caller=nobody, path="/x", read=True))
+            a.call(rpc.OPEN, pb.OpenRequest(caller=nobody, path="/x", read=True))
         with pytest.raises(errors.InvalidArgument, match="needs a session"):
-            a.call("Create", pb.CreateRequest(caller=nobody, path="/y", mode=0o644, write=True))
+            a.call(rpc.CREATE, pb.CreateRequest(caller=nobody, path="/y", mode=0o644, write=True))
         assert a.stats().open_files == 0
         # Stateless calls need no session.
-        assert a.call("GetAttr", pb.GetAttrRequest(caller=nobody, path="/x")).size == 1
+        assert a.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=nobody, path="/x")).size == 1
         c = connect(leased.address, session=False)
         me = c.caller
         c.close()  # Goodbye
         with pytest.raises(errors.UnknownSession):
-            a.call("Open", pb.OpenRequest(caller=me, path="/x", read=True))
+            a.call(rpc.OPEN, pb.OpenRequest(caller=me, path="/x", read=True))
         with pytest.raises(errors.UnknownSession):
-            a.call("Goodbye", pb.GoodbyeRequest(caller=me))
+            a.call(rpc.GOODBYE, pb.GoodbyeRequest(caller=me))
         a.unlink("/x")
 
 

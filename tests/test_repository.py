@@ -227,3 +227,21 @@ def test_dependency_floors_satisfy_the_gencode() -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"grpcio>={gen_version.group(1)}" in deps
     assert f"protobuf>={m.group(1)}.{m.group(2)}.{m.group(3)},<{int(m.group(1)) + 2}" in deps
+
+
+def test_every_unary_rpc_is_typed_once_and_nothing_dispatches_by_string() -> None:
+    """mypy sees every RPC: each unary call of the service has one typed ``Rpc`` in
+    client/rpc.py with the descriptor's request and reply types, and no client
+    code names a call by a string."""
+    from daxfs.client import rpc
+    from daxfs.proto import daxfs_pb2 as pb
+
+    service = pb.DESCRIPTOR.services_by_name["Daxfs"]
+    unary = {m.name: m for m in service.methods if not (m.client_streaming or m.server_streaming)}
+    assert set(rpc.UNARY) == set(unary)
+    for name, typed in rpc.UNARY.items():
+        assert typed.request.DESCRIPTOR is unary[name].input_type, name
+        assert typed.reply.DESCRIPTOR is unary[name].output_type, name
+    by_string = re.compile(r"""\bcall\(\s*["'][A-Z]""")
+    for path in [*ROOT.glob("client/**/*.py"), *ROOT.glob("src/**/*.py"), *ROOT.glob("tests/*.py")]:
+        assert not by_string.search(path.read_text()), f"{path}: an RPC named by a string"

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from daxfs.bench.plan import Plan, size_label
 from daxfs.bench.progress import Progress
 from daxfs.bench.results import Results, digest, pattern
+from daxfs.client import rpc
 from daxfs.client.library import Client
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.limits import MAX_RPC_IO
@@ -248,18 +249,18 @@ def run_network(client: Client, res: Results, plan: Plan, progress: Progress) ->
 def _grpc_read(client: Client, path: str, dst: U8) -> float:
     caller = client.caller
     t = time.perf_counter()
-    reply = client.call("Open", pb.OpenRequest(caller=caller, path=path, read=True))
+    reply = client.call(rpc.OPEN, pb.OpenRequest(caller=caller, path=path, read=True))
     try:
         off = 0
         while off < len(dst):
             req = pb.ReadRequest(caller=caller, handle=reply.handle, offset=off, length=RPC_CHUNK)
-            data = client.call("Read", req).data
+            data = client.call(rpc.READ, req).data
             if not data:
                 break
             dst[off : off + len(data)] = np.frombuffer(data, dtype=np.uint8)
             off += len(data)
     finally:
-        client.call("Release", pb.ReleaseRequest(caller=caller, handle=reply.handle))
+        client.call(rpc.RELEASE, pb.ReleaseRequest(caller=caller, handle=reply.handle))
     return time.perf_counter() - t
 
 
