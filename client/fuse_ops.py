@@ -46,10 +46,9 @@ import mfusepy
 import numpy as np
 import numpy.typing as npt
 
-from daxfs.client import rpc
 from daxfs.client.library import Client, DaxFile, OpenMode
-from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
+from daxfs.shared.attr import Attr
 from daxfs.shared.errors import DaxfsError
 from daxfs.shared.extent import InodeId
 from daxfs.shared.format import MIB
@@ -59,7 +58,7 @@ from daxfs.shared.limits import (
     FALLOC_FL_ZERO_RANGE,
     MAX_RPC_IO,
 )
-from daxfs.shared.permissions import mode_allows
+from daxfs.shared.permissions import Identity
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def _groups_of(pid: int) -> list[int]:
     return []
 
 
-def _stat_dict(a: pb.Attr, size: int) -> dict[str, int]:
+def _stat_dict(a: Attr, size: int) -> dict[str, int]:
     return {
         "st_ino": a.ino,
         "st_mode": a.mode,
@@ -145,9 +144,9 @@ def _stat_dict(a: pb.Attr, size: int) -> dict[str, int]:
     }
 
 
-def _may(a: pb.Attr, caller: pb.Caller, amode: int) -> bool:
+def _may(a: Attr, caller: Identity, amode: int) -> bool:
     """access(2) by mode bits, the rule the server applies on every real operation."""
-    return mode_allows(a.mode, a.uid, a.gid, caller.uid, caller.gid, caller.groups, amode)
+    return caller.may(a.mode, a.uid, a.gid, amode)
 
 
 class IoStats:
@@ -308,21 +307,18 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         self._handles: dict[int, _Handle] = {}
         self._inodes: dict[InodeId, _Inode] = {}
         self._fh = itertools.count(1)
-        self._fresh: dict[str, tuple[pb.Attr, float]] = {}
+        self._fresh: dict[str, tuple[Attr, float]] = {}
 
     # -- plumbing ------------------------------------------------------------
 
-    def _caller(self) -> pb.Caller:
-        """The credentials of the process whose system call this is."""
+    def _caller(self) -> Identity:
+        """The identity of the process whose system call this is."""
         uid, gid, pid = self._context()
         # Root passes every permission check, so its groups need no /proc read.
         groups = _groups_of(pid) if uid != 0 and pid > 0 else []
-        return pb.Caller(uid=uid, gid=gid, groups=groups, client_id=self.client.client_id)
+        return Identity(uid, gid, tuple(groups))
 
-    def _call(self, call: rpc.Rpc[rpc.Req, rpc.Rep], request: rpc.Req) -> rpc.Rep:
-        return self.client.call(call, request)
-
-    def _remember(self, path: str, attr: pb.Attr) -> pb.Attr:
+    def _remember(self, path: str, attr: Attr) -> Attr:
         """Keep the attributes a mutating call returned, for libfuse's getattr right after it.
 
         libfuse's high-level layer follows create, mkdir, symlink, link and every
@@ -341,7 +337,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             for path in paths:
                 self._fresh.pop(path, None)
 
-    def _fresh_attr(self, path: str) -> pb.Attr | None:
+    def _fresh_attr(self, path: str) -> Attr | None:
         with self._lock:
             item = self._fresh.pop(path, None)
         if item is None or time.monotonic() - item[1] > FRESH_S:
@@ -372,8 +368,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             epoch = h.inode.epoch
         if recalled:
             # Another client truncated or removed part of the file: its size now.
-            req = pb.GetAttrRequest(caller=self.client.caller, handle=h.file.handle)
-            a: pb.Attr = self._call(rpc.GET_ATTR, req)
+            a = self.client.fattr(h.file.handle)
             with h.inode.lock:
                 h.inode.size = int(a.size)
                 for other in h.inode.handles:
@@ -402,7 +397,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             with h.inode.lock:
                 h.inode.published = max(h.inode.published, growth)
 
-    def _register(self, file: DaxFile, attr: pb.Attr, append: bool, truncated: bool) -> int:
+    def _register(self, file: DaxFile, attr: Attr, append: bool, truncated: bool) -> int:
         ino = InodeId(attr.ino)
         with self._lock:
             inode = self._inodes.get(ino)
@@ -452,9 +447,9 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             writers = any(h.file.mode_info.write for h in self._handles.values())
         if not writers:
             return
-        a: pb.Attr = self._call(rpc.GET_ATTR, pb.GetAttrRequest(caller=self._caller(), path=path))
+        a = self.client.attr(path, self._caller())
         with self._lock:
-            inode = self._inodes.get(InodeId(a.ino))
+            inode = self._inodes.get(a.ino)
             handles = list(inode.handles) if inode is not None else []
         for h in handles:
             if h.file.mode_info.write:
@@ -518,9 +513,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if a is None:
             caller = self._caller()
             if fh is not None:
-                h = self._handle(fh)
-                req = pb.GetAttrRequest(caller=caller, handle=h.file.handle)
-                a = self._call(rpc.GET_ATTR, req)
+                a = self.client.fattr(self._handle(fh).file.handle, caller)
             elif path is not None:
                 a = self.client.attr(path, caller)
             else:
@@ -531,19 +524,18 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             size = a.size
         return _stat_dict(a, size)
 
-    def _setattr(self, path: str | None, fh: int | None = None, **fields: Any) -> pb.Attr:
+    def _setattr(self, path: str | None, fh: int | None = None, **fields: Any) -> Attr:
         """SetAttr through the open handle when the kernel named one (fchmod, ftruncate, ...)."""
         if fh is not None:
-            h = self._handle(fh)
-            req = pb.SetAttrRequest(caller=self._caller(), handle=h.file.handle, **fields)
+            handle = self._handle(fh).file.handle
+            attr = self.client.setattr(handle=handle, caller=self._caller(), **fields)
         elif path is None:
             # libfuse found no path for the inode (it was removed meanwhile).
             raise errors.NotFound("the file was unlinked")
         else:
-            req = pb.SetAttrRequest(caller=self._caller(), path=path, **fields)
-        attr: pb.Attr = self._call(rpc.SET_ATTR, req)
+            attr = self.client.setattr(path, caller=self._caller(), **fields)
         with self._lock:
-            inode = self._inodes.get(InodeId(attr.ino))
+            inode = self._inodes.get(attr.ino)
         if inode is not None:
             with inode.lock:
                 inode.mode, inode.gid = attr.mode, attr.gid
@@ -611,7 +603,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             raise errors.NotFound("the file was unlinked")
         self._publish(path)
         attr = self._setattr(path, size=length)
-        self._truncated(InodeId(attr.ino), int(attr.size))
+        self._truncated(attr.ino, attr.size)
         return 0
 
     # -- namespace -----------------------------------------------------------
@@ -620,14 +612,14 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def opendir(self, path: str) -> int:
         """open(2) of a directory needs read permission (the server's rule, as access)."""
         caller = self._caller()
-        a: pb.Attr = self._call(rpc.GET_ATTR, pb.GetAttrRequest(caller=caller, path=path))
+        a = self.client.attr(path, caller)
         if not _may(a, caller, os.R_OK):
             raise errors.PermissionDenied(f"cannot open directory {path}: no read permission")
         return 0
 
     @_edge
     def readdir(self, path: str, fh: int) -> Iterable[tuple[str, dict[str, int], int]]:
-        reply = self._call(rpc.READ_DIR, pb.PathRequest(caller=self._caller(), path=path))
+        entries = self.client.scandir(path, caller=self._caller())
         out: list[tuple[str, dict[str, int], int]] = [
             # With use_ino an entry with inode 0 is dropped by readdir(3); the
             # listing does not carry these two numbers, stat() has them.
@@ -635,35 +627,33 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             ("..", {"st_mode": stat.S_IFDIR, "st_ino": UNKNOWN_INO}, 0),
         ]
         out.extend(
-            (e.name, {"st_mode": e.attr.mode, "st_ino": e.attr.ino}, 0)
-            for e in reply.entries
-            if not e.name.startswith(HIDDEN_PREFIX)
+            (name, {"st_mode": a.mode, "st_ino": a.ino}, 0)
+            for name, a in entries
+            if not name.startswith(HIDDEN_PREFIX)
         )
         return out
 
     @_edge
     def mkdir(self, path: str, mode: int) -> int:
-        req = pb.MkdirRequest(caller=self._caller(), path=path, mode=mode & 0o7777)
-        self._remember(path, self._call(rpc.MKDIR, req))
+        self._remember(path, self.client.mkdir(path, mode, caller=self._caller()))
         return 0
 
     @_edge
     def mknod(self, path: str, mode: int, dev: int) -> int:
         """FIFOs, sockets (bind), devices: the kernel serves their I/O, the server the inode."""
-        req = pb.MknodRequest(caller=self._caller(), path=path, mode=mode, rdev=dev)
-        self._remember(path, self._call(rpc.MKNOD, req))
+        self._remember(path, self.client.mknod(path, mode, dev, caller=self._caller()))
         return 0
 
     @_edge
     def rmdir(self, path: str) -> int:
         self._forget(path)
-        self._call(rpc.RMDIR, pb.PathRequest(caller=self._caller(), path=path))
+        self.client.rmdir(path, caller=self._caller())
         return 0
 
     @_edge
     def unlink(self, path: str) -> int:
         self._forget(path)
-        self._call(rpc.UNLINK, pb.PathRequest(caller=self._caller(), path=path))
+        self.client.unlink(path, caller=self._caller())
         return 0
 
     @_edge
@@ -674,32 +664,28 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def rename_flags(self, old: str, new: str, flags: int) -> int:
         """rename(2) and renameat2(2): RENAME_NOREPLACE and RENAME_EXCHANGE reach the server."""
         self._forget(old, new)
-        req = pb.RenameRequest(caller=self._caller(), old_path=old, new_path=new, flags=flags)
-        self._call(rpc.RENAME, req)
+        self.client.rename(old, new, flags=flags, caller=self._caller())
         return 0
 
     @_edge
     def symlink(self, path: str, target: str) -> int:
         """mfusepy's order: the new link's path first, then what it points to."""
-        req = pb.SymlinkRequest(caller=self._caller(), target=target, path=path)
-        self._remember(path, self._call(rpc.SYMLINK, req))
+        self._remember(path, self.client.symlink(target, path, caller=self._caller()))
         return 0
 
     @_edge
     def readlink(self, path: str) -> str:
-        reply = self._call(rpc.READLINK, pb.PathRequest(caller=self._caller(), path=path))
-        return str(reply.target)
+        return self.client.readlink(path, caller=self._caller())
 
     @_edge
     def link(self, new: str, existing: str) -> int:
         """mfusepy's order: the new name first, then the existing file."""
-        req = pb.LinkRequest(caller=self._caller(), existing=existing, new_path=new)
-        self._remember(new, self._call(rpc.LINK, req))
+        self._remember(new, self.client.link(existing, new, caller=self._caller()))
         return 0
 
     @_edge
     def statfs(self, path: str) -> dict[str, int]:
-        s = self._call(rpc.STAT_FS, pb.StatFsRequest(caller=self._caller()))
+        s = self.client.statfs(caller=self._caller())
         return {
             "f_bsize": s.block_size,
             "f_frsize": s.block_size,
@@ -716,7 +702,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def access(self, path: str, amode: int) -> int:
         caller = self._caller()
         # Resolving the path checks search permission on every directory on the way.
-        a: pb.Attr = self._call(rpc.GET_ATTR, pb.GetAttrRequest(caller=caller, path=path))
+        a = self.client.attr(path, caller)
         if amode != os.F_OK and not _may(a, caller, amode):
             raise errors.PermissionDenied(f"access {amode:o} to {path} denied")
         return 0
@@ -739,39 +725,19 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     @_edge
     def create(self, path: str, mode: int, flags: int) -> int:
         m, trunc = self._mode(flags | os.O_CREAT)
-        req = pb.CreateRequest(
-            caller=self._caller(),
-            path=path,
-            mode=mode & 0o7777,
-            exclusive=m.exclusive,
-            truncate=m.truncate,
-            read=m.read,
-            write=m.write,
-            append=m.append,
-        )
-        reply = self._call(rpc.CREATE, req)
-        fh = self._opened(path, m, reply, trunc)
-        self._remember(path, reply.attr)
+        file = self.client.open_file(path, m, mode=mode, caller=self._caller())
+        fh = self._opened(file, m, trunc)
+        self._remember(path, file.attr)
         return fh
 
     @_edge
     def open(self, path: str, flags: int) -> int:
         m, trunc = self._mode(flags)
-        req = pb.OpenRequest(
-            caller=self._caller(),
-            path=path,
-            read=m.read,
-            write=m.write,
-            append=m.append,
-            truncate=m.truncate,
-        )
-        reply = self._call(rpc.OPEN, req)
-        return self._opened(path, m, reply, trunc)
+        return self._opened(self.client.open_file(path, m, caller=self._caller()), m, trunc)
 
-    def _opened(self, path: str, m: OpenMode, reply: pb.OpenReply, trunc: bool) -> int:
-        file = DaxFile(self.client, path, m, int(reply.handle), reply.attr)
+    def _opened(self, file: DaxFile, m: OpenMode, trunc: bool) -> int:
         try:
-            fh = self._register(file, reply.attr, m.append, trunc)
+            fh = self._register(file, file.attr, m.append, trunc)
         except BaseException:
             file.close()
             raise
@@ -781,7 +747,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             try:
                 file.layout(0, 1)
             except BaseException:
-                self.release(path, fh)
+                self.release(file.path, fh)
                 raise
         return fh
 
@@ -873,8 +839,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             kill |= stat.S_ISGID
         if not kill:
             return
-        req = pb.SetAttrRequest(caller=caller, handle=h.file.handle, mode=mode & 0o7777 & ~kill)
-        attr: pb.Attr = self._call(rpc.SET_ATTR, req)
+        attr = self.client.setattr(handle=h.file.handle, caller=caller, mode=mode & ~kill)
         with h.inode.lock:
             h.inode.mode = attr.mode
 
@@ -946,40 +911,34 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         caller = self._caller()
         if name == XATTR_IOSTATS:
-            a: pb.Attr = self._call(rpc.GET_ATTR, pb.GetAttrRequest(caller=caller, path=path))
-            if not _may(a, caller, os.R_OK):
+            if not _may(self.client.attr(path, caller), caller, os.R_OK):
                 raise errors.PermissionDenied(f"{name} of {path} needs read permission")
             return self.iostats.to_json()
         if name == XATTR_EXTENTS:
-            reply = self._call(rpc.EXTENTS, pb.PathRequest(caller=caller, path=path))
             return "".join(
-                f"{e.file_offset} {e.region_offset} {e.length}\n" for e in reply.extents
+                f"{e.file_offset} {e.region_offset} {e.length}\n"
+                for e in self.client.extents(path, caller=caller)
             ).encode()
-        req = pb.XattrRequest(caller=caller, path=path, name=name)
-        return bytes(self._call(rpc.GET_XATTR, req).value)
+        return self.client.getxattr(path, name, caller=caller)
 
     @_edge
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         if name in _VIRTUAL:
             raise errors.NotPermitted(f"{name} is read-only")
-        req = pb.XattrRequest(
-            caller=self._caller(), path=path, name=name, value=value, flags=options
-        )
-        self._call(rpc.SET_XATTR, req)
+        self.client.setxattr(path, name, value, options, caller=self._caller())
         return 0
 
     @_edge
     def listxattr(self, path: str) -> list[str]:
         # The virtual attributes are not listed, so cp -a and tar --xattrs do not
         # try to copy them.
-        reply = self._call(rpc.LIST_XATTR, pb.PathRequest(caller=self._caller(), path=path))
-        return list(reply.names)
+        return self.client.listxattr(path, caller=self._caller())
 
     @_edge
     def removexattr(self, path: str, name: str) -> int:
         if name in _VIRTUAL:
             raise errors.NotPermitted(f"{name} is read-only")
-        self._call(rpc.REMOVE_XATTR, pb.XattrRequest(caller=self._caller(), path=path, name=name))
+        self.client.removexattr(path, name, caller=self._caller())
         return 0
 
 

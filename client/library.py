@@ -23,7 +23,6 @@ import math
 import mmap
 import os
 import socket
-import stat as _stat
 import threading
 import time
 from collections.abc import Iterator
@@ -43,11 +42,13 @@ from daxfs.client.rpc import Connection
 from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors, growth
+from daxfs.shared.attr import Attr, StatFs
 from daxfs.shared.extent import MAX_FILE_SIZE, Extent, InodeId, align_up
 from daxfs.shared.flush import FlushMode
 from daxfs.shared.format import MIB
 from daxfs.shared.hugepages import HUGE_PAGE
 from daxfs.shared.mman import map_fixed
+from daxfs.shared.permissions import Identity
 from daxfs.shared.region import Region
 
 log = logging.getLogger(__name__)
@@ -61,43 +62,8 @@ STALE_GRANT_RETRIES = 8
 _ZEROS = bytes(MIB)
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
-    """What ``Client.stat`` returns; sizes in bytes, times in ns."""
-
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    allocated: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @property
-    def is_dir(self) -> bool:
-        return _stat.S_ISDIR(self.mode)
-
-    @property
-    def is_file(self) -> bool:
-        return _stat.S_ISREG(self.mode)
-
-
-def _stat_of(a: pb.Attr) -> Stat:
-    return Stat(
-        a.ino,
-        a.mode,
-        a.nlink,
-        a.uid,
-        a.gid,
-        a.size,
-        a.allocated,
-        a.atime_ns,
-        a.mtime_ns,
-        a.ctime_ns,
-    )
+#: What ``Client.stat`` and the namespace verbs return: the shared attribute value.
+Stat = Attr
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,11 +285,27 @@ class Client:
         else:
             self.meta_cache.invalidate(stale.get("inos", ()), stale.get("paths", ()))
 
-    def attr(self, path: str, caller: pb.Caller | None = None) -> pb.Attr:
+    def _who(self, caller: Identity | None) -> pb.Caller:
+        """The wire caller of a call made for ``caller`` (None: this process)."""
+        if caller is None:
+            return self.caller
+        return pb.Caller(
+            uid=caller.uid, gid=caller.gid, groups=list(caller.groups), client_id=self.client_id
+        )
+
+    def _mode(self, mode: int, caller: Identity | None) -> int:
+        """Creation mode bits: this process's umask applies to its own calls only.
+
+        For a call made for another process (the FUSE mount) the kernel has
+        already applied that process's umask.
+        """
+        return mode & 0o7777 & ~self.umask if caller is None else mode & 0o7777
+
+    def attr(self, path: str, caller: Identity | None = None) -> Attr:
         """The attributes of ``path``, from the metadata cache when it holds them."""
-        who = caller if caller is not None else self.caller
+        who = self._who(caller)
         if not self.caches_metadata:
-            return self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path))
+            return rpc.attr_of(self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path)))
         key = key_of(path, who)
         if self.lease_valid():
             hit = self.meta_cache.get(key)
@@ -333,12 +315,17 @@ class Client:
                 return hit.attr
         epoch = self.meta_cache.epoch
         try:
-            a: pb.Attr = self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path))
+            a = rpc.attr_of(self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path)))
         except errors.NotFound as exc:
             self.meta_cache.put(key, Answer(None, exc), epoch)
             raise
         self.meta_cache.put(key, Answer(a, None), epoch)
         return a
+
+    def fattr(self, handle: int, caller: Identity | None = None) -> Attr:
+        """The attributes of an open file, by its server handle (fstat)."""
+        req = pb.GetAttrRequest(caller=self._who(caller), handle=handle)
+        return rpc.attr_of(self.call(rpc.GET_ATTR, req))
 
     def _session_lost(self, stale_id: int) -> pb.Caller | None:
         """The server no longer knows session ``stale_id``: everything we held is void.
@@ -476,9 +463,12 @@ class Client:
             return self.conn.call(method, request)
 
     # -- namespace -----------------------------------------------------------
+    #
+    # Every verb acts for this process, or for ``caller`` when given (the FUSE
+    # mount passes the identity of the process whose system call it serves).
 
-    def stat(self, path: str) -> Stat:
-        return _stat_of(self.attr(path))
+    def stat(self, path: str, *, caller: Identity | None = None) -> Attr:
+        return self.attr(path, caller)
 
     def exists(self, path: str) -> bool:
         try:
@@ -487,56 +477,128 @@ class Client:
             return False
         return True
 
-    def listdir(self, path: str = "/") -> list[str]:
-        reply = self.call(rpc.READ_DIR, pb.PathRequest(caller=self.caller, path=path))
-        return [e.name for e in reply.entries]
+    def listdir(self, path: str = "/", *, caller: Identity | None = None) -> list[str]:
+        return [name for name, _ in self.scandir(path, caller=caller)]
 
-    def scandir(self, path: str = "/") -> Iterator[tuple[str, Stat]]:
-        reply = self.call(rpc.READ_DIR, pb.PathRequest(caller=self.caller, path=path))
-        for e in reply.entries:
-            yield e.name, _stat_of(e.attr)
+    def scandir(self, path: str = "/", *, caller: Identity | None = None) -> list[tuple[str, Attr]]:
+        reply = self.call(rpc.READ_DIR, pb.PathRequest(caller=self._who(caller), path=path))
+        return [(e.name, rpc.attr_of(e.attr)) for e in reply.entries]
 
-    def mkdir(self, path: str, mode: int = 0o777) -> Stat:
-        req = pb.MkdirRequest(caller=self.caller, path=path, mode=mode & ~self.umask)
-        return _stat_of(self.call(rpc.MKDIR, req))
+    def mkdir(self, path: str, mode: int = 0o777, *, caller: Identity | None = None) -> Attr:
+        req = pb.MkdirRequest(caller=self._who(caller), path=path, mode=self._mode(mode, caller))
+        return rpc.attr_of(self.call(rpc.MKDIR, req))
 
-    def unlink(self, path: str) -> None:
-        self.call(rpc.UNLINK, pb.PathRequest(caller=self.caller, path=path))
+    def mknod(self, path: str, mode: int, rdev: int = 0, *, caller: Identity | None = None) -> Attr:
+        """A FIFO, socket or device inode (``mode`` carries the type bits)."""
+        perm = self._mode(mode, caller)
+        req = pb.MknodRequest(
+            caller=self._who(caller), path=path, mode=(mode & ~0o7777) | perm, rdev=rdev
+        )
+        return rpc.attr_of(self.call(rpc.MKNOD, req))
+
+    def unlink(self, path: str, *, caller: Identity | None = None) -> None:
+        self.call(rpc.UNLINK, pb.PathRequest(caller=self._who(caller), path=path))
 
     remove = unlink
 
-    def rmdir(self, path: str) -> None:
-        self.call(rpc.RMDIR, pb.PathRequest(caller=self.caller, path=path))
+    def rmdir(self, path: str, *, caller: Identity | None = None) -> None:
+        self.call(rpc.RMDIR, pb.PathRequest(caller=self._who(caller), path=path))
 
-    def rename(self, old: str, new: str, *, flags: int = 0) -> None:
-        req = pb.RenameRequest(caller=self.caller, old_path=old, new_path=new, flags=flags)
+    def rename(self, old: str, new: str, *, flags: int = 0, caller: Identity | None = None) -> None:
+        """rename(2), or renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE in ``flags``."""
+        req = pb.RenameRequest(caller=self._who(caller), old_path=old, new_path=new, flags=flags)
         self.call(rpc.RENAME, req)
 
-    def symlink(self, target: str, path: str) -> Stat:
-        req = pb.SymlinkRequest(caller=self.caller, target=target, path=path)
-        return _stat_of(self.call(rpc.SYMLINK, req))
+    def symlink(self, target: str, path: str, *, caller: Identity | None = None) -> Attr:
+        req = pb.SymlinkRequest(caller=self._who(caller), target=target, path=path)
+        return rpc.attr_of(self.call(rpc.SYMLINK, req))
 
-    def readlink(self, path: str) -> str:
-        return str(self.call(rpc.READLINK, pb.PathRequest(caller=self.caller, path=path)).target)
+    def readlink(self, path: str, *, caller: Identity | None = None) -> str:
+        reply = self.call(rpc.READLINK, pb.PathRequest(caller=self._who(caller), path=path))
+        return str(reply.target)
 
-    def link(self, existing: str, new: str) -> Stat:
-        req = pb.LinkRequest(caller=self.caller, existing=existing, new_path=new)
-        return _stat_of(self.call(rpc.LINK, req))
+    def link(self, existing: str, new: str, *, caller: Identity | None = None) -> Attr:
+        req = pb.LinkRequest(caller=self._who(caller), existing=existing, new_path=new)
+        return rpc.attr_of(self.call(rpc.LINK, req))
 
-    def chmod(self, path: str, mode: int) -> Stat:
-        return _stat_of(
-            self.call(rpc.SET_ATTR, pb.SetAttrRequest(caller=self.caller, path=path, mode=mode))
+    def setattr(
+        self,
+        path: str | None = None,
+        *,
+        handle: int = 0,
+        caller: Identity | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        atime_now: bool = False,
+        mtime_now: bool = False,
+    ) -> Attr:
+        """chmod, chown, truncate and utimens in one call, by path or by server handle.
+
+        Only what is given changes. A size change of a file this client has
+        open goes through :meth:`DaxFile.truncate` instead (it knows the
+        writes not yet published).
+        """
+        req = pb.SetAttrRequest(caller=self._who(caller), handle=handle, path=path or "")
+        if mode is not None:
+            req.mode = mode & 0o7777
+        if uid is not None:
+            req.uid = uid
+        if gid is not None:
+            req.gid = gid
+        if size is not None:
+            req.size = size
+        if atime_ns is not None:
+            req.atime_ns = atime_ns
+        if mtime_ns is not None:
+            req.mtime_ns = mtime_ns
+        req.atime_now, req.mtime_now = atime_now, mtime_now
+        attr = rpc.attr_of(self.call(rpc.SET_ATTR, req))
+        if size is not None:
+            self.layouts.invalidate(attr.ino)
+        return attr
+
+    def chmod(self, path: str, mode: int, *, caller: Identity | None = None) -> Attr:
+        return self.setattr(path, mode=mode, caller=caller)
+
+    def truncate(self, path: str, size: int, *, caller: Identity | None = None) -> Attr:
+        return self.setattr(path, size=size, caller=caller)
+
+    def statfs(self, *, caller: Identity | None = None) -> StatFs:
+        reply = self.call(rpc.STAT_FS, pb.StatFsRequest(caller=self._who(caller)))
+        return StatFs(
+            reply.block_size, reply.blocks, reply.blocks_free, reply.files, reply.name_max
         )
 
-    def truncate(self, path: str, size: int) -> Stat:
-        req = pb.SetAttrRequest(caller=self.caller, path=path, size=size)
-        attr = self.call(rpc.SET_ATTR, req)
-        self.layouts.invalidate(InodeId(attr.ino))
-        return _stat_of(attr)
+    def getxattr(self, path: str, name: str, *, caller: Identity | None = None) -> bytes:
+        req = pb.XattrRequest(caller=self._who(caller), path=path, name=name)
+        return bytes(self.call(rpc.GET_XATTR, req).value)
 
-    def statfs(self) -> pb.StatFsReply:
-        reply: pb.StatFsReply = self.call(rpc.STAT_FS, pb.StatFsRequest(caller=self.caller))
-        return reply
+    def setxattr(
+        self,
+        path: str,
+        name: str,
+        value: bytes,
+        flags: int = 0,
+        *,
+        caller: Identity | None = None,
+    ) -> None:
+        """Set an extended attribute; ``flags`` as setxattr(2): XATTR_CREATE or XATTR_REPLACE."""
+        req = pb.XattrRequest(
+            caller=self._who(caller), path=path, name=name, value=value, flags=flags
+        )
+        self.call(rpc.SET_XATTR, req)
+
+    def listxattr(self, path: str, *, caller: Identity | None = None) -> list[str]:
+        reply = self.call(rpc.LIST_XATTR, pb.PathRequest(caller=self._who(caller), path=path))
+        return list(reply.names)
+
+    def removexattr(self, path: str, name: str, *, caller: Identity | None = None) -> None:
+        req = pb.XattrRequest(caller=self._who(caller), path=path, name=name)
+        self.call(rpc.REMOVE_XATTR, req)
 
     def sessions(self) -> list[SessionInfo]:
         """The server's live sessions (root only), for operators."""
@@ -557,9 +619,9 @@ class Client:
         reply: pb.StatsReply = self.call(rpc.STATS, pb.StatsRequest())
         return reply
 
-    def extents(self, path: str) -> list[Extent]:
+    def extents(self, path: str, *, caller: Identity | None = None) -> list[Extent]:
         """The whole extent map of a file (no holes), like FIEMAP."""
-        reply = self.call(rpc.EXTENTS, pb.PathRequest(caller=self.caller, path=path))
+        reply = self.call(rpc.EXTENTS, pb.PathRequest(caller=self._who(caller), path=path))
         return [Extent(e.file_offset, e.length, e.region_offset) for e in reply.extents]
 
     def layout(self, path: str, offset: int = 0, length: int | None = None) -> list[Extent]:
@@ -572,45 +634,58 @@ class Client:
     # -- files ---------------------------------------------------------------
 
     def open(self, path: str, mode: str = "rb") -> DaxFile:
-        m = OpenMode.parse(mode)
-        if m.create:
+        """open() with Python's mode strings ("rb", "r+b", "wb", "ab", "xb", ...)."""
+        return self.open_file(path, OpenMode.parse(mode))
+
+    def open_file(
+        self, path: str, how: OpenMode, *, mode: int = 0o666, caller: Identity | None = None
+    ) -> DaxFile:
+        """Open (and with ``how.create`` create, with permission bits ``mode``) a file."""
+        who = self._who(caller)
+        if how.create:
             req = pb.CreateRequest(
-                caller=self.caller,
+                caller=who,
                 path=path,
-                mode=0o666 & ~self.umask,
-                exclusive=m.exclusive,
-                truncate=m.truncate,
-                read=m.read,
-                write=m.write,
-                append=m.append,
+                mode=self._mode(mode, caller),
+                exclusive=how.exclusive,
+                truncate=how.truncate,
+                read=how.read,
+                write=how.write,
+                append=how.append,
             )
             reply = self.call(rpc.CREATE, req)
         else:
             req2 = pb.OpenRequest(
-                caller=self.caller, path=path, read=m.read, write=m.write, append=m.append
+                caller=who,
+                path=path,
+                read=how.read,
+                write=how.write,
+                append=how.append,
+                truncate=how.truncate,
             )
             reply = self.call(rpc.OPEN, req2)
-        if _stat.S_ISDIR(reply.attr.mode):
-            self.call(rpc.RELEASE, pb.ReleaseRequest(caller=self.caller, handle=reply.handle))
+        attr = rpc.attr_of(reply.attr)
+        if attr.is_dir:
+            self.call(rpc.RELEASE, pb.ReleaseRequest(caller=who, handle=reply.handle))
             raise errors.IsADirectory(f"{path} is a directory")
         # Close-to-open: whatever we cached of this file may be stale now.
-        self.layouts.invalidate(InodeId(reply.attr.ino))
-        return DaxFile(self, path, m, int(reply.handle), reply.attr)
+        self.layouts.invalidate(attr.ino)
+        return DaxFile(self, path, how, int(reply.handle), attr)
 
 
 class DaxFile(io.RawIOBase):
     """An open daxfs file. Not thread-safe; open one per thread."""
 
-    def __init__(
-        self, client: Client, path: str, mode: OpenMode, handle: int, attr: pb.Attr
-    ) -> None:
+    def __init__(self, client: Client, path: str, mode: OpenMode, handle: int, attr: Attr) -> None:
         super().__init__()
         self.client = client
         self.path = path
         self.mode_info = mode
         self.handle = handle
-        self.ino = InodeId(attr.ino)
-        self._size = int(attr.size)
+        self.ino = attr.ino
+        #: The file's attributes when it was opened.
+        self.attr = attr
+        self._size = attr.size
         self._committed_size = self._size
         self._pos = 0
         self._dirty = False

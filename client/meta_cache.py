@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared.attr import Attr
 from daxfs.shared.errors import DaxfsError
 
 #: Whom an answer was given to: path, uid, gid, groups (the server checks permissions).
@@ -34,7 +35,7 @@ MAX_ENTRIES = 65536
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    attr: pb.Attr | None
+    attr: Attr | None
     error: DaxfsError | None
 
 

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
+from daxfs.shared.attr import Attr
 from daxfs.shared.errors import (
     DaxfsError,
     InvalidArgument,
@@ -21,6 +22,7 @@ from daxfs.shared.errors import (
     Unavailable,
     from_errno,
 )
+from daxfs.shared.extent import InodeId
 from daxfs.shared.limits import (
     AUTH_SCHEME,
     AUTHORIZATION_KEY,
@@ -129,6 +131,25 @@ UNARY: dict[str, Rpc[Message, Message]] = {
         STATS,
     )
 }
+
+
+def attr_of(a: pb.Attr) -> Attr:
+    """The wire's attributes as the value type every part of daxfs uses."""
+    return Attr(
+        InodeId(a.ino),
+        a.generation,
+        a.mode,
+        a.nlink,
+        a.uid,
+        a.gid,
+        a.size,
+        a.allocated,
+        a.atime_ns,
+        a.mtime_ns,
+        a.ctime_ns,
+        a.blksize,
+        a.rdev,
+    )
 
 
 def to_error(exc: grpc.RpcError, address: str) -> DaxfsError:

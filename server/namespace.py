@@ -42,6 +42,7 @@ from daxfs.server.lease_lifecycle import LeaseLifecycle, Outbox
 from daxfs.server.leases import LeaseTable, RecallNotice, Session
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
 from daxfs.shared import errors
+from daxfs.shared.attr import Attr, StatFs
 from daxfs.shared.extent import (
     MAX_FILE_SIZE,
     ClientId,
@@ -83,39 +84,9 @@ ROOT = Caller()
 
 
 @dataclass(frozen=True, slots=True)
-class Attr:
-    """What stat() reports; sizes in bytes, times in ns since the epoch."""
-
-    ino: InodeId
-    generation: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    allocated: int
-    """Bytes of region held by the file's extents (st_blocks * 512)."""
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    blksize: int
-    rdev: int = 0
-    """Device number of a character or block device, else 0."""
-
-
-@dataclass(frozen=True, slots=True)
 class DirEntry:
     name: str
     attr: Attr
-
-
-@dataclass(frozen=True, slots=True)
-class StatFs:
-    block_size: int
-    blocks: int
-    blocks_free: int
-    files: int
-    name_max: int = NAME_MAX
 
 
 @dataclass(slots=True)

@@ -25,9 +25,10 @@ from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import Keyring
 from daxfs.server.cache_grants import Invalidation
 from daxfs.server.leases import RecallNotice
-from daxfs.server.namespace import Attr, Caller, Namespace
+from daxfs.server.namespace import Caller, Namespace
 from daxfs.server.peercred import PeerTable
 from daxfs.server.sessions import SessionHub, StreamEnd
+from daxfs.shared.attr import Attr
 from daxfs.shared.errors import (
     BY_NAME,
     DaxfsError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Collection
+from dataclasses import dataclass
 
 R_OK, W_OK, X_OK = 4, 2, 1
 
@@ -27,3 +28,20 @@ def mode_allows(
     else:
         bits = mode & 7
     return not (mask & ~bits)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a call acts for: the POSIX ids the server checks mode bits against.
+
+    The client library acts for its own process unless a call names another
+    identity (the FUSE mount names the process whose system call it serves).
+    """
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+    def may(self, mode: int, owner: int, group: int, mask: int) -> bool:
+        """Whether this identity may do ``mask`` to a file with these mode bits and owners."""
+        return mode_allows(mode, owner, group, self.uid, self.gid, self.groups, mask)

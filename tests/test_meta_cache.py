@@ -5,6 +5,13 @@ from __future__ import annotations
 from daxfs.client.meta_cache import Answer, MetaCache, key_of
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
+from daxfs.shared.attr import Attr
+from daxfs.shared.extent import InodeId
+
+
+def _attr(ino: int) -> Attr:
+    return Attr(InodeId(ino), 1, 0o100644, 1, 0, 0, 0, 0, 0, 0, 0, 4096)
+
 
 ROOT = pb.Caller(uid=0, gid=0)
 
@@ -16,7 +23,7 @@ def opened() -> MetaCache:
 
 
 def put(cache: MetaCache, path: str, ino: int) -> None:
-    cache.put(key_of(path, ROOT), Answer(pb.Attr(ino=ino), None), cache.epoch)
+    cache.put(key_of(path, ROOT), Answer(_attr(ino), None), cache.epoch)
 
 
 def cached(cache: MetaCache, path: str) -> bool:
@@ -52,7 +59,7 @@ def test_an_answer_whose_request_an_invalidation_overtook_is_not_kept() -> None:
     cache = opened()
     sent_at = cache.epoch
     cache.invalidate([9], [])  # arrives before the reply it concerns
-    cache.put(key_of("/f", ROOT), Answer(pb.Attr(ino=9), None), sent_at)
+    cache.put(key_of("/f", ROOT), Answer(_attr(9), None), sent_at)
     assert not cached(cache, "/f")
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from daxfs.bench.plan import MIB, Plan, size_label
+from daxfs.bench.plan import Plan, size_label
 from daxfs.bench.progress import Progress
 from daxfs.bench.results import Results
 from daxfs.client.library import Client
 from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared.format import MIB
 
 #: Request size of the layout-counting reads and writes.
 CHUNK = 16 * MIB

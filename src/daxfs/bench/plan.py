@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
+from daxfs.shared.format import GIB, KIB, MIB
 
 
 @dataclass(frozen=True, slots=True)
