@@ -262,6 +262,8 @@ def test_through_fuse_a_layout_reply_overtaken_by_its_recall_is_discarded(
             reader.start()
             assert proxy.holding.wait(10), "the read never asked for a layout"
             b.truncate("/x", 0)
+            # Under load an acknowledgement can take longer than truncate waits.
+            wait_until(lambda: b.stats().quarantined_bytes == 0, "/x's blocks to be free")
             write_file(b, "/y", b"\xee" * (4 * MIB))
             assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
             proxy.release_layout()
