@@ -5,7 +5,7 @@
 root; /dev/fuse and fio needed) starts a daxfs server on a fresh region in
 /dev/shm, writes one file of M MiB, and mounts it three ways: ``daxfs mount
 --backend libfuse`` (mfusepy), ``daxfs mount --backend kernel`` (the daemon
-that speaks the kernel protocol itself, ``daxfs.client.kernel``), and the
+that speaks the kernel protocol itself, ``daxfs.client.fuse.kernel``), and the
 naive mfusepy passthrough of a tmpfs directory holding the same bytes
 (``daxfs.bench.naive_passthrough``, direct_io: the filesystem a user would
 write instead). It then measures all three in interleaved rounds, with the

@@ -10,7 +10,7 @@ Two limits share a shape but not a meaning:
 * :data:`MAX_RPC_IO` (16 MiB) is the most bytes one ``Read`` or ``Write`` RPC
   (the byte path) carries; the server refuses more with EINVAL and callers
   split larger transfers. It is a server limit every client must respect.
-* The FUSE mount's kernel request size (``client/fuse_ops.py``
+* The FUSE mount's kernel request size (``client/fuse/operations.py``
   ``MAX_KERNEL_REQUEST``, 1 MiB: ``max_write`` and readahead) is a different
   limit, between the kernel and the mount only. Mapped files never go through
   the byte path, so it needs no agreement with the server; it is merely kept

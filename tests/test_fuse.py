@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 )
 
 from daxfs.client import Client, connect
-from daxfs.client.mount import is_mounted
+from daxfs.client.fuse.mount import is_mounted
 from daxfs.shared.format import MIB
 from daxfs.shared.limits import RENAME_EXCHANGE, RENAME_NOREPLACE
 from daxfs.shared.mman import libc

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from daxfs.client.kernel import protocol as p
-from daxfs.client.kernel.channel import MS_NODEV, MS_NOSUID, MS_RDONLY, MountOptions
-from daxfs.client.kernel.nodes import NodeTable
+from daxfs.client.fuse.kernel import protocol as p
+from daxfs.client.fuse.kernel.channel import MS_NODEV, MS_NOSUID, MS_RDONLY, MountOptions
+from daxfs.client.fuse.kernel.nodes import NodeTable
 from daxfs.shared.errors import InvalidArgument, NotFound
 
 

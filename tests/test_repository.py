@@ -140,6 +140,20 @@ def test_no_module_imports_upward() -> None:
     assert not wrong, "imports against the layering (see MAY_IMPORT):\n" + "\n".join(wrong)
 
 
+def test_the_client_core_knows_no_fuse_edge() -> None:
+    """daxfs.client is the core every front end stands on; daxfs.client.fuse is one edge."""
+    modules = _modules()
+    edge = "daxfs.client.fuse"
+    wrong = [
+        f"{module} imports {target}"
+        for module, path in sorted(modules.items())
+        if module.startswith("daxfs.client") and not module.startswith(edge)
+        for target in sorted(_imports(module, path, modules))
+        if target.startswith(edge)
+    ]
+    assert not wrong, "the client core imports its FUSE edge:\n" + "\n".join(wrong)
+
+
 def test_no_import_cycles() -> None:
     modules = _modules()
     graph = {m: _imports(m, p, modules) for m, p in modules.items()}

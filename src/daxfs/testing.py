@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from daxfs.client.mount import is_mounted
+from daxfs.client.fuse.mount import is_mounted
 from daxfs.server.fsck import fsck
 from daxfs.server.volume import format_volume
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from daxfs.client.mount import is_mounted
+from daxfs.client.fuse.mount import is_mounted
 from daxfs.testing import fuse_mount
 
 

@@ -1,6 +1,6 @@
 """``daxfs mount``, ``daxfs umount`` and ``mount.daxfs``: the command lines of the FUSE daemon.
 
-``daxfs mount ADDR MOUNTPOINT`` runs the daemon (``daxfs.client.mount``) in
+``daxfs mount ADDR MOUNTPOINT`` runs the daemon (``daxfs.client.fuse.mount``) in
 the foreground with ``--foreground``; without it the command starts itself
 again as a detached child and returns once the mount is live, or prints the
 child's error and fails. ``mount.daxfs`` is the form mount(8) calls for
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from daxfs.cli.arguments import Subcommands
-from daxfs.client.mount import check_device, check_mountpoint, is_mounted, run_mount, unmount
+from daxfs.client.fuse.mount import check_device, check_mountpoint, is_mounted, run_mount, unmount
 from daxfs.client.rpc import DEFAULT_TIMEOUT_S
 from daxfs.shared.errors import QuietError
 

@@ -1,7 +1,7 @@
 """Kernel requests as calls on the path-based operations, and their replies.
 
 :class:`Dispatcher` is the edge between the FUSE wire format and
-:class:`daxfs.client.fuse_ops.DaxfsOperations`. It knows no file descriptor:
+:class:`daxfs.client.fuse.operations.DaxfsOperations`. It knows no file descriptor:
 :meth:`Dispatcher.handle` takes one request's bytes and returns the reply's
 buffers (``fuse_out_header`` first), or None for requests that get no reply;
 the serving threads (:mod:`.session`) move the bytes. It does what libfuse's
@@ -31,10 +31,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from daxfs.client.fuse_ops import MAX_KERNEL_REQUEST, UTIME_NOW, UTIME_OMIT, DaxfsOperations
-from daxfs.client.kernel import protocol as p
-from daxfs.client.kernel.nodes import NodeTable
-from daxfs.client.kernel.protocol import InitFlag, Opcode, OpenFlag, SetattrValid
+from daxfs.client.fuse.kernel import protocol as p
+from daxfs.client.fuse.kernel.nodes import NodeTable
+from daxfs.client.fuse.kernel.protocol import InitFlag, Opcode, OpenFlag, SetattrValid
+from daxfs.client.fuse.operations import MAX_KERNEL_REQUEST, UTIME_NOW, UTIME_OMIT, DaxfsOperations
 from daxfs.shared.errors import DaxfsError, NotFound
 
 log = logging.getLogger(__name__)

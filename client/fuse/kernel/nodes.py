@@ -25,7 +25,7 @@ import itertools
 import threading
 from dataclasses import dataclass
 
-from daxfs.client.kernel.protocol import ROOT_ID
+from daxfs.client.fuse.kernel.protocol import ROOT_ID
 from daxfs.shared.errors import NotFound
 
 

@@ -14,8 +14,8 @@ import ctypes
 import logging
 import threading
 
-from daxfs.client.kernel.channel import Channel
-from daxfs.client.kernel.dispatch import REQUEST_BUFFER, Dispatcher, Reply, Request
+from daxfs.client.fuse.kernel.channel import Channel
+from daxfs.client.fuse.kernel.dispatch import REQUEST_BUFFER, Dispatcher, Reply, Request
 
 log = logging.getLogger(__name__)
 

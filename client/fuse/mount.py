@@ -3,9 +3,9 @@
 :func:`run_mount` checks the mountpoint and /dev/fuse, connects (Hello, then
 maps the region) and serves the mount in this process, in the foreground,
 through one of two front ends (``--backend``): ``libfuse`` (mfusepy over
-libfuse 3's high-level API) or ``kernel`` (``daxfs.client.kernel``: the
+libfuse 3's high-level API) or ``kernel`` (``daxfs.client.fuse.kernel``: the
 daemon speaks the kernel's FUSE protocol itself; mount(2) needs root). Both
-drive the same :class:`~daxfs.client.fuse_ops.DaxfsOperations`. Neither
+drive the same :class:`~daxfs.client.fuse.operations.DaxfsOperations`. Neither
 forks: a gRPC channel does not survive a fork. The ``daxfs
 mount`` and ``daxfs umount`` verbs (``daxfs.cli.mount``) call it, and start it
 again as a detached child when asked for the background form.
@@ -200,7 +200,7 @@ def _detach_stdio(log_path: str | None) -> None:
 
 def run_mount(args: argparse.Namespace) -> int:
     """Mount and serve until unmounted (the --foreground form)."""
-    from daxfs.client.fuse_ops import DaxfsFuse, DaxfsOperations
+    from daxfs.client.fuse.operations import DaxfsFuse, DaxfsOperations
     from daxfs.client.library import Client
 
     mp = args.mountpoint
@@ -271,10 +271,10 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
     SIGTERM, SIGINT and SIGHUP unmount (lazily if files are open), which ends
     the serving threads; then the operations close what is left open.
     """
-    from daxfs.client.fuse_ops import DaxfsOperations
-    from daxfs.client.kernel.channel import Channel, MountOptions
-    from daxfs.client.kernel.dispatch import Dispatcher, Negotiated
-    from daxfs.client.kernel.session import KernelSession
+    from daxfs.client.fuse.kernel.channel import Channel, MountOptions
+    from daxfs.client.fuse.kernel.dispatch import Dispatcher, Negotiated
+    from daxfs.client.fuse.kernel.session import KernelSession
+    from daxfs.client.fuse.operations import DaxfsOperations
 
     mp = args.mountpoint
     if os.geteuid() != 0:

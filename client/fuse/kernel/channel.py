@@ -88,7 +88,7 @@ class MountOptions:
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> MountOptions:
-        """From ``daxfs.client.mount.parse_options`` output ({"allow_other": True, ...})."""
+        """From ``daxfs.client.fuse.mount.parse_options`` output ({"allow_other": True, ...})."""
         flags = MS_NOSUID | MS_NODEV
         kw: dict[str, Any] = {}
         extra: list[tuple[str, str]] = []

@@ -293,7 +293,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     ) -> None:
         self.client = client
         #: (uid, gid, pid) of the calling process: libfuse's context, or the
-        #: kernel backend's request header (``daxfs.client.kernel``).
+        #: kernel backend's request header (``daxfs.client.fuse.kernel``).
         self._context = context or mfusepy.fuse_get_context
         self.cache = cache
         #: Seconds the kernel may trust attributes and names. Without the page
