@@ -43,9 +43,9 @@ space to leaking bytes. The protocol, after pNFS and NFSv4.1 (RFC 8881 §12):
 Residual risk, stated with its bound: a client whose session stream is down,
 that is frozen in the middle of a copy for longer than its lease, and then
 resumes, finishes that one copy. A read is validated after it finishes and
-fails ESTALE (see ``daxfs.client.library``); a write can land in a block that
+fails ESTALE (see ``daxfs.client.daxfile``); a write can land in a block that
 was reused meanwhile. The client library splits writes into pieces of at most
-``daxfs.client.library.COPY_PIECE`` (4 MiB) with a deadline check before
+``daxfs.client.daxfile.COPY_PIECE`` (4 MiB) with a deadline check before
 each, so at most one piece per writing thread is exposed.
 
 Callers hold the namespace lock. Times are this server's monotonic clock, in ns.

@@ -1,0 +1,679 @@
+"""An open file of the client core: byte I/O, layouts and numpy views over the shared region.
+
+A :class:`DaxFile` reads and writes by copying between the caller's buffer and
+the file's extents in the region; the server only answers layout calls, and a
+cached layout costs no RPC. It reaches the client it belongs to through
+:class:`FileHost`, the part of ``daxfs.client.library.Client`` a file needs
+(so this module does not import the library: no cycle).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import mmap
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from daxfs.client import rpc
+from daxfs.client.fence import Fence
+from daxfs.client.layout_cache import LayoutCache
+from daxfs.client.lease_state import LeaseState
+from daxfs.client.views import address_of, map_tiles
+from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared import errors, growth
+from daxfs.shared.attr import Attr
+from daxfs.shared.extent import MAX_FILE_SIZE, Extent, InodeId, align_up
+from daxfs.shared.flush import FlushMode
+from daxfs.shared.format import MIB
+from daxfs.shared.region import Region
+
+log = logging.getLogger(__name__)
+
+#: Largest piece a write copies between two looks at the lease deadline; it
+#: bounds what a client frozen mid-copy can still store (server/leases.py).
+COPY_PIECE = 4 * MIB
+#: Layout grants discarded in a row (each overtaken by a recall) before giving up.
+STALE_GRANT_RETRIES = 8
+#: What a hole reads as, for :meth:`DaxFile.segments` (longer holes get their own zeros).
+_ZEROS = bytes(MIB)
+
+
+class FileHost(Protocol):
+    """What a :class:`DaxFile` needs of its client (``daxfs.client.library.Client``)."""
+
+    caller: pb.Caller
+    region: Region
+    block_size: int
+    layouts: LayoutCache
+    fence: Fence
+    lease_state: LeaseState
+    epochs: dict[InodeId, int]
+    session_epoch: int
+
+    def call(self, method: rpc.Rpc[rpc.Req, rpc.Rep], request: rpc.Req) -> rpc.Rep: ...
+
+    def lease_valid(self) -> bool: ...
+
+    def _opened(self, ino: InodeId) -> None: ...
+
+    def _closed_file(self, ino: InodeId) -> None: ...
+
+    def _got_lease(self, ino: InodeId, lease_id: int) -> None: ...
+
+
+def _tiles(msg: pb.Layout) -> list[Extent]:
+    return [
+        Extent(e.file_offset, e.length, None if e.hole else e.region_offset) for e in msg.extents
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMode:
+    read: bool
+    write: bool
+    create: bool
+    truncate: bool
+    exclusive: bool
+    append: bool
+
+    @classmethod
+    def parse(cls, mode: str) -> OpenMode:
+        """Python's binary open() modes: rb, r+b, wb, w+b, ab, a+b, xb, x+b."""
+        chars = set(mode)
+        if (
+            "b" not in chars
+            or len(mode) != len(chars)
+            or not chars <= set("rwaxb+")
+            or len(chars & set("rwax")) != 1
+        ):
+            raise errors.InvalidArgument(
+                f"invalid mode {mode!r}: use a binary mode such as 'rb', 'r+b', 'wb', 'ab'"
+            )
+        plus = "+" in chars
+        kind = (chars & set("rwax")).pop()
+        return cls(
+            read=kind == "r" or plus,
+            write=kind != "r" or plus,
+            create=kind in "wax",
+            truncate=kind == "w",
+            exclusive=kind == "x",
+            append=kind == "a",
+        )
+
+
+class DaxFile(io.RawIOBase):
+    """An open daxfs file. Not thread-safe; open one per thread."""
+
+    def __init__(
+        self, client: FileHost, path: str, mode: OpenMode, handle: int, attr: Attr
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.path = path
+        self.mode_info = mode
+        self.handle = handle
+        self.ino = attr.ino
+        #: The file's attributes when it was opened.
+        self.attr = attr
+        self._size = attr.size
+        self._committed_size = self._size
+        self._pos = 0
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._u8 = client.region.u8
+        self._bs = client.block_size
+        self._epoch = client.epochs.get(self.ino, 0)
+        self._session_epoch = client.session_epoch
+        client._opened(self.ino)
+
+    # -- io.RawIOBase --------------------------------------------------------
+
+    def readable(self) -> bool:
+        return self.mode_info.read
+
+    def writable(self) -> bool:
+        return self.mode_info.write
+
+    def seekable(self) -> bool:
+        return True
+
+    @property
+    def size(self) -> int:
+        """The file size as this handle sees it (including its own uncommitted growth)."""
+        return self._size
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise errors.InvalidArgument(f"bad whence {whence}")
+        if pos < 0:
+            raise errors.InvalidArgument(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check_open()
+        if size is None or size < 0:
+            size = max(self._size - self._pos, 0)
+        data = self.pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        self._check_open()
+        dst = np.frombuffer(buffer, dtype=np.uint8)
+        n = self.preadinto(dst, self._pos)
+        self._pos += n
+        return n
+
+    def write(self, data: Any) -> int:
+        self._check_open()
+        if self.mode_info.append:
+            self._pos = self._size
+        n = self.pwrite(data, self._pos)
+        self._pos += n
+        return n
+
+    # -- positional I/O ------------------------------------------------------
+
+    def _check_lease(self) -> None:
+        """Refuse copies while fenced; after a recall of this file, learn its size again."""
+        client = self.client
+        if self.session_lost:
+            raise errors.StaleHandle(
+                f"{self.path}: the server ended the session this file was opened in "
+                "(it restarted, or presumed this client gone); reopen it"
+            )
+        if not client.lease_valid():
+            raise errors.StaleHandle("the client's lease lapsed; its layouts are fenced")
+        epoch = client.epochs.get(self.ino, 0)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            attr = client.call(
+                rpc.GET_ATTR, pb.GetAttrRequest(caller=client.caller, handle=self.handle)
+            )
+            self._size = self._committed_size = int(attr.size)
+
+    def _layout(self, start: int, end: int, *, write: bool) -> list[Extent]:
+        """Tiles for [start, end), from the cache or one GetLayout."""
+        cached = self.client.layouts.lookup(self.ino, start, end)
+        if cached is not None and (not write or not any(t.hole for t in cached)):
+            return cached
+        ask_start, ask_end = start, end
+        if write:
+            alloc_end = self.client.layouts.allocated_end(self.ino)
+            if end > alloc_end:
+                # Growing: ask for a chunk so appending writers need few layouts.
+                ask_end = align_up(end, self._bs) + growth.chunk(
+                    end, self._bs, self.client.region.superblock.data_size
+                )
+                ask_end = min(ask_end, max(end, MAX_FILE_SIZE))
+        else:
+            # Reads: one layout for the whole file, so later reads cost no RPC.
+            ask_start, ask_end = 0, max(end, align_up(self._size, self._bs))
+        try:
+            tiles = self._fetch_layout(ask_start, ask_end, write)
+        except errors.NoSpace:
+            if (ask_start, ask_end) == (start, end):
+                raise
+            # The growth chunk was only a hint: retry with exactly what is needed.
+            tiles = self._fetch_layout(start, end, write)
+        return [p for t in tiles if (p := t.clip(start, end)) is not None]
+
+    def _fetch_layout(self, start: int, end: int, write: bool) -> list[Extent]:
+        """One GetLayout for [start, end), cached and its lease noted.
+
+        A grant that a recall of this file overtook (its recall_seq is below one
+        we have seen) may name freed blocks: it is discarded and asked again.
+        Check and insert happen under the fence's shared lock, so a recall
+        (which takes it exclusively) is either seen here or comes after the
+        insert and invalidates it.
+        """
+        for _attempt in range(STALE_GRANT_RETRIES):
+            reply = self._get_layout(start, end, write)
+            tiles = _tiles(reply)
+            with self.client.fence.io.shared():
+                if self.session_lost:
+                    # The reply outlived its session (a reply held past a restart or
+                    # an eviction): its blocks may be another file's by now.
+                    raise errors.StaleHandle(
+                        f"{self.path}: the session this file was opened in ended; reopen it"
+                    )
+                if not self.client.lease_state.grant_usable(self.ino, int(reply.recall_seq)):
+                    log.debug("layout of ino %d overtaken by a recall: asking again", self.ino)
+                    continue
+                self.client._got_lease(self.ino, reply.lease_id)
+                self.client.layouts.insert(self.ino, tiles, start, end)
+            return tiles
+        raise errors.StaleHandle(f"{self.path}: every layout granted was recalled at once")
+
+    def _get_layout(self, start: int, end: int, write: bool) -> pb.Layout:
+        reply: pb.Layout = self.client.call(
+            rpc.GET_LAYOUT,
+            pb.GetLayoutRequest(
+                caller=self.client.caller,
+                handle=self.handle,
+                offset=start,
+                length=end - start,
+                mode=pb.LAYOUT_MODE_WRITE if write else pb.LAYOUT_MODE_READ,
+            ),
+        )
+        return reply
+
+    def layout(self, offset: int, length: int) -> list[Extent]:
+        """Extents of [offset, offset+length); holes have region_offset None. Takes a layout."""
+        if offset < 0 or length < 0:
+            raise errors.InvalidArgument("negative offset or length")
+        if length == 0:
+            return []
+        if not self.mode_info.read:
+            reply = self.client.call(
+                rpc.GET_LAYOUT,
+                pb.GetLayoutRequest(
+                    caller=self.client.caller,
+                    handle=self.handle,
+                    offset=offset,
+                    length=length,
+                    mode=pb.LAYOUT_MODE_WRITE,
+                ),
+            )
+            return _tiles(reply)
+        return self._layout(offset, offset + length, write=False)
+
+    def preadinto(self, dst: npt.NDArray[np.uint8], offset: int) -> int:
+        """Copy bytes at ``offset`` into ``dst`` (stops at EOF); returns the count."""
+        self._check_open()
+        if not self.mode_info.read:
+            raise errors.BadHandle("file not open for reading")
+        if offset < 0:
+            raise errors.InvalidArgument(f"negative offset {offset}")
+        self._check_lease()
+        end = min(self._size, offset + len(dst))
+        if end <= offset:
+            return 0
+        tiles = self._layout(offset, end, write=False)
+        with self.client.fence.io.shared():
+            if self.client.layouts.lookup(self.ino, offset, end) is None:
+                return self.preadinto(dst, offset)  # recalled meanwhile: start over
+            for tile in tiles:
+                a, b = tile.file_offset - offset, tile.file_end - offset
+                if tile.region_offset is None:
+                    dst[a:b] = 0
+                else:
+                    r = tile.region_offset
+                    dst[a:b] = self._u8[r : r + tile.length]
+        self._validate_copy()
+        return end - offset
+
+    @contextmanager
+    def segments(self, offset: int, size: int) -> Iterator[list[memoryview]]:
+        """The bytes of [offset, offset + size) (cut at EOF) as views of the region, in order.
+
+        For a caller that copies them once and cannot take the copy back: the
+        FUSE kernel backend hands them to one writev on /dev/fuse, and the
+        kernel copies them straight into the reader's buffer. preadinto
+        validates the lease *after* its copy and discards the bytes if it
+        lapsed; here the lease is checked *before*, under the fence's shared
+        lock, which is held until the block ends so a recall of these extents
+        waits for the copy. The residual risk and its bound are in the README
+        (the layout safety invariant, "one-copy reads"). Holes are zeros. The
+        views are valid only inside the block.
+        """
+        self._check_open()
+        if not self.mode_info.read:
+            raise errors.BadHandle("file not open for reading")
+        if offset < 0:
+            raise errors.InvalidArgument(f"negative offset {offset}")
+        while True:
+            self._check_lease()
+            end = min(self._size, offset + size)
+            if end <= offset:
+                yield []
+                return
+            tiles = self._layout(offset, end, write=False)
+            with self.client.fence.io.shared():
+                if self.client.layouts.lookup(self.ino, offset, end) is None:
+                    continue  # recalled meanwhile: start over
+                if not self.client.lease_valid():
+                    raise errors.StaleHandle("the client's lease lapsed; its layouts are fenced")
+                region = self._u8.data
+                yield [
+                    region[t.region_offset : t.region_offset + t.length]
+                    if t.region_offset is not None
+                    else memoryview(_ZEROS if t.length <= len(_ZEROS) else bytes(t.length))[
+                        : t.length
+                    ]
+                    for t in tiles
+                ]
+                return
+
+    def pread(self, size: int, offset: int) -> bytes:
+        self._check_open()
+        if size < 0:
+            raise errors.InvalidArgument(f"negative size {size}")
+        if not self.mode_info.read:
+            raise errors.BadHandle("file not open for reading")
+        if offset < 0:
+            raise errors.InvalidArgument(f"negative offset {offset}")
+        self._check_lease()
+        end = min(self._size, offset + size)
+        if end <= offset:
+            return b""
+        tiles = self._layout(offset, end, write=False)
+        if len(tiles) == 1 and tiles[0].region_offset is not None:
+            r = tiles[0].region_offset
+            with self.client.fence.io.shared():
+                if self.client.layouts.lookup(self.ino, offset, end) is not None:
+                    data = self._u8[r : r + tiles[0].length].tobytes()  # one copy
+                    self._validate_copy()
+                    return data
+        out = np.empty(end - offset, dtype=np.uint8)
+        # The size may shrink meanwhile (a recall): only what was copied is data.
+        n = self.preadinto(out, offset)
+        return out[:n].tobytes()
+
+    def pwrite(self, data: Any, offset: int) -> int:
+        """Store ``data`` at ``offset``; the new size is published by flush/fsync/close."""
+        self._check_open()
+        if not self.mode_info.write:
+            raise errors.BadHandle("file not open for writing")
+        if offset < 0:
+            raise errors.InvalidArgument(f"negative offset {offset}")
+        src = np.frombuffer(data, dtype=np.uint8)
+        if offset + len(src) > MAX_FILE_SIZE:
+            # As write(2) at the file size limit: the part that fits, else EFBIG.
+            if offset >= MAX_FILE_SIZE:
+                raise errors.FileTooBig(f"offset {offset} is at or past the largest file size")
+            src = src[: MAX_FILE_SIZE - offset]
+        n = len(src)
+        if n == 0:
+            return 0
+        end = offset + n
+        self._check_lease()
+        tiles = self._layout(offset, end, write=True)
+        with self.client.fence.io.shared():
+            if self.client.layouts.lookup(self.ino, offset, end) is None:
+                return self.pwrite(data, offset)  # recalled meanwhile: start over
+            for tile in tiles:
+                if tile.region_offset is None:
+                    raise errors.StaleHandle("server returned a hole for a WRITE layout")
+                # In pieces, each after a look at the clock: a client frozen past
+                # its lease mid-copy (with its stream down) finishes one piece at
+                # most into blocks that may have been reused (leases.py).
+                for lo in range(0, tile.length, COPY_PIECE):
+                    if not self.client.lease_valid():
+                        raise errors.StaleHandle("the client's lease lapsed during the write")
+                    hi = min(lo + COPY_PIECE, tile.length)
+                    r = tile.region_offset + lo
+                    f = tile.file_offset - offset + lo
+                    self._u8[r : r + hi - lo] = src[f : f + hi - lo]
+        self._dirty = True
+        if end > self._size:
+            self._size = end
+        return n
+
+    def _validate_copy(self) -> None:
+        """After a read: if our lease may have lapsed during the copy, its bytes may be foreign."""
+        if not self.client.lease_valid():
+            raise errors.StaleHandle(
+                "the client's lease lapsed during the read (was it frozen?); read again"
+            )
+
+    def adopt_size(
+        self, size: int, epoch: int | None = None, *, published: int | None = None
+    ) -> None:
+        """Take ``size`` as the file size: another handle of this client grew or truncated the file.
+
+        Reads then stop at ``size``; a later flush publishes no growth this
+        handle saw before a truncation (the FUSE mount shares one size among
+        the handles of an inode).
+
+        ``epoch`` is the count of this file's recalls (``Client.epochs``) that
+        ``size`` already reflects: the handle then does not ask the server for
+        the size again after those recalls, which would drop growth the caller
+        knows of and the server does not yet. ``published``: the server's size
+        went down to this meanwhile (a truncate through another handle), so a
+        later flush publishes whatever lies past it.
+        """
+        self._check_open()
+        if size < 0:
+            raise errors.InvalidArgument(f"negative size {size}")
+        if epoch is not None:
+            self._epoch = epoch
+        self._size = size
+        self._committed_size = min(self._committed_size, size)
+        if published is not None:
+            self._committed_size = min(self._committed_size, published)
+
+    def truncate(self, size: int | None = None) -> int:
+        self._check_open()
+        if not self.mode_info.write:
+            raise errors.BadHandle("file not open for writing")
+        if size is None:
+            size = self._pos
+        self._commit()
+        attr = self.client.call(
+            rpc.SET_ATTR,
+            pb.SetAttrRequest(caller=self.client.caller, handle=self.handle, size=size),
+        )
+        self.client.layouts.invalidate(self.ino)
+        self._size = self._committed_size = int(attr.size)
+        return self._size
+
+    def allocate(
+        self,
+        offset: int,
+        length: int,
+        *,
+        keep_size: bool = False,
+        contiguous: bool = False,
+        punch_hole: bool = False,
+        zero_range: bool = False,
+    ) -> None:
+        """fallocate: back [offset, offset+length) with storage; ``contiguous`` as one extent.
+
+        The way to write a file of known size with one layout: ``allocate(0,
+        size)`` takes a WRITE layout of the range along with the storage, so
+        the writes (or one :meth:`array` of the whole file) that follow make no
+        layout call. The allocation is kept at
+        close (not trimmed like the speculative growth of appends, see
+        ``daxfs.shared.growth``).
+
+        ``punch_hole`` (with ``keep_size``) frees the range's blocks;
+        ``zero_range`` makes it read as zeros (see AllocateRequest).
+        """
+        self._check_open()
+        # Growth this handle wrote first: a growing fallocate zeroes past the server's size.
+        self._commit()
+        attr = self.client.call(
+            rpc.ALLOCATE,
+            pb.AllocateRequest(
+                caller=self.client.caller,
+                handle=self.handle,
+                offset=offset,
+                length=length,
+                keep_size=keep_size,
+                contiguous=contiguous,
+                punch_hole=punch_hole,
+                zero_range=zero_range,
+            ),
+        )
+        self.client.layouts.invalidate(self.ino)
+        self._size = max(self._size, int(attr.size))
+        self._committed_size = int(attr.size)
+        if self.mode_info.write and length > 0 and not punch_hole:
+            # The one layout: writes into the range, or an array() of it, need no other.
+            self._fetch_layout(offset, offset + length, write=True)
+
+    # -- visibility and durability ------------------------------------------
+
+    @property
+    def session_lost(self) -> bool:
+        """True once the session this file was opened in ended (server restart, eviction)."""
+        return self._session_epoch != self.client.session_epoch
+
+    def _commit(self) -> None:
+        if not self.mode_info.write or not (self._dirty or self._size != self._committed_size):
+            return
+        if self.session_lost:
+            self._dirty = False
+            self._size = self._committed_size
+            raise errors.StaleHandle(
+                f"{self.path}: the session ended before this file's new size was published; "
+                "writes past its old end are lost"
+            )
+        self.client.call(
+            rpc.COMMIT_LAYOUT,
+            pb.CommitLayoutRequest(
+                caller=self.client.caller,
+                handle=self.handle,
+                new_size=self._size if self._size > self._committed_size else -1,
+            ),
+        )
+        self._committed_size = max(self._committed_size, self._size)
+        self._dirty = False
+
+    def flush(self) -> None:
+        """Publish size and mtime to the server (CommitLayout). Bytes are visible already."""
+        if self.closed:
+            return
+        self._commit()
+
+    def persist(self, offset: int = 0, length: int | None = None) -> FlushMode:
+        """Make bytes [offset, offset+length) durable; returns the flush path used."""
+        self._check_open()
+        if length is None:
+            length = max(self._size - offset, 0)
+        if offset < 0 or length < 0:
+            raise errors.InvalidArgument("negative offset or length")
+        region = self.client.region
+        if length:
+            for tile in (
+                self._layout(offset, offset + length, write=False)
+                if self.mode_info.read
+                else self.layout(offset, length)
+            ):
+                if tile.region_offset is not None:
+                    region.persist(tile.region_offset, tile.length)
+        region.flusher.drain()
+        return region.flush_mode
+
+    def fsync(self) -> None:
+        """persist() every byte, then publish size and mtime."""
+        self.persist(0, self._size)
+        self._commit()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._commit()
+        finally:
+            try:
+                # Lease first, then the handle: a release that frees blocks
+                # (unlinked file, trimmed preallocation) then needs no recall.
+                self.client._closed_file(self.ino)
+                if not self.session_lost:  # else the server forgot the handle already
+                    try:
+                        self.client.call(
+                            rpc.RELEASE,
+                            pb.ReleaseRequest(caller=self.client.caller, handle=self.handle),
+                        )
+                    except errors.StaleHandle:
+                        pass  # the server restarted and forgot the handle: nothing to release
+            finally:
+                super().close()
+                self._u8 = None  # type: ignore[assignment]
+
+    def __enter__(self) -> DaxFile:
+        return self
+
+    # -- zero-copy view ------------------------------------------------------
+
+    def array(
+        self, dtype: npt.DTypeLike = np.uint8, shape: int | tuple[int, ...] | None = None
+    ) -> npt.NDArray[Any]:
+        """A numpy array whose memory is the file's extents in the region (zero copy).
+
+        ``shape`` None gives a 1-D array over the whole file. A writable file
+        grows to fit a larger shape (like ``np.memmap`` mode 'r+'); a read-only
+        one refuses. Stores are visible to other guests at once; call
+        :meth:`persist` for durability. The array stays valid after the file is
+        closed; a truncate or unlink elsewhere may make its bytes read as zeros.
+        """
+        self._check_open()
+        dt = np.dtype(dtype)
+        if dt.itemsize == 0:
+            raise errors.InvalidArgument("dtype with no size")
+        if shape is None:
+            if self._size % dt.itemsize:
+                raise errors.InvalidArgument(
+                    f"file size {self._size} is not a multiple of {dt} ({dt.itemsize} bytes)"
+                )
+            shape_t: tuple[int, ...] = (self._size // dt.itemsize,)
+        else:
+            shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
+        if any(s < 0 for s in shape_t):
+            raise errors.InvalidArgument(f"negative dimension in {shape_t}")
+        nbytes = math.prod(shape_t) * dt.itemsize
+        writable = self.mode_info.write
+        if nbytes > self._size and not writable:
+            raise errors.InvalidArgument(
+                f"shape {shape_t} needs {nbytes} bytes but the file has {self._size} "
+                "and is open read-only"
+            )
+        if nbytes == 0:
+            return np.empty(shape_t, dtype=dt)
+        span = align_up(nbytes, max(self._bs, mmap.PAGESIZE))
+        self._check_lease()
+        for _attempt in range(STALE_GRANT_RETRIES):
+            if writable:
+                tiles = self._layout(0, span, write=True)
+                if nbytes > self._size:
+                    self._size = nbytes
+                    self._commit()
+            else:
+                tiles = self._layout(0, span, write=False)
+            # Mapped and registered under the fence's shared lock, with the layout
+            # still cached: a recall either fences this view or came before it
+            # (then map afresh), so a recalled range never stays mapped,
+            # populated or not.
+            with self.client.fence.io.shared():
+                if self.client.layouts.lookup(self.ino, 0, span) is None:
+                    continue  # recalled meanwhile: ask again
+                view, base = map_tiles(self.client.region, tiles, span, writable)
+                self.client.fence.register(self.ino, view, base, span)
+                break
+        else:
+            raise errors.StaleHandle(f"{self.path}: every layout granted was recalled at once")
+        start = base - address_of(view)
+        arr = np.frombuffer(view, dtype=dt, count=nbytes // dt.itemsize, offset=start)
+        arr = arr.reshape(shape_t)
+        if not writable:
+            arr.flags.writeable = False
+        return arr
