@@ -4,11 +4,17 @@ A test that uses the ``server`` fixture gets an fsck of its volume after the
 server stopped: an unclean volume, a non-zero exit, or a warning, error or
 traceback in the server log that the test did not register in
 ``server.allowed_log`` fails the test. Mounts (``daxfs.testing.Mount``) are
-held to the same rule.
+held to the same rule, and so is the client library running inside the test
+process: a warning or error it logs fails the test unless the test expects it
+with ``@pytest.mark.client_log("substring", ...)`` (as pyfuse3's suite checks
+every log of a test).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +24,33 @@ import pytest
 
 from daxfs.client import Client, connect
 from daxfs.testing import ServerProc, Volume, assert_fsck_clean, assert_log_clean, start_server
+
+
+@pytest.fixture(autouse=True)
+def client_log_clean(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """No unexpected warning, error or traceback from the daxfs code in the test process."""
+    caplog.set_level(logging.WARNING, logger="daxfs")
+    yield
+    marker = request.node.get_closest_marker("client_log")
+    allowed = tuple(marker.args) if marker is not None else ()
+    problems = [
+        f"{r.levelname} {r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "")
+        for r in caplog.get_records("call") + caplog.get_records("teardown")
+        if r.name.startswith("daxfs")
+        and r.levelno >= logging.WARNING
+        and not any(a in r.getMessage() for a in allowed)
+    ]
+    report = os.environ.get("DAXFS_CLIENT_LOG_REPORT")
+    if problems and report:
+        with open(report, "a") as f:
+            f.write(json.dumps({"test": request.node.nodeid, "problems": problems}) + "\n")
+    elif problems:
+        pytest.fail(
+            "the client logged what the test did not expect (mark it with "
+            "@pytest.mark.client_log if it should):\n" + "\n".join(problems)
+        )
 
 
 @pytest.fixture
