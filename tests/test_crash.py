@@ -91,6 +91,7 @@ class Workload:
         self.uncertain.clear()
 
 
+@pytest.mark.client_log("session stream lost")
 @pytest.mark.timeout(900)
 def test_server_sigkill_at_random_points(volume: Volume) -> None:
     work = Workload(seed=1234)
@@ -121,6 +122,7 @@ def test_server_sigkill_at_random_points(volume: Volume) -> None:
     assert total_ops > KILLS, "the workload should have done real work between kills"
 
 
+@pytest.mark.client_log("session stream lost")
 def test_clients_recover_after_a_server_restart(volume: Volume) -> None:
     srv = start_server(volume)
     c = connect(srv.address, timeout=5)

@@ -107,6 +107,9 @@ def proxy(leased: ServerProc, workdir: Path) -> Iterator[FaultyProxy]:
 # -- 1. server restart ------------------------------------------------------------
 
 
+@pytest.mark.client_log(
+    "lease ends unrenewed", "session ended by the server", "session stream lost"
+)
 def test_after_a_server_restart_an_old_view_and_handle_never_reach_the_next_owner(
     small_volume: Volume,
 ) -> None:
@@ -281,6 +284,7 @@ def test_through_fuse_a_layout_reply_overtaken_by_its_recall_is_discarded(
         b.unlink("/y")
 
 
+@pytest.mark.client_log("session ended by the server")
 def test_a_layout_reply_that_outlives_its_session_is_not_used(
     leased: ServerProc, proxy: FaultyProxy
 ) -> None:
@@ -423,6 +427,7 @@ def test_through_fuse_a_writer_frozen_with_its_mount_never_lands_in_the_next_own
 # -- 4. a recall sent while the stream reconnects -----------------------------------
 
 
+@pytest.mark.client_log("session stream lost")
 def test_a_recall_sent_while_the_stream_is_down_is_delivered_on_reattach(
     leased: ServerProc, proxy: FaultyProxy
 ) -> None:

@@ -265,6 +265,7 @@ def test_a_killed_clients_leases_expire_and_its_extents_return(
         a.unlink("/after")
 
 
+@pytest.mark.client_log("lease ends unrenewed")
 def test_a_client_that_cannot_renew_fences_itself(short_lease_server: ServerProc) -> None:
     srv = short_lease_server
     with connect(srv.address, timeout=3) as c:

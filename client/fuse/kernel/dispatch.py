@@ -36,6 +36,7 @@ from daxfs.client.fuse.kernel.nodes import NodeTable
 from daxfs.client.fuse.kernel.protocol import InitFlag, Opcode, OpenFlag, SetattrValid
 from daxfs.client.fuse.operations import MAX_KERNEL_REQUEST, UTIME_NOW, UTIME_OMIT, DaxfsOperations
 from daxfs.shared.errors import DaxfsError, NotFound
+from daxfs.shared.limits import RENAME_EXCHANGE
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ Reply = list[bytes | memoryview]
 MAX_PAGES = MAX_KERNEL_REQUEST // 4096
 #: The request buffer each serving thread needs: max_write plus the headers' page.
 REQUEST_BUFFER = MAX_KERNEL_REQUEST + 4096
-
-_RENAME_EXCHANGE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +439,7 @@ class Dispatcher:
         old_path = self.nodes.child(hdr.nodeid, old)
         new_path = self.nodes.child(newdir, new)
         self.ops.rename_flags(old_path, new_path, flags)
-        self.nodes.rename(hdr.nodeid, old, newdir, new, exchange=bool(flags & _RENAME_EXCHANGE))
+        self.nodes.rename(hdr.nodeid, old, newdir, new, exchange=bool(flags & RENAME_EXCHANGE))
         return self._reply(hdr)
 
     def _link(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
