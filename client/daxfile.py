@@ -264,10 +264,11 @@ class DaxFile(io.RawIOBase):
                     raise errors.StaleHandle(
                         f"{self.path}: the session this file was opened in ended; reopen it"
                     )
+                # The lease exists under this grant's id even if the layout is discarded.
+                self.client._got_lease(self.ino, reply.lease_id)
                 if not self.client.lease_state.grant_usable(self.ino, int(reply.recall_seq)):
                     log.debug("layout of ino %d overtaken by a recall: asking again", self.ino)
                     continue
-                self.client._got_lease(self.ino, reply.lease_id)
                 self.client.layouts.insert(self.ino, tiles, start, end)
             return tiles
         raise errors.StaleHandle(f"{self.path}: every layout granted was recalled at once")

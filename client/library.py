@@ -351,8 +351,13 @@ class Client:
                 pass  # expired or recalled meanwhile: nothing to return
 
     def _got_lease(self, ino: InodeId, lease_id: int) -> None:
+        """A grant named the file's lease: each grant gives it a new, larger id.
+
+        Replies of concurrent grants may arrive in any order; the largest id
+        is the lease's current one (an older one no longer returns it).
+        """
         with self._lock:
-            self._lease_ids[ino] = lease_id
+            self._lease_ids[ino] = max(self._lease_ids.get(ino, 0), lease_id)
 
     @property
     def recalls(self) -> int:

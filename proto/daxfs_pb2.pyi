@@ -1504,9 +1504,13 @@ class Layout(_message.Message):
     length: _builtins.int
     """Bytes covered."""
     lease_id: _builtins.int
-    """Lease id for ReturnLayout. One lease per (session, file): every layout of
-    the file this session gets carries the same id, and returning it returns
-    them all. Opaque 64-bit.
+    """Lease id for ReturnLayout. One lease per (session, file), and a new id for
+    it with every grant, larger than the ones before (within a server
+    instance): return the largest id received for the file (replies of
+    concurrent GetLayouts may arrive in any order; a discarded layout's id
+    counts too). Returning it returns every layout of the file. An older id
+    is refused with ESTALE and returns nothing: a ReturnLayout that crossed a
+    newer grant must not end the lease the client now relies on.
     """
     expires_ns: _builtins.int
     """Unused since protocol "2" (always 0): a layout is valid while the

@@ -258,7 +258,7 @@ class LeaseTable:
     # -- grants ----------------------------------------------------------------
 
     def grant(self, client: ClientId, ino: InodeId) -> Lease:
-        """The client's lease on ``ino``, created or refreshed, stamped with its recall seq."""
+        """The client's lease on ``ino``, created or refreshed: a new id, and its recall seq."""
         session = self.session(client)
         lease = self._leases.get((client, ino))
         if lease is None:
@@ -266,6 +266,12 @@ class LeaseTable:
             self._leases[(client, ino)] = lease
             self._by_id[lease.id] = lease
         else:
+            # A new id per grant: a ReturnLayout that crossed this grant names
+            # the older one and is refused, instead of ending the lease the
+            # client now relies on (seed 59638 of the simulation's long run).
+            del self._by_id[lease.id]
+            lease.id = LeaseId(next(self._ids))
+            self._by_id[lease.id] = lease
             lease.granted_seq = session.recall_seq
         return lease
 

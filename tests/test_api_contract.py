@@ -131,8 +131,18 @@ def test_a_read_layout_past_eof_shows_holes_not_preallocated_blocks(
     mine = _layout(writer, w, 0, MIB, pb.LAYOUT_MODE_READ)
     assert not any(e.hole for e in mine.extents)
     assert sum(e.length for e in mine.extents) == MIB
-    # One lease per session and file: every layout of the file carries the same id.
-    assert _layout(reader, r, 0, 4096, pb.LAYOUT_MODE_READ).lease_id == lay.lease_id
+    # One lease per session and file, and an id per grant: the newest id names it,
+    # and returning an older one (a ReturnLayout that crossed a new grant) is
+    # refused rather than ending the lease the client now relies on.
+    again = _layout(reader, r, 0, 4096, pb.LAYOUT_MODE_READ)
+    assert again.lease_id > lay.lease_id
+    with pytest.raises(errors.StaleHandle):
+        reader.conn.call(
+            rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=reader.caller, lease_id=lay.lease_id)
+        )
+    reader.conn.call(
+        rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=reader.caller, lease_id=again.lease_id)
+    )
     reader.call(rpc.RELEASE, pb.ReleaseRequest(caller=reader.caller, handle=r))
     writer.call(rpc.RELEASE, pb.ReleaseRequest(caller=writer.caller, handle=w))
     writer.unlink("/f")

@@ -741,6 +741,8 @@ class World:
             if f.epoch != c.epoch and self.check_session_epoch:
                 c.log(f"layout ino={f.ino} from an ended session: ESTALE")
                 return
+            # The lease carries this grant's id whether or not the layout is kept.
+            c.lease_ids[f.ino] = max(c.lease_ids.get(f.ino, 0), lay.lease_id)
             if not c.core.grant_usable(f.ino, lay.recall_seq):
                 c.log(f"layout ino={f.ino} seq={lay.recall_seq} overtaken by a recall: discarded")
                 return
@@ -750,7 +752,6 @@ class World:
                     continue
                 for k in range(0, t.length, BS):
                     cache[(t.file_offset + k) // BS] = (t.region_offset + k, Grant(f.ino, f.gen))
-            c.lease_ids[f.ino] = lay.lease_id
             c.log(f"cached layout ino={f.ino} seq={lay.recall_seq} blocks={sorted(cache)}")
 
         self.call(
@@ -937,9 +938,10 @@ def test_replay(template: str) -> None:
 #: fixed since and kept as a regression: a truncate during the restart grace freed
 #: blocks at the grace's end although a current holder had not acknowledged; and
 #: the model fenced views only after copies in flight, as the library no longer
-#: does. Seed 59638 is left out: it still breaches (a ReturnLayout in flight ends
-#: the lease a later grant of the same file to the same client refreshed, so the
-#: next truncate frees the blocks without recalling it); see the session notes.
+#: does; and (seed 59638) a ReturnLayout in flight ended the lease that a later
+#: grant of the same file to the same client had refreshed, so the next truncate
+#: freed the blocks without recalling it: each grant now gives the lease a new id,
+#: and a return naming an older one is refused.
 FOUND_SEEDS = (
     4393,
     16134,
@@ -947,6 +949,7 @@ FOUND_SEEDS = (
     42488,
     50641,
     59002,
+    59638,
     60971,
     67669,
     88185,
