@@ -32,7 +32,7 @@ from daxfs.client.daxfile import OpenMode as OpenMode
 from daxfs.client.fence import Fence
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.lease_state import LeaseState
-from daxfs.client.meta_cache import Answer, MetaCache, key_of
+from daxfs.client.meta_cache import Answer, CacheListener, MetaCache, key_of
 from daxfs.client.rpc import Connection
 from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
@@ -100,6 +100,8 @@ class Client:
         #: only with a session stream, which carries the invalidations.
         self.caches_metadata = cache_metadata and session
         self.meta_cache = MetaCache()
+        #: Other caches of the same answers (the FUSE edge's kernel): told what to drop.
+        self.cache_listeners: list[CacheListener] = []
         try:
             hello = self.conn.call(rpc.HELLO, self._hello_request(), wait=False)
         except BaseException:
@@ -217,16 +219,39 @@ class Client:
             self.meta_cache.open()
         else:
             self.meta_cache.close()
+            for listener in self.cache_listeners:
+                listener.invalidate_all(wait=False)
 
     def _on_invalidate(self, inv: pb.Invalidate) -> None:
+        """Another guest's change: dropped here and by every listener before the ack."""
         self.meta_cache.invalidate(inv.inos, inv.paths)
+        for listener in self.cache_listeners:
+            listener.invalidate(inv.inos, inv.paths, wait=True)
 
     def _own_invalidated(self, blob: bytes) -> None:
         stale = json.loads(blob)
         if stale.get("all"):
             self.meta_cache.clear()
+            for listener in self.cache_listeners:
+                listener.invalidate_all(wait=False)
         else:
-            self.meta_cache.invalidate(stale.get("inos", ()), stale.get("paths", ()))
+            inos, paths = stale.get("inos", ()), stale.get("paths", ())
+            self.meta_cache.invalidate(inos, paths)
+            for listener in self.cache_listeners:
+                listener.invalidate(inos, paths, wait=False)
+
+    def cache_ttl(self) -> float:
+        """How long an answer of the metadata cache may be trusted from now (seconds).
+
+        The rest of the lease, on this client's clock: past it the server no
+        longer waits for this client before changes return. 0 when nothing
+        may be cached (caching off, or the session stream is down).
+        """
+        if not self.caches_metadata or not self.meta_cache.is_open:
+            return 0.0
+        if self.session is None:
+            return 0.0
+        return max(0.0, (self.session.deadline_ns - time.monotonic_ns()) / 1e9)
 
     def _who(self, caller: Identity | None) -> pb.Caller:
         """The wire caller of a call made for ``caller`` (None: this process)."""

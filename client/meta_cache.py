@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.attr import Attr
@@ -41,6 +42,20 @@ class Answer:
 
 def key_of(path: str, caller: pb.Caller) -> Key:
     return (path, int(caller.uid), int(caller.gid), tuple(caller.groups))
+
+
+class CacheListener(Protocol):
+    """Another cache of the same answers that must drop what the client's cache drops.
+
+    The FUSE edge registers the kernel's (``Client.cache_listeners``).
+    ``wait``: return only once dropped (an invalidation the server waits for
+    before another guest's change returns); else it may follow shortly (this
+    client's own change, whose reply already told the kernel).
+    """
+
+    def invalidate(self, inos: Iterable[int], paths: Iterable[str], *, wait: bool) -> None: ...
+
+    def invalidate_all(self, *, wait: bool) -> None: ...
 
 
 class MetaCache:
@@ -116,6 +131,10 @@ class MetaCache:
         with self._lock:
             self.epoch += 1
             self._open = True
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
 
     def __len__(self) -> int:
         return len(self._answers)

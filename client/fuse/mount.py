@@ -273,6 +273,7 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
     """
     from daxfs.client.fuse.kernel.channel import Channel, MountOptions
     from daxfs.client.fuse.kernel.dispatch import Dispatcher, Negotiated
+    from daxfs.client.fuse.kernel.notifier import Notifier
     from daxfs.client.fuse.kernel.session import KernelSession
     from daxfs.client.fuse.operations import DaxfsOperations
 
@@ -299,6 +300,7 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
         context=lambda: dispatcher.context(),
     )
     dispatcher = Dispatcher(ops, on_init=ready)
+    notifier = None
     stop = threading.Event()
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signals}
@@ -308,6 +310,12 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
             channel.mount(mp, mount_options)
         except OSError as exc:
             raise QuietError(f"mounting {mp} failed: {exc.strerror}", 1) from None
+        if client.caches_metadata:
+            # The kernel caches what the server granted, for the rest of the
+            # lease, and drops it when told (client/fuse/kernel/notifier.py).
+            notifier = Notifier(channel, dispatcher.nodes)
+            client.cache_listeners.append(notifier)
+            dispatcher.cache_ttl = client.cache_ttl
         session = KernelSession(channel, dispatcher)
         session.start()
         while session.running():
@@ -317,6 +325,9 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
                 break
         session.join()
     finally:
+        if notifier is not None:
+            client.cache_listeners.remove(notifier)
+            notifier.close()
         channel.close()
         ops.destroy("/")
         for s, handler in previous.items():

@@ -162,6 +162,12 @@ class IoStats:
         self.write_max = 0
         self.read_sizes: Counter[int] = Counter()
         self.write_sizes: Counter[int] = Counter()
+        #: Requests the kernel sent, by operation (the kernel backend counts them).
+        self.requests: Counter[str] = Counter()
+
+    def request(self, op: str) -> None:
+        with self._lock:
+            self.requests[op] += 1
 
     def read(self, size: int) -> None:
         with self._lock:
@@ -189,6 +195,7 @@ class IoStats:
                 # The five most frequent request sizes, {size: count}.
                 "read_sizes": dict(self.read_sizes.most_common(5)),
                 "write_sizes": dict(self.write_sizes.most_common(5)),
+                "requests": dict(self.requests),
             }
         return json.dumps(doc, sort_keys=True).encode()
 
@@ -509,7 +516,10 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_edge
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
-        a = self._fresh_attr(path) if path is not None else None
+        # A reply kept from a change is not a granted answer: with metadata
+        # caching the kernel may keep what this returns, so ask the cache.
+        fresh = path is not None and not self.client.caches_metadata
+        a = self._fresh_attr(path) if fresh and path is not None else None
         if a is None:
             caller = self._caller()
             if fh is not None:

@@ -119,6 +119,10 @@ class Dispatcher:
         self.on_init = on_init
         self.negotiated: Negotiated | None = None
         self._valid = p.split_ns(ops.attr_timeout)
+        #: With metadata caching (``--cache-metadata``): how long the kernel may
+        #: keep what a lookup or getattr just answered (the rest of the client's
+        #: lease; the notifier drops it sooner when another guest changes it).
+        self.cache_ttl: Callable[[], float] | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
         # guarded by self._lock: open directories' listings, filled at offset 0
@@ -184,6 +188,7 @@ class Dispatcher:
                 return None
             return self._error(hdr, errno.ENOSYS)
         self._local.ctx = (hdr.uid, hdr.gid, hdr.pid)
+        self.ops.iostats.request(_opname(hdr.opcode))
         try:
             return fn(hdr, body, req)
         except DaxfsError as exc:
@@ -229,15 +234,30 @@ class Dispatcher:
             raise NotFound(f"node {nodeid} was removed")
         return path
 
-    def _entry(self, hdr: p.InHeader, parent: int, name: str, path: str) -> bytes:
+    def _timeouts(self) -> tuple[int, int]:
+        """Entry and attribute validity of an answer the server granted for caching.
+
+        Only answers that came through a path walk the server recorded (lookup,
+        getattr by path) are kept longer: the server then tells this client
+        when they change. Everything else keeps the mount's ``--attr-timeout``.
+        """
+        if self.cache_ttl is None:
+            return self._valid
+        return p.split_ns(max(p.ns_to_s(self._valid), self.cache_ttl()))
+
+    def _entry(
+        self, hdr: p.InHeader, parent: int, name: str, path: str, *, cached: bool = False
+    ) -> bytes:
         """The entry reply for (parent, name): attributes now, one more lookup."""
-        attr = _attr(self.ops.getattr(path))
+        st = self.ops.getattr(path)
+        attr = _attr(st)
         nodeid = self.nodes.lookup(parent, name)
-        s, ns = self._valid
+        self.nodes.set_ino(nodeid, attr.ino)
+        s, ns = self._timeouts() if cached else self._valid
         return p.ENTRY_OUT.pack(nodeid, 0, s, s, ns, ns) + attr.pack()
 
-    def _attr_out(self, st: Mapping[str, int]) -> bytes:
-        s, ns = self._valid
+    def _attr_out(self, st: Mapping[str, int], *, cached: bool = False) -> bytes:
+        s, ns = self._timeouts() if cached else self._valid
         return p.ATTR_OUT.pack(s, ns, 0) + _attr(st).pack()
 
     def _open_flags(self) -> int:
@@ -313,7 +333,15 @@ class Dispatcher:
     def _lookup(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         name = _name(body)
         path = self.nodes.child(hdr.nodeid, name)
-        return self._reply(hdr, self._entry(hdr, hdr.nodeid, name, path))
+        try:
+            return self._reply(hdr, self._entry(hdr, hdr.nodeid, name, path, cached=True))
+        except OSError as exc:  # the operations answer FuseOSError(errno)
+            s, ns = self._timeouts()
+            if exc.errno != errno.ENOENT or not (s or ns):
+                raise
+            # A negative entry the kernel may keep: the server recorded the
+            # walk, so a creation of the name by another guest is notified.
+            return self._reply(hdr, p.ENTRY_OUT.pack(0, 0, s, 0, ns, 0) + bytes(p.ATTR.size))
 
     def _getattr(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         flags, fh = p.GETATTR_IN.unpack_from(body)
@@ -323,7 +351,8 @@ class Dispatcher:
             handle = self._any_handle(hdr.nodeid)
         if path is None and handle is None:
             raise NotFound(f"node {hdr.nodeid} was removed")
-        return self._reply(hdr, self._attr_out(self.ops.getattr(path, handle)))
+        st = self.ops.getattr(path, handle)
+        return self._reply(hdr, self._attr_out(st, cached=handle is None))
 
     def _setattr(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         (valid, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, uid, gid) = (

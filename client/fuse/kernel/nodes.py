@@ -38,6 +38,8 @@ class _Node:
     name: str | None
     #: Lookups handed out and not yet forgotten.
     lookups: int
+    #: The server's inode number, once an entry reply carried it (0: unknown).
+    ino: int = 0
 
 
 class NodeTable:
@@ -48,6 +50,7 @@ class NodeTable:
         # guarded by self._lock
         self._nodes: dict[int, _Node] = {ROOT_ID: _Node(None, None, 1)}
         self._names: dict[tuple[int, str], int] = {}
+        self._by_ino: dict[int, set[int]] = {}
         self._ids = itertools.count(ROOT_ID + 1)
 
     def __len__(self) -> int:
@@ -98,10 +101,56 @@ class NodeTable:
             if node.lookups > 0:
                 return
             del self._nodes[nodeid]
+            self._unlink_ino(nodeid, node.ino)
             if node.parent is not None and node.name is not None:
                 key = (node.parent, node.name)
                 if self._names.get(key) == nodeid:
                     del self._names[key]
+
+    def set_ino(self, nodeid: int, ino: int) -> None:
+        """The server's inode number of ``nodeid`` (from an entry or attribute reply)."""
+        with self._lock:
+            node = self._nodes.get(nodeid)
+            if node is None or node.ino == ino:
+                return
+            self._unlink_ino(nodeid, node.ino)
+            node.ino = ino
+            self._by_ino.setdefault(ino, set()).add(nodeid)
+
+    def _unlink_ino(self, nodeid: int, ino: int) -> None:
+        nodes = self._by_ino.get(ino)
+        if nodes is not None:
+            nodes.discard(nodeid)
+            if not nodes:
+                del self._by_ino[ino]
+
+    def nodes_of(self, ino: int) -> list[int]:
+        """The nodes the kernel knows for server inode ``ino`` (hard links: several)."""
+        with self._lock:
+            return sorted(self._by_ino.get(ino, ()))
+
+    def entry_of(self, path: str) -> tuple[int, str, int | None] | None:
+        """(parent node, name, node or None) of ``path`` as the kernel knows it, if it does.
+
+        None when the kernel knows no node for the parent directory (then it
+        caches nothing under it either). The root has no entry.
+        """
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return None
+        with self._lock:
+            parent = ROOT_ID
+            for name in parts[:-1]:
+                child = self._names.get((parent, name))
+                if child is None:
+                    return None
+                parent = child
+            return parent, parts[-1], self._names.get((parent, parts[-1]))
+
+    def known(self) -> list[tuple[int, int | None, str | None]]:
+        """Every node: (node, parent, name); for dropping everything the kernel caches."""
+        with self._lock:
+            return [(n, node.parent, node.name) for n, node in self._nodes.items()]
 
     def detach(self, parent: int, name: str) -> None:
         """(parent, name) was removed: its node, if any, keeps its id but loses its path."""

@@ -313,6 +313,11 @@ class Attr:
         )
 
 
+def ns_to_s(pair: tuple[int, int]) -> float:
+    """A (seconds, nanoseconds) validity pair back in seconds."""
+    return pair[0] + pair[1] / 1e9
+
+
 def split_ns(seconds: float) -> tuple[int, int]:
     """A timeout in seconds as (seconds, nanoseconds), the kernel's valid/nsec pair."""
     ns = max(0, round(seconds * 1_000_000_000))

@@ -148,8 +148,9 @@ def register(sub: Subcommands) -> None:
     p.add_argument(
         "--cache-metadata",
         action="store_true",
-        help="answer stat and lookups from the mount's own cache, kept coherent by the "
-        "server's invalidations (README: Coherent metadata caching)",
+        help="answer stat and lookups from the mount's own cache (and, on the kernel "
+        "backend, the kernel's), kept coherent by the server's invalidations "
+        "(README: Coherent metadata caching)",
     )
     p.add_argument("--log", help="detached daemon's log file (default: discarded)")
     p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
