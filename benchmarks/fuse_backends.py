@@ -72,7 +72,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--fio-seconds", type=int, default=3)
+    ap.add_argument(
+        "--cache-metadata",
+        action="store_true",
+        help="mount daxfs with --cache-metadata (the kernel backend's kernel caches then too)",
+    )
     args = ap.parse_args()
+    extra = ["--cache-metadata"] if args.cache_metadata else []
     if shutil.which("fio") is None or not os.path.exists("/dev/fuse") or os.geteuid() != 0:
         print("needs root, fio and /dev/fuse", file=sys.stderr)
         return 2
@@ -99,7 +105,11 @@ def main() -> int:
             for backend in ("kernel", "libfuse"):
                 m = stack.enter_context(
                     fuse_mount(
-                        server.address, work / f"mnt-{backend}", check=False, backend=backend
+                        server.address,
+                        work / f"mnt-{backend}",
+                        *extra,
+                        check=False,
+                        backend=backend,
                     )
                 )
                 targets[f"daxfs {backend}"] = (m.path / "data.bin", m.proc.pid)
@@ -130,7 +140,7 @@ def main() -> int:
 
     loads = " ".join(f"{x:.1f}" for x in load)
     print(f"load average at start: {loads}; {os.cpu_count()} CPUs; file {args.mib} MiB; "
-          f"rounds {args.rounds}")  # fmt: skip
+          f"rounds {args.rounds}; daxfs mounts {' '.join(extra) or 'without caching'}")  # fmt: skip
     print()
     print(
         "| operation | daxfs kernel best / median | daxfs libfuse best / median "
