@@ -248,8 +248,14 @@ class Dispatcher:
     def _entry(
         self, hdr: p.InHeader, parent: int, name: str, path: str, *, cached: bool = False
     ) -> bytes:
-        """The entry reply for (parent, name): attributes now, one more lookup."""
-        st = self.ops.getattr(path)
+        """The entry reply for (parent, name): attributes now, one more lookup.
+
+        After a call that made the name, its reply's attributes (not kept by
+        the kernel: the server did not record them for caching).
+        """
+        st = None if cached else self.ops.created(path)
+        if st is None:
+            st = self.ops.getattr(path)
         attr = _attr(st)
         nodeid = self.nodes.lookup(parent, name)
         self.nodes.set_ino(nodeid, attr.ino)
