@@ -27,7 +27,13 @@ from daxfs.server.leases import DEFAULT_MAX_SESSIONS
 from daxfs.server.namespace import Namespace
 from daxfs.server.peercred import PeerRelay, PeerTable, private_socket_dir
 from daxfs.server.service import DaxfsServicer
-from daxfs.server.volume import close_volume, format_volume, open_volume
+from daxfs.server.volume import (
+    VolumeLock,
+    close_volume,
+    format_volume,
+    open_volume,
+    repair_advice,
+)
 from daxfs.shared.errors import InvalidArgument
 from daxfs.shared.format import DEFAULT_BLOCK_SIZE
 from daxfs.shared.hugepages import HUGE_PAGE, measured_page_size
@@ -318,13 +324,26 @@ def _group_id(group: str | None) -> int | None:
         raise InvalidArgument(f"no such group: {group}") from None
 
 
-def _sweeper(ns: Namespace, stop: threading.Event, health_servicer: health.HealthServicer) -> None:
+def _sweeper(
+    ns: Namespace, stop: threading.Event, health_servicer: health.HealthServicer, region_path: str
+) -> None:
     while not stop.wait(SWEEP_INTERVAL_S):
         problem = ns.region.check() if not ns.failed else None
         if problem:
             log.error(
                 "region %s was %s: refusing every call; restart when fixed", ns.region.path, problem
             )
+        damage = ns.region.check_superblock() if not ns.failed and not problem else None
+        if damage:
+            # Whatever wrote block 0 may have written elsewhere: stop serving,
+            # and say how to get the volume back without losing a file.
+            log.error(
+                "superblock damaged: %s; refusing every call. To recover: %s",
+                damage,
+                repair_advice(region_path, ns.meta.path),
+            )
+            problem = f"its superblock was overwritten ({damage})"
+        if problem:
             ns.fail(problem)
             for name in ("", SERVICE_NAME):
                 health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -341,6 +360,11 @@ def _sweeper(ns: Namespace, stop: threading.Event, health_servicer: health.Healt
 def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status."""
     check_transport(config)
+    with VolumeLock(config.meta, "a server"):
+        return _serve_locked(config, ready)
+
+
+def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
     if config.format:
         format_volume(config.region, config.meta, config.size, config.block_size)
     ns = open_volume(
@@ -379,7 +403,10 @@ def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
         close_volume(ns)
         raise
     sweeper = threading.Thread(
-        target=_sweeper, args=(ns, stop, health_servicer), name="daxfs-sweep", daemon=True
+        target=_sweeper,
+        args=(ns, stop, health_servicer, config.region),
+        name="daxfs-sweep",
+        daemon=True,
     )
     sweeper.start()
 

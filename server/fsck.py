@@ -33,26 +33,46 @@ guessing, and lists each action in ``FsckReport.repairs``:
   ``/lost+found`` (created if missing) as ``#<inode>``;
 - link counts are recomputed from the directory entries.
 
-A bad superblock, a metadata file of another region or of another schema
-version, or a missing root are not repairable: fsck says so and changes nothing.
+A damaged superblock (bad magic or checksum) is rewritten from the metadata's
+record of the region (UUID, size, block size), once the region and the metadata
+agree on everything the superblock still shows: the backing store has the
+recorded size, and either the superblock's UUID field is the recorded one, or
+its whole header is gone and the rest of block 0 holds the zeros a daxfs
+region keeps there. Anything else (a superblock of a future version, metadata
+of another region or of another schema version, a missing root) is not
+repairable: fsck says so and changes nothing.
 
-Run it only while no server uses the volume.
+A repair takes the volume's lock (server/volume.py) and is refused while a
+server, mkfs or another repair holds it. A plain check runs beside a live
+server with a note: it may see a change half made.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import stat
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
-from daxfs.server.volume import check_pairing
-from daxfs.shared.errors import DaxfsError
+from daxfs.server.volume import (
+    VolumeLock,
+    check_pairing,
+    lock_holder,
+    recorded_superblock,
+)
+from daxfs.shared.errors import DaxfsError, SuperblockDamaged
 from daxfs.shared.extent import Extent, InodeId
-from daxfs.shared.format import Superblock
-from daxfs.shared.region import Region, backing_size, read_superblock
+from daxfs.shared.format import MAGIC, SUPERBLOCK_SIZE, Superblock, unchecked_fields
+from daxfs.shared.region import (
+    Region,
+    backing_size,
+    read_first_block,
+    read_superblock,
+    write_superblock,
+)
 
 LOST_FOUND = "lost+found"
 NOT_REPAIRABLE = "not repairable by fsck: nothing was changed"
@@ -81,38 +101,73 @@ class FsckReport:
 
 
 def fsck(region_path: str, meta_path: str, *, repair: bool = False) -> FsckReport:
-    """Check a volume; with ``repair``, fix what can be fixed and check again."""
+    """Check a volume; with ``repair``, fix what can be fixed and check again.
+
+    A repair holds the volume's lock and raises VolumeBusy if a live process
+    (a server) holds it.
+    """
+    if repair:
+        with VolumeLock(meta_path, "fsck --repair"):
+            return _fsck(region_path, meta_path, repair=True, report=FsckReport())
     report = FsckReport()
+    holder = lock_holder(meta_path)
+    if holder is not None:
+        report.notes.append(
+            f"the volume is in use by {holder}: this check may see a change half made; "
+            "stop it for a check that counts (a repair is refused while it runs)"
+        )
+    return _fsck(region_path, meta_path, repair=False, report=report)
+
+
+def _fsck(region_path: str, meta_path: str, *, repair: bool, report: FsckReport) -> FsckReport:
     p = report.problems
     unfixable = f" ({NOT_REPAIRABLE})" if repair else ""
+    #: What a repair found and fixed before the check proper (a rewritten superblock).
+    fixed: list[str] = []
+
+    def done(r: FsckReport) -> FsckReport:
+        r.found = [*fixed, *r.problems] if not r.found else r.found
+        return r
+
     try:
-        sb = read_superblock(region_path)
+        try:
+            sb = read_superblock(region_path)
+        except SuperblockDamaged as exc:
+            rebuilt = _superblock_from_metadata(region_path, meta_path, exc, report, repair=repair)
+            if rebuilt is None:
+                return done(report)
+            sb, finding = rebuilt
+            (fixed if repair else p).append(finding)
+            if repair:
+                write_superblock(region_path, sb)
+                report.repairs.append(
+                    f"rewrote the superblock of {region_path} from the metadata's record "
+                    f"(region {sb.uuid_str}, {sb.region_size} bytes, {sb.block_size}-byte blocks)"
+                )
+                sb = read_superblock(region_path)
         if backing_size(region_path) < sb.region_size:
             p.append(
                 f"region {region_path} is shorter than its superblock's {sb.region_size} "
                 f"bytes{unfixable}"
             )
+            return done(report)
     except (OSError, DaxfsError) as exc:
         p.append(f"region: {exc}{unfixable}")
-    if p:
-        report.found = list(p)
-        return report
+        return done(report)
     try:
         meta = Metadata(meta_path)
     except (OSError, DaxfsError) as exc:
         p.append(f"metadata: {exc}{unfixable}")
-        report.found = list(p)
-        return report
+        return done(report)
     try:
         try:
             meta.check_schema()
-            check_pairing(region_path, meta)
+            check_pairing(sb, region_path, meta)
         except DaxfsError as exc:
             p.append(f"{exc}{unfixable}")
-            report.found = list(p)
-            return report
+            return done(report)
         _check(meta, sb, report)
-        report.found = list(report.problems)
+        done(report)
         root = meta.get_inode(ROOT_INO)
         if repair and report.problems:
             if root is None or not stat.S_ISDIR(root.mode):
@@ -120,12 +175,64 @@ def fsck(region_path: str, meta_path: str, *, repair: bool = False) -> FsckRepor
                 return report
             with meta.transaction():
                 _repair(meta, sb, region_path, report)
-            after = FsckReport(repairs=report.repairs, found=report.found)
+            after = FsckReport(repairs=report.repairs, found=report.found, notes=report.notes)
             _check(meta, sb, after)
             return after
     finally:
         meta.close()
     return report
+
+
+def _superblock_from_metadata(
+    region_path: str, meta_path: str, damage: SuperblockDamaged, r: FsckReport, *, repair: bool
+) -> tuple[Superblock, str] | None:
+    """The superblock the metadata records for this region, if they provably belong
+    together, and the finding to report; None, with the reason added to
+    ``r.problems``, when nothing can be rebuilt."""
+    unfixable = f" ({NOT_REPAIRABLE})" if repair else ""
+    try:
+        meta = Metadata(meta_path)
+    except (OSError, DaxfsError) as exc:
+        r.problems.append(f"{damage}; and no metadata to rebuild it from: {exc}{unfixable}")
+        return None
+    try:
+        meta.check_schema()
+        want = recorded_superblock(meta)
+    except (OSError, DaxfsError) as exc:
+        r.problems.append(f"{damage}; and the metadata cannot rebuild it: {exc}{unfixable}")
+        return None
+    finally:
+        meta.close()
+    disagree: list[str] = []
+    size = backing_size(region_path)
+    exact = stat.S_ISREG(os.stat(region_path).st_mode)
+    if size < want.region_size or (exact and size != want.region_size):
+        disagree.append(f"the region has {size} bytes, the metadata records {want.region_size}")
+    raw = read_first_block(region_path, want.block_size)
+    magic, seen = unchecked_fields(raw)
+    if seen.uuid != want.uuid:
+        if magic == MAGIC:
+            disagree.append(
+                f"the superblock's header is intact and names region {seen.uuid_str}, "
+                f"the metadata records {want.uuid_str}"
+            )
+        elif any(raw[SUPERBLOCK_SIZE:]):
+            # The UUID is gone with the header: only the zeros mkfs left in the
+            # rest of block 0 still say this is a daxfs region.
+            disagree.append(
+                "the superblock's UUID is gone and block 0 holds data past the superblock, "
+                "where a daxfs region has zeros: this may not be the region the metadata records"
+            )
+    if disagree:
+        r.problems.append(
+            f"{damage}; the metadata {meta_path} cannot vouch for this region: "
+            f"{'; '.join(disagree)}{unfixable}"
+        )
+        return None
+    return want, (
+        f"{damage}; the metadata records this region ({want.uuid_str}): "
+        "`daxfs fsck --repair` rewrites the superblock from it"
+    )
 
 
 def _check(meta: Metadata, sb: Superblock, r: FsckReport) -> None:

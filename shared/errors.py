@@ -147,6 +147,19 @@ class FormatError(DaxfsError, OSError):
     code = _errno.EIO
 
 
+class SuperblockDamaged(FormatError):
+    """A region whose superblock is unreadable: bad magic or a checksum mismatch.
+
+    Its own message says only what is wrong. What to do depends on whether a
+    metadata file records the region (then ``daxfs fsck --repair`` rewrites the
+    superblock and nothing is lost); the volume layer that knows adds the advice.
+    """
+
+
+class VolumeBusy(Busy):
+    """Another live process holds the volume's lock (a server, mkfs or a repairing fsck)."""
+
+
 class TooManySessions(DaxfsError, OSError):
     """The server holds as many sessions as it accepts (gRPC RESOURCE_EXHAUSTED)."""
 

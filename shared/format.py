@@ -29,7 +29,7 @@ import uuid as _uuid
 import zlib
 from dataclasses import dataclass
 
-from daxfs.shared.errors import FormatError
+from daxfs.shared.errors import FormatError, SuperblockDamaged
 
 MAGIC = b"DAXFSRGN"
 FORMAT_MAJOR = 1
@@ -114,14 +114,15 @@ class Superblock:
             raise FormatError(f"{source}: too small to hold a daxfs superblock")
         fields = raw[: _FIELDS.size]
         magic, major, minor, _flags, uid, size, bsize, doff, created = _FIELDS.unpack(fields)
+        # No advice here: whether `daxfs fsck --repair` can rewrite the superblock
+        # depends on the metadata file, which the volume layer knows (server/volume.py).
         if magic != MAGIC:
-            raise FormatError(
-                f"{source}: not a daxfs region (bad magic {magic!r}); "
-                "format it with `daxfs mkfs` if it holds nothing you need"
+            raise SuperblockDamaged(
+                f"{source}: no daxfs superblock (bad magic {magic!r})", source=source
             )
         (crc,) = _CRC.unpack(raw[_FIELDS.size : SUPERBLOCK_SIZE])
         if crc != zlib.crc32(fields):
-            raise FormatError(f"{source}: superblock checksum mismatch; run `daxfs fsck`")
+            raise SuperblockDamaged(f"{source}: superblock checksum mismatch", source=source)
         if major != FORMAT_MAJOR:
             raise FormatError(
                 f"{source}: format version {major}.{minor} is not supported "
@@ -132,6 +133,17 @@ class Superblock:
         if doff != bsize:
             raise FormatError(f"{source}: data offset {doff} does not match block size {bsize}")
         return sb
+
+
+def unchecked_fields(raw: bytes) -> tuple[bytes, Superblock]:
+    """The magic and the fields of a superblock as they stand, checked for nothing.
+
+    For fsck on a damaged superblock: which fields still agree with the metadata.
+    """
+    magic, major, minor, _flags, uid, size, bsize, doff, created = _FIELDS.unpack(
+        raw[: _FIELDS.size]
+    )
+    return magic, Superblock(uid, size, bsize, doff, created, major, minor)
 
 
 def validate_geometry(region_size: int, block_size: int, *, source: str = "region") -> None:

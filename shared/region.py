@@ -44,7 +44,7 @@ def backing_size(path: str) -> int:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise NotFound(f"region {path} does not exist; create it with `daxfs mkfs`") from None
+        raise NotFound(f"region {path} does not exist") from None
     if stat.S_ISCHR(st.st_mode):
         return _device_size(path, st)
     if not stat.S_ISREG(st.st_mode):
@@ -85,6 +85,35 @@ def format_region(path: str, size: int | None, block_size: int) -> Superblock:
     return sb
 
 
+def write_superblock(path: str, sb: Superblock) -> None:
+    """Rewrite an existing region's superblock in place (fsck's repair); nothing else changes.
+
+    The rest of block 0 holds nothing (format zero-filled it), so a device's
+    whole first block is stored anew.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if stat.S_ISCHR(os.fstat(fd).st_mode):
+            _store_first_block(fd, sb)
+        else:
+            os.pwrite(fd, sb.pack(), 0)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    log.info("rewrote the superblock path=%s uuid=%s", path, sb.uuid_str)
+
+
+def read_first_block(path: str, length: int) -> bytes:
+    """The first ``length`` bytes of a region, read or (a PCI BAR) mapped."""
+    with open(path, "rb") as f:
+        try:
+            return f.read(length)
+        except OSError:
+            # A PCI BAR's sysfs file (an ivshmem device's resource2) can be mapped, not read.
+            with mmap.mmap(f.fileno(), length, prot=mmap.PROT_READ) as mm:
+                return bytes(mm)
+
+
 def _store_first_block(fd: int, sb: Superblock) -> None:
     """Write a device's first block: /dev/dax takes no write(2) or fsync, only stores."""
     with mmap.mmap(fd, sb.block_size) as mm:
@@ -104,14 +133,7 @@ def _store_first_block(fd: int, sb: Superblock) -> None:
 
 def read_superblock(path: str) -> Superblock:
     """Read and check the superblock without mapping the region."""
-    with open(path, "rb") as f:
-        try:
-            raw = f.read(SUPERBLOCK_SIZE)
-        except OSError:
-            # A PCI BAR's sysfs file (an ivshmem device's resource2) can be mapped, not read.
-            with mmap.mmap(f.fileno(), SUPERBLOCK_SIZE, prot=mmap.PROT_READ) as mm:
-                raw = bytes(mm)
-    return Superblock.unpack(raw, source=path)
+    return Superblock.unpack(read_first_block(path, SUPERBLOCK_SIZE), source=path)
 
 
 class Region:
@@ -187,6 +209,22 @@ class Region:
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return "replaced by another file behind daxfs's back"
         return None
+
+    def check_superblock(self) -> str | None:
+        """What overwrote the superblock since it was opened, or None (the watchdog's probe).
+
+        Nothing of daxfs writes block 0 while a volume is open, so any
+        difference from the bytes read at open is damage; new clients could
+        no longer map the region.
+        """
+        now = self.u8[:SUPERBLOCK_SIZE].tobytes()
+        if now == self.superblock.pack():
+            return None
+        try:
+            Superblock.unpack(now, source=self.path)
+        except FormatError as exc:
+            return str(exc)
+        return f"{self.path}: superblock rewritten with other values behind daxfs's back"
 
     def supports_discard(self) -> bool:
         """Whether :meth:`discard` can punch holes here (tmpfs and DAX filesystems can).

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from daxfs.cli import fsck_main, main, mkfs_main
-from daxfs.testing import ServerProc, Volume, start_server, tcp_server
+from daxfs.testing import ServerProc, Volume, assert_log_clean, start_server, tcp_server
 
 
 def test_put_ls_stat_extents_get_rm(
@@ -103,3 +103,58 @@ def test_server_over_tcp(volume: Volume) -> None:
         assert address.startswith("127.0.0.1:")
         with connect(address) as c, c.open("/tcp", "wb") as f:
             f.write(b"over tcp")
+
+
+# -- a damaged superblock --------------------------------------------------------
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+        return int(reply.status)
+
+
+def test_a_live_server_notices_a_damaged_superblock_and_fsck_repair_brings_it_back(
+    volume: Volume, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from daxfs.client import connect
+
+    srv = start_server(volume)
+    srv.allowed_log.append("superblock damaged")
+    try:
+        with connect(srv.address) as c, c.open("/kept", "wb") as f:
+            f.write(b"still here")
+        assert _health(srv.address) == health_pb2.HealthCheckResponse.SERVING
+        with open(volume.region, "r+b") as f:
+            f.write(os.urandom(60) + b"\xff\xff\xff\xff" + b"\xff\xff\xff\xff")  # 68 bytes
+        # The watchdog probes once a sweep period; the deadline only ends a hang.
+        deadline = time.monotonic() + 120
+        while _health(srv.address) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health still SERVING:\n" + srv.log.read_text()
+            time.sleep(0.1)
+        log = srv.log.read_text()
+        advice = f"daxfs fsck --repair --region {volume.region} --meta {volume.meta}"
+        assert "superblock damaged" in log and advice in log
+        assert "do not run mkfs" in log
+        # While it runs, its lock refuses the repair.
+        assert main(["fsck", "--repair", "--region", volume.region, "--meta", volume.meta]) == 1
+        assert f"in use by pid {srv.proc.pid}" in capsys.readouterr().err
+    finally:
+        assert srv.stop() == 0
+    assert_log_clean(srv.log, srv.allowed_log)
+    assert mkfs_main(["--size", "64M", volume.region]) == 1  # not without --force
+    assert "fsck --repair" in capsys.readouterr().err
+    assert main(["fsck", "--repair", "--region", volume.region, "--meta", volume.meta]) == 0
+    assert "REPAIRED: rewrote the superblock" in capsys.readouterr().out
+    again = start_server(volume)
+    try:
+        with connect(again.address) as c, c.open("/kept", "rb") as f:
+            assert f.read() == b"still here"
+    finally:
+        assert again.stop() == 0
+    assert_log_clean(again.log, srv.allowed_log)  # the same file, the first server's lines too
+    assert fsck_main([volume.region]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import grpc
@@ -21,8 +22,11 @@ def test_server_refuses_a_region_with_a_bad_superblock(volume: Volume) -> None:
         f.write(b"NOTDAXFS")
     out = run_server(volume)
     assert out.returncode != 0
-    assert "not a daxfs region" in out.stderr
+    assert "bad magic" in out.stderr
     assert "Traceback" not in out.stderr
+    # The metadata records the region: the way back keeps the files, mkfs is not it.
+    assert f"daxfs fsck --repair --region {volume.region} --meta {volume.meta}" in out.stderr
+    assert "do not run mkfs" in out.stderr
 
 
 def test_server_refuses_a_corrupt_superblock_checksum(volume: Volume) -> None:
@@ -31,6 +35,20 @@ def test_server_refuses_a_corrupt_superblock_checksum(volume: Volume) -> None:
         f.write(b"\x00\x20")  # block size field, without fixing the CRC
     out = run_server(volume)
     assert out.returncode != 0 and "checksum" in out.stderr
+    assert "daxfs fsck --repair" in out.stderr
+
+
+def test_a_bad_superblock_without_metadata_is_left_to_mkfs(volume: Volume) -> None:
+    with open(volume.region, "r+b") as f:
+        f.write(b"NOTDAXFS")
+    os.unlink(volume.meta)
+    out = run_server(volume, "--meta", volume.meta + ".elsewhere")
+    assert out.returncode != 0 and "does not exist" in out.stderr
+    from daxfs.server.volume import read_volume_superblock
+
+    with pytest.raises(errors.SuperblockDamaged, match="daxfs mkfs") as caught:
+        read_volume_superblock(volume.region, volume.meta)
+    assert "fsck --repair" not in str(caught.value)
 
 
 def test_server_refuses_metadata_of_another_region(volume: Volume, workdir: Path) -> None:

@@ -8,6 +8,7 @@ the volume is then clean, opens, and still holds the data that was safe.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sqlite3
 import tempfile
@@ -22,7 +23,8 @@ from daxfs.cli import main
 from daxfs.server.fsck import FsckReport, fsck
 from daxfs.server.namespace import Caller
 from daxfs.server.volume import close_volume, format_volume, open_volume
-from daxfs.shared.format import MIB
+from daxfs.shared.format import MIB, SUPERBLOCK_SIZE
+from daxfs.shared.region import read_superblock
 from daxfs.testing import Volume
 
 BS = 4096
@@ -283,20 +285,75 @@ def _files(v: Volume) -> tuple[bytes, bytes]:
     return Path(v.region).read_bytes(), Path(v.meta).read_bytes()
 
 
-def test_bad_superblock_crc_is_reported_and_not_repaired(
+# -- the superblock ---------------------------------------------------------------
+
+
+def _overwrite(v: Volume, offset: int, data: bytes) -> None:
+    with open(v.region, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _uuid_of(v: Volume) -> str:
+    return read_superblock(v.region).uuid_str
+
+
+def test_garbage_over_the_superblock_is_rewritten_from_the_metadata(
     vol: Volume, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with open(vol.region, "r+b") as f:
-        f.seek(56)  # created_ns: a field the CRC covers, changed without fixing it
-        f.write(b"\x01")
-    detect(vol, "superblock checksum mismatch")
-    before = _files(vol)
+    uuid = _uuid_of(vol)
+    _overwrite(vol, 0, bytes((i * 37 + 11) & 0xFF for i in range(SUPERBLOCK_SIZE)))
+    detect(vol, "bad magic", f"the metadata records this region ({uuid})", "fsck --repair")
+    assert main(["fsck", "--repair", "--region", vol.region, "--meta", vol.meta]) == 0
+    out = capsys.readouterr().out
+    assert "REPAIRED: rewrote the superblock" in out and "clean after repair" in out
+    assert _uuid_of(vol) == uuid
+    assert fsck(vol.region, vol.meta).clean
+    assert read(vol, "/d/f") == F_DATA and read(vol, "/g") == G_DATA
+
+
+def test_a_superblock_checksum_mismatch_is_rewritten(vol: Volume) -> None:
+    _overwrite(vol, 56, b"\x01")  # created_ns: covered by the CRC, changed without fixing it
+    detect(vol, "superblock checksum mismatch", "fsck --repair")
+    repair(vol, "rewrote the superblock")
+    assert read(vol, "/d/f") == F_DATA
+
+
+def _refused(v: Volume, *fragments: str) -> None:
+    """The superblock damage is reported, a repair changes nothing, and says why."""
+    before = _files(v)
+    for report in (fsck(v.region, v.meta), fsck(v.region, v.meta, repair=True)):
+        assert not report.clean and not report.repairs
+        text = "\n".join(report.problems)
+        for fragment in ("cannot vouch for this region", *fragments):
+            assert fragment in text, f"{fragment!r} not in:\n{text}"
+    assert "not repairable by fsck" in text
+    assert _files(v) == before
+
+
+def test_a_damaged_superblock_of_another_size_is_not_rewritten(vol: Volume) -> None:
+    _overwrite(vol, 0, b"\0" * SUPERBLOCK_SIZE)
+    with open(vol.region, "ab") as f:
+        f.write(b"\0" * BS)
+    _refused(vol, f"the region has {SIZE + BS} bytes, the metadata records {SIZE}")
+
+
+def test_a_superblock_naming_another_region_is_not_rewritten(vol: Volume) -> None:
+    _overwrite(vol, 16, bytes(range(16)))  # the UUID, the header's magic intact
+    _refused(vol, "header is intact and names region 00010203-")
+
+
+def test_a_region_with_data_in_block_0_is_not_paired_with_the_metadata(vol: Volume) -> None:
+    _overwrite(vol, 0, b"\xff" * BS)  # not a daxfs region's first block at all
+    _refused(vol, "block 0 holds data past the superblock")
+
+
+def test_a_future_version_is_not_rewritten(vol: Volume) -> None:
+    sb = read_superblock(vol.region)
+    _overwrite(vol, 0, dataclasses.replace(sb, major=sb.major + 1).pack())
     report = fsck(vol.region, vol.meta, repair=True)
-    assert not report.clean and not report.repairs
+    assert not report.repairs and "is not supported" in report.problems[0]
     assert "not repairable by fsck" in report.problems[0]
-    assert _files(vol) == before
-    assert main(["fsck", "--repair", "--region", vol.region, "--meta", vol.meta]) == 1
-    assert "NOT REPAIRED" in capsys.readouterr().out
 
 
 def test_metadata_of_another_region_is_reported_and_not_repaired(

@@ -93,13 +93,21 @@ def _server_keyring(path: str | None) -> Keyring | None:
 
 
 def cmd_mkfs(args: argparse.Namespace) -> int:
-    from daxfs.server.volume import format_volume
+    from daxfs.server.volume import VolumeLock, format_volume, recorded_region, repair_advice
+    from daxfs.shared.errors import SuperblockDamaged
     from daxfs.shared.region import read_superblock
 
     meta = meta_path(args)
     if os.path.exists(args.region) and not args.force:
         try:
             sb = read_superblock(args.region)
+        except SuperblockDamaged as exc:
+            # Damage is no licence to erase: the metadata may hold every file.
+            if recorded_region(meta) is not None:
+                raise QuietError(
+                    f"{exc}; {repair_advice(args.region, meta)}; pass --force to erase it anyway",
+                    1,
+                ) from None
         except (OSError, DaxfsError):
             pass
         else:
@@ -110,7 +118,8 @@ def cmd_mkfs(args: argparse.Namespace) -> int:
     is_dev = os.path.exists(args.region) and stat.S_ISCHR(os.stat(args.region).st_mode)
     if args.size is None and not is_dev:
         raise QuietError("mkfs of a file region needs --size (e.g. --size 1G)")
-    format_volume(args.region, meta, args.size, _block_size_for(args.region, args.block_size))
+    with VolumeLock(meta, "mkfs"):
+        format_volume(args.region, meta, args.size, _block_size_for(args.region, args.block_size))
     print(f"formatted {args.region} (metadata {meta})")
     return 0
 
@@ -207,6 +216,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument(
         "--repair",
         action="store_true",
-        help="fix what can be fixed safely and say what was done (never with a server running)",
+        help="fix what can be fixed safely and say what was done; refused while a server "
+        "uses the volume",
     )
     p.set_defaults(fn=cmd_fsck)
