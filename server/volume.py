@@ -205,6 +205,17 @@ def repair_advice(region_path: str, meta_path: str) -> str:
             f"no daxfs metadata at {meta_path} records it (pass the right --meta if it has "
             "one); if the region holds nothing you need, `daxfs mkfs` formats it"
         )
+    try:
+        size = backing_size(region_path)
+    except DaxfsError:
+        size = rec.region_size
+    if size < rec.region_size or (os.path.isfile(region_path) and size != rec.region_size):
+        return (
+            f"the metadata {meta_path} records region {rec.uuid_str} of {rec.region_size} "
+            f"bytes, but {region_path} has {size}: it is not that region (replaced or "
+            "resized?); pass the --region the metadata belongs to (do not run mkfs: it "
+            "would erase the metadata's files)"
+        )
     return (
         f"the metadata {meta_path} is readable and records region {rec.uuid_str} "
         f"({rec.region_size} bytes, {rec.block_size}-byte blocks): stop any server on it and "

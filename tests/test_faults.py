@@ -114,4 +114,5 @@ def test_a_region_replaced_behind_the_servers_back_is_detected(volume: Volume) -
     assert "Traceback" not in log and "sweep failed" not in log
     # Restarting on the replacement is refused too.
     out = run_server(volume)
-    assert out.returncode != 0 and "not a daxfs region" in out.stderr
+    assert out.returncode != 0 and "bad magic" in out.stderr
+    assert f"but {volume.region} has {64 * MIB}: it is not that region" in out.stderr
