@@ -19,7 +19,15 @@ import time
 from collections.abc import Sequence
 
 from daxfs.cli.arguments import Subcommands
-from daxfs.client.fuse.mount import check_device, check_mountpoint, is_mounted, run_mount, unmount
+from daxfs.cli.descriptors import close_inherited, named_descriptors
+from daxfs.client.fuse.mount import (
+    check_device,
+    check_mountpoint,
+    is_mounted,
+    mount_users,
+    run_mount,
+    unmount,
+)
 from daxfs.client.rpc import DEFAULT_TIMEOUT_S
 from daxfs.shared.errors import QuietError
 
@@ -37,8 +45,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
         unmount(mp, lazy=args.lazy or dead)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
+            users = mount_users(mp)
+            who = "; ".join(users) if users else "no process this user can see holds it"
             raise QuietError(
-                f"{mp} is busy (files open there); use --lazy to detach it", 1
+                f"cannot unmount {mp}: {exc.strerror} ({who}); close those, "
+                "or use --lazy to detach it now",
+                1,
             ) from None
         raise QuietError(f"cannot unmount {mp}: {exc.strerror}", 1) from None
     if dead:
@@ -78,6 +90,9 @@ def _spawn_detached(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
+        # The daemon lives as long as the mount: it keeps nothing of its starter's
+        # (a file open on another mount would keep that one busy).
+        close_inherited(named_descriptors([args.region, args.log]))
         return run_mount(args)
     return _spawn_detached(args, _child_argv(args))
 

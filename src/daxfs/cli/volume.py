@@ -34,6 +34,15 @@ def _block_size_for(region: str, asked: int | None) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from daxfs.cli.descriptors import close_inherited, named_descriptors
+
+    # Before anything of ours is open: a descriptor the starting shell had on a
+    # FUSE mount would keep that mount busy for as long as this server runs.
+    close_inherited(
+        named_descriptors(
+            [args.token_file, args.tls_cert, args.tls_key, args.tls_client_ca, args.region]
+        )
+    )
     from daxfs.server.daemon import DEFAULT_LISTEN, ServerConfig, serve
 
     if args.huge:
