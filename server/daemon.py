@@ -338,7 +338,10 @@ def _sweeper(
             # Whatever wrote block 0 may have written elsewhere: stop serving,
             # and say how to get the volume back without losing a file.
             log.error(
-                "superblock damaged: %s; refusing every call. To recover: %s",
+                "superblock damaged: region=%s meta=%s health=NOT_SERVING: %s; refusing every "
+                "call. To recover: %s",
+                region_path,
+                ns.meta.path,
                 damage,
                 repair_advice(region_path, ns.meta.path),
             )

@@ -141,6 +141,9 @@ def lock_holder(meta_path: str) -> LockHolder | None:
         fd = os.open(lock_path(meta_path), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except PermissionError:
+        # Another user's volume: a check cannot tell, and says nothing rather than guess.
+        return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

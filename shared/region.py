@@ -146,7 +146,9 @@ class Region:
     def __init__(self, path: str, *, writable: bool = True) -> None:
         self.path = path
         size = backing_size(path)
-        self.superblock = read_superblock(path)
+        #: The superblock's bytes as opened: nothing may change them while mapped.
+        self._superblock_bytes = read_first_block(path, SUPERBLOCK_SIZE)
+        self.superblock = Superblock.unpack(self._superblock_bytes, source=path)
         if size < self.superblock.region_size:
             raise FormatError(
                 f"{path}: the backing store has {size} bytes but the superblock says "
@@ -218,7 +220,7 @@ class Region:
         no longer map the region.
         """
         now = self.u8[:SUPERBLOCK_SIZE].tobytes()
-        if now == self.superblock.pack():
+        if now == self._superblock_bytes:
             return None
         try:
             Superblock.unpack(now, source=self.path)
