@@ -162,7 +162,7 @@ def _fsck(region_path: str, meta_path: str, *, repair: bool, report: FsckReport)
     try:
         try:
             meta.check_schema()
-            check_pairing(sb, region_path, meta)
+            check_pairing(region_path, meta, sb)
         except DaxfsError as exc:
             p.append(f"{exc}{unfixable}")
             return done(report)

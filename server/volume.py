@@ -282,8 +282,11 @@ def format_volume(
     os.chmod(meta_path, 0o600)
 
 
-def check_pairing(sb: Superblock, region_path: str, meta: Metadata) -> None:
-    """Refuse a metadata file that describes another region than ``sb``, ``region_path``'s."""
+def check_pairing(region_path: str, meta: Metadata, sb: Superblock | None = None) -> None:
+    """Refuse a metadata file that describes another region than ``region_path``
+    (whose superblock is ``sb``, read here if not given)."""
+    if sb is None:
+        sb = read_volume_superblock(region_path, meta.path)
     uuid = meta.get_meta(REGION_UUID)
     if uuid != sb.uuid_str:
         raise FormatError(
@@ -332,7 +335,7 @@ def open_volume(
     meta = Metadata(meta_path)
     try:
         meta.check_schema()
-        check_pairing(sb, region_path, meta)
+        check_pairing(region_path, meta, sb)
         region = Region(region_path)
     except BaseException:
         meta.close()
