@@ -111,7 +111,11 @@ def _inode(row: tuple[object, ...]) -> InodeRow:
 class Metadata:
     """The SQLite store. Not thread-safe by itself: the namespace serialises access."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, scratch: bool = False) -> None:
+        """``scratch``: a throwaway volume only this connection opens (the protocol
+        simulation): an exclusive lock until :meth:`close` (the WAL index lives in
+        the heap) and no fsyncs (``synchronous=OFF``). A crash of the process loses
+        nothing; a crash of the machine may lose the last changes."""
         self.path = path
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
@@ -120,8 +124,10 @@ class Metadata:
         #: daxfs.server.cache_grants); the namespace takes it after the commit.
         self.touched: set[Key] = set()
         try:
+            if scratch:
+                self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA synchronous={'OFF' if scratch else 'FULL'}")
             self._conn.execute("PRAGMA busy_timeout=5000")
             # Checkpoint every 256 pages (1 MiB) instead of 1000: metadata changes
             # are small, and a short WAL keeps a nearly full disk usable.
@@ -162,6 +168,11 @@ class Metadata:
 
     def close(self) -> None:
         self._conn.close()
+
+    @property
+    def changes(self) -> int:
+        """Rows changed through this connection so far: a cheap "did anything change"."""
+        return self._conn.total_changes
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
