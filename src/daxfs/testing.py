@@ -134,7 +134,7 @@ def assert_fsck_clean(volume: Volume) -> None:
 
 
 def start_server(
-    volume: Volume, *extra: str, timeout: float = 20.0, env: dict[str, str] | None = None
+    volume: Volume, *extra: str, timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> ServerProc:
     """Start ``daxfs server`` on ``volume``; returns once its socket exists (= it answers)."""
     sock = str(volume.dir / "daxfs.sock")
