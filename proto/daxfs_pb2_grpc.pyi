@@ -73,6 +73,12 @@ invariant" explains why each rule exists):
   operator evicts it. It then closes the session's files and drops its leases.
   A session whose stream stays open (a frozen guest) is never presumed gone
   by time: what was recalled from it waits until it answers or is evicted.
+- Every GetLayout gives the file's lease a new lease_id, larger than the
+  ones before. ReturnLayout names the largest id you received for the file
+  (replies of concurrent GetLayouts arrive in any order; a reply you
+  discarded counts too). An older id is refused with ESTALE and returns
+  nothing: a return that crossed a newer grant does not end the lease that
+  grant renewed. Treat that ESTALE as "nothing to return".
 - Layouts of a file range past the file's size end with your last Release
   of the file (the server trims preallocation then without a recall).
 - After a restart the server waits one lease before reusing freed blocks.

@@ -17,7 +17,10 @@ space to leaking bytes. The protocol, after pNFS and NFSv4.1 (RFC 8881 §12):
   ESTALE, and the client must fence everything before it asks for a new
   session. Id 0 names no session and creates nothing.
 - **A lease** (client, file) lives from the first layout until it is returned
-  (ReturnLayout, last close) or its client is dropped. Its validity in time
+  (ReturnLayout, last close) or its client is dropped. Each grant gives it a
+  new, larger id (a lease id names one grant): a ReturnLayout naming an older
+  id, one that crossed a newer grant, is refused with ESTALE and ends nothing,
+  so the lease that newer grant renewed still gets its recalls. Its validity in time
   is the client's business: the client counts its own deadline on its own
   monotonic clock from when it *sent* the renewal, and fences itself before
   it ends (see ``daxfs.client.session``). The server never compares clocks.
