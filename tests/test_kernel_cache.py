@@ -111,3 +111,20 @@ def test_two_caching_mounts_see_each_others_changes(server: ServerProc, workdir:
         assert not (a.path / "d" / "y").exists()
         os.rmdir(a.path / "d")
         assert not (b.path / "d").exists()
+
+
+def test_without_default_permissions_a_shared_mount_caches_nothing_in_the_kernel(
+    client: Client, server: ServerProc, workdir: Path
+) -> None:
+    """With allow_other and no default_permissions the kernel checks no permission:
+    a name it kept would let another user skip the server's search-permission check."""
+    with fuse_mount(
+        server.address, workdir / "m", "-o", "allow_other", "--cache-metadata", backend="kernel"
+    ) as m:
+        with client.open("/f", "wb") as f:
+            f.write(b"abc")
+        os.stat(m.path / "f")
+        before = requests(m, "LOOKUP", "GETATTR")
+        for _ in range(10):
+            os.stat(m.path / "f")
+        assert requests(m, "LOOKUP", "GETATTR") - before >= 10

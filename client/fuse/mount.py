@@ -378,7 +378,11 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
             channel.mount(mp, mount_options)
         except OSError as exc:
             raise QuietError(f"mounting {mp} failed: {exc.strerror}", 1) from None
-        if client.caches_metadata:
+        if mount_options.allow_other and not mount_options.default_permissions:
+            # The kernel checks no permission then; a name it keeps would let
+            # another user skip the server's search-permission check.
+            log.info("allow_other without default_permissions: the kernel caches nothing")
+        elif client.caches_metadata:
             # The kernel caches what the server granted, for the rest of the
             # lease, and drops it when told (client/fuse/kernel/notifier.py).
             notifier = Notifier(channel, dispatcher.nodes)

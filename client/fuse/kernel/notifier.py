@@ -37,6 +37,9 @@ from daxfs.client.fuse.kernel.nodes import NodeTable
 
 log = logging.getLogger(__name__)
 
+#: Longest an acknowledgement waits for the kernel to take a notification.
+WAIT_S = 1.0
+
 
 @dataclass(slots=True)
 class _Job:
@@ -53,6 +56,7 @@ class Notifier:
         self.channel = channel
         self.nodes = nodes
         self.sent = 0
+        self.late = 0
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="daxfs-fuse-notify", daemon=True)
         self._thread.start()
@@ -60,11 +64,21 @@ class Notifier:
     # -- the client's cache listener ----------------------------------------------
 
     def invalidate(self, inos: Iterable[int], paths: Iterable[str], *, wait: bool) -> None:
-        """Drop the attributes of ``inos`` and the names at ``paths`` (and what lies under)."""
+        """Drop the attributes of ``inos`` and the names at ``paths`` (and what lies under).
+
+        ``wait`` waits at most ``WAIT_S``: invalidating a name takes its
+        directory's lock in the kernel, which a request of this mount in that
+        directory holds while the server answers it, and the server may be
+        waiting for another mount whose own notification waits the same way.
+        Past the bound the acknowledgement goes anyway (the write follows as
+        soon as the lock is free): a stale name may outlive the other guest's
+        change by that long, instead of both changes stalling for a lease.
+        """
         job = _Job(list(inos), list(paths))
         self._jobs.put(job)
-        if wait:
-            job.done.wait()
+        if wait and not job.done.wait(WAIT_S):
+            self.late += 1
+            log.info("kernel invalidation still waiting after %.1f s: acknowledging", WAIT_S)
 
     def invalidate_all(self, *, wait: bool) -> None:
         """Drop every attribute and name the kernel may cache (stream down, new session)."""
