@@ -188,7 +188,7 @@ class Dispatcher:
                 return None
             return self._error(hdr, errno.ENOSYS)
         self._local.ctx = (hdr.uid, hdr.gid, hdr.pid)
-        self.ops.iostats.request(_opname(hdr.opcode))
+        self.ops.iostats.request(_OPNAMES.get(hdr.opcode, "?"))
         try:
             return fn(hdr, body, req)
         except DaxfsError as exc:
@@ -640,6 +640,10 @@ class Dispatcher:
     def _removexattr(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         self.ops.removexattr(self._path(hdr.nodeid), _name(body))
         return self._reply(hdr)
+
+
+#: Opcode names, looked up once per request (an enum construction is not free).
+_OPNAMES: dict[int, str] = {op.value: op.name for op in Opcode}
 
 
 def _opname(opcode: int) -> str:
