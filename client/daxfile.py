@@ -64,7 +64,7 @@ class FileHost(Protocol):
 
     def _opened(self, ino: InodeId) -> None: ...
 
-    def _closed_file(self, ino: InodeId) -> None: ...
+    def _closed_file(self, ino: InodeId) -> int | None: ...
 
     def _got_lease(self, ino: InodeId, lease_id: int) -> None: ...
 
@@ -113,7 +113,14 @@ class DaxFile(io.RawIOBase):
     """An open daxfs file. Not thread-safe; open one per thread."""
 
     def __init__(
-        self, client: FileHost, path: str, mode: OpenMode, handle: int, attr: Attr
+        self,
+        client: FileHost,
+        path: str,
+        mode: OpenMode,
+        handle: int,
+        attr: Attr,
+        layout: pb.Layout | None = None,
+        session_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.client = client
@@ -131,8 +138,22 @@ class DaxFile(io.RawIOBase):
         self._u8 = client.region.u8
         self._bs = client.block_size
         self._epoch = client.epochs.get(self.ino, 0)
-        self._session_epoch = client.session_epoch
+        # The session the open was sent in (a reply can outlive it).
+        self._session_epoch = client.session_epoch if session_epoch is None else session_epoch
         client._opened(self.ino)
+        if layout is not None:
+            # Granted with the open (OpenRequest.layout): taken as a GetLayout reply is.
+            try:
+                usable = (
+                    self._accept_layout(layout, layout.offset, layout.offset + layout.length)
+                    is not None
+                )
+            except errors.StaleHandle:
+                usable = False  # the session ended: every call on this file says so
+            if not usable:
+                # A recall overtook the reply, so the size it came with may be
+                # stale too: the first copy learns it again.
+                self._epoch = -1
 
     # -- io.RawIOBase --------------------------------------------------------
 
@@ -255,23 +276,31 @@ class DaxFile(io.RawIOBase):
         insert and invalidates it.
         """
         for _attempt in range(STALE_GRANT_RETRIES):
-            reply = self._get_layout(start, end, write)
-            tiles = _tiles(reply)
-            with self.client.fence.io.shared():
-                if self.session_lost:
-                    # The reply outlived its session (a reply held past a restart or
-                    # an eviction): its blocks may be another file's by now.
-                    raise errors.StaleHandle(
-                        f"{self.path}: the session this file was opened in ended; reopen it"
-                    )
-                # The lease exists under this grant's id even if the layout is discarded.
-                self.client._got_lease(self.ino, reply.lease_id)
-                if not self.client.lease_state.grant_usable(self.ino, int(reply.recall_seq)):
-                    log.debug("layout of ino %d overtaken by a recall: asking again", self.ino)
-                    continue
-                self.client.layouts.insert(self.ino, tiles, start, end)
-            return tiles
+            tiles = self._accept_layout(self._get_layout(start, end, write), start, end)
+            if tiles is not None:
+                return tiles
+            log.debug("layout of ino %d overtaken by a recall: asking again", self.ino)
         raise errors.StaleHandle(f"{self.path}: every layout granted was recalled at once")
+
+    def _accept_layout(self, reply: pb.Layout, start: int, end: int) -> list[Extent] | None:
+        """Cache a granted layout of [start, end) and note its lease; None if a recall overtook it.
+
+        Every grant comes through here, from a GetLayout or with the open.
+        """
+        tiles = _tiles(reply)
+        with self.client.fence.io.shared():
+            if self.session_lost:
+                # The reply outlived its session (a reply held past a restart or
+                # an eviction): its blocks may be another file's by now.
+                raise errors.StaleHandle(
+                    f"{self.path}: the session this file was opened in ended; reopen it"
+                )
+            # The lease exists under this grant's id even if the layout is discarded.
+            self.client._got_lease(self.ino, reply.lease_id)
+            if not self.client.lease_state.grant_usable(self.ino, int(reply.recall_seq)):
+                return None
+            self.client.layouts.insert(self.ino, tiles, start, end)
+        return tiles
 
     def _get_layout(self, start: int, end: int, write: bool) -> pb.Layout:
         reply: pb.Layout = self.client.call(
@@ -596,14 +625,19 @@ class DaxFile(io.RawIOBase):
             self._commit()
         finally:
             try:
-                # Lease first, then the handle: a release that frees blocks
-                # (unlinked file, trimmed preallocation) then needs no recall.
-                self.client._closed_file(self.ino)
+                # The lease goes back with the handle, in one call and first: a
+                # release that frees blocks (unlinked file, trimmed
+                # preallocation) then needs no recall.
+                lease_id = self.client._closed_file(self.ino)
                 if not self.session_lost:  # else the server forgot the handle already
                     try:
                         self.client.call(
                             rpc.RELEASE,
-                            pb.ReleaseRequest(caller=self.client.caller, handle=self.handle),
+                            pb.ReleaseRequest(
+                                caller=self.client.caller,
+                                handle=self.handle,
+                                return_lease_id=lease_id or 0,
+                            ),
                         )
                     except errors.StaleHandle:
                         pass  # the server restarted and forgot the handle: nothing to release

@@ -351,29 +351,25 @@ class Client:
         with self._lock:
             self._open_counts[ino] = self._open_counts.get(ino, 0) + 1
 
-    def _closed_file(self, ino: InodeId) -> None:
-        """Return-on-close: the last handle of a file gives its lease back unless a view maps it.
+    def _closed_file(self, ino: InodeId) -> int | None:
+        """Return-on-close: the id of the lease the last handle of a file gives back with it.
 
-        Extents the file frees later then go straight back to the free list
-        instead of waiting for this client's recall acknowledgement.
+        None while other handles are open or a view maps the file. The caller
+        sends it with the Release (``return_lease_id``): extents the file frees
+        later then go straight back to the free list instead of waiting for
+        this client's recall acknowledgement.
         """
         with self._lock:
             left = self._open_counts.get(ino, 1) - 1
             if left:
                 self._open_counts[ino] = left
-                return
+                return None
             self._open_counts.pop(ino, None)
             if self.fence.live_views(ino):
-                return
+                return None
             lease_id = self._lease_ids.pop(ino, None)
         self.layouts.invalidate(ino)
-        if lease_id is not None:
-            try:
-                self.call(
-                    rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=self.caller, lease_id=lease_id)
-                )
-            except errors.StaleHandle:
-                pass  # expired or recalled meanwhile: nothing to return
+        return lease_id
 
     def _got_lease(self, ino: InodeId, lease_id: int) -> None:
         """A grant named the file's lease: each grant gives it a new, larger id.
@@ -615,6 +611,9 @@ class Client:
     ) -> DaxFile:
         """Open (and with ``how.create`` create, with permission bits ``mode``) a file."""
         who = self._who(caller)
+        # The handle belongs to the session the request goes out in, even if the
+        # reply arrives in the next one (then the file is stale from the start).
+        session_epoch = self.session_epoch
         if how.create:
             req = pb.CreateRequest(
                 caller=who,
@@ -635,6 +634,9 @@ class Client:
                 write=how.write,
                 append=how.append,
                 truncate=how.truncate,
+                # A reader gets the whole file's layout with the open: a view or
+                # the first read then costs no round trip of its own.
+                layout=how.read and not (how.write or how.truncate),
             )
             reply = self.call(rpc.OPEN, req2)
         attr = rpc.attr_of(reply.attr)
@@ -643,7 +645,8 @@ class Client:
             raise errors.IsADirectory(f"{path} is a directory")
         # Close-to-open: whatever we cached of this file may be stale now.
         self.layouts.invalidate(attr.ino)
-        return DaxFile(self, path, how, int(reply.handle), attr)
+        layout = reply.layout if reply.HasField("layout") else None
+        return DaxFile(self, path, how, int(reply.handle), attr, layout, session_epoch)
 
 
 def connect(address: str, *, region_path: str | None = None, **kwargs: Any) -> Client:

@@ -868,6 +868,7 @@ class OpenRequest(_message.Message):
     WRITE_FIELD_NUMBER: _builtins.int
     APPEND_FIELD_NUMBER: _builtins.int
     TRUNCATE_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path of the file."""
     read: _builtins.bool
@@ -882,6 +883,16 @@ class OpenRequest(_message.Message):
     """O_TRUNC: truncate to zero; needs permission to write the file, even with
     read alone (as Linux does for O_RDONLY|O_TRUNC).
     """
+    layout: _builtins.bool
+    """With read and without write or truncate: also grant a READ layout of the
+    whole file as it is at open, in the same call (what a GetLayout of
+    [0, size rounded up to a block) in mode READ would return; NFSv4.1's
+    OPEN + LAYOUTGET compound). It saves a round trip for a reader that maps
+    or reads the file right away. Best effort: when no layout can be granted
+    (an empty file, or any refusal GetLayout could give) the reply has none
+    and the open still succeeds. The layout follows every rule of a
+    GetLayout reply (lease id, recall_seq).
+    """
     @_builtins.property
     def caller(self) -> Global___Caller:
         """Credentials."""
@@ -895,10 +906,11 @@ class OpenRequest(_message.Message):
         write: _builtins.bool = ...,
         append: _builtins.bool = ...,
         truncate: _builtins.bool = ...,
+        layout: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "caller", b"caller", "path", b"path", "read", b"read", "truncate", b"truncate", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "caller", b"caller", "layout", b"layout", "path", b"path", "read", b"read", "truncate", b"truncate", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -912,21 +924,27 @@ class OpenReply(_message.Message):
 
     HANDLE_FIELD_NUMBER: _builtins.int
     ATTR_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
     handle: _builtins.int
     """Handle for GetLayout, Read, Write, Release; valid in this session only."""
     @_builtins.property
     def attr(self) -> Global___Attr:
         """Attributes at open."""
 
+    @_builtins.property
+    def layout(self) -> Global___Layout:
+        """Set when OpenRequest.layout asked for it and it was granted."""
+
     def __init__(
         self,
         *,
         handle: _builtins.int = ...,
         attr: Global___Attr | None = ...,
+        layout: Global___Layout | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "layout", b"layout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "handle", b"handle"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "handle", b"handle", "layout", b"layout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -940,8 +958,16 @@ class ReleaseRequest(_message.Message):
 
     CALLER_FIELD_NUMBER: _builtins.int
     HANDLE_FIELD_NUMBER: _builtins.int
+    RETURN_LEASE_ID_FIELD_NUMBER: _builtins.int
     handle: _builtins.int
     """Handle from Create or Open."""
+    return_lease_id: _builtins.int
+    """Non-zero: first return the lease with this id, as a ReturnLayout would
+    (NFSv4.1's LAYOUTRETURN + CLOSE in one call), so a client closing its
+    last handle of a file pays one round trip. An id that ReturnLayout would
+    refuse (an older grant's, an ended lease's) returns nothing and the
+    handle is released all the same.
+    """
     @_builtins.property
     def caller(self) -> Global___Caller:
         """Credentials."""
@@ -951,10 +977,11 @@ class ReleaseRequest(_message.Message):
         *,
         caller: Global___Caller | None = ...,
         handle: _builtins.int = ...,
+        return_lease_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "handle", b"handle"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "handle", b"handle", "return_lease_id", b"return_lease_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

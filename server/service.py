@@ -38,7 +38,7 @@ from daxfs.shared.errors import (
     StaleHandle,
     TooManySessions,
 )
-from daxfs.shared.extent import ClientId, Extent
+from daxfs.shared.extent import ClientId, Extent, Layout, align_up
 from daxfs.shared.limits import ERRNO_KEY, ERROR_KEY, INVALIDATED_KEY
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,16 @@ def extent_msg(e: Extent) -> pb.Extent:
     if e.region_offset is None:
         return pb.Extent(file_offset=e.file_offset, length=e.length, hole=True)
     return pb.Extent(file_offset=e.file_offset, length=e.length, region_offset=e.region_offset)
+
+
+def layout_msg(lay: Layout) -> pb.Layout:
+    return pb.Layout(
+        offset=lay.file_offset,
+        length=lay.length,
+        extents=[extent_msg(e) for e in lay.extents],
+        lease_id=lay.lease_id,
+        recall_seq=lay.recall_seq,
+    )
 
 
 def recall_event(notice: RecallNotice) -> pb.SessionEvent:
@@ -444,21 +454,46 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             raise InvalidArgument(
                 "Open needs read or write: a handle open for neither serves nothing"
             )
+        caller = self._caller(
+            r.caller, context, change="Open for writing" if r.write or r.truncate else None
+        )
         opened = self.ns.open(
             r.path,
-            self._caller(
-                r.caller, context, change="Open for writing" if r.write or r.truncate else None
-            ),
+            caller,
             readable=r.read,
             writable=r.write,
             append=r.append,
             truncate=r.truncate,
         )
-        return pb.OpenReply(handle=opened.handle, attr=attr_msg(opened.attr))
+        reply = pb.OpenReply(handle=opened.handle, attr=attr_msg(opened.attr))
+        if r.layout and r.read and not (r.write or r.truncate) and opened.attr.size > 0:
+            # OPEN + LAYOUTGET: two core calls back to back, exactly what a client
+            # sending Open then GetLayout would get with nothing in between.
+            try:
+                lay = self.ns.get_layout(
+                    opened.handle,
+                    0,
+                    align_up(opened.attr.size, self.ns.block_size),
+                    caller,
+                    write=False,
+                )
+            except DaxfsError as exc:
+                log.debug("Open of %s: no layout with it (%s)", r.path, exc)
+            else:
+                reply.layout.CopyFrom(layout_msg(lay))
+        return reply
 
     @_edge
     def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.release(request.handle, self._caller(request.caller, context))
+        caller = self._caller(request.caller, context)
+        if request.return_lease_id:
+            # LAYOUTRETURN + CLOSE: the lease first, so a release that frees
+            # blocks (an unlinked file, trimmed preallocation) needs no recall.
+            try:
+                self.ns.return_layout(request.return_lease_id, caller)
+            except StaleHandle as exc:
+                log.debug("Release: lease %d not returned (%s)", request.return_lease_id, exc)
+        self.ns.release(request.handle, caller)
         return pb.Empty()
 
     @_edge
@@ -590,13 +625,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             write=r.mode == pb.LAYOUT_MODE_WRITE,
             contiguous=r.contiguous,
         )
-        return pb.Layout(
-            offset=lay.file_offset,
-            length=lay.length,
-            extents=[extent_msg(e) for e in lay.extents],
-            lease_id=lay.lease_id,
-            recall_seq=lay.recall_seq,
-        )
+        return layout_msg(lay)
 
     @_edge
     def CommitLayout(

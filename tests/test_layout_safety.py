@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -207,25 +208,46 @@ def test_after_a_server_restart_an_open_fuse_file_fails_estale(
 # -- 2. a recall overtakes the layout reply it conflicts with -------------------------
 
 
+#: How a reader gets its first layout: from a GetLayout of its first read (a
+#: handle open for writing too takes none with the open), or with the open
+#: itself (OpenRequest.layout, which a read-only open asks for).
+LAYOUT_SOURCES = {"GetLayout": "r+b", "Open": "rb"}
+
+
+def held_read(
+    a: Client, proxy: FaultyProxy, source: str, length: int
+) -> tuple[threading.Thread, list[Any]]:
+    """Open /x and read it in a thread, holding the reply that carries the first layout.
+
+    Returns the thread and what it got: the bytes or the exception, then the file.
+    """
+    mode = LAYOUT_SOURCES[source]
+    got: list[Any] = []
+    f = a.open("/x", mode) if source == "GetLayout" else None
+    proxy.hold_next(source)
+
+    def read() -> None:
+        g = f if f is not None else a.open("/x", mode)
+        try:
+            got.append(g.pread(length, 0))
+        except BaseException as exc:  # reported by the test
+            got.append(exc)
+        got.append(g)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert proxy.holding.wait(10), f"the reader sent no {source}"
+    return reader, got
+
+
+@pytest.mark.parametrize("source", sorted(LAYOUT_SOURCES))
 def test_a_layout_reply_overtaken_by_its_recall_is_discarded(
-    leased: ServerProc, proxy: FaultyProxy
+    leased: ServerProc, proxy: FaultyProxy, source: str
 ) -> None:
     with connect(leased.address) as b, connect(proxy.address, timeout=10) as a:
         write_file(b, "/x", b"\x11" * (4 * MIB))
         old_blocks = blocks_of(b, "/x")
-        f = a.open("/x", "rb")
-        proxy.hold_next_layout()
-        got: list[bytes | BaseException] = []
-
-        def read() -> None:
-            try:
-                got.append(f.pread(4 * MIB, 0))
-            except BaseException as exc:  # reported below
-                got.append(exc)
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        assert proxy.holding.wait(10), "the read never asked for a layout"
+        reader, got = held_read(a, proxy, source, 4 * MIB)
         # The server granted /x's blocks; the reply is in flight. Free them and
         # give them to /y: the truncate recalls a's lease and a acknowledges
         # (it has nothing cached yet) before the reply arrives.
@@ -234,10 +256,12 @@ def test_a_layout_reply_overtaken_by_its_recall_is_discarded(
         assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
         proxy.release_layout()
         reader.join(30)
-        assert got and not isinstance(got[0], BaseException), got
+        assert len(got) == 2 and not isinstance(got[0], BaseException), got
         assert b"\xee" not in got[0], "a read used a layout its recall had overtaken"
+        if source == "Open":
+            assert got[0] == b"", "the size came with the overtaken grant: learn it again"
         assert a.recalls >= 1
-        f.close()
+        got[1].close()
         b.unlink("/x")
         b.unlink("/y")
 
@@ -285,26 +309,15 @@ def test_through_fuse_a_layout_reply_overtaken_by_its_recall_is_discarded(
 
 
 @pytest.mark.client_log("session ended by the server")
+@pytest.mark.parametrize("source", sorted(LAYOUT_SOURCES))
 def test_a_layout_reply_that_outlives_its_session_is_not_used(
-    leased: ServerProc, proxy: FaultyProxy
+    leased: ServerProc, proxy: FaultyProxy, source: str
 ) -> None:
     """Found while modelling the library for tests/test_protocol_sim.py."""
     with connect(leased.address) as b, connect(proxy.address, timeout=10) as a:
         write_file(b, "/x", b"\x11" * (4 * MIB))
         old_blocks = blocks_of(b, "/x")
-        f = a.open("/x", "rb")
-        proxy.hold_next_layout()
-        got: list[bytes | BaseException] = []
-
-        def read() -> None:
-            try:
-                got.append(f.pread(4 * MIB, 0))
-            except BaseException as exc:  # reported below
-                got.append(exc)
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        assert proxy.holding.wait(10), "the read never asked for a layout"
+        reader, got = held_read(a, proxy, source, 4 * MIB)
         # The reply is in flight when a's session ends (evicted here; a restart
         # does the same): /x's blocks go back without a recall and /y takes them.
         b.evict(a.client_id)
@@ -314,8 +327,8 @@ def test_a_layout_reply_that_outlives_its_session_is_not_used(
         assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
         proxy.release_layout()
         reader.join(30)
-        assert got and isinstance(got[0], errors.StaleHandle), got
-        f.close()
+        assert len(got) == 2 and isinstance(got[0], errors.StaleHandle), got
+        got[1].close()
         b.unlink("/x")
         b.unlink("/y")
 

@@ -22,7 +22,7 @@ from daxfs.client import Client, connect
 from daxfs.shared import growth, hugepages
 from daxfs.shared.format import MIB
 from daxfs.shared.region import read_superblock
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server
+from daxfs.testing import FaultyProxy, ServerProc, Volume, assert_fsck_clean, start_server
 
 KIB = 1024
 
@@ -82,6 +82,31 @@ def test_a_populated_view_is_fenced_as_before(server: ServerProc) -> None:
         view[:] = 0x22  # lands in private pages, never in the region
         r = extent.region_offset
         assert not (owner.region.u8[r : r + MIB] == 0x22).any()
+
+
+def test_a_reader_opens_maps_and_closes_in_two_round_trips(
+    server: ServerProc, workdir: Path
+) -> None:
+    """The layout comes with the open, the lease goes back with the release."""
+    proxy = FaultyProxy(server.address, str(workdir / "count.sock"))
+    try:
+        with connect(server.address) as writer, connect(proxy.address) as reader:
+            with writer.open("/fresh", "wb") as f:
+                f.write(b"\x5a" * (8 * MIB))
+            before = proxy.calls.copy()
+            with reader.open("/fresh", "rb") as f:
+                arr = f.array()
+                assert int(arr[-1]) == 0x5A
+                first = f.pread(4096, 0)
+                del arr  # a live view would keep the lease past the close
+            assert first == b"\x5a" * 4096
+            calls = proxy.calls - before
+            assert calls == {"Open": 1, "Release": 1}, calls
+            # The lease went back with the release: a truncate elsewhere recalls nothing.
+            writer.truncate("/fresh", 0)
+            assert reader.recalls == 0
+    finally:
+        proxy.close()
 
 
 def test_appending_1gib_in_16mib_pieces_takes_at_most_3_layouts(workdir: Path) -> None:

@@ -8,6 +8,7 @@ framework.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -326,6 +327,7 @@ class FaultyProxy:
     ``hold_next(method)`` makes the next reply of ``method`` (GetLayout unless
     named) wait, after the server answered, until ``release()``; ``cut_streams()`` breaks every
     Session stream and ``link_down`` refuses new ones, as a broken network would.
+    ``calls`` counts the unary calls passed on, by method name (``"GetLayout"``).
     """
 
     def __init__(self, upstream: str, path: str) -> None:
@@ -341,6 +343,7 @@ class FaultyProxy:
         self.link_down = False
         self._lock = threading.Lock()
         self._streams: list[Any] = []  # guarded by _lock
+        self.calls: collections.Counter[str] = collections.Counter()  # guarded by _lock
         self._server.start()
 
     def close(self) -> None:
@@ -387,6 +390,8 @@ class FaultyProxy:
         call = self._channel.unary_unary(method)
 
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+            with self._lock:
+                self.calls[method.rsplit("/", 1)[-1]] += 1
             try:
                 reply: bytes = call(request, metadata=self._metadata(context), timeout=30)
             except grpc.RpcError as exc:
