@@ -121,6 +121,14 @@ class Client:
         path = region_path or hello.region_path
         try:
             self.region = Region(path)
+        except errors.FormatError as exc:
+            # The file is there but is no sound region: another path will not help.
+            self._goodbye()
+            raise errors.FormatError(
+                f"the region at {path} is not usable: {exc}. If this is the path the server "
+                "serves, its volume needs `daxfs fsck --repair` (the server's log names the "
+                "exact command); otherwise pass region_path= where this guest sees the region"
+            ) from None
         except (OSError, errors.DaxfsError) as exc:
             self._goodbye()
             raise errors.NotFound(

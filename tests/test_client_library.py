@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from daxfs.client import Client, connect
 from daxfs.shared import errors
-from daxfs.testing import ServerProc
+from daxfs.testing import ServerProc, Volume
 
 MIB = 1024 * 1024
 
@@ -283,3 +284,22 @@ def test_freed_extents_read_zero_and_give_memory_back(client: Client, server: Se
     with client.open("/again", "rb") as f:
         assert f.read() == bytes(5 * MIB) + b"x"
     client.unlink("/again")
+
+
+def test_a_region_path_that_does_not_exist_asks_for_the_right_path(
+    server: ServerProc, workdir: Path
+) -> None:
+    with pytest.raises(errors.NotFound, match="pass region_path="):
+        connect(server.address, region_path=str(workdir / "no-such-region"))
+
+
+def test_a_damaged_region_says_fsck_repair_not_another_path(
+    server: ServerProc, volume: Volume, workdir: Path
+) -> None:
+    damaged = workdir / "damaged-region"
+    with open(volume.region, "rb") as src, open(damaged, "wb") as dst:
+        dst.write(b"\xa5" * 4096 + src.read(1 << 20)[4096:])
+        dst.truncate(os.path.getsize(volume.region))
+    with pytest.raises(errors.FormatError, match="fsck --repair") as caught:
+        connect(server.address, region_path=str(damaged))
+    assert str(damaged) in str(caught.value)
