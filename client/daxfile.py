@@ -30,7 +30,7 @@ from daxfs.client.views import address_of, map_tiles
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors, growth
 from daxfs.shared.attr import Attr
-from daxfs.shared.extent import MAX_FILE_SIZE, Extent, InodeId, align_up
+from daxfs.shared.extent import MAX_FILE_SIZE, Extent, FileHandle, InodeId, align_up
 from daxfs.shared.flush import FlushMode
 from daxfs.shared.format import MIB
 from daxfs.shared.region import Region
@@ -117,7 +117,7 @@ class DaxFile(io.RawIOBase):
         client: FileHost,
         path: str,
         mode: OpenMode,
-        handle: int,
+        handle: FileHandle,
         attr: Attr,
         layout: pb.Layout | None = None,
         session_epoch: int | None = None,

@@ -38,7 +38,7 @@ from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr, StatFs
-from daxfs.shared.extent import Extent, InodeId
+from daxfs.shared.extent import Extent, FileHandle, InodeId
 from daxfs.shared.flush import FlushMode
 from daxfs.shared.permissions import Identity
 from daxfs.shared.region import Region
@@ -298,7 +298,7 @@ class Client:
         self.meta_cache.put(key, Answer(a, None), epoch)
         return a
 
-    def fattr(self, handle: int, caller: Identity | None = None) -> Attr:
+    def fattr(self, handle: FileHandle, caller: Identity | None = None) -> Attr:
         """The attributes of an open file, by its server handle (fstat)."""
         req = pb.GetAttrRequest(caller=self._who(caller), handle=handle)
         return rpc.attr_of(self.call(rpc.GET_ATTR, req))
@@ -502,7 +502,7 @@ class Client:
         self,
         path: str | None = None,
         *,
-        handle: int = 0,
+        handle: FileHandle | None = None,
         caller: Identity | None = None,
         mode: int | None = None,
         uid: int | None = None,
@@ -519,7 +519,7 @@ class Client:
         open goes through :meth:`DaxFile.truncate` instead (it knows the
         writes not yet published).
         """
-        req = pb.SetAttrRequest(caller=self._who(caller), handle=handle, path=path or "")
+        req = pb.SetAttrRequest(caller=self._who(caller), handle=handle or 0, path=path or "")
         if mode is not None:
             req.mode = mode & 0o7777
         if uid is not None:
@@ -654,7 +654,7 @@ class Client:
         # Close-to-open: whatever we cached of this file may be stale now.
         self.layouts.invalidate(attr.ino)
         layout = reply.layout if reply.HasField("layout") else None
-        return DaxFile(self, path, how, int(reply.handle), attr, layout, session_epoch)
+        return DaxFile(self, path, how, FileHandle(reply.handle), attr, layout, session_epoch)
 
 
 def connect(address: str, *, region_path: str | None = None, **kwargs: Any) -> Client:

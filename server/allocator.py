@@ -30,6 +30,7 @@ import logging
 
 from daxfs.server.metadata import Metadata
 from daxfs.shared.errors import NoSpace
+from daxfs.shared.extent import PhysRange
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Allocator:
         self.quarantined_bytes = 0
         #: Extents freed since the last take_freed(): the namespace discards
         #: their contents once the transaction that freed them has committed.
-        self._freed: list[tuple[int, int]] = []
+        self._freed: list[PhysRange] = []
         self.reload()
 
     def format(self) -> None:
@@ -66,8 +67,8 @@ class Allocator:
 
     # -- queries -------------------------------------------------------------
 
-    def free_extents(self) -> list[tuple[int, int]]:
-        return [(o, self._lengths[o]) for o in self._starts]
+    def free_extents(self) -> list[PhysRange]:
+        return [PhysRange(o, self._lengths[o]) for o in self._starts]
 
     def largest_free(self) -> int:
         return max(self._lengths.values(), default=0)
@@ -95,8 +96,8 @@ class Allocator:
 
     def allocate(
         self, length: int, *, goal: int | None = None, contiguous: bool = False
-    ) -> list[tuple[int, int]]:
-        """Take ``length`` bytes (a multiple of the block size); returns (offset, length) pieces.
+    ) -> list[PhysRange]:
+        """Take ``length`` bytes (a multiple of the block size), in pieces in the order taken.
 
         Raises NoSpace, changing nothing, when the request cannot be met.
         """
@@ -112,13 +113,13 @@ class Allocator:
                     else ""
                 )
             )
-        pieces: list[tuple[int, int]] = []
+        pieces: list[PhysRange] = []
         remaining = length
         if goal is not None and goal in self._lengths:
             take = min(remaining, self._lengths[goal])
             if take == remaining or not contiguous:
                 self._take(goal, take, goal)
-                pieces.append((goal, take))
+                pieces.append(PhysRange(goal, take))
                 remaining -= take
         if remaining == 0:
             return pieces
@@ -131,7 +132,7 @@ class Allocator:
                     break
         if best is not None:
             self._take(best, remaining, best)
-            pieces.append((best, remaining))
+            pieces.append(PhysRange(best, remaining))
             return _merge(pieces)
         if contiguous:
             raise NoSpace(
@@ -140,7 +141,7 @@ class Allocator:
         for start in sorted(self._starts, key=lambda s: -self._lengths[s]):
             take = min(remaining, self._lengths[start])
             self._take(start, take, start)
-            pieces.append((start, take))
+            pieces.append(PhysRange(start, take))
             remaining -= take
             if remaining == 0:
                 break
@@ -176,9 +177,9 @@ class Allocator:
                 self._meta.remove_free(prev)
         self._insert(start, end - start)
         self.free_bytes += length
-        self._freed.append((offset, length))
+        self._freed.append(PhysRange(offset, length))
 
-    def take_freed(self) -> list[tuple[int, int]]:
+    def take_freed(self) -> list[PhysRange]:
         """Extents freed since the last call (after a commit: safe to discard)."""
         freed, self._freed = self._freed, []
         return freed
@@ -216,11 +217,11 @@ class Allocator:
         return released
 
 
-def _merge(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
+def _merge(pieces: list[PhysRange]) -> list[PhysRange]:
+    out: list[PhysRange] = []
     for off, n in pieces:
-        if out and out[-1][0] + out[-1][1] == off:
-            out[-1] = (out[-1][0], out[-1][1] + n)
+        if out and out[-1].end == off:
+            out[-1] = PhysRange(out[-1].offset, out[-1].length + n)
         else:
-            out.append((off, n))
+            out.append(PhysRange(off, n))
     return out

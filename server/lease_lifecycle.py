@@ -35,7 +35,7 @@ from daxfs.server.cache_grants import Invalidation
 from daxfs.server.extent_map import Freed
 from daxfs.server.leases import LeaseTable, Pending, RecallNotice
 from daxfs.server.metadata import Metadata
-from daxfs.shared.extent import ClientId, InodeId
+from daxfs.shared.extent import ClientId, InodeId, PhysRange
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class LeaseLifecycle:
             holders = self.table.holders(ino)
             start = min(p.file_offset for p in pieces)
             end = max(p.file_offset + p.length for p in pieces)
-            ranges = [(p.region_offset, p.length) for p in pieces]
+            ranges = [PhysRange(p.region_offset, p.length) for p in pieces]
             recall, notices = self.table.start_recall(
                 ino, start, end - start, "extents freed", holders, ranges
             )

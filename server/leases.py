@@ -69,7 +69,7 @@ from daxfs.shared.errors import (
     TooManySessions,
     UnknownSession,
 )
-from daxfs.shared.extent import ClientId, InodeId, LeaseId
+from daxfs.shared.extent import ClientId, InodeId, LeaseId, PhysRange
 
 #: How long a layout stays valid without renewal. Short enough that a dead
 #: guest's extents come back soon, long enough that renewals are rare.
@@ -131,8 +131,8 @@ class Session:
 class Pending:
     recall: Recall
     waiting: set[ClientId]
-    ranges: list[tuple[int, int]] = field(default_factory=list)
-    """(region offset, length) pieces in quarantine for this recall."""
+    ranges: list[PhysRange] = field(default_factory=list)
+    """Pieces of the region in quarantine for this recall."""
 
 
 class LeaseTable:
@@ -307,7 +307,7 @@ class LeaseTable:
         length: int,
         reason: str,
         holders: set[ClientId],
-        ranges: list[tuple[int, int]],
+        ranges: list[PhysRange],
     ) -> tuple[Recall, list[tuple[ClientId, RecallNotice]]]:
         """Queue a recall for every holder; returns it and the notices to deliver now."""
         recall = Recall(next(self._recall_ids), ino, offset, length, reason)

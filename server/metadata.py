@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from daxfs.server import cache_grants
 from daxfs.server.cache_grants import Key
 from daxfs.shared.errors import DaxfsError, FormatError, NoSpace
-from daxfs.shared.extent import Extent, InodeId
+from daxfs.shared.extent import Extent, InodeId, PhysRange
 
 log = logging.getLogger(__name__)
 
@@ -388,11 +388,11 @@ class Metadata:
 
     # -- free list and quarantine -------------------------------------------
 
-    def free_extents(self) -> list[tuple[int, int]]:
+    def free_extents(self) -> list[PhysRange]:
         rows = self._conn.execute(
             "SELECT region_offset, length FROM free_extents ORDER BY region_offset"
         ).fetchall()
-        return [(int(o), int(n)) for o, n in rows]
+        return [PhysRange(int(o), int(n)) for o, n in rows]
 
     def add_free(self, offset: int, length: int) -> None:
         self._conn.execute("INSERT INTO free_extents VALUES (?, ?)", (offset, length))

@@ -519,10 +519,10 @@ class Namespace:
         if sticky and victim is not None and caller.uid not in (victim.uid, parent.uid):
             raise errors.NotPermitted("sticky directory: not the owner")
 
-    def _open_file(self, fh: int, caller: Caller) -> OpenFile:
+    def _open_file(self, fh: FileHandle, caller: Caller) -> OpenFile:
         self._local.client = caller.client
         self.leases.session(caller.client, caller.credential)
-        of = self._opens.get(FileHandle(fh))
+        of = self._opens.get(fh)
         if of is None or of.client != caller.client:
             # ESTALE, as NFS says: typically a handle from before a server restart.
             raise errors.StaleHandle(f"file handle {fh} is not open for this client; reopen it")
@@ -709,7 +709,7 @@ class Namespace:
         with self._lock:
             return self._attr(self._resolve(path, caller))
 
-    def fgetattr(self, fh: int, caller: Caller) -> Attr:
+    def fgetattr(self, fh: FileHandle, caller: Caller) -> Attr:
         with self._lock:
             of = self._open_file(fh, caller)
             return self._attr(self._inode(of.ino))
@@ -733,7 +733,7 @@ class Namespace:
         path: str | None,
         caller: Caller = ROOT,
         *,
-        fh: int | None = None,
+        fh: FileHandle | None = None,
         mode: int | None = None,
         uid: int | None = None,
         gid: int | None = None,
@@ -920,7 +920,7 @@ class Namespace:
         self._open_count[row.ino] += 1
         return Opened(fh, self._attr(row))
 
-    def release(self, fh: int, caller: Caller) -> None:
+    def release(self, fh: FileHandle, caller: Caller) -> None:
         """close(): on the last close, trim speculative preallocation; destroy if unlinked."""
         with self._txn():
             self._release(self._open_file(fh, caller), caller)
@@ -1266,7 +1266,7 @@ class Namespace:
 
     def get_layout(
         self,
-        fh: int,
+        fh: FileHandle,
         offset: int,
         length: int,
         caller: Caller,
@@ -1312,7 +1312,12 @@ class Namespace:
         )
 
     def commit_layout(
-        self, fh: int, caller: Caller, *, new_size: int | None = None, mtime_ns: int | None = None
+        self,
+        fh: FileHandle,
+        caller: Caller,
+        *,
+        new_size: int | None = None,
+        mtime_ns: int | None = None,
     ) -> Attr:
         """Publish writes made through a layout: grow the size, set mtime."""
         if new_size is not None:
@@ -1335,7 +1340,7 @@ class Namespace:
 
     def fallocate(
         self,
-        fh: int,
+        fh: FileHandle,
         offset: int,
         length: int,
         caller: Caller,
@@ -1404,7 +1409,7 @@ class Namespace:
 
     # -- the byte path (for clients that cannot map the region) --------------
 
-    def read(self, fh: int, offset: int, length: int, caller: Caller) -> bytes:
+    def read(self, fh: FileHandle, offset: int, length: int, caller: Caller) -> bytes:
         _check_range(offset, length)
         if length > MAX_RPC_IO:
             raise errors.InvalidArgument(f"read of {length} bytes exceeds {MAX_RPC_IO}; split it")
@@ -1423,7 +1428,7 @@ class Namespace:
             self.counters.read_bytes += len(out)
             return bytes(out)
 
-    def write(self, fh: int, offset: int, data: bytes, caller: Caller) -> int:
+    def write(self, fh: FileHandle, offset: int, data: bytes, caller: Caller) -> int:
         if len(data) > MAX_RPC_IO:
             raise errors.InvalidArgument(
                 f"write of {len(data)} bytes exceeds {MAX_RPC_IO}; split it"
@@ -1451,7 +1456,7 @@ class Namespace:
             self.counters.write_bytes += len(data)
             return len(data)
 
-    def persist(self, fh: int, caller: Caller) -> None:
+    def persist(self, fh: FileHandle, caller: Caller) -> None:
         """fsync for byte-path clients: flush the file's extents in the region."""
         with self._lock:
             self.extent_map.persist(self._open_file(fh, caller).ino)

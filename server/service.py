@@ -38,7 +38,7 @@ from daxfs.shared.errors import (
     StaleHandle,
     TooManySessions,
 )
-from daxfs.shared.extent import ClientId, Extent, Layout, align_up
+from daxfs.shared.extent import ClientId, Extent, FileHandle, Layout, align_up
 from daxfs.shared.limits import ERRNO_KEY, ERROR_KEY, INVALIDATED_KEY
 
 log = logging.getLogger(__name__)
@@ -406,7 +406,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     def GetAttr(self, request: pb.GetAttrRequest, context: grpc.ServicerContext) -> pb.Attr:
         caller = self._caller(request.caller, context)
         if request.handle:
-            return attr_msg(self.ns.fgetattr(request.handle, caller))
+            return attr_msg(self.ns.fgetattr(FileHandle(request.handle), caller))
         return attr_msg(self.ns.getattr(request.path, caller))
 
     @_edge
@@ -416,7 +416,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             self.ns.setattr(
                 r.path or None,
                 self._caller(r.caller, context, change="SetAttr"),
-                fh=r.handle or None,
+                fh=FileHandle(r.handle) if r.handle else None,
                 mode=r.mode if r.HasField("mode") else None,
                 uid=r.uid if r.HasField("uid") else None,
                 gid=r.gid if r.HasField("gid") else None,
@@ -493,7 +493,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 self.ns.return_layout(request.return_lease_id, caller)
             except StaleHandle as exc:
                 log.debug("Release: lease %d not returned (%s)", request.return_lease_id, exc)
-        self.ns.release(request.handle, caller)
+        self.ns.release(FileHandle(request.handle), caller)
         return pb.Empty()
 
     @_edge
@@ -614,7 +614,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         if r.mode not in (pb.LAYOUT_MODE_READ, pb.LAYOUT_MODE_WRITE):
             raise InvalidArgument(f"layout mode {r.mode} is not READ or WRITE")
         lay = self.ns.get_layout(
-            r.handle,
+            FileHandle(r.handle),
             r.offset,
             r.length,
             self._caller(
@@ -634,7 +634,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         r = request
         return attr_msg(
             self.ns.commit_layout(
-                r.handle,
+                FileHandle(r.handle),
                 self._caller(r.caller, context, change="CommitLayout"),
                 new_size=None if r.new_size < 0 else r.new_size,
                 mtime_ns=r.mtime_ns or None,
@@ -653,7 +653,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         r = request
         return attr_msg(
             self.ns.fallocate(
-                r.handle,
+                FileHandle(r.handle),
                 r.offset,
                 r.length,
                 self._caller(r.caller, context, change="Allocate"),
@@ -668,7 +668,9 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> pb.ReadReply:
         r = request
         return pb.ReadReply(
-            data=self.ns.read(r.handle, r.offset, r.length, self._caller(r.caller, context))
+            data=self.ns.read(
+                FileHandle(r.handle), r.offset, r.length, self._caller(r.caller, context)
+            )
         )
 
     @_edge
@@ -676,13 +678,16 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         r = request
         return pb.WriteReply(
             written=self.ns.write(
-                r.handle, r.offset, r.data, self._caller(r.caller, context, change="Write")
+                FileHandle(r.handle),
+                r.offset,
+                r.data,
+                self._caller(r.caller, context, change="Write"),
             )
         )
 
     @_edge
     def Persist(self, request: pb.PersistRequest, context: grpc.ServicerContext) -> pb.Empty:
-        self.ns.persist(request.handle, self._caller(request.caller, context))
+        self.ns.persist(FileHandle(request.handle), self._caller(request.caller, context))
         return pb.Empty()
 
     @_edge

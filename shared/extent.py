@@ -7,7 +7,7 @@ All offsets and lengths are in bytes and describe half-open ranges
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NewType
+from typing import NamedTuple, NewType
 
 InodeId = NewType("InodeId", int)
 Generation = NewType("Generation", int)
@@ -20,6 +20,23 @@ ClientId = NewType("ClientId", int)
 #: ranges up to blocks and layout windows, so the limit leaves int64 headroom:
 #: no arithmetic on a valid range can overflow.
 MAX_FILE_SIZE = 1 << 62
+
+
+class PhysRange(NamedTuple):
+    """Bytes ``[offset, offset + length)`` of the region, whoever's they are.
+
+    A named tuple, so the allocator's hot paths pay little for it and
+    ``offset, length = r`` still reads well.
+    """
+
+    offset: int
+    """Byte offset in the region."""
+    length: int
+    """Bytes, > 0."""
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
 
 
 @dataclass(frozen=True, slots=True)
