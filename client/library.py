@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,14 @@ from daxfs.client.daxfile import OpenMode as OpenMode
 from daxfs.client.fence import Fence
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.lease_state import LeaseState
-from daxfs.client.meta_cache import Answer, CacheListener, MetaCache, key_of
+from daxfs.client.meta_cache import (
+    Answer,
+    CacheListener,
+    MetaCache,
+    XattrAnswer,
+    after_all,
+    key_of,
+)
 from daxfs.client.rpc import Connection
 from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
@@ -228,25 +236,31 @@ class Client:
         else:
             self.meta_cache.close()
             for listener in self.cache_listeners:
-                listener.invalidate_all(wait=False)
+                listener.invalidate_all()
 
-    def _on_invalidate(self, inv: pb.Invalidate) -> None:
-        """Another guest's change: dropped here and by every listener before the ack."""
+    def _on_invalidate(self, inv: pb.Invalidate, done: Callable[[], None]) -> None:
+        """Another guest's change: dropped here at once, acknowledged (``done``) once
+        every listener dropped it too (the kernel's, from its own thread)."""
         self.meta_cache.invalidate(inv.inos, inv.paths)
-        for listener in self.cache_listeners:
-            listener.invalidate(inv.inos, inv.paths, wait=True)
+        listeners = list(self.cache_listeners)
+        if not listeners:
+            done()
+            return
+        one = after_all(len(listeners), done)
+        for listener in listeners:
+            listener.invalidate(inv.inos, inv.paths, one)
 
     def _own_invalidated(self, blob: bytes) -> None:
         stale = json.loads(blob)
         if stale.get("all"):
             self.meta_cache.clear()
             for listener in self.cache_listeners:
-                listener.invalidate_all(wait=False)
+                listener.invalidate_all()
         else:
-            inos, paths = stale.get("inos", ()), stale.get("paths", ())
-            self.meta_cache.invalidate(inos, paths)
+            inos = stale.get("inos", ())
+            self.meta_cache.invalidate(inos, stale.get("paths", ()))
             for listener in self.cache_listeners:
-                listener.invalidate(inos, paths, wait=False)
+                listener.invalidate_own(inos)
 
     def cache_ttl(self) -> float:
         """How long an answer of the metadata cache may be trusted from now (seconds).
@@ -458,8 +472,21 @@ class Client:
         return [name for name, _ in self.scandir(path, caller=caller)]
 
     def scandir(self, path: str = "/", *, caller: Identity | None = None) -> list[tuple[str, Attr]]:
-        reply = self.call(rpc.READ_DIR, pb.PathRequest(caller=self._who(caller), path=path))
-        return [(e.name, rpc.attr_of(e.attr)) for e in reply.entries]
+        """The entries of a directory with their attributes (one round trip).
+
+        With metadata caching the entries' attributes are kept as a stat of
+        each would keep them (the server grants them with the listing).
+        """
+        who = self._who(caller)
+        epoch = self.meta_cache.epoch
+        reply = self.call(rpc.READ_DIR, pb.PathRequest(caller=who, path=path))
+        entries = [(e.name, rpc.attr_of(e.attr)) for e in reply.entries]
+        if self.caches_metadata:
+            base = path.rstrip("/")
+            self.meta_cache.put_many(
+                ((key_of(f"{base}/{name}", who), Answer(a, None)) for name, a in entries), epoch
+            )
+        return entries
 
     def mkdir(self, path: str, mode: int = 0o777, *, caller: Identity | None = None) -> Attr:
         req = pb.MkdirRequest(caller=self._who(caller), path=path, mode=self._mode(mode, caller))
@@ -551,8 +578,28 @@ class Client:
         )
 
     def getxattr(self, path: str, name: str, *, caller: Identity | None = None) -> bytes:
-        req = pb.XattrRequest(caller=self._who(caller), path=path, name=name)
-        return bytes(self.call(rpc.GET_XATTR, req).value)
+        """One extended attribute; with metadata caching, from the cache when it
+        holds the answer (a value, or ENODATA), kept beside the file's attributes."""
+        who = self._who(caller)
+        req = pb.XattrRequest(caller=who, path=path, name=name)
+        if not self.caches_metadata:
+            return bytes(self.call(rpc.GET_XATTR, req).value)
+        key = key_of(path, who)
+        if self.lease_valid():
+            hit = self.meta_cache.get_xattr(key, name)
+            if hit is not None:
+                if hit.value is None:
+                    raise errors.NoData(str(hit.error))
+                return hit.value
+        epoch = self.meta_cache.epoch
+        self.attr(path, caller)  # what the answer is kept beside (a hit, mostly)
+        try:
+            value = bytes(self.call(rpc.GET_XATTR, req).value)
+        except errors.NoData as exc:
+            self.meta_cache.put_xattr(key, name, XattrAnswer(None, exc), epoch)
+            raise
+        self.meta_cache.put_xattr(key, name, XattrAnswer(value, None), epoch)
+        return value
 
     def setxattr(
         self,

@@ -18,7 +18,7 @@ plain dictionary under a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +40,14 @@ class Answer:
     error: DaxfsError | None
 
 
+@dataclass(frozen=True, slots=True)
+class XattrAnswer:
+    """One extended attribute's value, or the error (ENODATA) that answered it."""
+
+    value: bytes | None
+    error: DaxfsError | None
+
+
 def key_of(path: str, caller: pb.Caller) -> Key:
     return (path, int(caller.uid), int(caller.gid), tuple(caller.groups))
 
@@ -48,14 +56,36 @@ class CacheListener(Protocol):
     """Another cache of the same answers that must drop what the client's cache drops.
 
     The FUSE edge registers the kernel's (``Client.cache_listeners``).
-    ``wait``: return only once dropped (an invalidation the server waits for
-    before another guest's change returns); else it may follow shortly (this
-    client's own change, whose reply already told the kernel).
     """
 
-    def invalidate(self, inos: Iterable[int], paths: Iterable[str], *, wait: bool) -> None: ...
+    def invalidate(
+        self, inos: Iterable[int], paths: Iterable[str], done: Callable[[], None]
+    ) -> None:
+        """Another guest's change: drop, then call ``done`` (once), which
+        acknowledges it to the server; the change returns to its caller then."""
 
-    def invalidate_all(self, *, wait: bool) -> None: ...
+    def invalidate_own(self, inos: Iterable[int]) -> None:
+        """This client's own change to ``inos``, made through the listener's front
+        end, which took the new state from the reply (the kernel does): drop only
+        what the front end cannot have updated itself. Returns at once."""
+
+    def invalidate_all(self) -> None:
+        """Drop everything (stream down, new session, a change too long to name)."""
+
+
+def after_all(n: int, done: Callable[[], None]) -> Callable[[], None]:
+    """A callback that calls ``done`` at its ``n``-th call (every listener dropped)."""
+    lock = threading.Lock()
+    left = [n]
+
+    def one() -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            done()
+
+    return one
 
 
 class MetaCache:
@@ -63,6 +93,10 @@ class MetaCache:
         self._lock = threading.Lock()
         self._answers: dict[Key, Answer] = {}  # guarded by _lock
         self._by_ino: dict[int, set[Key]] = {}  # guarded by _lock
+        #: Extended attributes by name, kept beside the attributes of the same
+        #: key and dropped with them (the server changes the inode's attributes
+        #: with every xattr change, so the same invalidation names both).
+        self._xattrs: dict[Key, dict[str, XattrAnswer]] = {}  # guarded by _lock
         self._open = False  # guarded by _lock
         self.epoch = 0
         """Moves on every invalidation, close and open (read without the lock: an int)."""
@@ -83,12 +117,47 @@ class MetaCache:
         with self._lock:
             if not self._open or epoch != self.epoch:
                 return
-            if len(self._answers) >= MAX_ENTRIES:
-                self._answers.clear()
-                self._by_ino.clear()
-            self._answers[key] = answer
-            if answer.attr is not None:
-                self._by_ino.setdefault(int(answer.attr.ino), set()).add(key)
+            self._put(key, answer)
+
+    def put_many(self, answers: Iterable[tuple[Key, Answer]], epoch: int) -> None:
+        """:meth:`put` for a directory listing's entries (asked at ``epoch``)."""
+        with self._lock:
+            if not self._open or epoch != self.epoch:
+                return
+            for key, answer in answers:
+                self._put(key, answer)
+
+    def _put(self, key: Key, answer: Answer) -> None:
+        if len(self._answers) >= MAX_ENTRIES:
+            self._answers.clear()
+            self._by_ino.clear()
+            self._xattrs.clear()
+        old = self._answers.get(key)
+        if old is not None and (old.attr is None or old.attr != answer.attr):
+            self._drop(key)  # and the xattrs kept beside it
+        self._answers[key] = answer
+        if answer.attr is not None:
+            self._by_ino.setdefault(int(answer.attr.ino), set()).add(key)
+
+    def get_xattr(self, key: Key, name: str) -> XattrAnswer | None:
+        with self._lock:
+            if not self._open:
+                return None
+            answer = self._xattrs.get(key, {}).get(name)
+        if answer is not None:
+            self.hits += 1
+        return answer
+
+    def put_xattr(self, key: Key, name: str, answer: XattrAnswer, epoch: int) -> None:
+        """Keep ``answer`` beside the attributes kept for ``key`` (it goes when they
+        go; without them it is not kept), unless the cache moved since ``epoch``."""
+        with self._lock:
+            if not self._open or epoch != self.epoch:
+                return
+            held = self._answers.get(key)
+            if held is None or held.attr is None:
+                return
+            self._xattrs.setdefault(key, {})[name] = answer
 
     def invalidate(self, inos: Iterable[int], paths: Iterable[str]) -> None:
         """Drop the attributes of ``inos`` and every answer at or under ``paths``."""
@@ -98,6 +167,7 @@ class MetaCache:
             for ino in inos:
                 for key in self._by_ino.pop(int(ino), ()):
                     self._answers.pop(key, None)
+                    self._xattrs.pop(key, None)
             prefixes = [(p.rstrip("/") or "/", p.rstrip("/") + "/") for p in paths]
             if prefixes:
                 for key in [k for k in self._answers if _under(k[0], prefixes)]:
@@ -105,6 +175,7 @@ class MetaCache:
 
     def _drop(self, key: Key) -> None:
         answer = self._answers.pop(key)
+        self._xattrs.pop(key, None)
         if answer.attr is not None:
             keys = self._by_ino.get(int(answer.attr.ino))
             if keys is not None:
@@ -117,6 +188,7 @@ class MetaCache:
             self.invalidations += 1
             self._answers.clear()
             self._by_ino.clear()
+            self._xattrs.clear()
 
     def close(self) -> None:
         """Drop everything; keep nothing until opened (stream down, lease lapsed, new session)."""
@@ -125,6 +197,7 @@ class MetaCache:
             self._open = False
             self._answers.clear()
             self._by_ino.clear()
+            self._xattrs.clear()
 
     def open(self) -> None:
         """The session stream is attached (the server reset our grants): cache from now on."""

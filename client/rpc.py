@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +237,9 @@ class Connection:
         #: Given the INVALIDATED_KEY trailer of a successful call, before it returns
         #: (set by a client that caches metadata).
         self.on_invalidated: Callable[[bytes], None] | None = None
+        #: Calls made, by method name (the mount reports them in its iostats).
+        self.calls: Counter[str] = Counter()
+        self._calls_lock = threading.Lock()
 
     def call(
         self, rpc: Rpc[Req, Rep], request: Req, *, timeout: float | None = None, wait: bool = True
@@ -243,6 +248,8 @@ class Connection:
         yet, connect backoff) is waited for up to the deadline instead of failing
         at once; the first call of a client (Hello) does not wait, so a wrong
         address fails fast."""
+        with self._calls_lock:
+            self.calls[rpc.name] += 1
         try:
             hook = self.on_invalidated
             if hook is None:

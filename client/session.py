@@ -23,6 +23,7 @@ new session, whose caller the stream uses from then on.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import queue
 import threading
@@ -59,7 +60,9 @@ class Session:
         on_lost: Callable[[int], pb.Caller | None],
         clock: Callable[[], int] = time.monotonic_ns,
         state: LeaseState | None = None,
-        on_invalidate: Callable[[pb.Invalidate], None] = lambda inv: None,
+        on_invalidate: Callable[[pb.Invalidate, Callable[[], None]], None] = (
+            lambda inv, done: done()
+        ),
         on_attached: Callable[[bool], None] = lambda up: None,
     ) -> None:
         self._stub = stub
@@ -73,6 +76,9 @@ class Session:
         self._on_recall = on_recall
         self._on_deadline = on_deadline
         self._on_lost = on_lost
+        #: Given each Invalidate and the function that acknowledges it, which it
+        #: calls once every cache dropped it (the kernel's may take a moment,
+        #: client/fuse/kernel/notifier.py; this thread goes on meanwhile).
         self._on_invalidate = on_invalidate
         #: Called with True at the first Renewed of each stream, False when it ends.
         self._on_attached = on_attached
@@ -148,13 +154,8 @@ class Session:
                             attached = True
                             self._on_attached(True)
                     elif kind == "invalidate":
-                        self._on_invalidate(event.invalidate)
-                        self.send(
-                            pb.SessionRequest(
-                                caller=self.caller,
-                                invalidate_done=pb.InvalidateDone(id=event.invalidate.id),
-                            )
-                        )
+                        inv = event.invalidate
+                        self._on_invalidate(inv, functools.partial(self._invalidated, inv.id))
                     elif kind == "recall":
                         self._on_recall(event.recall)
                         self.recalls += 1  # after fencing: observers may rely on it
@@ -182,6 +183,15 @@ class Session:
             # End the old request generator; the next call gets a fresh queue.
             old, self._out = self._out, queue.SimpleQueue()
             old.put(None)
+
+    def _invalidated(self, invalidation_id: int) -> None:
+        """Acknowledge an invalidation (from whichever thread dropped the last cache).
+
+        After the stream was replaced the server no longer waits for it and
+        ignores the id.
+        """
+        done = pb.InvalidateDone(id=invalidation_id)
+        self.send(pb.SessionRequest(caller=self.caller, invalidate_done=done))
 
     def _lost(self, exc: grpc.RpcError) -> None:
         """The server does not know our session: fence everything, then open a new one."""

@@ -1130,10 +1130,18 @@ class Namespace:
             if not stat.S_ISDIR(row.mode):
                 raise errors.NotADirectory(f"{path} is not a directory")
             self._may(row, caller, R_OK)
-            return [
+            entries = [
                 DirEntry(name, self._attr(self._inode(ino)))
                 for name, ino in self.meta.list_dir(row.ino)
             ]
+            if self.grants.caches(caller.client):
+                # Each entry as a lookup of it would grant (a caching client
+                # keeps them: the kernel's READDIRPLUS).
+                keys: list[cache_grants.Key] = [cache_grants.Perm(row.ino)]
+                for e in entries:
+                    keys += (cache_grants.Entry(row.ino, e.name), cache_grants.Attr(e.attr.ino))
+                self.grants.grant(caller.client, keys)
+            return entries
 
     def statfs(self) -> StatFs:
         with self._lock:

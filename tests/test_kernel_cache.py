@@ -10,9 +10,13 @@ guest's call returns sees the change, as without any cache.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +41,12 @@ def requests(m: Mount, *ops: str) -> int:
     """FUSE requests of these kinds the kernel has sent the daemon so far."""
     doc = json.loads(os.getxattr(m.path, "user.daxfs.iostats"))
     return sum(int(doc["requests"].get(op, 0)) for op in ops)
+
+
+def rpcs(m: Mount, *methods: str) -> int:
+    """Calls of these methods the mount's client has made to the server so far."""
+    doc = json.loads(os.getxattr(m.path, "user.daxfs.iostats"))
+    return sum(int(doc["rpcs"].get(name, 0)) for name in methods)
 
 
 def test_repeated_stats_are_answered_by_the_kernel(client: Client, cached: Mount) -> None:
@@ -128,3 +138,112 @@ def test_without_default_permissions_a_shared_mount_caches_nothing_in_the_kernel
         for _ in range(10):
             os.stat(m.path / "f")
         assert requests(m, "LOOKUP", "GETATTR") - before >= 10
+
+
+def test_a_cached_stat_is_answered_by_the_kernel_with_the_daemon_stopped(
+    client: Client, cached: Mount
+) -> None:
+    """The daemon frozen (SIGSTOP), a name and its attributes seen before still
+    stat: the kernel answered them itself."""
+    client.mkdir("/d")
+    with client.open("/d/f", "wb") as f:
+        f.write(b"abc")
+    assert os.stat(cached.path / "d" / "f").st_size == 3
+    cached.proc.send_signal(signal.SIGSTOP)
+    try:
+        # A hang here (the kernel asking the stopped daemon) is killed, and fails.
+        code = f"import os; print(os.stat({str(cached.path / 'd' / 'f')!r}).st_size)"
+        probe = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        cached.proc.send_signal(signal.SIGCONT)
+    assert probe.stdout.strip() == "3", probe.stderr
+
+
+def test_the_mounts_own_changes_keep_what_the_kernel_caches(cached: Mount) -> None:
+    """Creating, writing and removing a name in a directory through the mount does
+    not make the kernel look up the directory's other names again (the kernel
+    made the change and updated its caches itself)."""
+    d = cached.path / "d"
+    d.mkdir()
+    for i in range(5):
+        (d / f"f{i}").write_bytes(b"x")
+    for i in range(5):
+        os.stat(d / f"f{i}")
+    (d / "new").write_bytes(b"y")
+    os.chmod(d / "new", 0o600)
+    os.unlink(d / "new")
+    before = requests(cached, "LOOKUP", "GETATTR")
+    for _ in range(3):
+        for i in range(5):
+            assert os.stat(d / f"f{i}").st_size == 1
+    assert requests(cached, "LOOKUP", "GETATTR") - before <= 2
+
+
+def test_an_own_change_shows_under_every_name_of_a_hard_linked_file(cached: Mount) -> None:
+    """Two names of one file are two kernel inodes here: a change through one
+    name drops the other's attributes."""
+    p = cached.path
+    (p / "a").write_bytes(b"x")
+    os.link(p / "a", p / "b")
+    assert os.stat(p / "b").st_nlink == 2
+    os.chmod(p / "a", 0o600)
+    assert stat.S_IMODE(os.stat(p / "b").st_mode) == 0o600
+    os.unlink(p / "a")
+    assert os.stat(p / "b").st_nlink == 1
+
+
+def test_ls_l_of_a_thousand_files_is_one_listing(client: Client, cached: Mount) -> None:
+    """READDIRPLUS: the listing carries each name's entry and attributes, so
+    ``ls -l`` costs no lookup and no getattr per file; a second ``ls -l``
+    finds the extended attributes it asks about (ACLs, security labels) in
+    the metadata cache too."""
+    client.mkdir("/big")
+    for i in range(1000):
+        client.mknod(f"/big/f{i:04}", stat.S_IFREG | 0o644)
+    env = {**os.environ, "LC_ALL": "C"}
+
+    def ls_l() -> None:
+        out = subprocess.run(
+            ["ls", "-l", str(cached.path / "big")],
+            capture_output=True, text=True, check=True, env=env, timeout=300,
+        ).stdout  # fmt: skip
+        assert len(out.splitlines()) == 1001  # "total" and the files
+
+    per_name = ("LOOKUP", "GETATTR")
+    before, calls = requests(cached, *per_name), rpcs(cached, "ReadDir", "GetAttr", "Lookup")
+    ls_l()
+    assert requests(cached, *per_name) - before <= 10
+    assert requests(cached, "READDIRPLUS") >= 1
+    assert rpcs(cached, "ReadDir", "GetAttr", "Lookup") - calls <= 10
+    before, calls = requests(cached, *per_name), rpcs(cached, "ReadDir", "GetAttr", "GetXattr")
+    ls_l()
+    assert requests(cached, *per_name) - before <= 10
+    assert rpcs(cached, "ReadDir", "GetAttr", "GetXattr") - calls <= 10
+
+
+def test_extended_attributes_are_cached_and_another_guests_changes_seen(
+    client: Client, cached: Mount
+) -> None:
+    with client.open("/f", "wb") as f:
+        f.write(b"abc")
+    client.setxattr("/f", "user.k", b"1")
+    f = cached.path / "f"
+    assert os.getxattr(f, "user.k") == b"1"
+    calls = rpcs(cached, "GetXattr")
+    for _ in range(10):
+        assert os.getxattr(f, "user.k") == b"1"
+    assert rpcs(cached, "GetXattr") - calls <= 1
+    client.setxattr("/f", "user.k", b"2")  # another guest's change: seen at once
+    assert os.getxattr(f, "user.k") == b"2"
+    client.removexattr("/f", "user.k")
+    for _ in range(3):  # a missing attribute is an answer kept too
+        with pytest.raises(OSError) as missing:
+            os.getxattr(f, "user.k")
+        assert missing.value.errno == errno.ENODATA
+    client.setxattr("/f", "user.k", b"3")
+    assert os.getxattr(f, "user.k") == b"3"
+    os.setxattr(f, "user.k", b"4")  # the mount's own change
+    assert os.getxattr(f, "user.k") == b"4"
+    assert client.getxattr("/f", "user.k") == b"4"

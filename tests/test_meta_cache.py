@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daxfs.client.meta_cache import Answer, MetaCache, key_of
+from daxfs.client.meta_cache import Answer, MetaCache, XattrAnswer, key_of
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr
@@ -79,3 +79,25 @@ def test_answers_are_per_caller() -> None:
     cache = opened()
     cache.put(key_of("/f", ROOT), Answer(None, errors.NotFound("x")), cache.epoch)
     assert cache.get(key_of("/f", pb.Caller(uid=1000, gid=1000))) is None
+
+
+def test_xattr_answers_are_kept_beside_the_attributes_and_go_with_them() -> None:
+    cache = opened()
+    key = key_of("/f", ROOT)
+    value = XattrAnswer(b"v", None)
+    cache.put_xattr(key, "user.k", value, cache.epoch)
+    assert cache.get_xattr(key, "user.k") is None  # no attributes kept: not kept either
+    put(cache, "/f", 7)
+    cache.put_xattr(key, "user.k", value, cache.epoch)
+    assert cache.get_xattr(key, "user.k") == value
+    cache.invalidate([7], [])
+    assert cache.get_xattr(key, "user.k") is None
+    put(cache, "/f", 7)
+    cache.put_xattr(key, "user.k", value, cache.epoch)
+    cache.invalidate([], ["/f"])
+    assert cache.get_xattr(key, "user.k") is None
+    put(cache, "/f", 7)
+    epoch = cache.epoch
+    cache.invalidate([99], [])  # overtaken by an invalidation: not kept
+    cache.put_xattr(key, "user.k", value, epoch)
+    assert cache.get_xattr(key, "user.k") is None

@@ -148,6 +148,42 @@ def test_a_hard_link_change_shows_under_every_name(pair: tuple[Client, Client]) 
     assert a.stat("/g").nlink == 1
 
 
+def test_extended_attributes_are_cached_and_another_clients_change_shows_at_once(
+    pair: tuple[Client, Client],
+) -> None:
+    a, b = pair
+    write_file(b, "/f", b"x")
+    b.setxattr("/f", "user.k", b"1")
+    assert a.getxattr("/f", "user.k") == b"1"
+    hits = a.meta_cache.hits
+    assert a.getxattr("/f", "user.k") == b"1"
+    assert a.meta_cache.hits > hits
+    b.setxattr("/f", "user.k", b"2")
+    assert a.getxattr("/f", "user.k") == b"2"
+    b.removexattr("/f", "user.k")
+    for _ in range(2):  # the second from the cache
+        with pytest.raises(errors.NoData):
+            a.getxattr("/f", "user.k")
+    b.setxattr("/f", "user.k", b"3")
+    assert a.getxattr("/f", "user.k") == b"3"
+    a.setxattr("/f", "user.k", b"4")  # its own change
+    assert a.getxattr("/f", "user.k") == b"4"
+    b.chmod("/f", 0o600)  # any change to the inode drops its xattrs too (ACLs follow the mode)
+    assert a.getxattr("/f", "user.k") == b"4"
+
+
+def test_a_listing_fills_the_cache_with_its_entries(pair: tuple[Client, Client]) -> None:
+    a, b = pair
+    b.mkdir("/d")
+    write_file(b, "/d/x", b"1")
+    assert a.listdir("/d") == ["x"]
+    hits = a.meta_cache.hits
+    assert a.stat("/d/x").size == 1
+    assert a.meta_cache.hits == hits + 1
+    write_file(b, "/d/x", b"22")  # and the server tells a when it changes
+    assert a.stat("/d/x").size == 2
+
+
 def test_a_clients_own_change_shows_to_itself(pair: tuple[Client, Client]) -> None:
     a, _b = pair
     write_file(a, "/f", b"x")

@@ -388,6 +388,7 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
             notifier = Notifier(channel, dispatcher.nodes)
             client.cache_listeners.append(notifier)
             dispatcher.cache_ttl = client.cache_ttl
+            dispatcher.cache_epoch = lambda: client.meta_cache.epoch
         session = KernelSession(channel, dispatcher)
         session.start()
         while session.running():

@@ -39,7 +39,7 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
 import mfusepy
@@ -183,7 +183,8 @@ class IoStats:
             self.write_max = max(self.write_max, size)
             self.write_sizes[size] += 1
 
-    def to_json(self) -> bytes:
+    def to_json(self, rpcs: Mapping[str, int] | None = None) -> bytes:
+        """The counts as JSON; ``rpcs``: the client's calls by method, reported too."""
         with self._lock:
             doc = {
                 "reads": self.reads,
@@ -196,6 +197,7 @@ class IoStats:
                 "read_sizes": dict(self.read_sizes.most_common(5)),
                 "write_sizes": dict(self.write_sizes.most_common(5)),
                 "requests": dict(self.requests),
+                "rpcs": dict(rpcs or {}),
             }
         return json.dumps(doc, sort_keys=True).encode()
 
@@ -649,7 +651,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             ("..", {"st_mode": stat.S_IFDIR, "st_ino": UNKNOWN_INO}, 0),
         ]
         out.extend(
-            (name, {"st_mode": a.mode, "st_ino": a.ino}, 0)
+            (name, _stat_dict(a, a.size), 0)  # all of them: the kernel's READDIRPLUS
             for name, a in entries
             if not name.startswith(HIDDEN_PREFIX)
         )
@@ -935,7 +937,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if name == XATTR_IOSTATS:
             if not _may(self.client.attr(path, caller), caller, os.R_OK):
                 raise errors.PermissionDenied(f"{name} of {path} needs read permission")
-            return self.iostats.to_json()
+            return self.iostats.to_json(self.client.conn.calls)
         if name == XATTR_EXTENTS:
             return "".join(
                 f"{e.file_offset} {e.region_offset} {e.length}\n"

@@ -72,6 +72,21 @@ class Negotiated:
     max_pages: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Dirent:
+    """One name of a directory listing, with the attributes the listing carried."""
+
+    name: bytes
+    ino: int
+    #: The operations' stat dictionary (``st_mode`` at least).
+    st: Mapping[str, int]
+
+    @property
+    def kind(self) -> int:
+        """The DT_* type."""
+        return stat.S_IFMT(self.st["st_mode"]) >> 12
+
+
 def _name(body: memoryview) -> str:
     end = bytes(body).index(b"\0")
     return os.fsdecode(bytes(body[:end]))
@@ -123,15 +138,24 @@ class Dispatcher:
         #: keep what a lookup or getattr just answered (the rest of the client's
         #: lease; the notifier drops it sooner when another guest changes it).
         self.cache_ttl: Callable[[], float] | None = None
+        #: The client's metadata cache epoch (moves with every invalidation): an
+        #: answer it moved under is given the short timeouts, since the
+        #: invalidation may have found no node to drop yet (a new name).
+        self.cache_epoch: Callable[[], int] = lambda: 0
         self._local = threading.local()
         self._lock = threading.Lock()
-        # guarded by self._lock: open directories' listings, filled at offset 0
-        self._dirs: dict[int, list[tuple[bytes, int, int]] | None] = {}
+        # guarded by self._lock: open directories' listings, filled at offset 0,
+        # with the cache epoch they were asked at
+        self._dirs: dict[int, tuple[list[_Dirent], int] | None] = {}
         self._dh = itertools.count(1)
         # guarded by self._lock: the file handles open on each node. fstat(2)
         # reaches the daemon as a GETATTR without a handle, so a node that lost
         # its path (unlinked while open) is asked about through one of these.
         self._node_handles: dict[int, set[int]] = {}
+        # guarded by self._lock: nodes open here, until their release returned.
+        # Their attributes are not given the kernel for long: the daemon
+        # commits a written file's size and mtime behind the kernel's back.
+        self._open_nodes: dict[int, int] = {}
         self._table: dict[int, Callable[[p.InHeader, memoryview, Request], Reply | None]] = {
             Opcode.INIT: self._init,
             Opcode.DESTROY: self._destroy,
@@ -214,6 +238,13 @@ class Dispatcher:
     def _opened(self, nodeid: int, fh: int) -> None:
         with self._lock:
             self._node_handles.setdefault(nodeid, set()).add(fh)
+            self._open_nodes[nodeid] = self._open_nodes.get(nodeid, 0) + 1
+
+    def _released(self, nodeid: int) -> None:
+        with self._lock:
+            n = self._open_nodes.pop(nodeid, 0) - 1
+            if n > 0:
+                self._open_nodes[nodeid] = n
 
     def _closed(self, nodeid: int, fh: int) -> None:
         with self._lock:
@@ -234,19 +265,36 @@ class Dispatcher:
             raise NotFound(f"node {nodeid} was removed")
         return path
 
-    def _timeouts(self) -> tuple[int, int]:
+    def _timeouts(self, nodeid: int = 0, since: int | None = None) -> tuple[int, int]:
         """Entry and attribute validity of an answer the server granted for caching.
 
         Only answers that came through a path walk the server recorded (lookup,
-        getattr by path) are kept longer: the server then tells this client
-        when they change. Everything else keeps the mount's ``--attr-timeout``.
+        getattr by path, a listing) are kept longer: the server then tells this
+        client when they change. Everything else keeps the mount's
+        ``--attr-timeout``, and so does an answer about a node open here
+        (``_open_nodes``) or one the cache moved under since ``since``.
         """
         if self.cache_ttl is None:
             return self._valid
+        if since is not None and self.cache_epoch() != since:
+            return self._valid
+        if nodeid and self._is_open(nodeid):
+            return self._valid
         return p.split_ns(max(p.ns_to_s(self._valid), self.cache_ttl()))
 
+    def _is_open(self, nodeid: int) -> bool:
+        with self._lock:
+            return nodeid in self._open_nodes
+
     def _entry(
-        self, hdr: p.InHeader, parent: int, name: str, path: str, *, cached: bool = False
+        self,
+        hdr: p.InHeader,
+        parent: int,
+        name: str,
+        path: str,
+        *,
+        cached: bool = False,
+        since: int | None = None,
     ) -> bytes:
         """The entry reply for (parent, name): attributes now, one more lookup.
 
@@ -259,11 +307,11 @@ class Dispatcher:
         attr = _attr(st)
         nodeid = self.nodes.lookup(parent, name)
         self.nodes.set_ino(nodeid, attr.ino)
-        s, ns = self._timeouts() if cached else self._valid
+        s, ns = self._timeouts(nodeid, since) if cached else self._valid
         return p.ENTRY_OUT.pack(nodeid, 0, s, s, ns, ns) + attr.pack()
 
-    def _attr_out(self, st: Mapping[str, int], *, cached: bool = False) -> bytes:
-        s, ns = self._timeouts() if cached else self._valid
+    def _attr_out(self, st: Mapping[str, int], valid: tuple[int, int] | None = None) -> bytes:
+        s, ns = valid or self._valid
         return p.ATTR_OUT.pack(s, ns, 0) + _attr(st).pack()
 
     def _open_flags(self) -> int:
@@ -293,6 +341,10 @@ class Dispatcher:
             want |= InitFlag.DIRECT_IO_ALLOW_MMAP
         if self.ops.cache:
             want |= InitFlag.AUTO_INVAL_DATA
+        if self.cache_ttl is not None:
+            # Entries with their attributes in the listing (ls -l: no lookup
+            # and no getattr per name), when they may be kept.
+            want |= InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO
         # Never WRITEBACK_CACHE: a write must reach the region before it returns.
         got = offered & want
         readahead = min(max_readahead, MAX_KERNEL_REQUEST) if self.ops.cache else 0
@@ -339,10 +391,12 @@ class Dispatcher:
     def _lookup(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         name = _name(body)
         path = self.nodes.child(hdr.nodeid, name)
+        since = self.cache_epoch()
         try:
-            return self._reply(hdr, self._entry(hdr, hdr.nodeid, name, path, cached=True))
+            entry = self._entry(hdr, hdr.nodeid, name, path, cached=True, since=since)
+            return self._reply(hdr, entry)
         except OSError as exc:  # the operations answer FuseOSError(errno)
-            s, ns = self._timeouts()
+            s, ns = self._timeouts(since=since)
             if exc.errno != errno.ENOENT or not (s or ns):
                 raise
             # A negative entry the kernel may keep: the server recorded the
@@ -357,8 +411,12 @@ class Dispatcher:
             handle = self._any_handle(hdr.nodeid)
         if path is None and handle is None:
             raise NotFound(f"node {hdr.nodeid} was removed")
+        since = self.cache_epoch()
         st = self.ops.getattr(path, handle)
-        return self._reply(hdr, self._attr_out(st, cached=handle is None))
+        if handle is not None:
+            return self._reply(hdr, self._attr_out(st))
+        self.nodes.set_ino(hdr.nodeid, st.get("st_ino", 0))  # the root's, first
+        return self._reply(hdr, self._attr_out(st, self._timeouts(hdr.nodeid, since)))
 
     def _setattr(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         (valid, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, uid, gid) = (
@@ -527,7 +585,10 @@ class Dispatcher:
     def _release(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         fh, *_ = p.RELEASE_IN.unpack_from(body)
         self._closed(hdr.nodeid, fh)
-        self.ops.release(self.nodes.path(hdr.nodeid), fh)
+        try:
+            self.ops.release(self.nodes.path(hdr.nodeid), fh)
+        finally:
+            self._released(hdr.nodeid)
         return self._reply(hdr)
 
     def _flush(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
@@ -555,27 +616,30 @@ class Dispatcher:
             self._dirs[dh] = None
         return self._reply(hdr, p.OPEN_OUT.pack(dh, 0, 0))
 
-    def _listing(self, hdr: p.InHeader, dh: int, offset: int) -> list[tuple[bytes, int, int]]:
-        """The directory's entries as (name, ino, DT_ type); read at offset 0, kept after."""
+    def _listing(self, hdr: p.InHeader, dh: int, offset: int) -> tuple[list[_Dirent], int]:
+        """The directory's entries, and the cache epoch they were asked at; read at
+        offset 0, kept after."""
         with self._lock:
-            listing = self._dirs.get(dh)
-        if listing is None or offset == 0:
+            kept = self._dirs.get(dh)
+        if kept is None or offset == 0:
             path = self._path(hdr.nodeid)
+            since = self.cache_epoch()
             listing = [
-                (os.fsencode(name), st.get("st_ino", 0), stat.S_IFMT(st["st_mode"]) >> 12)
+                _Dirent(os.fsencode(name), st.get("st_ino", 0), st)
                 for name, st, _ in self.ops.readdir(path, dh)
             ]
+            kept = (listing, since)
             with self._lock:
-                self._dirs[dh] = listing
-        return listing
+                self._dirs[dh] = kept
+        return kept
 
     def _readdir(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         dh, offset, size, *_ = p.READ_IN.unpack_from(body)
-        listing = self._listing(hdr, dh, offset)
+        listing, _ = self._listing(hdr, dh, offset)
         out: list[bytes] = []
         used = 0
         for i in range(offset, len(listing)):
-            name, ino, kind = listing[i]
+            name, ino, kind = listing[i].name, listing[i].ino, listing[i].kind
             rec = p.dirent(ino, i + 1, name, kind)
             if used + len(rec) > size:
                 break
@@ -584,23 +648,40 @@ class Dispatcher:
         return self._reply(hdr, b"".join(out))
 
     def _readdirplus(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
-        """READDIR with an empty entry per name (node id 0: the kernel looks names up itself).
+        """READDIR with each name's entry and attributes, as a LOOKUP would answer.
 
-        Not asked for at INIT (DO_READDIRPLUS) while attributes are not cached:
-        with zero timeouts an entry's attributes would be stale at once.
+        Asked for at INIT (DO_READDIRPLUS) only with metadata caching: the
+        server granted the listing's entries to this client (it tells it when
+        they change), so the kernel may keep them for the rest of the lease,
+        and ``ls -l`` costs one listing. Each entry with a node id counts one
+        lookup (the kernel forgets it later), so it is made only for a record
+        that fits. An empty entry (node id 0: the kernel looks the name up
+        itself when it needs it) for ``.`` and ``..``, for a node open here
+        (its size may be ahead of the server's) and for a listing the cache
+        moved under since it was asked.
         """
         dh, offset, size, *_ = p.READ_IN.unpack_from(body)
-        listing = self._listing(hdr, dh, offset)
+        listing, since = self._listing(hdr, dh, offset)
         out: list[bytes] = []
         used = 0
         empty = p.ENTRY_OUT.pack(0, 0, 0, 0, 0, 0) + bytes(p.ATTR.size)
+        keep = self.cache_ttl is not None and self.cache_epoch() == since
+        s, ns = self._timeouts() if keep else (0, 0)
         for i in range(offset, len(listing)):
-            name, ino, kind = listing[i]
-            rec = empty + p.dirent(ino, i + 1, name, kind)
-            if used + len(rec) > size:
+            d = listing[i]
+            rec = p.dirent(d.ino, i + 1, d.name, d.kind)
+            if used + len(empty) + len(rec) > size:
                 break
-            out.append(rec)
-            used += len(rec)
+            entry = empty
+            if keep and d.name not in (b".", b".."):
+                name = os.fsdecode(d.name)
+                known = self.nodes.find(hdr.nodeid, name)
+                if known is None or not self._is_open(known):
+                    nodeid = self.nodes.lookup(hdr.nodeid, name)
+                    self.nodes.set_ino(nodeid, d.ino)
+                    entry = p.ENTRY_OUT.pack(nodeid, 0, s, s, ns, ns) + _attr(d.st).pack()
+            out.append(entry + rec)
+            used += len(entry) + len(rec)
         return self._reply(hdr, b"".join(out))
 
     def _releasedir(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:

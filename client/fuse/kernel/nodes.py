@@ -9,7 +9,8 @@ layer does, and builds a path by walking up to the root.
 
 Contract:
 - :meth:`NodeTable.lookup` finds or creates the node for (parent, name) and
-  adds one lookup; every reply that carries an entry must come from it.
+  adds one lookup; every reply that carries an entry must come from it (a
+  READDIRPLUS record with a node id too).
 - :meth:`NodeTable.forget` drops lookups; the node goes when none remain.
 - A removed name detaches its node (:meth:`NodeTable.detach`): the node lives
   on for the kernel (an open file), but has no path any more, so path-based
@@ -91,6 +92,11 @@ class NodeTable:
             self._names[(parent, name)] = nodeid
             return nodeid
 
+    def find(self, parent: int, name: str) -> int | None:
+        """The node of (parent, name) if the kernel holds one (no lookup added)."""
+        with self._lock:
+            return self._names.get((parent, name))
+
     def forget(self, nodeid: int, count: int) -> None:
         """The kernel dropped ``count`` lookups of ``nodeid``."""
         with self._lock:
@@ -111,7 +117,7 @@ class NodeTable:
         """The server's inode number of ``nodeid`` (from an entry or attribute reply)."""
         with self._lock:
             node = self._nodes.get(nodeid)
-            if node is None or node.ino == ino:
+            if node is None or node.ino == ino or not ino:
                 return
             self._unlink_ino(nodeid, node.ino)
             node.ino = ino

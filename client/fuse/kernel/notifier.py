@@ -7,16 +7,25 @@ returns, what it may no longer trust (``SessionEvent.invalidate``;
 ``server/cache_grants.py``). The client's metadata cache drops it, and then
 this notifier makes the kernel drop it too: an inode's attributes by its node
 ids (``NOTIFY_INVAL_INODE``, every hard link's node), a name by (parent node,
-name) (``NOTIFY_INVAL_ENTRY``). Only after the writes are done does the client
-acknowledge, so the other guest's change returns only once this kernel can no
-longer answer from the old state.
+name) (``NOTIFY_INVAL_ENTRY``). Only after the writes are done does this
+thread acknowledge (the session stream's reader hands it the acknowledgement
+and goes on renewing), so the other guest's change returns only once this
+kernel can no longer answer from the old state.
 
 The writes happen on this module's own thread, never on a serving thread:
 invalidating an entry takes the directory's lock in the kernel, which a
-request being served may hold while it waits for this daemon's reply. A
-caller that must wait for the writes (an invalidation from another guest)
-waits on that thread; this client's own changes (the reply trailer) are
-queued without waiting.
+request being served may hold while it waits for this daemon's reply.
+
+This mount's own changes are mostly not notified: the kernel made them
+itself and updated what it caches from their replies (a size, a name, the
+parent's attributes), and dropping the named inodes too would cost every
+closed file a GETATTR. Two exceptions: a file the kernel knows under several
+names (hard links are separate nodes here, and the kernel updates only the
+one it changed through) has every node's attributes dropped, and a change
+too long to name (``invalidate_all``) drops everything. What the daemon
+commits behind the kernel's back (a written file's size and mtime at close)
+is never given the kernel for long (``Dispatcher``: a node open here keeps
+``--attr-timeout``).
 
 A node the kernel has already forgotten makes the write fail with ENOENT:
 nothing was cached, nothing to do.
@@ -28,7 +37,8 @@ import errno
 import logging
 import queue
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from daxfs.client.fuse.kernel import protocol as p
@@ -46,7 +56,14 @@ class _Job:
     inos: list[int]
     paths: list[str]
     everything: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
+    #: This mount's own change: only inodes known under several names.
+    own: bool = False
+    #: The acknowledgement to the server (another guest's change), called once.
+    ack: Callable[[], None] | None = None
+    #: When the acknowledgement goes even if the writes have not (monotonic s).
+    deadline: float = 0.0
+    acked: bool = False  # guarded by Notifier._lock
+    written: threading.Event = field(default_factory=threading.Event)
 
 
 class Notifier:
@@ -57,16 +74,24 @@ class Notifier:
         self.nodes = nodes
         self.sent = 0
         self.late = 0
+        self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: Jobs with an acknowledgement, in order, for the thread that bounds the wait.
+        self._acks: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="daxfs-fuse-notify", daemon=True)
         self._thread.start()
+        self._bound = threading.Thread(target=self._late, name="daxfs-fuse-ack", daemon=True)
+        self._bound.start()
 
     # -- the client's cache listener ----------------------------------------------
 
-    def invalidate(self, inos: Iterable[int], paths: Iterable[str], *, wait: bool) -> None:
-        """Drop the attributes of ``inos`` and the names at ``paths`` (and what lies under).
+    def invalidate(
+        self, inos: Iterable[int], paths: Iterable[str], done: Callable[[], None]
+    ) -> None:
+        """Drop the attributes of ``inos`` and the names at ``paths`` (and what lies
+        under), then call ``done`` (the acknowledgement). Returns at once.
 
-        ``wait`` waits at most ``WAIT_S``: invalidating a name takes its
+        ``done`` waits at most ``WAIT_S``: invalidating a name takes its
         directory's lock in the kernel, which a request of this mount in that
         directory holds while the server answers it, and the server may be
         waiting for another mount whose own notification waits the same way.
@@ -74,22 +99,30 @@ class Notifier:
         soon as the lock is free): a stale name may outlive the other guest's
         change by that long, instead of both changes stalling for a lease.
         """
-        job = _Job(list(inos), list(paths))
+        job = _Job(list(inos), list(paths), ack=done, deadline=time.monotonic() + WAIT_S)
+        self._acks.put(job)
         self._jobs.put(job)
-        if wait and not job.done.wait(WAIT_S):
-            self.late += 1
-            log.info("kernel invalidation still waiting after %.1f s: acknowledging", WAIT_S)
 
-    def invalidate_all(self, *, wait: bool) -> None:
-        """Drop every attribute and name the kernel may cache (stream down, new session)."""
-        job = _Job([], [], everything=True)
-        self._jobs.put(job)
-        if wait:
-            job.done.wait()
+    def invalidate_own(self, inos: Iterable[int]) -> None:
+        """This mount's own change (see the module's docstring): drops the
+        attributes of files the kernel knows under several names, waiting at
+        most ``WAIT_S`` for it (the next stat of another name must see it)."""
+        linked = [ino for ino in inos if len(self.nodes.nodes_of(ino)) > 1]
+        if linked:
+            job = _Job(linked, [], own=True)
+            self._jobs.put(job)
+            job.written.wait(WAIT_S)
+
+    def invalidate_all(self) -> None:
+        """Drop every attribute and name the kernel may cache (stream down, new
+        session, a change too long to name). Returns at once."""
+        self._jobs.put(_Job([], [], everything=True))
 
     def close(self) -> None:
         self._jobs.put(None)
+        self._acks.put(None)
         self._thread.join(5)
+        self._bound.join(5)
 
     # -- the thread -------------------------------------------------------------------
 
@@ -103,7 +136,29 @@ class Notifier:
             except Exception:
                 log.exception("invalidating the kernel's caches failed")
             finally:
-                job.done.set()
+                job.written.set()
+                self._ack(job)
+
+    def _late(self) -> None:
+        """Acknowledge what the kernel has not taken within ``WAIT_S`` (see invalidate)."""
+        while True:
+            job = self._acks.get()
+            if job is None:
+                return
+            if not job.written.wait(max(0.0, job.deadline - time.monotonic())):
+                with self._lock:
+                    late = not job.acked
+                if late:
+                    self.late += 1
+                    log.info("kernel invalidation still waiting after %.1f s: acknowledging", WAIT_S)
+                self._ack(job)
+
+    def _ack(self, job: _Job) -> None:
+        with self._lock:
+            if job.acked or job.ack is None:
+                return
+            job.acked = True
+        job.ack()
 
     def _apply(self, job: _Job) -> None:
         if job.everything:
@@ -113,7 +168,10 @@ class Notifier:
                     self._inval_entry(parent, name)
             return
         for ino in job.inos:
-            for nodeid in self.nodes.nodes_of(ino):
+            nodeids = self.nodes.nodes_of(ino)
+            if job.own and len(nodeids) < 2:
+                continue
+            for nodeid in nodeids:
                 self._inval_inode(nodeid)
         for path in job.paths:
             entry = self.nodes.entry_of(path)
