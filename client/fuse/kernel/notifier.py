@@ -150,7 +150,9 @@ class Notifier:
                     late = not job.acked
                 if late:
                     self.late += 1
-                    log.info("kernel invalidation still waiting after %.1f s: acknowledging", WAIT_S)
+                    log.info(
+                        "kernel invalidation still waiting after %.1f s: acknowledging", WAIT_S
+                    )
                 self._ack(job)
 
     def _ack(self, job: _Job) -> None:
