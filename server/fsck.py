@@ -183,6 +183,28 @@ def _fsck(region_path: str, meta_path: str, *, repair: bool, report: FsckReport)
     return report
 
 
+def check_open(region_path: str, meta: Metadata) -> FsckReport:
+    """The check (no repair) of a volume whose metadata the caller holds open.
+
+    For a caller that keeps the metadata where a second connection cannot see
+    it (the protocol simulation's in-memory database); the same checks as
+    :func:`fsck` on a stopped volume whose superblock is intact.
+    """
+    report = FsckReport()
+    try:
+        sb = read_superblock(region_path)
+        if backing_size(region_path) < sb.region_size:
+            raise DaxfsError(f"region {region_path} is shorter than its superblock's size")
+        meta.check_schema()
+        check_pairing(region_path, meta, sb)
+    except (OSError, DaxfsError) as exc:
+        report.problems.append(str(exc))
+    else:
+        _check(meta, sb, report)
+    report.found = list(report.problems)
+    return report
+
+
 def _superblock_from_metadata(
     region_path: str, meta_path: str, damage: SuperblockDamaged, r: FsckReport, *, repair: bool
 ) -> tuple[Superblock, str] | None:

@@ -677,8 +677,13 @@ class Namespace:
             return len(orphans)
 
     def sweep(self) -> int:
-        """Drop sessions proven gone; free restart-grace quarantine that is due."""
-        with self._txn(wait_recalls=False):
+        """Drop sessions proven gone; free restart-grace quarantine that is due.
+
+        Idle (no session gone, nothing quarantined) it opens no transaction: the
+        daemon sweeps every second.
+        """
+        self._check_usable()
+        with self._lock:
             now = self.leases.now()
             # A gap longer than a client's renewal period (a third of a lease;
             # at least two sweep periods) means the server, not the clients, stalled.
@@ -690,6 +695,9 @@ class Namespace:
                 )
                 self.leases.grace()
             self._last_sweep = now
+            if not self.allocator.quarantined_bytes and not self.leases.gone_sessions():
+                return 0
+        with self._txn(wait_recalls=False):
             released = 0
             for client in self.leases.gone_sessions():
                 before = self.allocator.quarantined_bytes

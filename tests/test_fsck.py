@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daxfs.cli import main
-from daxfs.server.fsck import FsckReport, fsck
+from daxfs.server.fsck import FsckReport, check_open, fsck
+from daxfs.server.metadata import Metadata
 from daxfs.server.namespace import Caller
 from daxfs.server.volume import close_volume, format_volume, open_volume
 from daxfs.shared.format import MIB, SUPERBLOCK_SIZE
@@ -121,6 +122,18 @@ def repair(v: Volume, *fragments: str) -> FsckReport:
 
 
 # -- space ----------------------------------------------------------------------
+
+
+def test_a_check_of_metadata_held_open_finds_what_fsck_finds(vol: Volume) -> None:
+    meta = Metadata(vol.meta)
+    try:
+        assert check_open(vol.region, meta).clean
+        sql(vol, "DELETE FROM free_extents")
+        found = fsck(vol.region, vol.meta).problems
+        assert found
+        assert check_open(vol.region, meta).problems == found
+    finally:
+        meta.close()
 
 
 def test_leaked_extent_returns_to_the_free_list(vol: Volume) -> None:

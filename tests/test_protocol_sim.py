@@ -44,41 +44,44 @@ of another file, or a free one (it may be reused at any moment), is a breach
 (a read only counts if its copy then validates). After every schedule, fsck
 of the volume must be clean.
 
-``DAXFS_SIM_SCHEDULES`` sets the number of schedules (``make test`` runs 600;
+``DAXFS_SIM_SCHEDULES`` sets the number of schedules (``make test`` runs 1,000;
 a million is a long run: ``DAXFS_SIM_SCHEDULES=1000000 pytest --timeout=0
 tests/test_protocol_sim.py``). ``DAXFS_SIM_SEED=<n>`` replays one seed and
 prints its trace. A failure prints the seed and the step trace.
 
-Speed: schedules run without a trace (a breach is replayed with it), on one
-scratch copy of the volume per process, with SQLite unsynced and exclusively
-locked (``Metadata(scratch=True)``: the sim's crashes are process crashes);
-the ownership map is rebuilt only when the metadata changed. Most of the time
-left is the real server core's own.
+Speed: schedules run without a trace (a breach is replayed with it). The
+metadata is the real SQLite store on a database held in memory
+(``MemoryMetadata``: loaded from an image of the template once per process,
+saved at each server stop or crash, checked by fsck while the server holds it);
+the region is mapped once per process (nothing here reads its bytes); the
+ownership map is rebuilt only when the metadata changed; ``step`` lists
+tuples, not closures; the garbage collector waits for the end of a schedule.
+Most of the time left is the real server core's own.
 """
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import logging
 import os
 import random
 import shutil
+import sqlite3
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import pytest
 
 from daxfs.client.lease_state import LeaseState
 from daxfs.server.cache_grants import Invalidation
-from daxfs.server.fsck import fsck
+from daxfs.server.fsck import check_open
 from daxfs.server.leases import LeaseTable, RecallNotice
 from daxfs.server.metadata import Metadata
 from daxfs.server.namespace import Caller, Namespace
-from daxfs.server.volume import check_pairing, close_volume, format_volume
+from daxfs.server.volume import check_pairing, format_volume
 from daxfs.shared import errors
 from daxfs.shared.extent import ClientId, InodeId
 from daxfs.shared.format import KIB, MIB
@@ -99,7 +102,7 @@ ADVANCES = (1_000_000, 20_000_000, 200_000_000, 200_000_000, 1 * SECOND, 3 * SEC
 #: Largest file offset the workload touches (blocks).
 FILE_BLOCKS = 12
 
-SCHEDULES = int(os.environ.get("DAXFS_SIM_SCHEDULES", "600"))
+SCHEDULES = int(os.environ.get("DAXFS_SIM_SCHEDULES", "1000"))
 REPLAY = os.environ.get("DAXFS_SIM_SEED")
 
 
@@ -327,6 +330,32 @@ class SimClient:
         return not (ev[0] == "recall" and self.copies)
 
 
+@dataclass
+class MetaFile:
+    """The metadata file between server instances: the image of its SQLite database."""
+
+    image: bytes
+
+
+class MemoryMetadata(Metadata):
+    """The real metadata store (SQLite, the same schema and statements) on a database
+    held in memory, loaded from and saved to a :class:`MetaFile` when it opens and
+    closes, as a process's connection to a file would. The simulation's crashes are
+    process crashes between two calls, so what a crash keeps is what was committed.
+    """
+
+    def __init__(self, path: str, file: MetaFile) -> None:
+        super().__init__(":memory:", scratch=True)
+        self.path = path
+        self.file = file
+        self._conn.deserialize(file.image)
+
+    def close(self) -> None:
+        assert self.depth == 0, "a crash between calls leaves no transaction open"
+        self.file.image = self._conn.serialize()
+        super().close()
+
+
 class SimServer:
     def __init__(
         self, world: World, leases: Callable[..., LeaseTable], ns: type[Namespace]
@@ -339,11 +368,11 @@ class SimServer:
 
     def open(self) -> Namespace:
         w = self.w
-        meta = Metadata(w.meta_path, scratch=True)  # the sim's crashes are process crashes
+        meta = MemoryMetadata(w.meta_path, w.meta_file)
         meta.check_schema()
         check_pairing(w.region_path, meta)
         table = self.leases(LEASE_NS, clock=w.clock.mono, new_id=lambda: w.rng.getrandbits(63))
-        ns = self.ns_type(Region(w.region_path), meta, leases=table, clock=w.clock.wall)
+        ns = self.ns_type(region(w.region_path), meta, leases=table, clock=w.clock.wall)
         ns.reclaim_orphans()
         ns.connect(self)
         self.hub = {}
@@ -359,15 +388,25 @@ class SimServer:
 
     def restart(self, clean: bool) -> None:
         if clean:
-            close_volume(self.ns)
-        else:
-            self.ns.meta.close()
-            self.ns.region.close()
+            self.ns.shutdown()  # close_volume, but the region stays mapped (see region())
+        self.ns.meta.close()
         self.ns = self.open()
 
     def close(self) -> None:
         self.ns.meta.close()
-        self.ns.region.close()
+
+
+#: Region file -> its mapping, one per process: a region is memory that outlives a
+#: server process, and the simulation never reads its bytes (the metadata says who
+#: owns a block), so server instances and schedules share one mapping of it.
+_regions: dict[str, Region] = {}
+
+
+def region(path: str) -> Region:
+    mapped = _regions.get(path)
+    if mapped is None:
+        mapped = _regions[path] = Region(path)
+    return mapped
 
 
 # -- the world -------------------------------------------------------------------
@@ -385,7 +424,9 @@ class World:
         view_fence_on_recall: bool = True,
         check_session_epoch: bool = True,
         tracing: bool = False,
+        meta: bytes | None = None,
     ) -> None:
+        """``meta``: the image of the metadata to start from (else read from ``root``)."""
         self.seed = seed
         self.tracing = tracing
         """Keep the trace; off in bulk runs (a breach is replayed with it on)."""
@@ -394,6 +435,7 @@ class World:
         self.clock = SimClock()
         self.region_path = os.path.join(root, "region")
         self.meta_path = self.region_path + ".meta"
+        self.meta_file = MetaFile(meta_image(self.meta_path) if meta is None else meta)
         self.view_fence_on_recall = view_fence_on_recall
         self.check_session_epoch = check_session_epoch
         self.server = SimServer(self, leases, ns)
@@ -566,83 +608,82 @@ class World:
     def step(self) -> None:
         """Pick one possible event, weighted, and run it.
 
-        Hot: it runs 200 times a schedule, so it builds plain lists (the same
-        choices, in the same order, drawn with the same random numbers).
+        Hot: it runs 200 times a schedule, so it lists (weight, action, argument)
+        tuples (the same choices, in the same order, drawn with the same random
+        numbers as a list of closures would be).
         """
         rng = self.rng
-        weights: list[float] = []
-        actions: list[Callable[[], None]] = []
-        weight, act = weights.append, actions.append
+        choices: list[tuple[float, Callable[[Any], None], Any]] = []
+        add = choices.append
         for c in self.clients:
             if c.dead or c.frozen:
                 continue
-            weight(3)
-            act(partial(self.client_op, c))
+            add((3, self.client_op, c))
             s = c.stream
             if s is None:
-                weight(1.5)
-                act(partial(self.attach, c))
+                add((1.5, self.attach, c))
             else:
-                weight(0.12)
-                act(partial(self.break_stream, c))
+                add((0.12, self.break_stream, c))
                 if s.to_server:
-                    weight(4)
-                    act(partial(self.server_takes, s))
+                    add((4, self.server_takes, s))
                 if s.to_client and c.deliverable(s.to_client[0]):
-                    weight(4)
-                    act(partial(self.stream_event, c, s))
+                    add((4, self.stream_event, c))
             if c.copies:
-                weight(4)
-                act(partial(self.copy_piece, c))
+                add((4, self.copy_piece, c))
             for v in c.views:
                 if v.blocks:
-                    weight(2)
-                    act(partial(self.view_access, c))
+                    add((2, self.view_access, c))
                     break
-            weight(0.08)
-            act(partial(self.freeze, c))
-            weight(0.02)
-            act(partial(self.kill, c, vanish=rng.random() < 0.3))
+            add((0.08, self.freeze, c))
+            add((0.02, self.kill_vanishing if rng.random() < 0.3 else self.kill, c))
         for c in self.clients:
             if c.frozen and not c.dead:
-                weight(0.6)
-                act(partial(self.thaw, c))
+                add((0.6, self.thaw, c))
                 # A frozen client's stream still takes messages (the kernel's buffers).
                 if c.stream is not None and c.stream.to_server:
-                    weight(1)
-                    act(partial(self.server_takes, c.stream))
+                    add((1, self.server_takes, c.stream))
             if c.dead and c.stream is not None and c.stream.alive and c.stream.to_server:
-                weight(1)
-                act(partial(self.server_takes, c.stream))
+                add((1, self.server_takes, c.stream))
         if self.unary_requests or any(
             n and not c.frozen for n, c in zip(self.unary_replies, self.clients, strict=True)
         ):
-            weight(6)
-            act(self.deliver_some_unary)
+            add((6, self.deliver_some_unary, None))
         if self.detaching:
-            weight(1)
-            act(self.notice_end)
-        weight(1.5)
-        act(lambda: self.advance(rng.choice(ADVANCES)))
-        weight(0.05)
-        act(lambda: self.advance(rng.choice((12, 25, 40)) * SECOND, stall=True))
-        weight(1)
-        act(self.sweep)
-        weight(0.03)
-        act(lambda: self.restart(clean=rng.random() < 0.3))
+            add((1, self.notice_end, None))
+        add((1.5, self.advance_some, None))
+        add((0.05, self.stall, None))
+        add((1, self.sweep_now, None))
+        add((0.03, self.crash_or_stop, None))
         dead = [c for c in self.clients if c.dead and c.session]
         if dead:
-            weight(0.3)
-            act(lambda: self.evict(rng.choice(dead)))
-        x = rng.random() * sum(weights)
-        for w, fn in zip(weights, actions, strict=True):
+            add((0.3, self.evict_one, dead))
+        x = rng.random() * sum([w for w, _, _ in choices])
+        for w, fn, arg in choices:
             x -= w
             if x <= 0:
-                fn()
+                fn(arg)
                 return
-        actions[-1]()
+        fn(arg)  # the last one (rounding)
 
-    def deliver_some_unary(self) -> None:
+    def advance_some(self, _: None) -> None:
+        self.advance(self.rng.choice(ADVANCES))
+
+    def stall(self, _: None) -> None:
+        self.advance(self.rng.choice((12, 25, 40)) * SECOND, stall=True)
+
+    def sweep_now(self, _: None) -> None:
+        self.sweep()
+
+    def crash_or_stop(self, _: None) -> None:
+        self.restart(clean=self.rng.random() < 0.3)
+
+    def evict_one(self, dead: list[SimClient]) -> None:
+        self.evict(self.rng.choice(dead))
+
+    def kill_vanishing(self, c: SimClient) -> None:
+        self.kill(c, vanish=True)
+
+    def deliver_some_unary(self, _: None = None) -> None:
         """Deliver one message in flight; a frozen client takes no replies."""
         ready = [
             i
@@ -656,10 +697,11 @@ class World:
             self.unary_replies[idx] -= 1
         fn()
 
-    def stream_event(self, c: SimClient, s: Stream) -> None:
-        c.on_event(s.to_client.popleft())
+    def stream_event(self, c: SimClient) -> None:
+        assert c.stream is not None
+        c.on_event(c.stream.to_client.popleft())
 
-    def notice_end(self) -> None:
+    def notice_end(self, _: None = None) -> None:
         s = self.detaching.pop(self.rng.randrange(len(self.detaching)))
         self.server_notices_end(s)
 
@@ -696,7 +738,7 @@ class World:
         c.log("thawed")
         c.timers()  # modelled: the deadline check runs before anything else
 
-    def kill(self, c: SimClient, *, vanish: bool) -> None:
+    def kill(self, c: SimClient, *, vanish: bool = False) -> None:
         c.dead = True
         c.copies.clear()
         c.views.clear()
@@ -793,11 +835,12 @@ class World:
                 c.log(f"layout ino={f.ino} seq={lay.recall_seq} overtaken by a recall: discarded")
                 return
             cache = c.layouts.setdefault(f.ino, {})
+            grant = Grant(f.ino, f.gen)
             for t in lay.extents:
                 if t.region_offset is None:
                     continue
                 for k in range(0, t.length, BS):
-                    cache[(t.file_offset + k) // BS] = (t.region_offset + k, Grant(f.ino, f.gen))
+                    cache[(t.file_offset + k) // BS] = (t.region_offset + k, grant)
             if self.tracing:
                 c.log(f"cached layout ino={f.ino} seq={lay.recall_seq} blocks={sorted(cache)}")
 
@@ -916,9 +959,11 @@ class World:
         try:
             for _ in range(steps):
                 self.step()
+            # fsck of what the server committed (no call is under way: it is what a
+            # crash now would leave).
+            report = check_open(self.region_path, self.server.ns.meta)
         finally:
             self.server.close()
-        report = fsck(self.region_path, self.meta_path)
         if not report.clean:
             self.log("fsck: " + "; ".join(report.problems))
             raise Breach("fsck: " + "; ".join(report.problems))
@@ -942,24 +987,45 @@ def run_schedule(
     """Run one schedule; returns the world if it found a breach, else None.
 
     Runs without a trace; a breach is replayed (schedules are deterministic)
-    with the trace on, and that world is returned. Every schedule of a process
-    starts from a fresh copy of ``template``, in one scratch folder inside it.
+    with the trace on, and that world is returned. Every schedule starts from
+    the template's metadata (an image read once per process) and a copy of its
+    region made once per process: the simulation never reads region bytes
+    (ownership is the metadata's), and nothing writes the superblock.
     """
     root = os.path.join(template, f"run-{os.getpid()}")
-    os.makedirs(root, exist_ok=True)
-    for name in ("region.meta-wal", "region.meta-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(root, name))
-    for name in ("region", "region.meta"):
-        shutil.copyfile(os.path.join(template, name), os.path.join(root, name))
-    world = World(seed, root, tracing=tracing, **mutation)
+    image = _images.get(root)
+    if image is None:
+        os.makedirs(root, exist_ok=True)
+        shutil.copyfile(os.path.join(template, "region"), os.path.join(root, "region"))
+        image = _images[root] = meta_image(os.path.join(template, "region.meta"))
+    world = World(seed, root, tracing=tracing, meta=image, **mutation)
+    # A schedule's objects all die with it, most of them in reference cycles (a
+    # world and its clients): one collection after it costs less than many during.
+    gc.disable()
     try:
         world.run()
     except Breach:
         if tracing:
             return world
         return run_schedule(template, seed, tracing=True, **mutation) or world
+    finally:
+        gc.enable()
     return None
+
+
+#: Scratch folder (one per template and process) -> the image of the template's metadata.
+_images: dict[str, bytes] = {}
+
+
+def meta_image(path: str) -> bytes:
+    """The database image of the metadata file at ``path``, for :class:`MemoryMetadata`."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        image = bytearray(conn.serialize())
+    finally:
+        conn.close()
+    image[18] = image[19] = 1  # file format versions 2 (WAL): in memory it is a rollback journal
+    return bytes(image)
 
 
 def explain(world: World) -> str:

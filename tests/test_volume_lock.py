@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from daxfs.cli import main
-from daxfs.server.volume import VolumeLock, lock_holder
+from daxfs.server.volume import VolumeLock, close_volume, lock_holder, open_volume
 from daxfs.shared.errors import VolumeBusy
 from daxfs.testing import ServerProc, Volume, run_server, start_server
 
@@ -71,3 +72,17 @@ def test_the_lock_is_one_holder_even_within_a_process(volume: Volume) -> None:
         with pytest.raises(VolumeBusy, match=f"in use by pid {os.getpid()}"):
             VolumeLock(volume.meta, "another test")
     VolumeLock(volume.meta, "a third test").release()
+
+
+def test_an_idle_sweep_needs_no_write_lock_on_the_metadata(volume: Volume) -> None:
+    """The daemon sweeps every second: with no session gone and nothing quarantined
+    it must not take SQLite's write lock (here held by another connection)."""
+    ns = open_volume(volume.region, volume.meta)
+    other = sqlite3.connect(volume.meta, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        assert ns.sweep() == 0
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        close_volume(ns)
