@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from daxfs.client import rpc
@@ -55,6 +55,35 @@ log = logging.getLogger(__name__)
 
 #: What ``Client.stat`` and the namespace verbs return: the shared attribute value.
 Stat = Attr
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """The server's counters (``Client.stats``); the wire's StatsReply, field for field."""
+
+    read_calls: int
+    """Read RPCs served."""
+    read_bytes: int
+    write_calls: int
+    """Write RPCs served."""
+    write_bytes: int
+    layouts: int
+    """Layouts granted (by GetLayout, and with an Open that asked for one)."""
+    leases: int
+    """Live leases."""
+    free_bytes: int
+    quarantined_bytes: int
+    """Freed bytes waiting for the recalls of their last holders."""
+    open_files: int
+    pending_recalls: int
+    """Recalls waiting for acknowledgements."""
+    recalls_sent: int
+    sessions: int
+    """Session streams attached."""
+    sessions_open: int
+    """Sessions open, attached or not."""
+    recall_waits_timed_out: int
+    auth_refusals: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,10 +667,10 @@ class Client:
         """Declare a session gone (root only): for a guest frozen or lost for good."""
         self.call(rpc.EVICT, pb.EvictRequest(caller=self.caller, client_id=client_id))
 
-    def stats(self) -> pb.StatsReply:
+    def stats(self) -> ServerStats:
         """Server counters (Read/Write RPCs served, layouts granted, free bytes...)."""
-        reply: pb.StatsReply = self.call(rpc.STATS, pb.StatsRequest())
-        return reply
+        reply = self.call(rpc.STATS, pb.StatsRequest())
+        return ServerStats(**{f.name: int(getattr(reply, f.name)) for f in fields(ServerStats)})
 
     def extents(self, path: str, *, caller: Identity | None = None) -> list[Extent]:
         """The whole extent map of a file (no holes), like FIEMAP."""

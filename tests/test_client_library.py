@@ -6,6 +6,7 @@ the library does (numpy views, extents, layouts, the byte path)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 
 from daxfs.client import Client, connect
+from daxfs.client.library import ServerStats
+from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
 from daxfs.testing import ServerProc, Volume
 
@@ -303,3 +306,13 @@ def test_a_damaged_region_says_fsck_repair_not_another_path(
     with pytest.raises(errors.FormatError, match="fsck --repair") as caught:
         connect(server.address, region_path=str(damaged))
     assert str(damaged) in str(caught.value)
+
+
+def test_stats_are_a_value_with_every_counter_the_server_sends(client: Client) -> None:
+    wire = {f.name for f in pb.StatsReply.DESCRIPTOR.fields}
+    assert {f.name for f in dataclasses.fields(ServerStats)} == wire
+    with client.open("/counted", "wb") as f:
+        f.write(b"x" * 4096)
+    stats = client.stats()
+    assert isinstance(stats, ServerStats)
+    assert stats.layouts >= 1 and stats.sessions_open >= 1 and stats.free_bytes > 0
