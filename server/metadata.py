@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from daxfs.server import cache_grants
 from daxfs.server.cache_grants import Key
@@ -78,6 +79,14 @@ def storage_error(path: str, exc: sqlite3.DatabaseError) -> DaxfsError:
     if "full" in text:
         return NoSpace(f"metadata {path}: the disk holding it is full ({text}); free space there")
     return DaxfsError(f"metadata {path}: {text}")
+
+
+class Quarantined(NamedTuple):
+    """A freed region range no one may reuse before ``until_ns`` (wall clock, ns)."""
+
+    offset: int
+    length: int
+    until_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,11 +409,11 @@ class Metadata:
     def remove_free(self, offset: int) -> None:
         self._conn.execute("DELETE FROM free_extents WHERE region_offset=?", (offset,))
 
-    def quarantined(self) -> list[tuple[int, int, int]]:
+    def quarantined(self) -> list[Quarantined]:
         rows = self._conn.execute(
             "SELECT region_offset, length, until_ns FROM quarantine ORDER BY region_offset"
         ).fetchall()
-        return [(int(o), int(n), int(u)) for o, n, u in rows]
+        return [Quarantined(int(o), int(n), int(u)) for o, n, u in rows]
 
     def quarantined_length(self, offset: int) -> int | None:
         row = self._conn.execute(
