@@ -513,7 +513,11 @@ class Client:
         if self.caches_metadata:
             base = path.rstrip("/")
             self.meta_cache.put_many(
-                ((key_of(f"{base}/{name}", who), Answer(a, None)) for name, a in entries), epoch
+                (
+                    (key_of(f"{base}/{e.name}", who), Answer(a, None, frozenset(e.xattr_names)))
+                    for e, (_, a) in zip(reply.entries, entries, strict=True)
+                ),
+                epoch,
             )
         return entries
 

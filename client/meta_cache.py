@@ -24,10 +24,14 @@ from typing import Protocol
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.attr import Attr
-from daxfs.shared.errors import DaxfsError
+from daxfs.shared.errors import DaxfsError, NoData
 
 #: Whom an answer was given to: path, uid, gid, groups (the server checks permissions).
 Key = tuple[str, int, int, tuple[int, ...]]
+
+#: Extended attribute namespaces the server reads without a permission check
+#: (server/namespace.py ``_may_xattr``): a missing one is ENODATA for anyone.
+_UNCHECKED = ("security.", "system.posix_acl_access", "system.posix_acl_default")
 
 #: Answers kept at most; past it the cache starts over (a working set this big
 #: is better served by the kernel's cache in front of the mount).
@@ -38,6 +42,8 @@ MAX_ENTRIES = 65536
 class Answer:
     attr: Attr | None
     error: DaxfsError | None
+    #: The names of the inode's extended attributes, when a listing carried them.
+    xattr_names: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +141,25 @@ class MetaCache:
         old = self._answers.get(key)
         if old is not None and (old.attr is None or old.attr != answer.attr):
             self._drop(key)  # and the xattrs kept beside it
+        elif old is not None and answer.xattr_names is None:
+            answer = Answer(answer.attr, answer.error, old.xattr_names)
         self._answers[key] = answer
         if answer.attr is not None:
             self._by_ino.setdefault(int(answer.attr.ino), set()).add(key)
 
     def get_xattr(self, key: Key, name: str) -> XattrAnswer | None:
+        """The answer kept for ``name``; or ENODATA when the listing that gave the
+        attributes named the inode's xattrs without it and no permission
+        decides the answer (``security.*``, the POSIX ACLs)."""
         with self._lock:
             if not self._open:
                 return None
             answer = self._xattrs.get(key, {}).get(name)
+            if answer is None and name.startswith(_UNCHECKED):
+                held = self._answers.get(key)
+                names = None if held is None else held.xattr_names
+                if names is not None and name not in names:
+                    answer = XattrAnswer(None, NoData(f"no attribute {name!r}"))
         if answer is not None:
             self.hits += 1
         return answer

@@ -1222,21 +1222,32 @@ class DirEntry(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ATTR_FIELD_NUMBER: _builtins.int
+    XATTR_NAMES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Entry name."""
     @_builtins.property
     def attr(self) -> Global___Attr:
         """Attributes of the entry's inode."""
 
+    @_builtins.property
+    def xattr_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the inode's extended attributes (as ListXattr would give the
+        caller), filled only for a client that caches metadata
+        (HelloRequest.cache_metadata): it answers a getxattr of a name not
+        listed, where no permission decides, with ENODATA without asking
+        (ls -l asks every file for its ACL and security label).
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         attr: Global___Attr | None = ...,
+        xattr_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "name", b"name", "xattr_names", b"xattr_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -445,3 +445,15 @@ class Metadata:
     def list_xattrs(self, ino: int) -> list[str]:
         rows = self._conn.execute("SELECT name FROM xattrs WHERE ino=? ORDER BY name", (ino,))
         return [str(r[0]) for r in rows.fetchall()]
+
+    def xattr_names_in(self, parent: int) -> dict[int, list[str]]:
+        """The extended attribute names of every inode named in directory ``parent``."""
+        rows = self._conn.execute(
+            "SELECT x.ino, x.name FROM xattrs x JOIN dirents d ON d.ino = x.ino"
+            " WHERE d.parent=? ORDER BY x.name",
+            (parent,),
+        )
+        out: dict[int, list[str]] = {}
+        for ino, name in rows.fetchall():
+            out.setdefault(int(ino), []).append(str(name))
+        return out

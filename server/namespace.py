@@ -87,6 +87,8 @@ ROOT = Caller()
 class DirEntry:
     name: str
     attr: Attr
+    #: The inode's extended attribute names, for a caching client only.
+    xattr_names: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -1138,11 +1140,18 @@ class Namespace:
             if not stat.S_ISDIR(row.mode):
                 raise errors.NotADirectory(f"{path} is not a directory")
             self._may(row, caller, R_OK)
+            caching = self.grants.caches(caller.client)
+            names = self.meta.xattr_names_in(row.ino) if caching else {}
+            hidden = () if caller.uid == 0 else ("trusted.",)
             entries = [
-                DirEntry(name, self._attr(self._inode(ino)))
+                DirEntry(
+                    name,
+                    self._attr(self._inode(ino)),
+                    tuple(n for n in names.get(ino, ()) if not n.startswith(hidden)),
+                )
                 for name, ino in self.meta.list_dir(row.ino)
             ]
-            if self.grants.caches(caller.client):
+            if caching:
                 # Each entry as a lookup of it would grant (a caching client
                 # keeps them: the kernel's READDIRPLUS).
                 keys: list[cache_grants.Key] = [cache_grants.Perm(row.ino)]

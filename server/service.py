@@ -555,7 +555,10 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
     def ReadDir(self, request: pb.PathRequest, context: grpc.ServicerContext) -> pb.ReadDirReply:
         entries = self.ns.readdir(request.path, self._caller(request.caller, context))
         return pb.ReadDirReply(
-            entries=[pb.DirEntry(name=e.name, attr=attr_msg(e.attr)) for e in entries]
+            entries=[
+                pb.DirEntry(name=e.name, attr=attr_msg(e.attr), xattr_names=e.xattr_names)
+                for e in entries
+            ]
         )
 
     @_edge

@@ -101,3 +101,20 @@ def test_xattr_answers_are_kept_beside_the_attributes_and_go_with_them() -> None
     cache.invalidate([99], [])  # overtaken by an invalidation: not kept
     cache.put_xattr(key, "user.k", value, epoch)
     assert cache.get_xattr(key, "user.k") is None
+
+
+def test_a_listed_xattr_name_set_answers_unchecked_missing_names() -> None:
+    """A listing named the inode's xattrs: a missing security label or ACL is
+    ENODATA without asking; a user.* name (read permission decides) is asked."""
+    cache = opened()
+    key = key_of("/f", ROOT)
+    cache.put(key, Answer(_attr(7), None, frozenset({"security.selinux"})), cache.epoch)
+    missing = cache.get_xattr(key, "system.posix_acl_access")
+    assert missing is not None and missing.value is None
+    assert isinstance(missing.error, errors.NoData)
+    assert cache.get_xattr(key, "security.selinux") is None  # present: ask for the value
+    assert cache.get_xattr(key, "user.k") is None
+    cache.put(key, Answer(_attr(7), None), cache.epoch)  # a stat keeps the names
+    assert cache.get_xattr(key, "security.ima") is not None
+    cache.invalidate([7], [])
+    assert cache.get_xattr(key, "security.ima") is None
