@@ -13,8 +13,7 @@ import io
 import logging
 import math
 import mmap
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ import numpy.typing as npt
 
 from daxfs.client import rpc
 from daxfs.client.fence import Fence
+from daxfs.client.inodes import Inode, Inodes
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.lease_state import LeaseState
 from daxfs.client.views import address_of, map_tiles
@@ -33,6 +33,7 @@ from daxfs.shared.attr import Attr
 from daxfs.shared.extent import MAX_FILE_SIZE, Extent, FileHandle, InodeId, align_up
 from daxfs.shared.flush import FlushMode
 from daxfs.shared.format import MIB
+from daxfs.shared.permissions import Identity
 from daxfs.shared.region import Region
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,32 @@ class FileHost(Protocol):
     layouts: LayoutCache
     fence: Fence
     lease_state: LeaseState
-    epochs: dict[InodeId, int]
+    inodes: Inodes
     session_epoch: int
 
     def call(self, method: rpc.Rpc[rpc.Req, rpc.Rep], request: rpc.Req) -> rpc.Rep: ...
 
     def lease_valid(self) -> bool: ...
 
-    def _opened(self, ino: InodeId) -> None: ...
+    def _closed_file(self, inode: Inode) -> int | None: ...
 
-    def _closed_file(self, ino: InodeId) -> int | None: ...
+    def fattr(self, handle: FileHandle, caller: Identity | None = None) -> Attr: ...
+
+    def setattr(
+        self,
+        path: str | None = None,
+        *,
+        handle: FileHandle | None = None,
+        caller: Identity | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        atime_now: bool = False,
+        mtime_now: bool = False,
+    ) -> Attr: ...
 
     def _got_lease(self, ino: InodeId, lease_id: int) -> None: ...
 
@@ -73,6 +90,56 @@ def _tiles(msg: pb.Layout) -> list[Extent]:
     return [
         Extent(e.file_offset, e.length, None if e.hole else e.region_offset) for e in msg.extents
     ]
+
+
+def refresh(client: FileHost, inode: Inode, handle: int) -> None:
+    """After recalls of the file the inode's size does not reflect: one GetAttr for the inode.
+
+    ``handle``: a server handle of the inode's session (any open file's).
+    """
+    recalls = client.inodes.recall_count(inode.ino)
+    if not inode.stale(recalls):
+        return
+    version = inode.version()
+    attr = client.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=client.caller, handle=handle))
+    inode.refreshed(int(attr.size), recalls, version)
+
+
+def publish(client: FileHost, inode: Inode, handle: int) -> None:
+    """Tell the server, through writable ``handle``, what the inode has that it lacks.
+
+    Growth past the server's size and the mtime of writes (CommitLayout).
+    After a recall the size is learnt first, so a truncate by another client
+    is never undone by growth it discarded. Call with ``inode.publishing`` held.
+    """
+    refresh(client, inode, handle)
+    plan = inode.to_publish()
+    if plan is None:
+        return
+    client.call(
+        rpc.COMMIT_LAYOUT,
+        pb.CommitLayoutRequest(
+            caller=client.caller,
+            handle=handle,
+            new_size=-1 if plan.new_size is None else plan.new_size,
+        ),
+    )
+    inode.published_as(plan)
+
+
+def publish_inode(client: FileHost, inode: Inode) -> None:
+    """Publish what the inode has that the server lacks, through any open file that may write.
+
+    Before a size or time change that does not go through a writable open
+    file (a truncate by path, futimens of a read-only one). Nothing to do
+    when no open file of the inode may write, or its session ended.
+    """
+    if inode.session != client.session_epoch:
+        return
+    with inode.publishing:
+        handle = inode.any_writer()
+        if handle is not None:
+            publish(client, inode, handle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +177,14 @@ class OpenMode:
 
 
 class DaxFile(io.RawIOBase):
-    """An open daxfs file. Not thread-safe; open one per thread."""
+    """An open daxfs file. Not thread-safe; open one per thread.
+
+    What the client knows of the file (its size, published or not, and the
+    recalls that size reflects) is shared by every open file of the client on
+    the same inode (client/inodes.py): a write past EOF through one is the
+    size all the others read up to and report, and a truncate through one
+    publishes the others' growth first.
+    """
 
     def __init__(
         self,
@@ -130,17 +204,22 @@ class DaxFile(io.RawIOBase):
         self.ino = attr.ino
         #: The file's attributes when it was opened.
         self.attr = attr
-        self._size = attr.size
-        self._committed_size = self._size
         self._pos = 0
-        self._dirty = False
-        self._lock = threading.Lock()
         self._u8 = client.region.u8
         self._bs = client.block_size
-        self._epoch = client.epochs.get(self.ino, 0)
         # The session the open was sent in (a reply can outlive it).
         self._session_epoch = client.session_epoch if session_epoch is None else session_epoch
-        client._opened(self.ino)
+        #: Shared with every other open file of this client on the inode.
+        self._inode = (
+            client.inodes.open(
+                attr,
+                self._session_epoch,
+                truncated=mode.truncate,
+                writer=handle if mode.write else None,
+            )
+            if self._session_epoch == client.session_epoch
+            else Inode(attr, epoch=0, session=self._session_epoch, opens=1)  # void already
+        )
         if layout is not None:
             # Granted with the open (OpenRequest.layout): taken as a GetLayout reply is.
             try:
@@ -153,7 +232,7 @@ class DaxFile(io.RawIOBase):
             if not usable:
                 # A recall overtook the reply, so the size it came with may be
                 # stale too: the first copy learns it again.
-                self._epoch = -1
+                self._inode.unsure()
 
     # -- io.RawIOBase --------------------------------------------------------
 
@@ -168,8 +247,8 @@ class DaxFile(io.RawIOBase):
 
     @property
     def size(self) -> int:
-        """The file size as this handle sees it (including its own uncommitted growth)."""
-        return self._size
+        """The file size as this client sees it (including growth not yet published)."""
+        return self._inode.size
 
     def _check_open(self) -> None:
         if self.closed:
@@ -186,7 +265,7 @@ class DaxFile(io.RawIOBase):
         elif whence == io.SEEK_CUR:
             pos = self._pos + offset
         elif whence == io.SEEK_END:
-            pos = self._size + offset
+            pos = self._inode.size + offset
         else:
             raise errors.InvalidArgument(f"bad whence {whence}")
         if pos < 0:
@@ -197,7 +276,7 @@ class DaxFile(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
         if size is None or size < 0:
-            size = max(self._size - self._pos, 0)
+            size = max(self._inode.size - self._pos, 0)
         data = self.pread(size, self._pos)
         self._pos += len(data)
         return data
@@ -215,10 +294,22 @@ class DaxFile(io.RawIOBase):
     def write(self, data: Any) -> int:
         self._check_open()
         if self.mode_info.append:
-            self._pos = self._size
+            n = self.append(data)
+            self._pos = self._inode.size
+            return n
         n = self.pwrite(data, self._pos)
         self._pos += n
         return n
+
+    def append(self, data: Any) -> int:
+        """Store ``data`` at the end of the file (O_APPEND); returns the count.
+
+        The end is the size this client sees; appends through any of its open
+        files of the inode are serialised, so no two start at the same end.
+        """
+        self._check_open()
+        with self._inode.appending:
+            return self.pwrite(data, self._inode.size)
 
     # -- positional I/O ------------------------------------------------------
 
@@ -232,13 +323,7 @@ class DaxFile(io.RawIOBase):
             )
         if not client.lease_valid():
             raise errors.StaleHandle("the client's lease lapsed; its layouts are fenced")
-        epoch = client.epochs.get(self.ino, 0)
-        if epoch != self._epoch:
-            self._epoch = epoch
-            attr = client.call(
-                rpc.GET_ATTR, pb.GetAttrRequest(caller=client.caller, handle=self.handle)
-            )
-            self._size = self._committed_size = int(attr.size)
+        refresh(client, self._inode, self.handle)
 
     def _layout(self, start: int, end: int, *, write: bool) -> list[Extent]:
         """Tiles for [start, end), from the cache or one GetLayout."""
@@ -256,7 +341,7 @@ class DaxFile(io.RawIOBase):
                 ask_end = min(ask_end, max(end, MAX_FILE_SIZE))
         else:
             # Reads: one layout for the whole file, so later reads cost no RPC.
-            ask_start, ask_end = 0, max(end, align_up(self._size, self._bs))
+            ask_start, ask_end = 0, max(end, align_up(self._inode.size, self._bs))
         try:
             tiles = self._fetch_layout(ask_start, ask_end, write)
         except errors.NoSpace:
@@ -343,7 +428,7 @@ class DaxFile(io.RawIOBase):
         if offset < 0:
             raise errors.InvalidArgument(f"negative offset {offset}")
         self._check_lease()
-        end = min(self._size, offset + len(dst))
+        end = min(self._inode.size, offset + len(dst))
         if end <= offset:
             return 0
         tiles = self._layout(offset, end, write=False)
@@ -381,7 +466,7 @@ class DaxFile(io.RawIOBase):
             raise errors.InvalidArgument(f"negative offset {offset}")
         while True:
             self._check_lease()
-            end = min(self._size, offset + size)
+            end = min(self._inode.size, offset + size)
             if end <= offset:
                 yield []
                 return
@@ -411,7 +496,7 @@ class DaxFile(io.RawIOBase):
         if offset < 0:
             raise errors.InvalidArgument(f"negative offset {offset}")
         self._check_lease()
-        end = min(self._size, offset + size)
+        end = min(self._inode.size, offset + size)
         if end <= offset:
             return b""
         tiles = self._layout(offset, end, write=False)
@@ -428,7 +513,10 @@ class DaxFile(io.RawIOBase):
         return out[:n].tobytes()
 
     def pwrite(self, data: Any, offset: int) -> int:
-        """Store ``data`` at ``offset``; the new size is published by flush/fsync/close."""
+        """Store ``data`` at ``offset``; the new size is published by flush/fsync/close.
+
+        Every open file of this client on the inode sees the new size at once.
+        """
         self._check_open()
         if not self.mode_info.write:
             raise errors.BadHandle("file not open for writing")
@@ -462,10 +550,27 @@ class DaxFile(io.RawIOBase):
                     r = tile.region_offset + lo
                     f = tile.file_offset - offset + lo
                     self._u8[r : r + hi - lo] = src[f : f + hi - lo]
-        self._dirty = True
-        if end > self._size:
-            self._size = end
+        self._inode.wrote(offset, end)
         return n
+
+    def kill_setid(self, writer: Callable[[], Identity]) -> None:
+        """Before a write by ``writer``: clear the set-id bits as Linux does.
+
+        A write by anyone but root clears S_ISUID, and S_ISGID when group
+        execute is set or the writer is not in the file's group. ``writer`` is
+        asked only when the file has such a bit. The FUSE edge calls this
+        before each write (the kernel leaves it to the filesystem for direct
+        I/O); the library's own writes do not.
+        """
+        self._check_open()
+        if not self._inode.has_setid():
+            return
+        who = writer()
+        kill = self._inode.setid_to_clear(who)
+        if not kill:
+            return
+        attr = self.setattr(caller=who, mode=self._inode.mode & ~kill)
+        self._inode.saw(attr)
 
     def _validate_copy(self) -> None:
         """After a read: if our lease may have lapsed during the copy, its bytes may be foreign."""
@@ -474,46 +579,65 @@ class DaxFile(io.RawIOBase):
                 "the client's lease lapsed during the read (was it frozen?); read again"
             )
 
-    def adopt_size(
-        self, size: int, epoch: int | None = None, *, published: int | None = None
-    ) -> None:
-        """Take ``size`` as the file size: another handle of this client grew or truncated the file.
-
-        Reads then stop at ``size``; a later flush publishes no growth this
-        handle saw before a truncation (the FUSE mount shares one size among
-        the handles of an inode).
-
-        ``epoch`` is the count of this file's recalls (``Client.epochs``) that
-        ``size`` already reflects: the handle then does not ask the server for
-        the size again after those recalls, which would drop growth the caller
-        knows of and the server does not yet. ``published``: the server's size
-        went down to this meanwhile (a truncate through another handle), so a
-        later flush publishes whatever lies past it.
-        """
-        self._check_open()
-        if size < 0:
-            raise errors.InvalidArgument(f"negative size {size}")
-        if epoch is not None:
-            self._epoch = epoch
-        self._size = size
-        self._committed_size = min(self._committed_size, size)
-        if published is not None:
-            self._committed_size = min(self._committed_size, published)
-
     def truncate(self, size: int | None = None) -> int:
+        """ftruncate: publishes every open file's growth first, then sets the size."""
         self._check_open()
         if not self.mode_info.write:
             raise errors.BadHandle("file not open for writing")
         if size is None:
             size = self._pos
-        self._commit()
-        attr = self.client.call(
-            rpc.SET_ATTR,
-            pb.SetAttrRequest(caller=self.client.caller, handle=self.handle, size=size),
+        self.setattr(size=size)
+        return self._inode.size
+
+    def stat(self, caller: Identity | None = None) -> Attr:
+        """fstat: the file's attributes, with the size as this client sees it."""
+        self._check_open()
+        return self.client.fattr(self.handle, caller)
+
+    def setattr(
+        self,
+        *,
+        caller: Identity | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        atime_now: bool = False,
+        mtime_now: bool = False,
+    ) -> Attr:
+        """fchmod, fchown, ftruncate and futimens through this open file.
+
+        A size or time change publishes first what this client wrote (a
+        truncate up would otherwise zero writes the server does not know of,
+        and a later CommitLayout would overwrite explicit times with now).
+        Returns the attributes with the size as this client sees it.
+        """
+        self._check_open()
+        if (
+            size is not None
+            or atime_ns is not None
+            or mtime_ns is not None
+            or atime_now
+            or mtime_now
+        ):
+            if self.mode_info.write:
+                self._commit()
+            else:
+                publish_inode(self.client, self._inode)
+        return self.client.setattr(
+            handle=self.handle,
+            caller=caller,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            size=size,
+            atime_ns=atime_ns,
+            mtime_ns=mtime_ns,
+            atime_now=atime_now,
+            mtime_now=mtime_now,
         )
-        self.client.layouts.invalidate(self.ino)
-        self._size = self._committed_size = int(attr.size)
-        return self._size
 
     def allocate(
         self,
@@ -538,7 +662,7 @@ class DaxFile(io.RawIOBase):
         ``zero_range`` makes it read as zeros (see AllocateRequest).
         """
         self._check_open()
-        # Growth this handle wrote first: a growing fallocate zeroes past the server's size.
+        # Growth this client wrote first: a growing fallocate zeroes past the server's size.
         self._commit()
         attr = self.client.call(
             rpc.ALLOCATE,
@@ -554,8 +678,7 @@ class DaxFile(io.RawIOBase):
             ),
         )
         self.client.layouts.invalidate(self.ino)
-        self._size = max(self._size, int(attr.size))
-        self._committed_size = int(attr.size)
+        self._inode.allocated(int(attr.size))
         if self.mode_info.write and length > 0 and not punch_hole:
             # The one layout: writes into the range, or an array() of it, need no other.
             self._fetch_layout(offset, offset + length, write=True)
@@ -568,25 +691,22 @@ class DaxFile(io.RawIOBase):
         return self._session_epoch != self.client.session_epoch
 
     def _commit(self) -> None:
-        if not self.mode_info.write or not (self._dirty or self._size != self._committed_size):
+        """Publish what this client wrote to the file (any of its open files of it)."""
+        if not self.mode_info.write:
             return
+        with self._inode.publishing:
+            self._commit_locked()
+
+    def _commit_locked(self) -> None:
         if self.session_lost:
-            self._dirty = False
-            self._size = self._committed_size
+            if self._inode.to_publish() is None:
+                return
+            self._inode.lost()
             raise errors.StaleHandle(
                 f"{self.path}: the session ended before this file's new size was published; "
                 "writes past its old end are lost"
             )
-        self.client.call(
-            rpc.COMMIT_LAYOUT,
-            pb.CommitLayoutRequest(
-                caller=self.client.caller,
-                handle=self.handle,
-                new_size=self._size if self._size > self._committed_size else -1,
-            ),
-        )
-        self._committed_size = max(self._committed_size, self._size)
-        self._dirty = False
+        publish(self.client, self._inode, self.handle)
 
     def flush(self) -> None:
         """Publish size and mtime to the server (CommitLayout). Bytes are visible already."""
@@ -598,7 +718,7 @@ class DaxFile(io.RawIOBase):
         """Make bytes [offset, offset+length) durable; returns the flush path used."""
         self._check_open()
         if length is None:
-            length = max(self._size - offset, 0)
+            length = max(self._inode.size - offset, 0)
         if offset < 0 or length < 0:
             raise errors.InvalidArgument("negative offset or length")
         region = self.client.region
@@ -613,22 +733,45 @@ class DaxFile(io.RawIOBase):
         region.flusher.drain()
         return region.flush_mode
 
-    def fsync(self) -> None:
-        """persist() every byte, then publish size and mtime."""
-        self.persist(0, self._size)
-        self._commit()
+    def fsync(self, *, written_only: bool = False) -> None:
+        """persist() every byte, then publish size and mtime.
+
+        ``written_only``: persist only the ranges written (pwrite, through any
+        open file of this client on the inode) since the last fsync that did,
+        as a FUSE fsync needs: every write of the kernel arrives that way. Not
+        for a file whose numpy views were stored to.
+        """
+        self._check_open()
+        spans = self._inode.take_written()
+        try:
+            if not written_only:
+                self.persist(0, self._inode.size)
+            for span in spans if written_only else ():
+                if span.end > span.start:
+                    self.persist(span.start, span.end - span.start)
+            self._commit()
+        except BaseException:
+            self._inode.put_back(spans)
+            raise
 
     def close(self) -> None:
         if self.closed:
             return
         try:
-            self._commit()
+            if self.mode_info.write:
+                with self._inode.publishing:
+                    try:
+                        self._commit_locked()
+                    finally:
+                        # No publication on behalf of the inode goes through
+                        # this handle after this (it is about to be released).
+                        self._inode.drop_writer(self.handle)
         finally:
             try:
                 # The lease goes back with the handle, in one call and first: a
                 # release that frees blocks (unlinked file, trimmed
                 # preallocation) then needs no recall.
-                lease_id = self.client._closed_file(self.ino)
+                lease_id = self.client._closed_file(self._inode)
                 if not self.session_lost:  # else the server forgot the handle already
                     try:
                         self.client.call(
@@ -665,21 +808,22 @@ class DaxFile(io.RawIOBase):
         dt = np.dtype(dtype)
         if dt.itemsize == 0:
             raise errors.InvalidArgument("dtype with no size")
+        size = self._inode.size
         if shape is None:
-            if self._size % dt.itemsize:
+            if size % dt.itemsize:
                 raise errors.InvalidArgument(
-                    f"file size {self._size} is not a multiple of {dt} ({dt.itemsize} bytes)"
+                    f"file size {size} is not a multiple of {dt} ({dt.itemsize} bytes)"
                 )
-            shape_t: tuple[int, ...] = (self._size // dt.itemsize,)
+            shape_t: tuple[int, ...] = (size // dt.itemsize,)
         else:
             shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
         if any(s < 0 for s in shape_t):
             raise errors.InvalidArgument(f"negative dimension in {shape_t}")
         nbytes = math.prod(shape_t) * dt.itemsize
         writable = self.mode_info.write
-        if nbytes > self._size and not writable:
+        if nbytes > size and not writable:
             raise errors.InvalidArgument(
-                f"shape {shape_t} needs {nbytes} bytes but the file has {self._size} "
+                f"shape {shape_t} needs {nbytes} bytes but the file has {size} "
                 "and is open read-only"
             )
         if nbytes == 0:
@@ -689,8 +833,8 @@ class DaxFile(io.RawIOBase):
         for _attempt in range(STALE_GRANT_RETRIES):
             if writable:
                 tiles = self._layout(0, span, write=True)
-                if nbytes > self._size:
-                    self._size = nbytes
+                if nbytes > self._inode.size:
+                    self._inode.grew(nbytes)
                     self._commit()
             else:
                 tiles = self._layout(0, span, write=False)

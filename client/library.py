@@ -30,7 +30,9 @@ from typing import Any
 from daxfs.client import rpc
 from daxfs.client.daxfile import DaxFile as DaxFile
 from daxfs.client.daxfile import OpenMode as OpenMode
+from daxfs.client.daxfile import publish_inode
 from daxfs.client.fence import Fence
+from daxfs.client.inodes import Inode, Inodes
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.lease_state import LeaseState
 from daxfs.client.meta_cache import (
@@ -181,8 +183,9 @@ class Client:
             )
         self.layouts = LayoutCache()
         self.fence = Fence()
-        #: Recalls seen per file; an open file refreshes its size when this moves.
-        self.epochs: dict[InodeId, int] = {}
+        #: What this client knows of each file it has open, shared by its open
+        #: files of it (client/inodes.py): one size model, the recalls seen per file.
+        self.inodes = Inodes()
         #: The protocol core (client/lease_state.py): the deadline (guarded by the
         #: session stream) and the highest recall seq seen per file in this session
         #: (a layout granted at a lower seq was overtaken by that recall and is
@@ -192,9 +195,8 @@ class Client:
         #: Moves when the server ends our session (restart, eviction): files
         #: opened before then are void (ESTALE).
         self.session_epoch = 0
-        #: Open DaxFiles and the lease id per file, for return-on-close. Guarded by _lock.
+        #: The lease id per file, for return-on-close. Guarded by _lock.
         self._lock = threading.Lock()
-        self._open_counts: dict[InodeId, int] = {}
         self._lease_ids: dict[InodeId, int] = {}
         self._closed = False
         self._recover_lock = threading.Lock()
@@ -241,7 +243,7 @@ class Client:
             self.lease_state.recall_seen(ino, int(recall.seq))
             self.layouts.invalidate(ino)
             self.fence.fence(ino, recall.offset, recall.length)
-            self.epochs[ino] = self.epochs.get(ino, 0) + 1
+            self.inodes.recalled(ino)
         log.debug(
             "recall %d: ino=%d [%d, +%d)", recall.recall_id, ino, recall.offset, recall.length
         )
@@ -321,17 +323,23 @@ class Client:
         return mode & 0o7777 & ~self.umask if caller is None else mode & 0o7777
 
     def attr(self, path: str, caller: Identity | None = None) -> Attr:
-        """The attributes of ``path``, from the metadata cache when it holds them."""
+        """The attributes of ``path``, from the metadata cache when it holds them.
+
+        The size of a file this client has open is the size it sees
+        (client/inodes.py), its own writes not yet published included.
+        """
         who = self._who(caller)
+        before = self.inodes.recalls_total
         if not self.caches_metadata:
-            return rpc.attr_of(self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path)))
+            a = rpc.attr_of(self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path)))
+            return self.inodes.seen(a, recalls_before=before)
         key = key_of(path, who)
         if self.lease_valid():
             hit = self.meta_cache.get(key)
             if hit is not None:
                 if hit.attr is None:
                     raise errors.NotFound(str(hit.error))
-                return hit.attr
+                return self.inodes.seen(hit.attr)
         epoch = self.meta_cache.epoch
         try:
             a = rpc.attr_of(self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path)))
@@ -339,12 +347,13 @@ class Client:
             self.meta_cache.put(key, Answer(None, exc), epoch)
             raise
         self.meta_cache.put(key, Answer(a, None), epoch)
-        return a
+        return self.inodes.seen(a, recalls_before=before)
 
     def fattr(self, handle: FileHandle, caller: Identity | None = None) -> Attr:
-        """The attributes of an open file, by its server handle (fstat)."""
+        """The attributes of an open file, by its server handle (fstat; size as :meth:`attr`)."""
+        before = self.inodes.recalls_total
         req = pb.GetAttrRequest(caller=self._who(caller), handle=handle)
-        return rpc.attr_of(self.call(rpc.GET_ATTR, req))
+        return self.inodes.seen(rpc.attr_of(self.call(rpc.GET_ATTR, req)), recalls_before=before)
 
     def _session_lost(self, stale_id: int) -> pb.Caller | None:
         """The server no longer knows session ``stale_id``: everything we held is void.
@@ -369,6 +378,7 @@ class Client:
             self.fence.fence(None)
             self.lease_state.forget_recalls()
             self.session_epoch += 1
+            self.inodes.new_session()
         with self._lock:
             self._lease_ids.clear()
         try:
@@ -398,11 +408,7 @@ class Client:
         """True while our lease holds on our own clock (always, without a session stream)."""
         return self.session is None or self.session.lease_valid()
 
-    def _opened(self, ino: InodeId) -> None:
-        with self._lock:
-            self._open_counts[ino] = self._open_counts.get(ino, 0) + 1
-
-    def _closed_file(self, ino: InodeId) -> int | None:
+    def _closed_file(self, inode: Inode) -> int | None:
         """Return-on-close: the id of the lease the last handle of a file gives back with it.
 
         None while other handles are open or a view maps the file. The caller
@@ -410,12 +416,10 @@ class Client:
         later then go straight back to the free list instead of waiting for
         this client's recall acknowledgement.
         """
+        ino = inode.ino
         with self._lock:
-            left = self._open_counts.get(ino, 1) - 1
-            if left:
-                self._open_counts[ino] = left
+            if not self.inodes.close(inode):
                 return None
-            self._open_counts.pop(ino, None)
             if self.fence.live_views(ino):
                 return None
             lease_id = self._lease_ids.pop(ino, None)
@@ -519,7 +523,7 @@ class Client:
                 ),
                 epoch,
             )
-        return entries
+        return [(name, self.inodes.seen(a)) for name, a in entries]
 
     def mkdir(self, path: str, mode: int = 0o777, *, caller: Identity | None = None) -> Attr:
         req = pb.MkdirRequest(caller=self._who(caller), path=path, mode=self._mode(mode, caller))
@@ -556,7 +560,7 @@ class Client:
 
     def link(self, existing: str, new: str, *, caller: Identity | None = None) -> Attr:
         req = pb.LinkRequest(caller=self._who(caller), existing=existing, new_path=new)
-        return rpc.attr_of(self.call(rpc.LINK, req))
+        return self.inodes.seen(rpc.attr_of(self.call(rpc.LINK, req)))
 
     def setattr(
         self,
@@ -575,11 +579,27 @@ class Client:
     ) -> Attr:
         """chmod, chown, truncate and utimens in one call, by path or by server handle.
 
-        Only what is given changes. A size change of a file this client has
-        open goes through :meth:`DaxFile.truncate` instead (it knows the
-        writes not yet published).
+        Only what is given changes. By path, a size or time change of a file
+        this client has open publishes first what it wrote and the server does
+        not know yet (a truncate up would zero those writes, and a later
+        CommitLayout would overwrite explicit times with now); by a server
+        handle it does not (:meth:`DaxFile.setattr` does). Returns the
+        attributes with the size as this client sees it.
         """
-        req = pb.SetAttrRequest(caller=self._who(caller), handle=handle or 0, path=path or "")
+        who = self._who(caller)
+        changes_data = (
+            size is not None
+            or atime_ns is not None
+            or mtime_ns is not None
+            or atime_now
+            or mtime_now
+        )
+        if path and changes_data and self.inodes.has_writers():
+            target = rpc.attr_of(self.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=who, path=path)))
+            inode = self.inodes.get(target.ino)
+            if inode is not None:
+                publish_inode(self, inode)
+        req = pb.SetAttrRequest(caller=who, handle=handle or 0, path=path or "")
         if mode is not None:
             req.mode = mode & 0o7777
         if uid is not None:
@@ -594,9 +614,14 @@ class Client:
             req.mtime_ns = mtime_ns
         req.atime_now, req.mtime_now = atime_now, mtime_now
         attr = rpc.attr_of(self.call(rpc.SET_ATTR, req))
+        inode = self.inodes.get(attr.ino)
+        if inode is not None:
+            inode.saw(attr)
         if size is not None:
             self.layouts.invalidate(attr.ino)
-        return attr
+            if inode is not None:
+                inode.truncated(attr.size)
+        return self.inodes.seen(attr)
 
     def chmod(self, path: str, mode: int, *, caller: Identity | None = None) -> Attr:
         return self.setattr(path, mode=mode, caller=caller)

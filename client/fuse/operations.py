@@ -20,10 +20,12 @@ RENAME_NOREPLACE into a replacing rename). ``init_with_config`` raises
 
 Sizes within one mount: a write past EOF is published to the server at
 flush/fsync/close (CommitLayout), like every daxfs client. Until then the
-mount itself knows the larger size (``_Inode.size``) and reports it in
-getattr, so the kernel, ``fstat`` and O_APPEND see every local write at once.
-Once everything is published the server's size wins again, so truncates by
-other guests show (at once through a layout recall, else at the next stat).
+client core knows the larger size, one per inode for every open file of it
+(``daxfs.client.inodes``), and getattr reports it, so the kernel, ``fstat``
+and O_APPEND see every local write at once. Once everything is published the
+server's size wins again, so truncates by other guests show (at once through
+a layout recall, else at the next stat). The operations here only translate:
+the size model, set-id clearing, O_APPEND and fsync's ranges are the core's.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from daxfs.client.library import Client, DaxFile, OpenMode
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr
 from daxfs.shared.errors import DaxfsError
-from daxfs.shared.extent import InodeId
 from daxfs.shared.format import MIB
 from daxfs.shared.limits import (
     FALLOC_FL_KEEP_SIZE,
@@ -127,14 +128,14 @@ def _groups_of(pid: int) -> list[int]:
     return []
 
 
-def _stat_dict(a: Attr, size: int) -> dict[str, int]:
+def _stat_dict(a: Attr) -> dict[str, int]:
     return {
         "st_ino": a.ino,
         "st_mode": a.mode,
         "st_nlink": a.nlink,
         "st_uid": a.uid,
         "st_gid": a.gid,
-        "st_size": size,
+        "st_size": a.size,
         "st_blocks": (a.allocated + 511) // 512,
         "st_blksize": a.blksize,
         "st_rdev": a.rdev,
@@ -202,87 +203,14 @@ class IoStats:
         return json.dumps(doc, sort_keys=True).encode()
 
 
-class _Inode:
-    """What this mount knows of an inode it has open. Guarded by ``self.lock``."""
-
-    __slots__ = (
-        "dirty",
-        "epoch",
-        "gid",
-        "growth",
-        "handles",
-        "ino",
-        "lock",
-        "mode",
-        "published",
-        "size",
-    )
-
-    def __init__(self, ino: InodeId, size: int, epoch: int, mode: int, gid: int) -> None:
-        self.ino = ino
-        self.lock = threading.Lock()
-        #: st_mode and st_gid as last seen (open, getattr, setattr through this
-        #: mount): a write must clear the set-id bits.
-        self.mode = mode
-        self.gid = gid
-        #: Layout recalls of this inode seen so far (``Client.epochs``): another
-        #: client freed part of it, so ``size`` must be learnt again.
-        self.epoch = epoch
-        #: The size as this mount sees it, unpublished growth included (bytes).
-        self.size = size
-        #: Writes past EOF so far, and how many of them the server has been told
-        #: of (CommitLayout). While they differ this mount's size wins over the
-        #: server's; once equal the server's size is the truth (another guest may
-        #: have truncated the file).
-        self.growth = 0
-        self.published = 0
-        #: Handles open on the inode in this mount.
-        self.handles: set[_Handle] = set()
-        #: Byte ranges [start, end) written since the last fsync, sorted, disjoint.
-        self.dirty: list[tuple[int, int]] = []
-
-    def grew(self, end: int) -> None:
-        """A write ended at ``end`` (call with ``self.lock`` held)."""
-        if end > self.size:
-            self.size = end
-            self.growth += 1
-
-    def learn(self, server_size: int) -> None:
-        """The server's size, as a getattr or an open reported it (``self.lock`` held)."""
-        self.size = max(self.size, server_size) if self.growth != self.published else server_size
-
-    def mark_dirty(self, start: int, end: int) -> None:
-        merged: list[tuple[int, int]] = []
-        for a, b in self.dirty:
-            if b < start or a > end:
-                merged.append((a, b))
-            else:
-                start, end = min(a, start), max(b, end)
-        merged.append((start, end))
-        merged.sort()
-        if len(merged) > 256:  # bound the bookkeeping: persist one covering span instead
-            merged = [(merged[0][0], merged[-1][1])]
-        self.dirty = merged
-
-
 class _Handle:
     """One FUSE open: a DaxFile (a server handle). ``lock`` guards ``file``."""
 
-    __slots__ = ("append", "file", "floor", "inode", "lock")
+    __slots__ = ("file", "lock")
 
-    def __init__(self, file: DaxFile, inode: _Inode, append: bool) -> None:
+    def __init__(self, file: DaxFile) -> None:
         self.file = file
-        self.inode = inode
-        self.append = append
         self.lock = threading.Lock()
-        #: The smallest size the server has had since this handle last synced
-        #: (a truncate through another handle or by another guest), or None.
-        #: Guarded by ``inode.lock``.
-        self.floor: int | None = None
-
-    def cut(self, size: int) -> None:
-        """The server's size became ``size`` (call with ``inode.lock`` held)."""
-        self.floor = size if self.floor is None else min(self.floor, size)
 
 
 class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
@@ -314,7 +242,6 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         self._lock = threading.Lock()
         # guarded by self._lock
         self._handles: dict[int, _Handle] = {}
-        self._inodes: dict[InodeId, _Inode] = {}
         self._fh = itertools.count(1)
         self._fresh: dict[str, tuple[Attr, float]] = {}
 
@@ -351,7 +278,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             item = self._fresh.pop(path, None)
         if item is None or time.monotonic() - item[1] > FRESH_S:
             return None
-        return item[0]
+        return self.client.inodes.seen(item[0])  # the size as the client sees it now
 
     def created(self, path: str) -> dict[str, int] | None:
         """The attributes the call that just made ``path`` returned (once), as getattr has them.
@@ -360,10 +287,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         them instead of asking the server again (one round trip less each).
         """
         a = self._fresh_attr(path)
-        if a is None:
-            return None
-        size = self._local_size(a.ino, a.size, a.mode, a.gid) if stat.S_ISREG(a.mode) else a.size
-        return _stat_dict(a, size)
+        return None if a is None else _stat_dict(a)
 
     def _handle(self, fh: int) -> _Handle:
         with self._lock:
@@ -372,122 +296,11 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             raise errors.BadHandle(f"no open file with FUSE handle {fh}")
         return h
 
-    def _recalled(self, inode: _Inode) -> bool:
-        """True once after each recall of the inode (call with ``inode.lock`` held)."""
-        epoch = self.client.epochs.get(inode.ino, 0)
-        if epoch == inode.epoch:
-            return False
-        inode.epoch = epoch
-        return True
-
-    def _sync(self, h: _Handle) -> None:
-        """Give the handle the size the mount knows (call with ``h.lock`` held)."""
-        if h.file.session_lost:
-            return  # the server forgot the handle: nothing to learn (ino may be reused)
-        with h.inode.lock:
-            recalled = self._recalled(h.inode)
-            epoch = h.inode.epoch
-        if recalled:
-            # Another client truncated or removed part of the file: its size now.
-            a = self.client.fattr(h.file.handle)
-            with h.inode.lock:
-                h.inode.size = int(a.size)
-                for other in h.inode.handles:
-                    other.cut(h.inode.size)
-        with h.inode.lock:
-            size = h.inode.size
-            floor, h.floor = h.floor, None
-        # The inode's size already reflects every recall up to ``epoch``: the
-        # handle must not learn the server's size again for them (it would
-        # drop growth another handle of this mount has not published). The
-        # floor makes its next flush publish any growth past a truncate it
-        # did not see.
-        h.file.adopt_size(size, epoch, published=floor)
-
-    def _commit(self, h: _Handle) -> None:
-        """Publish size and mtime through ``h`` (CommitLayout; call with ``h.lock`` held).
-
-        A writable handle publishes the size the whole mount knows, so every
-        write past EOF made before this call is then known to the server.
-        """
-        with h.inode.lock:
-            growth = h.inode.growth
-        self._sync(h)
-        h.file.flush()
-        if h.file.mode_info.write:
-            with h.inode.lock:
-                h.inode.published = max(h.inode.published, growth)
-
-    def _register(self, file: DaxFile, attr: Attr, append: bool, truncated: bool) -> int:
-        ino = InodeId(attr.ino)
+    def _register(self, file: DaxFile) -> int:
         with self._lock:
-            inode = self._inodes.get(ino)
-            if inode is None:
-                epoch = self.client.epochs.get(ino, 0)
-                inode = self._inodes[ino] = _Inode(ino, int(attr.size), epoch, attr.mode, attr.gid)
-                # Close-to-open: nothing cached of this file may be trusted now.
-                self.client.layouts.invalidate(ino)
-            h = _Handle(file, inode, append)
-            with inode.lock:
-                if truncated:
-                    inode.size = int(attr.size)
-                    for other in inode.handles:
-                        other.cut(inode.size)
-                    inode.published = inode.growth
-                    inode.dirty.clear()
-                    self.client.layouts.invalidate(ino)
-                else:
-                    inode.learn(int(attr.size))
-                inode.handles.add(h)
             fh = next(self._fh)
-            self._handles[fh] = h
+            self._handles[fh] = _Handle(file)
             return fh
-
-    def _local_size(self, ino: InodeId, server_size: int, mode: int, gid: int) -> int:
-        """The size to report: the server's, or this mount's while it has the file open."""
-        with self._lock:
-            inode = self._inodes.get(ino)
-        if inode is None:
-            return server_size
-        with inode.lock:
-            inode.mode, inode.gid = mode, gid
-            if self._recalled(inode):
-                inode.size = server_size
-            else:
-                inode.learn(server_size)
-            return inode.size
-
-    def _publish(self, path: str) -> None:
-        """Publish what this mount wrote to ``path`` and not yet told the server.
-
-        Before a truncate or utimens by path: the server zeroes what lies past
-        its size when a file grows (a truncate up would erase those writes), and
-        a later CommitLayout would overwrite explicit times with "now".
-        """
-        with self._lock:
-            writers = any(h.file.mode_info.write for h in self._handles.values())
-        if not writers:
-            return
-        a = self.client.attr(path, self._caller())
-        with self._lock:
-            inode = self._inodes.get(a.ino)
-            handles = list(inode.handles) if inode is not None else []
-        for h in handles:
-            if h.file.mode_info.write:
-                with h.lock:
-                    self._commit(h)
-
-    def _truncated(self, ino: InodeId, size: int) -> None:
-        self.client.layouts.invalidate(ino)
-        with self._lock:
-            inode = self._inodes.get(ino)
-        if inode is not None:
-            with inode.lock:
-                inode.size = size
-                for h in inode.handles:
-                    h.cut(size)
-                inode.published = inode.growth  # published first, then cut
-                inode.dirty = [(a, min(b, size)) for a, b in inode.dirty if a < size]
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -518,7 +331,6 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         with self._lock:
             left = list(self._handles.items())
             self._handles.clear()
-            self._inodes.clear()
         for fh, h in left:
             try:
                 with h.lock:
@@ -537,32 +349,22 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if a is None:
             caller = self._caller()
             if fh is not None:
-                a = self.client.fattr(self._handle(fh).file.handle, caller)
+                a = self._handle(fh).file.stat(caller)
             elif path is not None:
                 a = self.client.attr(path, caller)
             else:
                 raise errors.NotFound("no path and no handle")
-        if stat.S_ISREG(a.mode):
-            size = self._local_size(InodeId(a.ino), int(a.size), a.mode, a.gid)
-        else:
-            size = a.size
-        return _stat_dict(a, size)
+        return _stat_dict(a)
 
     def _setattr(self, path: str | None, fh: int | None = None, **fields: Any) -> Attr:
         """SetAttr through the open handle when the kernel named one (fchmod, ftruncate, ...)."""
         if fh is not None:
-            handle = self._handle(fh).file.handle
-            attr = self.client.setattr(handle=handle, caller=self._caller(), **fields)
+            attr = self._handle(fh).file.setattr(caller=self._caller(), **fields)
         elif path is None:
             # libfuse found no path for the inode (it was removed meanwhile).
             raise errors.NotFound("the file was unlinked")
         else:
             attr = self.client.setattr(path, caller=self._caller(), **fields)
-        with self._lock:
-            inode = self._inodes.get(attr.ino)
-        if inode is not None:
-            with inode.lock:
-                inode.mode, inode.gid = attr.mode, attr.gid
         return self._remember(path, attr) if path is not None else attr
 
     @_edge
@@ -585,15 +387,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def utimens(
         self, path: str | None, times: tuple[int, int] | None = None, fh: int | None = None
     ) -> int:
-        if fh is not None:
-            h = self._handle(fh)
-            if h.file.mode_info.write:
-                with h.lock:
-                    self._commit(h)
-        elif path is None:
+        if fh is None and path is None:
             raise errors.NotFound("the file was unlinked")
-        else:
-            self._publish(path)
         if times is None:
             self._setattr(path, fh, atime_now=True, mtime_now=True)
             return 0
@@ -618,16 +413,12 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             h = self._handle(fh)
             if h.file.mode_info.write:
                 with h.lock:
-                    self._sync(h)
-                    size = h.file.truncate(length)
-                self._truncated(h.file.ino, size)
+                    h.file.truncate(length)
                 return 0
             path = path or h.file.path
         if path is None:
             raise errors.NotFound("the file was unlinked")
-        self._publish(path)
-        attr = self._setattr(path, size=length)
-        self._truncated(attr.ino, attr.size)
+        self._setattr(path, size=length)
         return 0
 
     # -- namespace -----------------------------------------------------------
@@ -651,7 +442,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             ("..", {"st_mode": stat.S_IFDIR, "st_ino": UNKNOWN_INO}, 0),
         ]
         out.extend(
-            (name, _stat_dict(a, a.size), 0)  # all of them: the kernel's READDIRPLUS
+            (name, _stat_dict(a), 0)  # all of them: the kernel's READDIRPLUS (sizes as open)
             for name, a in entries
             if not name.startswith(HIDDEN_PREFIX)
         )
@@ -734,9 +525,9 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     # -- open files ----------------------------------------------------------
 
     @staticmethod
-    def _mode(flags: int) -> tuple[OpenMode, bool]:
+    def _mode(flags: int) -> OpenMode:
         acc = flags & os.O_ACCMODE
-        mode = OpenMode(
+        return OpenMode(
             read=acc in (os.O_RDONLY, os.O_RDWR),
             write=acc in (os.O_WRONLY, os.O_RDWR),
             create=bool(flags & os.O_CREAT),
@@ -744,28 +535,27 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             exclusive=bool(flags & os.O_EXCL),
             append=bool(flags & os.O_APPEND),
         )
-        return mode, mode.truncate
 
     @_edge
     def create(self, path: str, mode: int, flags: int) -> int:
-        m, trunc = self._mode(flags | os.O_CREAT)
-        file = self.client.open_file(path, m, mode=mode, caller=self._caller())
-        fh = self._opened(file, m, trunc)
+        file = self.client.open_file(
+            path, self._mode(flags | os.O_CREAT), mode=mode, caller=self._caller()
+        )
+        fh = self._opened(file)
         self._remember(path, file.attr)
         return fh
 
     @_edge
     def open(self, path: str, flags: int) -> int:
-        m, trunc = self._mode(flags)
-        return self._opened(self.client.open_file(path, m, caller=self._caller()), m, trunc)
+        return self._opened(self.client.open_file(path, self._mode(flags), caller=self._caller()))
 
-    def _opened(self, file: DaxFile, m: OpenMode, trunc: bool) -> int:
+    def _opened(self, file: DaxFile) -> int:
         try:
-            fh = self._register(file, file.attr, m.append, trunc)
+            fh = self._register(file)
         except BaseException:
             file.close()
             raise
-        if m.read and m.write and file.size:
+        if file.mode_info.read and file.mode_info.write and file.size:
             # One layout of the whole file now: writes inside it then find their
             # extents in the cache, instead of one GetLayout per small write.
             try:
@@ -788,7 +578,6 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         h = self._handle(fh)
         dst = _kernel_buffer(address, size)
         with h.lock:
-            self._sync(h)
             return h.file.preadinto(dst, offset)
 
     @_edge
@@ -804,10 +593,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         """
         self.iostats.read(size)
         h = self._handle(fh)
-        with h.lock:
-            self._sync(h)
-            with h.file.segments(offset, size) as views:
-                send(views)
+        with h.lock, h.file.segments(offset, size) as views:
+            send(views)
         if not self.client.lease_valid():
             log.warning(
                 "the lease lapsed during a one-copy read of %d bytes of %s", size, h.file.path
@@ -824,55 +611,19 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         self.iostats.write(size)
         h = self._handle(fh)
         src = _kernel_buffer(address, size)
-        inode = h.inode
         with h.lock:
-            self._sync(h)
-            self._drop_setid(h)
-            if h.append:
-                # O_APPEND: at the end this mount knows, held so appenders do not interleave.
-                with inode.lock:
-                    offset = inode.size
-                    n = h.file.pwrite(src, offset)
-                    inode.grew(offset + n)
-                    inode.mark_dirty(offset, offset + n)
-                return n
-            n = h.file.pwrite(src, offset)
-            with inode.lock:
-                inode.grew(offset + n)
-                inode.mark_dirty(offset, offset + n)
-            return n
-
-    def _drop_setid(self, h: _Handle) -> None:
-        """A write by anyone but root clears the set-id bits as Linux does.
-
-        S_ISUID goes; S_ISGID goes too when group execute is set or the writer
-        is not in the file's group (setattr_should_drop_sgid). The kernel
-        leaves this to the filesystem for direct I/O (no handle_killpriv
-        here). Call with ``h.lock`` held.
-        """
-        with h.inode.lock:
-            mode, gid = h.inode.mode, h.inode.gid
-        if not mode & (stat.S_ISUID | stat.S_ISGID):
-            return
-        caller = self._caller()
-        if caller.uid == 0:
-            return
-        kill = mode & stat.S_ISUID
-        in_group = gid == caller.gid or gid in caller.groups
-        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not in_group):
-            kill |= stat.S_ISGID
-        if not kill:
-            return
-        attr = self.client.setattr(handle=h.file.handle, caller=caller, mode=mode & ~kill)
-        with h.inode.lock:
-            h.inode.mode = attr.mode
+            # Clearing set-id bits is the filesystem's job for direct I/O.
+            h.file.kill_setid(self._caller)
+            if h.file.mode_info.append:
+                return h.file.append(src)  # at the end the client knows, not at offset
+            return h.file.pwrite(src, offset)
 
     @_edge
     def flush(self, path: str | None, fh: int) -> int:
         """close(2) of a descriptor: publish size and mtime (close-to-open)."""
         h = self._handle(fh)
         with h.lock:
-            self._commit(h)
+            h.file.flush()
         return 0
 
     @_edge
@@ -880,20 +631,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         """Persist the ranges written since the last fsync, then publish size and mtime."""
         h = self._handle(fh)
         with h.lock:
-            self._sync(h)
-            with h.inode.lock:
-                ranges, h.inode.dirty = h.inode.dirty, []
-            try:
-                for start, end in ranges:
-                    end = min(end, h.file.size)
-                    if end > start:
-                        h.file.persist(start, end - start)
-                self._commit(h)
-            except BaseException:
-                with h.inode.lock:
-                    for start, end in ranges:
-                        h.inode.mark_dirty(start, end)
-                raise
+            h.file.fsync(written_only=True)
         return 0
 
     @_edge
@@ -902,12 +640,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             h = self._handles.pop(fh, None)
             if h is None:
                 raise errors.BadHandle(f"no open file with FUSE handle {fh}")
-            with h.inode.lock:
-                h.inode.handles.discard(h)
-                if not h.inode.handles:
-                    del self._inodes[h.inode.ino]
         with h.lock:
-            self._sync(h)
             h.file.close()  # publishes size and mtime, then Release
         return 0
 
@@ -920,13 +653,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         punch = bool(mode & FALLOC_FL_PUNCH_HOLE)
         zero = bool(mode & FALLOC_FL_ZERO_RANGE)
         with h.lock:
-            # Publish first: the server zeroes what lies past the size it knows
-            # when a file grows, and this mount's writes past it are not yet known.
-            self._commit(h)
+            # Publishes this client's writes first (the server zeroes past its size).
             h.file.allocate(offset, size, keep_size=keep, punch_hole=punch, zero_range=zero)
-            with h.inode.lock:
-                # Published already (the server grew the size), so no growth to count.
-                h.inode.size = max(h.inode.size, h.file.size)
         return 0
 
     # -- extended attributes -------------------------------------------------
