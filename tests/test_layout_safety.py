@@ -270,30 +270,33 @@ def test_a_layout_reply_overtaken_by_its_recall_is_discarded(
 def test_through_fuse_a_layout_reply_overtaken_by_its_recall_is_discarded(
     leased: ServerProc, proxy: FaultyProxy, workdir: Path
 ) -> None:
+    # A reader's open carries the whole file's layout (OpenRequest.layout), and
+    # the mount uses it: the reply held is the Open's.
     mnt = workdir / "mnt"
     with connect(leased.address) as b, fuse_mount(proxy.address, mnt, "--timeout", "10"):
         write_file(b, "/x", b"\x11" * (4 * MIB))
         old_blocks = blocks_of(b, "/x")
-        fd = os.open(mnt / "x", os.O_RDONLY)
+        fds: list[int] = []
         try:
-            proxy.hold_next_layout()
+            proxy.hold_next("Open")
             got: list[bytes | BaseException] = []
 
             def read() -> None:
                 try:
-                    got.append(os.pread(fd, 4 * MIB, 0))
+                    fds.append(os.open(mnt / "x", os.O_RDONLY))
+                    got.append(os.pread(fds[0], 4 * MIB, 0))
                 except BaseException as exc:  # reported below
                     got.append(exc)
 
             reader = threading.Thread(target=read)
             reader.start()
-            assert proxy.holding.wait(10), "the read never asked for a layout"
+            assert proxy.holding.wait(10), "the open never reached the server"
             b.truncate("/x", 0)
             # Under load an acknowledgement can take longer than truncate waits.
             wait_until(lambda: b.stats().quarantined_bytes == 0, "/x's blocks to be free")
             write_file(b, "/y", b"\xee" * (4 * MIB))
             assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
-            proxy.release_layout()
+            proxy.release()
             reader.join(30)
             assert got, "the read never returned"
             # The read may fail or come back short (the file is empty now); it
@@ -303,7 +306,8 @@ def test_through_fuse_a_layout_reply_overtaken_by_its_recall_is_discarded(
             else:
                 assert isinstance(got[0], OSError), got
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
         b.unlink("/x")
         b.unlink("/y")
 
