@@ -466,14 +466,17 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             truncate=r.truncate,
         )
         reply = pb.OpenReply(handle=opened.handle, attr=attr_msg(opened.attr))
-        if r.layout and r.read and not (r.write or r.truncate) and opened.attr.size > 0:
-            # OPEN + LAYOUTGET: two core calls back to back, exactly what a client
-            # sending Open then GetLayout would get with nothing in between.
+        attr = opened.attr
+        if r.layout and r.read and not (r.write or r.truncate or attr.is_dir) and attr.size > 0:
+            # OPEN + LAYOUTGET: the two core calls a client would make, back to back.
+            # Nothing makes them atomic, and nothing needs to: whatever comes between
+            # (a truncate, a recall) is covered by the grant's recall_seq as for any
+            # GetLayout.
             try:
                 lay = self.ns.get_layout(
                     opened.handle,
                     0,
-                    align_up(opened.attr.size, self.ns.block_size),
+                    align_up(attr.size, self.ns.block_size),
                     caller,
                     write=False,
                 )
