@@ -26,6 +26,7 @@ from daxfs.client.fence import Fence
 from daxfs.client.inodes import Inode, Inodes
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.lease_state import LeaseState
+from daxfs.client.release_queue import ReleaseQueue
 from daxfs.client.views import address_of, map_tiles
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors, growth
@@ -58,6 +59,7 @@ class FileHost(Protocol):
     lease_state: LeaseState
     inodes: Inodes
     session_epoch: int
+    releases: ReleaseQueue
 
     def call(self, method: rpc.Rpc[rpc.Req, rpc.Rep], request: rpc.Req) -> rpc.Rep: ...
 
@@ -773,17 +775,19 @@ class DaxFile(io.RawIOBase):
                 # preallocation) then needs no recall.
                 lease_id = self.client._closed_file(self._inode)
                 if not self.session_lost:  # else the server forgot the handle already
-                    try:
-                        self.client.call(
-                            rpc.RELEASE,
-                            pb.ReleaseRequest(
-                                caller=self.client.caller,
-                                handle=self.handle,
-                                return_lease_id=lease_id or 0,
-                            ),
-                        )
-                    except errors.StaleHandle:
-                        pass  # the server restarted and forgot the handle: nothing to release
+                    # Sent after close returns, before this client's next call
+                    # (client/release_queue.py says why that is safe).
+                    request = pb.ReleaseRequest(
+                        caller=self.client.caller,
+                        handle=self.handle,
+                        return_lease_id=lease_id or 0,
+                    )
+                    client = self.client
+
+                    def release() -> None:
+                        client.call(rpc.RELEASE, request)
+
+                    client.releases.defer(release)
             finally:
                 super().close()
                 self._u8 = None  # type: ignore[assignment]

@@ -43,6 +43,7 @@ from daxfs.client.meta_cache import (
     after_all,
     key_of,
 )
+from daxfs.client.release_queue import ReleaseQueue
 from daxfs.client.rpc import Connection
 from daxfs.client.session import Session
 from daxfs.proto import daxfs_pb2 as pb
@@ -101,6 +102,10 @@ class SessionInfo:
     idle_ns: int
     """Since it last renewed or called, on the server's clock."""
     unacknowledged_recalls: int
+
+
+#: Calls of the byte path of an open file (see Client.call).
+_BYTE_PATH = (rpc.GET_LAYOUT, rpc.COMMIT_LAYOUT)
 
 
 class Client:
@@ -199,6 +204,8 @@ class Client:
         self._lock = threading.Lock()
         self._lease_ids: dict[InodeId, int] = {}
         self._closed = False
+        #: Releases of closed files, sent after close() returns (client/release_queue.py).
+        self.releases = ReleaseQueue()
         self._recover_lock = threading.Lock()
         #: Sessions of ours the server ended (a call naming one is recovered).
         self._past_sessions: set[int] = set()
@@ -404,6 +411,16 @@ class Client:
             self.session.adopt(self.caller, sent)
         return self.caller
 
+    def wait_released(self) -> None:
+        """Return once the files closed so far have been released on the server.
+
+        ``close()`` returns before its Release is answered (client/release_queue.py);
+        this client's own next call waits for it anyway. Call this before
+        another client or an operator looks at what the close gives back (the
+        lease, an unlinked file's blocks).
+        """
+        self.releases.drain()
+
     def lease_valid(self) -> bool:
         """True while our lease holds on our own clock (always, without a session stream)."""
         return self.session is None or self.session.lease_valid()
@@ -449,6 +466,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        self.releases.close()
         if self.session is not None:
             self.session.close()
         self._goodbye()
@@ -468,8 +486,16 @@ class Client:
         """One RPC; if the server forgot our session, recover it and retry what can be.
 
         Calls that name a handle or a lease cannot be retried (those died with
-        the session): they raise StaleHandle after the recovery.
+        the session): they raise StaleHandle after the recovery. Releases queued
+        by earlier closes are answered first: this client sees them in order.
+        Not before a layout call: one may be made under the fence's shared lock
+        (a copy that lost its layout asks again), which a release that recalls
+        this client's own lease would then wait for; and a layout call names an
+        open file, which no queued release can concern (the open that made it
+        waited for them).
         """
+        if method not in _BYTE_PATH:
+            self.releases.drain()
         try:
             return self.conn.call(method, request)
         except errors.UnknownSession:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from daxfs.client import Client, connect
 from daxfs.client.library import ServerStats
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
-from daxfs.testing import ServerProc, Volume
+from daxfs.testing import FaultyProxy, ServerProc, Volume
 
 MIB = 1024 * 1024
 
@@ -316,3 +317,33 @@ def test_stats_are_a_value_with_every_counter_the_server_sends(client: Client) -
     stats = client.stats()
     assert isinstance(stats, ServerStats)
     assert stats.layouts >= 1 and stats.sessions_open >= 1 and stats.free_bytes > 0
+
+
+def test_close_does_not_wait_for_the_release_but_the_next_call_of_the_client_does(
+    server: ServerProc, workdir: Path
+) -> None:
+    """The Release leaves close's critical path, not this client's order of calls."""
+    proxy = FaultyProxy(server.address, str(workdir / "hold.sock"))
+    try:
+        with connect(proxy.address) as c:
+            with c.open("/f", "wb") as f:
+                f.write(b"released")
+            c.wait_released()
+            f = c.open("/f", "rb")
+            proxy.hold_next("Release")
+            closing = threading.Thread(target=f.close)
+            closing.start()
+            closing.join(10)
+            assert not closing.is_alive(), "close waited for the Release reply"
+            assert proxy.holding.wait(10), "the Release never reached the server"
+            answered = threading.Event()
+            later = threading.Thread(target=lambda: (c.stat("/f"), answered.set()))
+            later.start()
+            # The reply is held: a stat ordered behind the release cannot finish.
+            assert not answered.wait(0.5), "the next call overtook the held Release"
+            proxy.release()
+            assert answered.wait(10)
+            later.join()
+            assert proxy.calls["Release"] == 2
+    finally:
+        proxy.close()

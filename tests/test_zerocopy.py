@@ -99,6 +99,7 @@ def test_a_reader_opens_maps_and_closes_in_two_round_trips(
                 assert int(arr[-1]) == 0x5A
                 first = f.pread(4096, 0)
                 del arr  # a live view would keep the lease past the close
+            reader.wait_released()  # close does not wait for its Release
             assert first == b"\x5a" * 4096
             calls = proxy.calls - before
             assert calls == {"Open": 1, "Release": 1}, calls
