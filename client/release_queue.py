@@ -110,6 +110,10 @@ class ReleaseQueue:
             send()
         except errors.StaleHandle:  # UnknownSession too
             pass  # the server ended the handle's session already: nothing left to release
+        except errors.Unavailable as exc:
+            # The server is gone: a restarted one refuses the old session, and
+            # one that comes back ends it with the lease; nothing is left to do.
+            log.debug("deferred release dropped: %s", exc)
         except errors.DaxfsError as exc:
             # Nobody waits for this answer any more; the server ends the handle
             # with the session at the latest.
