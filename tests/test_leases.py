@@ -179,11 +179,14 @@ def test_an_operator_evicts_a_frozen_client_and_its_blocks_return(volume: Volume
     srv = start_server(volume, "--lease-seconds", "1.5")
     script = textwrap.dedent(
         f"""
-        import os, signal, numpy as np
+        import os, signal, time, numpy as np
         from daxfs.client import connect
         c = connect({srv.address!r})
         f = c.open("/held", "rb")
         v = f.array(np.uint8)
+        # Frozen with its session stream attached (it attaches in the background).
+        while not any(s.attached for s in c.sessions() if s.client_id == c.client_id):
+            time.sleep(0.05)
         print(c.client_id, flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
         """
