@@ -139,6 +139,9 @@ def test_a_frozen_client_keeps_its_recalled_blocks_out_of_reuse_until_it_answers
         c = connect({srv.address!r})
         f = c.open("/held", "rb")
         v = f.array(np.uint8)
+        # Frozen with its session stream attached (it attaches in the background).
+        while not any(s.attached for s in c.sessions() if s.client_id == c.client_id):
+            time.sleep(0.05)
         print("holding", flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
         deadline = time.monotonic() + 30
