@@ -20,13 +20,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import Keyring, TokenAuthInterceptor
 from daxfs.server.leases import DEFAULT_MAX_SESSIONS
 from daxfs.server.namespace import Namespace
 from daxfs.server.peercred import PeerRelay, PeerTable, private_socket_dir
-from daxfs.server.service import DaxfsServicer
+from daxfs.server.service import SERVICE_NAME, DaxfsServicer
 from daxfs.server.volume import (
     VolumeLock,
     close_volume,
@@ -34,7 +33,7 @@ from daxfs.server.volume import (
     open_volume,
     repair_advice,
 )
-from daxfs.shared.errors import InvalidArgument
+from daxfs.shared.errors import InvalidArgument, VolumeFailed
 from daxfs.shared.format import DEFAULT_BLOCK_SIZE
 from daxfs.shared.hugepages import HUGE_PAGE, measured_page_size
 from daxfs.shared.limits import MAX_MESSAGE
@@ -42,7 +41,6 @@ from daxfs.shared.limits import MAX_MESSAGE
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "unix:/run/daxfs/daxfs.sock"
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Daxfs"].full_name
 SWEEP_INTERVAL_S = 1.0
 #: Streams allowed beyond max_sessions: a client replacing its stream holds two briefly.
 STREAM_HEADROOM = 16
@@ -105,8 +103,8 @@ def create_server(
     socket_gid: int | None = None,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     peer_credentials: bool = False,
-) -> tuple[grpc.Server, str, health.HealthServicer]:
-    """Build and start a server; returns it, the address it answers on, and its health servicer.
+) -> tuple[grpc.Server, str, DaxfsServicer]:
+    """Build and start a server; returns it, the address it answers on, and the servicer.
 
     A unix socket is bound under a temporary name and renamed into place after
     the server has started, so the path appears only once it can answer.
@@ -142,8 +140,7 @@ def create_server(
         ns, region_path=region_path, max_streams=max_streams, keyring=keyring, peers=peers
     )
     pb_grpc.add_DaxfsServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
     _enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     if path is not None:
         if not path:
@@ -189,8 +186,8 @@ def create_server(
         host = listen.rsplit(":", 1)[0]
         address = f"{host}:{port}"
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, address, health_servicer
+        servicer.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, address, servicer
 
 
 #: grpc.reflection.v1 (what grpcurl and most tools ask for first); grpcio-reflection
@@ -324,40 +321,37 @@ def _group_id(group: str | None) -> int | None:
         raise InvalidArgument(f"no such group: {group}") from None
 
 
-def _sweeper(
-    ns: Namespace, stop: threading.Event, health_servicer: health.HealthServicer, region_path: str
-) -> None:
+def _sweeper(servicer: DaxfsServicer, stop: threading.Event, region_path: str) -> None:
+    """Every second: probe the region, then drop dead sessions and free due quarantine.
+
+    It stops for good, with the one error line ``DaxfsServicer.fail`` logs, once
+    the volume failed: nothing of a failed volume is swept.
+    """
+    core = servicer.core
     while not stop.wait(SWEEP_INTERVAL_S):
-        problem = ns.region.check() if not ns.failed else None
+        problem = core.region.check()
         if problem:
-            log.error(
-                "region %s was %s: refusing every call; restart when fixed", ns.region.path, problem
-            )
-        damage = ns.region.check_superblock() if not ns.failed and not problem else None
+            servicer.fail(f"region {core.region.path} was {problem}")
+            return
+        damage = core.region.check_superblock()
         if damage:
             # Whatever wrote block 0 may have written elsewhere: stop serving,
             # and say how to get the volume back without losing a file.
-            log.error(
-                "superblock damaged: region=%s meta=%s health=NOT_SERVING: %s; refusing every "
-                "call. To recover: %s",
-                region_path,
-                ns.meta.path,
-                damage,
-                repair_advice(region_path, ns.meta.path),
+            servicer.fail(
+                f"superblock damaged: region {region_path}: {damage}",
+                "To recover: " + repair_advice(region_path, core.meta.path),
             )
-            problem = f"its superblock was overwritten ({damage})"
-        if problem:
-            ns.fail(problem)
-            for name in ("", SERVICE_NAME):
-                health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if ns.failed:
-            continue  # the edge refuses every call (failed_volume.py); nothing to sweep
+            return
         try:
-            released = ns.sweep()
-            if released:
-                log.info("quarantine released bytes=%d", released)
+            released = servicer.ns.sweep()
+        except VolumeFailed as exc:
+            servicer.fail(str(exc))
+            return
         except Exception:
             log.exception("lease sweep failed")
+            continue
+        if released:
+            log.info("quarantine released bytes=%d", released)
 
 
 def serve(config: ServerConfig, *, ready: threading.Event | None = None) -> int:
@@ -389,7 +383,7 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     try:
-        server, address, health_servicer = create_server(
+        server, address, servicer = create_server(
             ns,
             config.listen,
             region_path=config.announce_region or os.path.abspath(config.region),
@@ -407,7 +401,7 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
         raise
     sweeper = threading.Thread(
         target=_sweeper,
-        args=(ns, stop, health_servicer, config.region),
+        args=(servicer, stop, config.region),
         name="daxfs-sweep",
         daemon=True,
     )
@@ -432,7 +426,7 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
     if ready is not None:
         ready.set()
     stop.wait()
-    health_servicer.enter_graceful_shutdown()
+    servicer.health.enter_graceful_shutdown()
     server.stop(grace=5).wait()
     sweeper.join()
     path = unix_path(config.listen)
@@ -441,6 +435,6 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
             os.unlink(path)
         except FileNotFoundError:
             pass
-    close_volume(ns)
+    close_volume(ns, clean=not servicer.failed)
     log.info("stopped")
     return 0

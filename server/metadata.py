@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from daxfs.server import cache_grants
 from daxfs.server.cache_grants import Key
-from daxfs.shared.errors import DaxfsError, FormatError, NoSpace
+from daxfs.shared.errors import DaxfsError, FormatError, NoSpace, VolumeFailed
 from daxfs.shared.extent import Extent, InodeId, PhysRange
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,18 @@ CREATE TABLE xattrs (
 """
 
 
+#: SQLite's primary result codes for a metadata file that cannot be trusted any more.
+_BROKEN = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
 def storage_error(path: str, exc: sqlite3.DatabaseError) -> DaxfsError:
-    """An SQLite failure as a daxfs error: a full disk is ENOSPC, anything else EIO."""
+    """An SQLite failure as a daxfs error: a full disk is ENOSPC (freeing space cures
+    it); an I/O error or corruption fails the volume (``VolumeFailed``); anything else EIO."""
     text = str(exc)
     if "full" in text:
         return NoSpace(f"metadata {path}: the disk holding it is full ({text}); free space there")
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _BROKEN:
+        return VolumeFailed(f"its metadata {path} failed: {text}")
     return DaxfsError(f"metadata {path}: {text}")
 
 
@@ -215,6 +222,14 @@ class Metadata:
                 raise
             finally:
                 self._depth = 0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Reads outside :meth:`transaction`, with SQLite's failures as daxfs errors."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise storage_error(self.path, exc) from None
 
     def _checkpoint(self) -> None:
         """Best effort after a storage error: fold the WAL back so its space can be reused."""

@@ -1,18 +1,22 @@
-"""The core: POSIX namespace, open files and layouts over one region and one metadata store.
+"""The core: the POSIX namespace and its calls over one region and one metadata store.
 
 This module decides; the gRPC servicer only translates. It imports neither grpc
-nor mfusepy (tests/test_repository.py enforces that). Two concerns live beside
-it: where each file's bytes are (``extent_map.py``) and when freed blocks may
-be reused (``lease_lifecycle.py``: quarantine, recalls, the restart grace).
-After every transaction that freed blocks under others' leases, the core sends
-the recalls and waits for them itself before the call returns.
+nor mfusepy (tests/test_repository.py enforces that). Each concern the calls
+share lives beside it, in a module of its own:
 
-Paths are absolute, ``/``-separated, already resolved by the caller (the FUSE
-kernel resolves ``.``, ``..`` and symlinks before a request reaches a FUSE
-daemon; the client library does the same). A ``.`` or ``..`` component, a NUL
-or a component over 255 bytes is refused. The whole path has no limit here:
-PATH_MAX bounds each system call's argument, which the kernel checks, and a
-relative name deep in a tree reaches the server as a long absolute path.
+- ``paths.py``: which names and paths are valid;
+- ``access.py``: who asks (``Caller``) and the POSIX permission rules;
+- ``open_files.py``: the open-file table;
+- ``xattrs.py`` (with ``acl.py``): extended attributes and POSIX ACLs;
+- ``extent_map.py``: where each file's bytes are;
+- ``lease_lifecycle.py``: when freed blocks may be reused (quarantine, recalls,
+  the restart grace); after every transaction that freed blocks under others'
+  leases, the core sends the recalls and waits for them itself before the call
+  returns;
+- ``cache_grants.py``: which clients may answer which questions from their caches.
+
+A volume that failed is not a state of this class: the edge stops calling it
+and calls a ``FailedVolume`` (``failed.py``) instead, which refuses everything.
 
 Concurrency: every public method holds ``self._lock`` and runs as one SQLite
 transaction; on failure nothing changes (the allocator is reloaded from SQLite
@@ -22,25 +26,27 @@ if it was touched).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import secrets
 import stat
-import struct
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from daxfs.server import cache_grants
+from daxfs.server import access, cache_grants, xattrs
+from daxfs.server.access import ROOT as ROOT  # the edge and tests name them from here
+from daxfs.server.access import Caller as Caller
 from daxfs.server.allocator import Allocator
 from daxfs.server.cache_grants import CacheGrants
 from daxfs.server.extent_map import ExtentMap
 from daxfs.server.lease_lifecycle import LeaseLifecycle, Outbox
 from daxfs.server.leases import LeaseTable, RecallNotice, Session
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
+from daxfs.server.open_files import Opened, OpenFile, OpenFiles
+from daxfs.server.paths import SYMLINK_MAX, check_name, split_path
+from daxfs.server.xattrs import Xattrs
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr, StatFs
 from daxfs.shared.extent import (
@@ -55,32 +61,11 @@ from daxfs.shared.extent import (
     align_up,
     fill_holes,
 )
-from daxfs.shared.format import MIB
 from daxfs.shared.limits import MAX_RPC_IO, RENAME_EXCHANGE, RENAME_NOREPLACE
-from daxfs.shared.permissions import R_OK, W_OK, X_OK, mode_allows
+from daxfs.shared.permissions import R_OK, W_OK, X_OK
 from daxfs.shared.region import Region
 
 log = logging.getLogger(__name__)
-
-NAME_MAX = 255
-#: Longest symlink target in bytes (Linux: PATH_MAX including the NUL).
-SYMLINK_MAX = 4095
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who asks: POSIX credentials checked against mode bits, and the client session."""
-
-    uid: int = 0
-    gid: int = 0
-    groups: tuple[int, ...] = ()
-    client: ClientId = ClientId(0)  # noqa: RUF009 - NewType() is the identity at run time
-    """Session from Hello; 0 for a one-shot caller without layouts."""
-    credential: str | None = None
-    """The credential the edge authenticated; the session must belong to it (None: no check)."""
-
-
-ROOT = Caller()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,25 +74,6 @@ class DirEntry:
     attr: Attr
     #: The inode's extended attribute names, for a caching client only.
     xattr_names: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class OpenFile:
-    """A file opened by one client; layouts and data calls go through it."""
-
-    handle: FileHandle
-    client: ClientId
-    ino: InodeId
-    generation: int
-    readable: bool
-    writable: bool
-    append: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    handle: FileHandle
-    attr: Attr
 
 
 @dataclass(slots=True)
@@ -161,84 +127,6 @@ def _rdev(row: InodeRow) -> int:
     return 0
 
 
-XATTR_NAME_MAX = 255
-XATTR_SIZE_MAX = 64 * 1024
-#: Names and values of one inode together, bytes (ENOSPC beyond).
-XATTR_TOTAL_MAX = 1 * MIB
-ACL_ACCESS = "system.posix_acl_access"
-ACL_DEFAULT = "system.posix_acl_default"
-# posix_acl_xattr format: a u32 version (2), then (u16 tag, u16 perm, u32 id) entries.
-_ACL_VERSION = 2
-_ACL_HEADER = struct.Struct("<I")
-_ACL_ENTRY = struct.Struct("<HHI")
-ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 0x10, 0x20
-
-
-def _parse_acl(value: bytes) -> list[tuple[int, int, int]]:
-    """The entries of a POSIX ACL attribute, checked as Linux's posix_acl_valid does."""
-    if len(value) < _ACL_HEADER.size or (len(value) - _ACL_HEADER.size) % _ACL_ENTRY.size:
-        raise errors.InvalidArgument("not a POSIX ACL")
-    if _ACL_HEADER.unpack_from(value)[0] != _ACL_VERSION:
-        raise errors.NotSupported("unknown POSIX ACL version")
-    entries = [
-        _ACL_ENTRY.unpack_from(value, off)
-        for off in range(_ACL_HEADER.size, len(value), _ACL_ENTRY.size)
-    ]
-    tags = [tag for tag, _, _ in entries]
-    named = any(t in (ACL_USER, ACL_GROUP) for t in tags)
-    if (
-        any(
-            t not in (ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER)
-            for t in tags
-        )
-        or any(perm & ~7 for _, perm, _ in entries)
-        or [tags.count(t) for t in (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER)] != [1, 1, 1]
-        or tags.count(ACL_MASK) > 1
-        or (named and ACL_MASK not in tags)
-    ):
-        raise errors.InvalidArgument("invalid POSIX ACL")
-    return entries
-
-
-def _pack_acl(entries: list[tuple[int, int, int]]) -> bytes:
-    return _ACL_HEADER.pack(_ACL_VERSION) + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
-
-
-def _acl_mode(entries: list[tuple[int, int, int]]) -> int:
-    """The permission bits an access ACL implies: owner, mask (else group), other."""
-    perm = {tag: p for tag, p, _ in entries}
-    group = perm.get(ACL_MASK, perm[ACL_GROUP_OBJ])
-    return perm[ACL_USER_OBJ] << 6 | group << 3 | perm[ACL_OTHER]
-
-
-def check_name(name: str) -> None:
-    """A directory entry name: 1..255 bytes of UTF-8, no '/', no NUL, not '.' or '..'."""
-    if not name:
-        raise errors.InvalidArgument("empty name")
-    if "/" in name:
-        raise errors.InvalidArgument(f"name {name!r} contains '/'")
-    if "\0" in name:
-        raise errors.InvalidArgument("name contains NUL")
-    if name in (".", ".."):
-        raise errors.InvalidArgument(f"name {name!r} is reserved")
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise errors.InvalidArgument(f"name {name!r} is not valid UTF-8") from None
-    if len(encoded) > NAME_MAX:
-        raise errors.NameTooLong(f"name of {len(encoded)} bytes exceeds {NAME_MAX}")
-
-
-def split_path(path: str) -> list[str]:
-    """Components of an absolute path; '//' collapses."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise errors.InvalidArgument(f"path {path!r} must be absolute")
-    parts = [p for p in path.split("/") if p]
-    for p in parts:
-        check_name(p)
-    return parts
-
-
 class Namespace:
     """Files, directories and symlinks whose bytes live in extents of ``region``."""
 
@@ -266,16 +154,11 @@ class Namespace:
         self.extent_map = ExtentMap(region, meta, self.allocator)
         #: Grants, recalls, quarantine and the restart grace (lease_lifecycle.py).
         self.lifecycle = LeaseLifecycle(self.leases, meta, self.allocator, self._lock, clock)
-        # guarded by self._lock
-        self._opens: dict[FileHandle, OpenFile] = {}
-        self._open_count: Counter[InodeId] = Counter()
-        # Handle ids start from this server's boot time (ms << 16), so a handle
-        # from before a restart never names another client's new state. (Session
-        # ids are random: see leases.py.)
-        boot = (time.time_ns() // 1_000_000) << 16
-        self._handles = itertools.count(boot + 1)
+        #: Who holds which file open (open_files.py); guarded by self._lock.
+        self.opens = OpenFiles()
+        #: Extended attributes and ACLs (xattrs.py).
+        self.xattrs = Xattrs(meta)
         self._next_generation = int(meta.get_meta("next_generation") or "1")
-        self.failed: str | None = None  # set by fail(): why every call now gets EIO
         #: Notified whenever recalls or invalidations complete; waits release self._lock.
         self._recalls_done = self.lifecycle.changed
         self._last_sweep = self.leases.now()  # monotonic ns; guarded by self._lock
@@ -304,16 +187,6 @@ class Namespace:
 
     # -- plumbing ------------------------------------------------------------
 
-    def fail(self, reason: str) -> None:
-        """Refuse every further call with EIO (the region went bad under us)."""
-        self.failed = reason
-
-    def _check_usable(self) -> None:
-        if self.failed:
-            raise errors.DaxfsError(
-                f"the region is unusable ({self.failed}); fix it and restart the server"
-            )
-
     @contextlib.contextmanager
     def _txn(self, *, wait_recalls: bool = True) -> Iterator[None]:
         """One SQLite transaction under the lock; after it, recalls go out and are waited for.
@@ -323,7 +196,6 @@ class Namespace:
         guest with a live session stream has acknowledged (or ``RECALL_WAIT_NS``
         passed; quarantine keeps the blocks from reuse either way).
         """
-        self._check_usable()
         started: list[int] = []
         invalidated: list[int] = []
         with self._lock:
@@ -334,7 +206,8 @@ class Namespace:
             except BaseException:
                 if outer:
                     self.lifecycle.rollback()
-                self.allocator.reload()
+                with self.meta.reading():
+                    self.allocator.reload()
                 raise
             if outer:
                 self._discard_freed()
@@ -344,6 +217,13 @@ class Namespace:
             self._wait_recalls(started)
         if outer and invalidated:
             self._wait_invalidations(invalidated)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A call that only reads SQLite: under the lock, its failures as daxfs errors
+        (an I/O error or corruption is ``VolumeFailed``, as in a transaction)."""
+        with self._lock, self.meta.reading():
+            yield
 
     def _discard_freed(self) -> None:
         """After a commit: freed extents give their memory back and read as zeros.
@@ -474,11 +354,10 @@ class Namespace:
             rdev=_rdev(row),
         )
 
-    @staticmethod
-    def _may(row: InodeRow, caller: Caller, mask: int) -> None:
-        """POSIX permission check; root passes except for exec on a file with no x bit."""
-        if not mode_allows(row.mode, row.uid, row.gid, caller.uid, caller.gid, caller.groups, mask):
-            raise errors.PermissionDenied(f"permission denied (inode {row.ino})")
+    # The permission rules live in access.py.
+    _may = staticmethod(access.may)
+    _may_modify_dir = staticmethod(access.may_modify_dir)
+    _may_link = staticmethod(access.may_link)
 
     def _walk(self, parts: list[str], caller: Caller) -> InodeRow:
         self._local.client = caller.client
@@ -514,21 +393,10 @@ class Namespace:
             raise errors.NotADirectory(f"{path!r}: parent is not a directory")
         return parent, parts[-1]
 
-    def _may_modify_dir(self, parent: InodeRow, victim: InodeRow | None, caller: Caller) -> None:
-        self._may(parent, caller, W_OK | X_OK)
-        # Sticky directory: only the owner of the entry or of the directory may remove it.
-        sticky = victim is not None and parent.mode & stat.S_ISVTX and caller.uid != 0
-        if sticky and victim is not None and caller.uid not in (victim.uid, parent.uid):
-            raise errors.NotPermitted("sticky directory: not the owner")
-
     def _open_file(self, fh: FileHandle, caller: Caller) -> OpenFile:
         self._local.client = caller.client
         self.leases.session(caller.client, caller.credential)
-        of = self._opens.get(fh)
-        if of is None or of.client != caller.client:
-            # ESTALE, as NFS says: typically a handle from before a server restart.
-            raise errors.StaleHandle(f"file handle {fh} is not open for this client; reopen it")
-        return of
+        return self.opens.get(fh, caller.client)
 
     def _touch(self, ino: InodeId, *, mtime: bool = True) -> None:
         now = self.clock()
@@ -578,13 +446,13 @@ class Namespace:
         nlink = row.nlink - (2 if stat.S_ISDIR(row.mode) else 1)
         nlink = max(nlink, 0)
         self.meta.update_inode(ino, nlink=nlink, ctime_ns=self.clock())
-        if nlink == 0 and self._open_count[ino] == 0:
+        if nlink == 0 and self.opens.count(ino) == 0:
             self._destroy(self._inode(ino), caller)
 
     @property
     def open_files(self) -> int:
         with self._lock:
-            return len(self._opens)
+            return len(self.opens)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -632,13 +500,13 @@ class Namespace:
             return closed
 
     def _drop_session(self, client: ClientId) -> int:
-        handles = [h for h, of in self._opens.items() if of.client == client]
-        for fh in handles:
-            self._release(self._opens[fh], ROOT)
+        files = self.opens.of_client(client)
+        for of in files:
+            self._release(of, ROOT)
         self.lifecycle.complete(self.leases.drop_session(client))
         self.grants.drop(client)
         self._recalls_done.notify_all()
-        return len(handles)
+        return len(files)
 
     def renew(self, client: ClientId) -> Session:
         """Extend a session's lease; ESTALE if the server does not know it."""
@@ -684,7 +552,6 @@ class Namespace:
         Idle (no session gone, nothing quarantined) it opens no transaction: the
         daemon sweeps every second.
         """
-        self._check_usable()
         with self._lock:
             now = self.leases.now()
             # A gap longer than a client's renewal period (a third of a lease;
@@ -716,17 +583,17 @@ class Namespace:
     # -- namespace calls -----------------------------------------------------
 
     def getattr(self, path: str, caller: Caller = ROOT) -> Attr:
-        with self._lock:
+        with self._reading():
             return self._attr(self._resolve(path, caller))
 
     def fgetattr(self, fh: FileHandle, caller: Caller) -> Attr:
-        with self._lock:
+        with self._reading():
             of = self._open_file(fh, caller)
             return self._attr(self._inode(of.ino))
 
     def lookup(self, parent: str, name: str, caller: Caller = ROOT) -> Attr:
         check_name(name)
-        with self._lock:
+        with self._reading():
             return self._attr(self._walk([*split_path(parent), name], caller))
 
     def _walk_one(self, dirrow: InodeRow, name: str, caller: Caller) -> InodeRow:
@@ -923,11 +790,14 @@ class Namespace:
         self, row: InodeRow, caller: Caller, readable: bool, writable: bool, append: bool
     ) -> Opened:
         self.leases.session(caller.client, caller.credential)
-        fh = FileHandle(next(self._handles))
-        self._opens[fh] = OpenFile(
-            fh, caller.client, row.ino, row.generation, readable, writable, append
+        fh = self.opens.add(
+            caller.client,
+            row.ino,
+            row.generation,
+            readable=readable,
+            writable=writable,
+            append=append,
         )
-        self._open_count[row.ino] += 1
         return Opened(fh, self._attr(row))
 
     def release(self, fh: FileHandle, caller: Caller) -> None:
@@ -936,11 +806,8 @@ class Namespace:
             self._release(self._open_file(fh, caller), caller)
 
     def _release(self, of: OpenFile, caller: Caller) -> None:
-        del self._opens[of.handle]
-        self._open_count[of.ino] -= 1
-        if self._open_count[of.ino] > 0:
+        if not self.opens.remove(of):
             return
-        del self._open_count[of.ino]
         row = self.meta.get_inode(of.ino)
         if row is None:
             return
@@ -988,7 +855,7 @@ class Namespace:
             return self._attr(self._new_inode(parent, name, stat.S_IFLNK | 0o777, caller, target))
 
     def readlink(self, path: str, caller: Caller = ROOT) -> str:
-        with self._lock:
+        with self._reading():
             row = self._resolve(path, caller)
             if not stat.S_ISLNK(row.mode) or row.target is None:
                 raise errors.InvalidArgument(f"{path} is not a symbolic link")
@@ -1008,24 +875,6 @@ class Namespace:
             self.meta.update_inode(row.ino, nlink=row.nlink + 1, ctime_ns=self.clock())
             self._touch(parent.ino)
             return self._attr(self._inode(row.ino))
-
-    def _may_link(self, row: InodeRow, caller: Caller) -> None:
-        """Linux's fs.protected_hardlinks = 1: link only what you own or may read and write.
-
-        Someone else's file qualifies when it is a regular file that is neither
-        set-uid nor set-gid-executable and the caller may read and write it.
-        """
-        if caller.uid in (0, row.uid):
-            return
-        setid = row.mode & stat.S_ISUID or (row.mode & stat.S_ISGID and row.mode & stat.S_IXGRP)
-        if (
-            not stat.S_ISREG(row.mode)
-            or setid
-            or not mode_allows(
-                row.mode, row.uid, row.gid, caller.uid, caller.gid, caller.groups, R_OK | W_OK
-            )
-        ):
-            raise errors.NotPermitted("protected hard links: not the owner of the file")
 
     def unlink(self, path: str, caller: Caller = ROOT) -> None:
         with self._txn():
@@ -1135,7 +984,7 @@ class Namespace:
         return False
 
     def readdir(self, path: str, caller: Caller = ROOT) -> list[DirEntry]:
-        with self._lock:
+        with self._reading():
             row = self._resolve(path, caller)
             if not stat.S_ISDIR(row.mode):
                 raise errors.NotADirectory(f"{path} is not a directory")
@@ -1161,7 +1010,7 @@ class Namespace:
             return entries
 
     def statfs(self) -> StatFs:
-        with self._lock:
+        with self._reading():
             bs = self.block_size
             return StatFs(
                 block_size=bs,
@@ -1170,121 +1019,40 @@ class Namespace:
                 files=self.meta.count_inodes(),
             )
 
-    # -- extended attributes -------------------------------------------------
-
-    def _may_xattr(self, row: InodeRow, name: str, caller: Caller, *, write: bool) -> None:
-        """Linux's xattr_permission, by namespace.
-
-        ``user.*``: read or write permission on the file, regular files and
-        directories only. ``trusted.*``: root (CAP_SYS_ADMIN) only; others see
-        none. ``security.*``: stored; written by the owner or root.
-        ``system.posix_acl_access`` and ``_default``: set by the owner or
-        root. Any other name: EOPNOTSUPP.
-        """
-        if name.startswith("user."):
-            if not (stat.S_ISREG(row.mode) or stat.S_ISDIR(row.mode)):
-                if write:
-                    raise errors.NotPermitted("user.* attributes need a file or directory")
-                raise errors.NoData(f"no attribute {name!r}")
-            self._may(row, caller, W_OK if write else R_OK)
-        elif name.startswith("trusted."):
-            if caller.uid != 0:
-                if write:
-                    raise errors.NotPermitted("trusted.* attributes need CAP_SYS_ADMIN")
-                raise errors.NoData(f"no attribute {name!r}")
-        elif name.startswith("security.") or name in (ACL_ACCESS, ACL_DEFAULT):
-            if write and caller.uid not in (0, row.uid):
-                raise errors.NotPermitted(f"only the owner may set {name}")
-        else:
-            raise errors.NotSupported(f"attribute namespace of {name!r} is not supported")
+    # -- extended attributes (xattrs.py) -------------------------------------
 
     def getxattr(self, path: str, name: str, caller: Caller = ROOT) -> bytes:
-        with self._lock:
-            row = self._resolve(path, caller)
-            self._may_xattr(row, name, caller, write=False)
-            value = self.meta.get_xattr(row.ino, name)
-            if value is None:
-                raise errors.NoData(f"no attribute {name!r}")
-            return value
+        with self._reading():
+            return self.xattrs.get(self._resolve(path, caller), name, caller)
 
     def setxattr(
         self, path: str, name: str, value: bytes, caller: Caller = ROOT, *, flags: int = 0
     ) -> None:
-        """setxattr(2); sizes as Linux: name 1..255 bytes (ERANGE), value up to 64 KiB (E2BIG).
-
-        All names and values of one inode together stay within XATTR_TOTAL_MAX
-        (ENOSPC beyond, as ext4 when its attribute space is full). An access
-        ACL sets the permission bits it implies, and is stored only when it
-        says more than they do (posix_acl_update_mode).
-        """
-        if not name or len(name.encode()) > XATTR_NAME_MAX:
-            raise errors.RangeError(f"attribute name of 1..{XATTR_NAME_MAX} bytes")
-        if len(value) > XATTR_SIZE_MAX:
-            raise errors.ArgumentTooBig(f"attribute value over {XATTR_SIZE_MAX} bytes")
+        """setxattr(2) (``Xattrs.set``); sizes are checked before the path is."""
+        xattrs.check_sizes(name, value)
         with self._txn():
             row = self._resolve(path, caller)
-            self._may_xattr(row, name, caller, write=True)
-            old = self.meta.get_xattr(row.ino, name)
-            if flags == 1 and old is not None:  # XATTR_CREATE
-                raise errors.AlreadyExists(f"attribute {name!r} exists")
-            if flags == 2 and old is None:  # XATTR_REPLACE
-                raise errors.NoData(f"no attribute {name!r}")
-            if name == ACL_DEFAULT and not stat.S_ISDIR(row.mode):
-                raise errors.PermissionDenied("a default ACL belongs on a directory")
-            if name in (ACL_ACCESS, ACL_DEFAULT):
-                entries = _parse_acl(value)
-                if name == ACL_ACCESS:
-                    mode = (row.mode & ~0o777) | _acl_mode(entries)
-                    in_group = row.gid == caller.gid or row.gid in caller.groups
-                    if caller.uid != 0 and not in_group:
-                        mode &= ~stat.S_ISGID
-                    self.meta.update_inode(row.ino, mode=mode)
-                    if len(entries) == 3:  # no more than the mode bits say: not stored
-                        self.meta.remove_xattr(row.ino, name)
-                        self._touch(row.ino, mtime=False)
-                        return
-            used = sum(
-                len(n.encode()) + len(self.meta.get_xattr(row.ino, n) or b"")
-                for n in self.meta.list_xattrs(row.ino)
-                if n != name
-            )
-            if used + len(name.encode()) + len(value) > XATTR_TOTAL_MAX:
-                raise errors.NoSpace(f"extended attributes of inode {row.ino} are full")
-            self.meta.set_xattr(row.ino, name, value)
+            self.xattrs.set(row, name, value, caller, flags=flags)
             self._touch(row.ino, mtime=False)
 
     def listxattr(self, path: str, caller: Caller = ROOT) -> list[str]:
-        with self._lock:
-            names = self.meta.list_xattrs(self._resolve(path, caller).ino)
-            if caller.uid != 0:
-                names = [n for n in names if not n.startswith("trusted.")]
-            return names
+        with self._reading():
+            return self.xattrs.names(self._resolve(path, caller), caller)
 
     def removexattr(self, path: str, name: str, caller: Caller = ROOT) -> None:
         with self._txn():
             row = self._resolve(path, caller)
-            self._may_xattr(row, name, caller, write=True)
-            if not self.meta.remove_xattr(row.ino, name):
-                raise errors.NoData(f"no attribute {name!r}")
+            self.xattrs.remove(row, name, caller)
             self._touch(row.ino, mtime=False)
 
     def _chmod_acl(self, ino: InodeId, mode: int) -> None:
-        """chmod rewrites a stored access ACL's owner, group (or mask) and other entries."""
-        value = self.meta.get_xattr(ino, ACL_ACCESS)
-        if value is None:
-            return
-        entries = _parse_acl(value)
-        has_mask = any(tag == ACL_MASK for tag, _, _ in entries)
-        bits = {ACL_USER_OBJ: mode >> 6 & 7, ACL_OTHER: mode & 7}
-        bits[ACL_MASK if has_mask else ACL_GROUP_OBJ] = mode >> 3 & 7
-        out = [(tag, bits.get(tag, perm), ident) for tag, perm, ident in entries]
-        self.meta.set_xattr(ino, ACL_ACCESS, _pack_acl(out))
+        self.xattrs.chmod_acl(ino, mode)
 
     # -- layouts -------------------------------------------------------------
 
     def extents(self, path: str, caller: Caller = ROOT) -> list[Extent]:
         """The whole extent map of a file (inspection: no lease; needs read permission)."""
-        with self._lock:
+        with self._reading():
             row = self._resolve(path, caller)
             self._may(row, caller, R_OK)
             return self.extent_map.of(row.ino)
@@ -1309,8 +1077,7 @@ class Namespace:
         _check_range(offset, length)
         # A READ layout changes nothing in SQLite: no write transaction (and no
         # WAL sync) on the path every reader takes.
-        self._check_usable()
-        with self._txn() if write else self._lock:
+        with self._txn() if write else self._reading():
             of = self._open_file(fh, caller)
             if write and not of.writable:
                 raise errors.BadHandle("handle not open for writing")
@@ -1320,7 +1087,7 @@ class Namespace:
                 self.extent_map.allocate(of.ino, offset, offset + length, contiguous=contiguous)
             end = offset + length
             mapped = self.extent_map.overlapping(of.ino, offset, end)
-            if not write and mapped and not self._writes(caller.client, of.ino):
+            if not write and mapped and not self.opens.writes(caller.client, of.ino):
                 # Preallocation past EOF is not data: a reader sees holes there
                 # (a writer sees its own uncommitted stores).
                 eof = align_up(self._inode(of.ino).size, self.block_size)
@@ -1329,12 +1096,6 @@ class Namespace:
             lease = self.leases.grant(caller.client, of.ino)
             self.counters.layouts += 1
             return Layout(offset, length, tiles, lease.id, lease.granted_seq)
-
-    def _writes(self, client: ClientId, ino: InodeId) -> bool:
-        """Whether ``client`` holds ``ino`` open for writing (its stores may lie past EOF)."""
-        return any(
-            of.writable and of.client == client and of.ino == ino for of in self._opens.values()
-        )
 
     def commit_layout(
         self,
@@ -1438,8 +1199,7 @@ class Namespace:
         _check_range(offset, length)
         if length > MAX_RPC_IO:
             raise errors.InvalidArgument(f"read of {length} bytes exceeds {MAX_RPC_IO}; split it")
-        self._check_usable()
-        with self._lock:
+        with self._reading():
             of = self._open_file(fh, caller)
             if not of.readable:
                 raise errors.BadHandle("handle not open for reading")
@@ -1483,5 +1243,5 @@ class Namespace:
 
     def persist(self, fh: FileHandle, caller: Caller) -> None:
         """fsync for byte-path clients: flush the file's extents in the region."""
-        with self._lock:
+        with self._reading():
             self.extent_map.persist(self._open_file(fh, caller).ino)

@@ -4,6 +4,11 @@ Nothing here decides anything about files. Every daxfs error becomes the status
 code in :data:`STATUS_FOR` with its message, and its errno travels in the
 trailing metadata key ``daxfs-errno``; anything else is logged with its
 traceback and answered INTERNAL/EIO (never the binding's UNKNOWN).
+
+Calls reach the core through ``DaxfsServicer.ns``. When the volume fails (the
+sweeper's probe finds the region damaged, or the core reports
+``VolumeFailed``), ``fail`` puts a ``FailedVolume`` there (failed.py): from
+then on every call is refused with the same error, and health says NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import HealthServicer
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import Keyring
 from daxfs.server.cache_grants import Invalidation
+from daxfs.server.failed import FailedVolume, recovery_advice
 from daxfs.server.leases import RecallNotice
 from daxfs.server.namespace import Caller, Namespace
 from daxfs.server.peercred import PeerTable
@@ -37,6 +45,7 @@ from daxfs.shared.errors import (
     ReadOnly,
     StaleHandle,
     TooManySessions,
+    VolumeFailed,
 )
 from daxfs.shared.extent import ClientId, Extent, FileHandle, Layout, align_up
 from daxfs.shared.limits import ERRNO_KEY, ERROR_KEY, INVALIDATED_KEY
@@ -46,6 +55,8 @@ log = logging.getLogger(__name__)
 #: Largest own-invalidation trailer sent as it is; past it the client drops its
 #: whole cache ({"all": true}): gRPC refuses metadata past 8 KiB (deep paths).
 MAX_INVALIDATED_TRAILER = 2048
+#: The service's full name, as health checks and reflection know it.
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Daxfs"].full_name
 
 
 #: errno -> gRPC status, after grpc's doc/statuscodes.md.
@@ -90,9 +101,12 @@ def _edge(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: DaxfsServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            self.ns.start_call()
+            # Bookkeeping of the serving thread, not a verb: on the core even
+            # once the volume failed (the verb itself reaches self.ns and is
+            # refused), so a reply is never lost to a failure that came after it.
+            self.core.start_call()
             reply = fn(self, request, context)
-            own = self.ns.take_own_invalidation()
+            own = self.core.take_own_invalidation()
             if own is not None:
                 inos, paths = own
                 blob = json.dumps({"inos": sorted(set(inos)), "paths": sorted(set(paths))})
@@ -100,6 +114,10 @@ def _edge(fn: F) -> F:
                     blob = '{"all": true}'
                 context.set_trailing_metadata(((INVALIDATED_KEY, blob.encode()),))
             return reply
+        except VolumeFailed as exc:
+            # Found by this call (the metadata failed under it), or refused by
+            # the FailedVolume: either way every later call is refused too.
+            _abort(context, self.fail(str(exc)))
         except DaxfsError as exc:
             log.debug("%s refused: %s (errno %d)", fn.__name__, exc, exc.code)
             _abort(context, exc)
@@ -177,7 +195,15 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         keyring: Keyring | None = None,
         peers: PeerTable | None = None,
     ) -> None:
-        self._ns = ns
+        #: The core itself, for what outlives a failure: Stats and closing streams.
+        self.core = ns
+        #: What every call reaches: the core, or once the volume failed the
+        #: FailedVolume that refuses everything (``fail``).
+        self.ns: Namespace | FailedVolume = ns
+        self._failing = threading.Lock()
+        #: The health service of this server (``create_server`` registers it):
+        #: SERVING once the volume is open, NOT_SERVING once it failed.
+        self.health = HealthServicer()
         self.keyring = keyring or Keyring([])
         #: Identities of unix socket peers (--peer-credentials), by gRPC peer address.
         self.peers = peers
@@ -188,20 +214,27 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
         ns.connect(self.hub)
 
     @property
-    def ns(self) -> Namespace:
-        """The core: every call reaches it through here, so a failed region refuses them all.
+    def failed(self) -> bool:
+        """Whether the volume failed (every call is refused)."""
+        return isinstance(self.ns, FailedVolume)
 
-        Once the sweeper found the region truncated, removed or replaced
-        (``Namespace.fail``), getattr, readdir and statfs are refused as reads
-        and writes are (EIO, with the reason and what to do): nothing answers
-        from metadata that no longer describes the bytes clients would map.
-        Stats still answers, for the operator.
+    def fail(self, reason: str, advice: str | None = None) -> VolumeFailed:
+        """The volume went bad: from now on every call reaches a ``FailedVolume``.
+
+        Health says NOT_SERVING, and one error line in the log says why and
+        what to do. A second failure keeps the first reason. Returns the
+        refusal the calls get.
         """
-        if self._ns.failed is not None:
-            raise DaxfsError(
-                f"the region is unusable ({self._ns.failed}); fix it and restart the server"
-            )
-        return self._ns
+        with self._failing:
+            failed = self.ns
+            if not isinstance(failed, FailedVolume):
+                region, meta = self.core.region.path, self.core.meta.path
+                failed = FailedVolume(reason, advice or recovery_advice(region, meta))
+                self.ns = failed
+                log.error("%s", failed.message)
+                for name in ("", SERVICE_NAME):
+                    self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            return failed.refusal()
 
     def _caller(
         self, msg: pb.Caller, context: grpc.ServicerContext, *, change: str | None = None
@@ -301,6 +334,9 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                         self.ns.recall_done(client, msg.recall_done.recall_id)
                     elif kind == "invalidate_done":
                         self.ns.invalidation_done(client, msg.invalidate_done.id)
+            except VolumeFailed as exc:
+                q.put(StreamEnd(self.fail(str(exc))))
+                return
             except DaxfsError as exc:
                 q.put(StreamEnd(exc))  # e.g. evicted meanwhile: ESTALE
                 return
@@ -328,7 +364,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                         invalidate=pb.Invalidate(id=item.id, inos=item.inos, paths=item.paths)
                     )
                 else:
-                    lease_ns = self.ns.leases.duration_ns
+                    lease_ns = self.core.leases.duration_ns  # fixed at start
                     yield pb.SessionEvent(
                         renewed=pb.Renewed(
                             expires_ns=time.time_ns() + lease_ns, seq=item.seq, lease_ns=lease_ns
@@ -336,7 +372,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                     )
         finally:
             if self.hub.detach(client, q):
-                self._ns.detach(client)
+                self.core.detach(client)
             log.debug("session detached client=%d", client)
 
     @_edge
@@ -698,7 +734,7 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
 
     @_edge
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsReply:
-        ns = self._ns
+        ns = self.core  # answers after a failure too: the operator asks why
         c = ns.counters
         return pb.StatsReply(
             read_calls=c.read_calls,

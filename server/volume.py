@@ -350,8 +350,10 @@ def open_volume(
     return ns
 
 
-def close_volume(ns: Namespace) -> None:
-    if not ns.failed:
+def close_volume(ns: Namespace, *, clean: bool = True) -> None:
+    """Close the volume; ``clean`` records the stop for the next start's restart grace
+    (not after the volume failed: its metadata may not take the write)."""
+    if clean:
         ns.shutdown()
     ns.meta.close()
     ns.region.close()

@@ -156,6 +156,14 @@ class SuperblockDamaged(FormatError):
     """
 
 
+class VolumeFailed(DaxfsError, OSError):
+    """The volume went bad under a running server: its region truncated, removed, replaced
+    or overwritten, or its metadata unreadable. The server refuses every call from then on
+    (``daxfs.server.failed``); the message says what the operator should do."""
+
+    code = _errno.EIO
+
+
 class VolumeBusy(Busy):
     """Another live process holds the volume's lock (a server, mkfs or a repairing fsck)."""
 
@@ -199,7 +207,7 @@ for _cls in (
 
 
 #: Leaves sent by name beside their errno, where the errno alone is ambiguous.
-BY_NAME: dict[str, type[DaxfsError]] = {UnknownSession.__name__: UnknownSession}
+BY_NAME: dict[str, type[DaxfsError]] = {cls.__name__: cls for cls in (UnknownSession, VolumeFailed)}
 
 
 def from_errno(code: int, message: str, name: str | None = None) -> DaxfsError:

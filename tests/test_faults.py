@@ -1,8 +1,11 @@
-"""Faults caused for real: a full metadata disk, a region changed behind the server's back."""
+"""Faults caused for real: a full metadata disk, a region or metadata changed behind the
+server's back. A failed volume refuses every call, says what to do, and logs it once."""
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -10,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from daxfs.client import connect, rpc
+from daxfs.client import Client, connect, rpc
 from daxfs.proto import daxfs_pb2 as pb
-from daxfs.server.volume import format_volume
+from daxfs.server.failed import FailedVolume
+from daxfs.server.namespace import Namespace
+from daxfs.server.volume import close_volume, format_volume, open_volume
 from daxfs.shared import errors
 from daxfs.testing import (
     Volume,
@@ -92,27 +97,86 @@ def test_a_region_replaced_behind_the_servers_back_is_detected(volume: Volume) -
             while "replaced" not in srv.log.read_text():
                 assert time.monotonic() < deadline, "the server did not notice"
                 time.sleep(0.1)
-            # Every call is refused now, metadata-only ones too: nothing answers
-            # from metadata that no longer describes the region clients map.
-            for call in (
-                lambda: c.stat("/a"),
-                lambda: c.listdir("/"),
-                lambda: c.statfs(),
-                lambda: c.mkdir("/e"),
-            ):
-                with pytest.raises(errors.DaxfsError, match="region is unusable"):
-                    call()
-            out = subprocess.run(daxfs_cmd("health", srv.address), capture_output=True, text=True)
-            assert out.returncode != 0 and "NOT_SERVING" in out.stdout + out.stderr
+            _assert_everything_refused(c, srv.address, "replaced by another file")
         # New clients map the new file: refused with a clear message, not served garbage.
-        with pytest.raises(errors.DaxfsError):
+        with pytest.raises(errors.VolumeFailed, match="daxfs fsck"):
             connect(srv.address, region_path=volume.region)
         time.sleep(2.5)  # two sweep periods: a failed volume is not swept (no traceback each)
     finally:
         assert srv.stop() == 0
-    log = srv.log.read_text()
-    assert "Traceback" not in log and "sweep failed" not in log
+    _assert_failure_logged_once(srv.log)
     # Restarting on the replacement is refused too.
     out = run_server(volume)
     assert out.returncode != 0 and "bad magic" in out.stderr
     assert f"but {volume.region} has {64 * MIB}: it is not that region" in out.stderr
+
+
+def test_metadata_corrupted_behind_the_servers_back_fails_the_volume(volume: Volume) -> None:
+    srv = start_server(volume)
+    try:
+        with connect(srv.address) as c:
+            c.mkdir("/d")
+            # What a stray tool could do: rewrite the schema through SQLite itself.
+            with sqlite3.connect(volume.meta, isolation_level=None) as stray:
+                stray.execute("PRAGMA writable_schema=ON")
+                version = stray.execute("PRAGMA schema_version").fetchone()[0]
+                stray.execute(
+                    "UPDATE sqlite_master SET sql='CREATE TABLE inodes(' WHERE name='inodes'"
+                )
+                stray.execute(f"PRAGMA schema_version={version + 1}")
+            stray.close()
+            # The first call to reach SQLite finds it; it and every later call are refused.
+            with pytest.raises(errors.VolumeFailed, match="malformed"):
+                c.mkdir("/e")
+            _assert_everything_refused(c, srv.address, "malformed")
+        time.sleep(2.5)  # two sweep periods: the sweeper stopped without a word
+    finally:
+        assert srv.stop() == 0
+    _assert_failure_logged_once(srv.log)
+
+
+def test_a_failed_volume_refuses_every_verb_of_the_namespace(volume: Volume) -> None:
+    """The wrapper has the namespace's whole interface and answers none of it."""
+    ns = open_volume(volume.region, volume.meta)
+    try:
+        failed = FailedVolume("its region was removed", "Stop the server and run daxfs fsck")
+        verbs = [name for name in dir(Namespace) if not name.startswith("_")]
+        assert {"getattr", "readdir", "statfs", "sweep", "hello", "leases", "region"} <= {
+            *verbs,
+            *vars(ns),
+        }
+        for name in [*verbs, *vars(ns)]:
+            if name.startswith("_"):
+                continue
+            with pytest.raises(errors.VolumeFailed, match=r"its region was removed.*daxfs fsck"):
+                getattr(failed, name)
+        assert not hasattr(failed, "__deepcopy__")  # special names stay ordinary
+    finally:
+        close_volume(ns)
+
+
+def _assert_everything_refused(c: Client, address: str, reason: str) -> None:
+    """Metadata-only calls too: nothing answers from metadata that no longer describes
+    the region clients map. The refusal says why and what to do; health agrees."""
+    for call in (
+        lambda: c.stat("/"),
+        lambda: c.listdir("/"),
+        lambda: c.statfs(),
+        lambda: c.mkdir("/f"),
+        lambda: c.open("/d/x", "wb"),
+    ):
+        with pytest.raises(errors.VolumeFailed) as refused:
+            call()
+        message = str(refused.value)
+        assert reason in message and "every call is refused" in message
+        assert "daxfs fsck --repair" in message
+        assert refused.value.errno == errno.EIO
+    out = subprocess.run(daxfs_cmd("health", address), capture_output=True, text=True)
+    assert out.returncode != 0 and "NOT_SERVING" in out.stdout + out.stderr
+
+
+def _assert_failure_logged_once(log: Path) -> None:
+    """One error line says what failed and what to do; no traceback, no sweep after it."""
+    text = log.read_text()
+    assert text.count("the volume failed") == 1, text
+    assert_log_clean(log, ["the volume failed"])

@@ -174,7 +174,7 @@ def state_digest(ns: Namespace) -> str:
         )
         h.update(repr(meta.free_extents()).encode())
         h.update(repr(meta.quarantined()).encode())
-        h.update(repr(sorted((h_, o.ino) for h_, o in ns._opens.items())).encode())
+        h.update(repr(sorted((o.handle, o.ino) for o in ns.opens)).encode())
         return h.hexdigest()
 
 
@@ -183,7 +183,7 @@ def fx() -> Iterator[Fixture]:
     d = Path(tempfile.mkdtemp(prefix="daxfs-fuzz-", dir="/dev/shm"))
     volume = Volume.create(d, size=64 * 1024 * 1024)
     ns = open_volume(volume.region, volume.meta)
-    server, address, _health = create_server(ns, f"unix:{d}/s.sock", region_path=volume.region)
+    server, address, _servicer = create_server(ns, f"unix:{d}/s.sock", region_path=volume.region)
     client = ns.hello().id
     caller = Caller(client=ClientId(client))
     ns.mkdir("/d", 0o755, caller)
