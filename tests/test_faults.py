@@ -4,6 +4,7 @@ server's back. A failed volume refuses every call, says what to do, and logs it 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
 import subprocess
@@ -11,10 +12,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from daxfs.client import Client, connect, rpc
 from daxfs.proto import daxfs_pb2 as pb
+from daxfs.proto import daxfs_pb2_grpc as pb_grpc
+from daxfs.server.daemon import create_server
 from daxfs.server.failed import FailedVolume
 from daxfs.server.namespace import Namespace
 from daxfs.server.volume import close_volume, format_volume, open_volume
@@ -180,3 +185,62 @@ def _assert_failure_logged_once(log: Path) -> None:
     text = log.read_text()
     assert text.count("the volume failed") == 1, text
     assert_log_clean(log, ["the volume failed"])
+
+
+def test_every_call_of_a_failed_volume_is_refused_but_stats(
+    volume: Volume, workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through a real server in-process: every unary call and the session stream get
+    DATA_LOSS/EIO named VolumeFailed, valid requests or not; only the operator's
+    Stats answers; health says NOT_SERVING; the log has one error and no traceback."""
+    caplog.set_level(logging.DEBUG, logger="daxfs.server")
+    ns = open_volume(volume.region, volume.meta)
+    server, address, servicer = create_server(ns, f"unix:{workdir}/s.sock", region_path="r")
+    channel = grpc.insecure_channel(address)
+    try:
+        client_id = ns.hello().id
+        servicer.fail("its region was removed")
+        caller = pb.Caller(client_id=client_id)
+        valid: dict[str, dict[str, object]] = {
+            "Create": {"read": True},
+            "Open": {"read": True},
+            "GetLayout": {"mode": pb.LAYOUT_MODE_READ},
+        }
+        for name, typed in rpc.UNARY.items():
+            call = channel.unary_unary(
+                f"/daxfs.v1.Daxfs/{name}",
+                request_serializer=typed.request.SerializeToString,
+                response_deserializer=typed.reply.FromString,
+            )
+            request = typed.request(**valid.get(name, {}))
+            if "caller" in typed.request.DESCRIPTOR.fields_by_name:
+                request.caller.CopyFrom(caller)  # type: ignore[attr-defined]
+            if name == "Stats":
+                assert call(request, timeout=30).open_files == 0
+                continue
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=30)
+            _assert_refused(refused.value, name)
+        stream = pb_grpc.DaxfsStub(channel).Session(
+            iter([pb.SessionRequest(caller=caller)]), timeout=30
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stream)
+        _assert_refused(refused.value, "Session")
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        channel.close()
+        server.stop(grace=1).wait()
+        close_volume(ns, clean=False)
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert [r.getMessage()[:40] for r in problems] == ["the volume failed (its region was remove"]
+    assert not problems[0].exc_info
+
+
+def _assert_refused(exc: grpc.RpcError, name: str) -> None:
+    assert exc.code() == grpc.StatusCode.DATA_LOSS, (name, exc.code(), exc.details())
+    trailing = dict(exc.trailing_metadata() or ())
+    assert trailing["daxfs-errno"] == str(errno.EIO), name
+    assert trailing["daxfs-error"] == "VolumeFailed", name
+    assert "its region was removed" in exc.details() and "daxfs fsck --repair" in exc.details()
