@@ -18,9 +18,10 @@ share lives beside it, in a module of its own:
 A volume that failed is not a state of this class: the edge stops calling it
 and calls a ``FailedVolume`` (``failed.py``) instead, which refuses everything.
 
-Concurrency: every public method holds ``self._lock`` and runs as one SQLite
-transaction; on failure nothing changes (the allocator is reloaded from SQLite
-if it was touched).
+Concurrency: every public method holds ``self._lock``. One that changes
+anything runs as one SQLite transaction (``_txn``); on failure nothing changes
+(the allocator is reloaded from SQLite if it was touched). One that only reads
+runs under ``_reading``, which turns SQLite's failures into daxfs errors too.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from daxfs.server.lease_lifecycle import LeaseLifecycle, Outbox
 from daxfs.server.leases import LeaseTable, RecallNotice, Session
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
 from daxfs.server.open_files import Opened, OpenFile, OpenFiles
-from daxfs.server.paths import SYMLINK_MAX, check_name, split_path
+from daxfs.server.paths import NAME_MAX, SYMLINK_MAX, check_name, split_path
 from daxfs.server.xattrs import Xattrs
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr, StatFs
@@ -1017,6 +1018,7 @@ class Namespace:
                 blocks=(self.region.size - self.region.superblock.data_offset) // bs,
                 blocks_free=self.allocator.free_bytes // bs,
                 files=self.meta.count_inodes(),
+                name_max=NAME_MAX,
             )
 
     # -- extended attributes (xattrs.py) -------------------------------------

@@ -52,5 +52,5 @@ class StatFs:
     blocks: int
     blocks_free: int
     files: int
-    name_max: int = 255
-    """Longest name of one path component, in bytes (NAME_MAX)."""
+    name_max: int
+    """Longest name of one path component, in bytes (the server's NAME_MAX)."""
