@@ -206,6 +206,9 @@ class Client:
         self._closed = False
         #: Releases of closed files, sent after close() returns (client/release_queue.py).
         self.releases = ReleaseQueue()
+        #: Called before a call waits on the network (the FUSE daemon hands its
+        #: /dev/fuse descriptor to another serving thread).
+        self.before_blocking: Callable[[], None] | None = None
         self._recover_lock = threading.Lock()
         #: Sessions of ours the server ended (a call naming one is recovered).
         self._past_sessions: set[int] = set()
@@ -494,6 +497,8 @@ class Client:
         open file, which no queued release can concern (the open that made it
         waited for them).
         """
+        if self.before_blocking is not None:
+            self.before_blocking()
         if method not in _BYTE_PATH:
             self.releases.drain()
         try:
