@@ -775,8 +775,6 @@ class DaxFile(io.RawIOBase):
                 # preallocation) then needs no recall.
                 lease_id = self.client._closed_file(self._inode)
                 if not self.session_lost:  # else the server forgot the handle already
-                    # Sent after close returns, before this client's next call
-                    # (client/release_queue.py says why that is safe).
                     request = pb.ReleaseRequest(
                         caller=self.client.caller,
                         handle=self.handle,
@@ -785,9 +783,20 @@ class DaxFile(io.RawIOBase):
                     client = self.client
 
                     def release() -> None:
-                        client.call(rpc.RELEASE, request)
+                        try:
+                            client.call(rpc.RELEASE, request)
+                        except errors.StaleHandle:
+                            pass  # the server restarted and forgot the handle
 
-                    client.releases.defer(release)
+                    if self.mode_info.write:
+                        # A writer's release trims the file's preallocation,
+                        # which every guest sees (st_blocks, free space): done
+                        # before close returns.
+                        release()
+                    else:
+                        # A reader's goes out after close returns, before this
+                        # client's next call (client/release_queue.py).
+                        client.releases.defer(release)
             finally:
                 super().close()
                 self._u8 = None  # type: ignore[assignment]

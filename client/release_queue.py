@@ -1,17 +1,20 @@
-"""Releases sent after ``close()`` returns: a closed file's Release leaves the critical path.
+"""Releases sent after ``close()`` returns: a reader's Release leaves the critical path.
 
 What a close must do before it returns is local or already done: the size is
 published (CommitLayout, synchronous, so close-to-open holds for every other
 guest), the file's layouts are dropped from the cache, and the lease id to
 return is taken. What is left, the Release (with ``return_lease_id``), only
-tells the server it may forget the handle and end the lease. Nothing a guest
-can see depends on *when* that arrives except what the release frees: a
-deferred release holds the file's blocks a little longer (an unlinked file, a
-trimmed preallocation), which costs space, never safety: blocks leave a lease
-only through a recall or a return, and a late return of an older lease id is
-ignored by the server.
+tells the server it may forget the handle and end the lease. For a reader,
+nothing a guest can see depends on *when* that arrives except what the
+release frees: a deferred release holds an unlinked file's blocks a little
+longer, which costs space, never safety: blocks leave a lease only through a
+recall or a return, and a late return of an older lease id is ignored by the
+server.
 
-So ``close()`` queues the Release and returns; one worker thread per client
+Only a reader's close defers: a writer's release trims the file's
+speculative preallocation, which every guest sees (``st_blocks``, free
+space), so a writer's close still waits for it. So a reader's ``close()``
+queues the Release and returns; one worker thread per client
 sends the queued releases in order. After a server restart or eviction the
 handle and the session it names are void: the server refuses it (the session
 is unknown) and the release is dropped, as a synchronous one would be.
@@ -21,7 +24,7 @@ every release queued before it has been answered (:meth:`ReleaseQueue.drain`),
 so close-then-stat, close-then-unlink-then-statfs and the like observe the
 release exactly as before. What moves is the idle time after a close: a
 reader's open + map + copy + close costs one round trip, not two, after idle,
-where each round trip is slowest (a vCPU halted while waiting wakes late).
+where each gRPC call is slowest (1.6-2.2 ms against 0.6-0.9 in a loop here).
 Another client may see the handle open a few milliseconds longer; to it that
 is a slow closer, which the protocol always allowed.
 """
