@@ -26,12 +26,11 @@ from daxfs.client.fence import Fence
 from daxfs.client.inodes import Inode, Inodes
 from daxfs.client.layout_cache import LayoutCache
 from daxfs.client.lease_state import LeaseState
-from daxfs.client.release_queue import ReleaseQueue
+from daxfs.client.session import SessionState
 from daxfs.client.views import address_of, map_tiles
-from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors, growth
-from daxfs.shared.attr import Attr
-from daxfs.shared.extent import MAX_FILE_SIZE, Extent, FileHandle, InodeId, align_up
+from daxfs.shared.attr import Attr, SetAttr
+from daxfs.shared.extent import MAX_FILE_SIZE, Extent, FileHandle, Layout, align_up
 from daxfs.shared.flush import FlushMode
 from daxfs.shared.format import MIB
 from daxfs.shared.permissions import Identity
@@ -51,50 +50,33 @@ _ZEROS = bytes(MIB)
 class FileHost(Protocol):
     """What a :class:`DaxFile` needs of its client (``daxfs.client.library.Client``)."""
 
-    caller: pb.Caller
+    server: rpc.Server
     region: Region
     block_size: int
     layouts: LayoutCache
     fence: Fence
     lease_state: LeaseState
     inodes: Inodes
-    session_epoch: int
-    releases: ReleaseQueue
+    state: SessionState
 
-    def call(self, method: rpc.Rpc[rpc.Req, rpc.Rep], request: rpc.Req) -> rpc.Rep: ...
+    @property
+    def session_epoch(self) -> int: ...
 
     def lease_valid(self) -> bool: ...
 
-    def _closed_file(self, inode: Inode) -> int | None: ...
-
     def fattr(self, handle: FileHandle, caller: Identity | None = None) -> Attr: ...
 
-    def setattr(
+    def set_attr(
         self,
+        changes: SetAttr,
         path: str | None = None,
         *,
         handle: FileHandle | None = None,
         caller: Identity | None = None,
-        mode: int | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
-        size: int | None = None,
-        atime_ns: int | None = None,
-        mtime_ns: int | None = None,
-        atime_now: bool = False,
-        mtime_now: bool = False,
     ) -> Attr: ...
 
-    def _got_lease(self, ino: InodeId, lease_id: int) -> None: ...
 
-
-def _tiles(msg: pb.Layout) -> list[Extent]:
-    return [
-        Extent(e.file_offset, e.length, None if e.hole else e.region_offset) for e in msg.extents
-    ]
-
-
-def refresh(client: FileHost, inode: Inode, handle: int) -> None:
+def refresh(client: FileHost, inode: Inode, handle: FileHandle) -> None:
     """After recalls of the file the inode's size does not reflect: one GetAttr for the inode.
 
     ``handle``: a server handle of the inode's session (any open file's).
@@ -103,11 +85,11 @@ def refresh(client: FileHost, inode: Inode, handle: int) -> None:
     if not inode.stale(recalls):
         return
     version = inode.version()
-    attr = client.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=client.caller, handle=handle))
-    inode.refreshed(int(attr.size), recalls, version)
+    attr = client.server.get_attr(handle=handle)
+    inode.refreshed(attr.size, recalls, version)
 
 
-def publish(client: FileHost, inode: Inode, handle: int) -> None:
+def publish(client: FileHost, inode: Inode, handle: FileHandle) -> None:
     """Tell the server, through writable ``handle``, what the inode has that it lacks.
 
     Growth past the server's size and the mtime of writes (CommitLayout).
@@ -118,14 +100,7 @@ def publish(client: FileHost, inode: Inode, handle: int) -> None:
     plan = inode.to_publish()
     if plan is None:
         return
-    client.call(
-        rpc.COMMIT_LAYOUT,
-        pb.CommitLayoutRequest(
-            caller=client.caller,
-            handle=handle,
-            new_size=-1 if plan.new_size is None else plan.new_size,
-        ),
-    )
+    client.server.commit_layout(handle, plan.new_size)
     inode.published_as(plan)
 
 
@@ -141,7 +116,7 @@ def publish_inode(client: FileHost, inode: Inode) -> None:
     with inode.publishing:
         handle = inode.any_writer()
         if handle is not None:
-            publish(client, inode, handle)
+            publish(client, inode, FileHandle(handle))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +170,7 @@ class DaxFile(io.RawIOBase):
         mode: OpenMode,
         handle: FileHandle,
         attr: Attr,
-        layout: pb.Layout | None = None,
+        layout: Layout | None = None,
         session_epoch: int | None = None,
     ) -> None:
         super().__init__()
@@ -226,7 +201,9 @@ class DaxFile(io.RawIOBase):
             # Granted with the open (OpenRequest.layout): taken as a GetLayout reply is.
             try:
                 usable = (
-                    self._accept_layout(layout, layout.offset, layout.offset + layout.length)
+                    self._accept_layout(
+                        layout, layout.file_offset, layout.file_offset + layout.length
+                    )
                     is not None
                 )
             except errors.StaleHandle:
@@ -369,12 +346,12 @@ class DaxFile(io.RawIOBase):
             log.debug("layout of ino %d overtaken by a recall: asking again", self.ino)
         raise errors.StaleHandle(f"{self.path}: every layout granted was recalled at once")
 
-    def _accept_layout(self, reply: pb.Layout, start: int, end: int) -> list[Extent] | None:
+    def _accept_layout(self, reply: Layout, start: int, end: int) -> list[Extent] | None:
         """Cache a granted layout of [start, end) and note its lease; None if a recall overtook it.
 
         Every grant comes through here, from a GetLayout or with the open.
         """
-        tiles = _tiles(reply)
+        tiles = list(reply.extents)
         with self.client.fence.io.shared():
             if self.session_lost:
                 # The reply outlived its session (a reply held past a restart or
@@ -383,24 +360,14 @@ class DaxFile(io.RawIOBase):
                     f"{self.path}: the session this file was opened in ended; reopen it"
                 )
             # The lease exists under this grant's id even if the layout is discarded.
-            self.client._got_lease(self.ino, reply.lease_id)
-            if not self.client.lease_state.grant_usable(self.ino, int(reply.recall_seq)):
+            self.client.state.got_lease(self.ino, reply.lease_id)
+            if not self.client.lease_state.grant_usable(self.ino, reply.recall_seq):
                 return None
             self.client.layouts.insert(self.ino, tiles, start, end)
         return tiles
 
-    def _get_layout(self, start: int, end: int, write: bool) -> pb.Layout:
-        reply: pb.Layout = self.client.call(
-            rpc.GET_LAYOUT,
-            pb.GetLayoutRequest(
-                caller=self.client.caller,
-                handle=self.handle,
-                offset=start,
-                length=end - start,
-                mode=pb.LAYOUT_MODE_WRITE if write else pb.LAYOUT_MODE_READ,
-            ),
-        )
-        return reply
+    def _get_layout(self, start: int, end: int, write: bool) -> Layout:
+        return self.client.server.get_layout(self.handle, start, end - start, write=write)
 
     def layout(self, offset: int, length: int) -> list[Extent]:
         """Extents of [offset, offset+length); holes have region_offset None. Takes a layout."""
@@ -409,17 +376,9 @@ class DaxFile(io.RawIOBase):
         if length == 0:
             return []
         if not self.mode_info.read:
-            reply = self.client.call(
-                rpc.GET_LAYOUT,
-                pb.GetLayoutRequest(
-                    caller=self.client.caller,
-                    handle=self.handle,
-                    offset=offset,
-                    length=length,
-                    mode=pb.LAYOUT_MODE_WRITE,
-                ),
+            return list(
+                self.client.server.get_layout(self.handle, offset, length, write=True).extents
             )
-            return _tiles(reply)
         return self._layout(offset, offset + length, write=False)
 
     def preadinto(self, dst: npt.NDArray[np.uint8], offset: int) -> int:
@@ -571,7 +530,7 @@ class DaxFile(io.RawIOBase):
         kill = self._inode.setid_to_clear(who)
         if not kill:
             return
-        attr = self.setattr(caller=who, mode=self._inode.mode & ~kill)
+        attr = self.set_attr(SetAttr(mode=self._inode.mode & ~kill), who)
         self._inode.saw(attr)
 
     def _validate_copy(self) -> None:
@@ -588,7 +547,7 @@ class DaxFile(io.RawIOBase):
             raise errors.BadHandle("file not open for writing")
         if size is None:
             size = self._pos
-        self.setattr(size=size)
+        self.set_attr(SetAttr(size=size))
         return self._inode.size
 
     def stat(self, caller: Identity | None = None) -> Attr:
@@ -609,7 +568,13 @@ class DaxFile(io.RawIOBase):
         atime_now: bool = False,
         mtime_now: bool = False,
     ) -> Attr:
-        """fchmod, fchown, ftruncate and futimens through this open file.
+        """fchmod, fchown, ftruncate and futimens through this open file:
+        :meth:`set_attr` with the keywords as a :class:`SetAttr`."""
+        changes = SetAttr(mode, uid, gid, size, atime_ns, mtime_ns, atime_now, mtime_now)
+        return self.set_attr(changes, caller)
+
+    def set_attr(self, changes: SetAttr, caller: Identity | None = None) -> Attr:
+        """Change what ``changes`` gives, through this open file.
 
         A size or time change publishes first what this client wrote (a
         truncate up would otherwise zero writes the server does not know of,
@@ -617,29 +582,12 @@ class DaxFile(io.RawIOBase):
         Returns the attributes with the size as this client sees it.
         """
         self._check_open()
-        if (
-            size is not None
-            or atime_ns is not None
-            or mtime_ns is not None
-            or atime_now
-            or mtime_now
-        ):
+        if changes.touches_data:
             if self.mode_info.write:
                 self._commit()
             else:
                 publish_inode(self.client, self._inode)
-        return self.client.setattr(
-            handle=self.handle,
-            caller=caller,
-            mode=mode,
-            uid=uid,
-            gid=gid,
-            size=size,
-            atime_ns=atime_ns,
-            mtime_ns=mtime_ns,
-            atime_now=atime_now,
-            mtime_now=mtime_now,
-        )
+        return self.client.set_attr(changes, handle=self.handle, caller=caller)
 
     def allocate(
         self,
@@ -666,21 +614,17 @@ class DaxFile(io.RawIOBase):
         self._check_open()
         # Growth this client wrote first: a growing fallocate zeroes past the server's size.
         self._commit()
-        attr = self.client.call(
-            rpc.ALLOCATE,
-            pb.AllocateRequest(
-                caller=self.client.caller,
-                handle=self.handle,
-                offset=offset,
-                length=length,
-                keep_size=keep_size,
-                contiguous=contiguous,
-                punch_hole=punch_hole,
-                zero_range=zero_range,
-            ),
+        attr = self.client.server.allocate(
+            self.handle,
+            offset,
+            length,
+            keep_size=keep_size,
+            contiguous=contiguous,
+            punch_hole=punch_hole,
+            zero_range=zero_range,
         )
         self.client.layouts.invalidate(self.ino)
-        self._inode.allocated(int(attr.size))
+        self._inode.allocated(attr.size)
         if self.mode_info.write and length > 0 and not punch_hole:
             # The one layout: writes into the range, or an array() of it, need no other.
             self._fetch_layout(offset, offset + length, write=True)
@@ -773,30 +717,21 @@ class DaxFile(io.RawIOBase):
                 # The lease goes back with the handle, in one call and first: a
                 # release that frees blocks (unlinked file, trimmed
                 # preallocation) then needs no recall.
-                lease_id = self.client._closed_file(self._inode)
+                lease_id = self.client.state.closed_file(self._inode)
                 if not self.session_lost:  # else the server forgot the handle already
-                    request = pb.ReleaseRequest(
-                        caller=self.client.caller,
-                        handle=self.handle,
-                        return_lease_id=lease_id or 0,
-                    )
-                    client = self.client
-
-                    def release() -> None:
-                        try:
-                            client.call(rpc.RELEASE, request)
-                        except errors.StaleHandle:
-                            pass  # the server restarted and forgot the handle
-
                     if self.mode_info.write:
                         # A writer's release trims the file's preallocation,
                         # which every guest sees (st_blocks, free space): done
                         # before close returns.
-                        release()
+                        try:
+                            self.client.server.release(self.handle, return_lease_id=lease_id or 0)
+                        except errors.StaleHandle:
+                            pass  # the server restarted and forgot the handle
                     else:
                         # A reader's goes out after close returns, before this
-                        # client's next call (client/release_queue.py).
-                        client.releases.defer(release)
+                        # client's next call (client/release_queue.py), in the
+                        # session the file is in now, whenever it goes out.
+                        self.client.server.release_later(self.handle, return_lease_id=lease_id or 0)
             finally:
                 super().close()
                 self._u8 = None  # type: ignore[assignment]

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.attr import Attr
 from daxfs.shared.errors import DaxfsError, NoData
+from daxfs.shared.permissions import Identity
 
 #: Whom an answer was given to: path, uid, gid, groups (the server checks permissions).
 Key = tuple[str, int, int, tuple[int, ...]]
@@ -54,8 +54,8 @@ class XattrAnswer:
     error: DaxfsError | None
 
 
-def key_of(path: str, caller: pb.Caller) -> Key:
-    return (path, int(caller.uid), int(caller.gid), tuple(caller.groups))
+def key_of(path: str, who: Identity) -> Key:
+    return (path, who.uid, who.gid, tuple(who.groups))
 
 
 class CacheListener(Protocol):

@@ -1,4 +1,12 @@
-"""The client's gRPC connection: one channel, one stub, errors turned back into daxfs errors."""
+"""The client's wire: one channel, one typed method per call, errors turned back into daxfs errors.
+
+The only module of the client core, with ``session.py`` (the session stream),
+that knows the generated code. :class:`Server` offers one method per unary
+RPC: plain values in (paths, :data:`FileHandle`, an :class:`Identity` to act
+for), daxfs.shared values out (:class:`Attr`, :class:`StatFs`,
+:class:`Layout`, ...), so mypy checks every call. :class:`Connection` is the
+channel under it, and the ``Rpc`` table names each call with its wire types.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +14,28 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
+from daxfs.client.release_queue import ReleaseQueue
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
-from daxfs.shared.attr import Attr
+from daxfs.shared.attr import Attr, SetAttr, StatFs
 from daxfs.shared.errors import (
     DaxfsError,
     InvalidArgument,
     PermissionDenied,
+    StaleHandle,
     Unavailable,
+    UnknownSession,
     from_errno,
 )
-from daxfs.shared.extent import InodeId
+from daxfs.shared.extent import ClientId, Extent, FileHandle, InodeId, Layout, LeaseId
 from daxfs.shared.limits import (
     AUTH_SCHEME,
     AUTHORIZATION_KEY,
@@ -33,6 +44,7 @@ from daxfs.shared.limits import (
     INVALIDATED_KEY,
     MAX_MESSAGE,
 )
+from daxfs.shared.permissions import Identity
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +287,467 @@ class Connection:
 
     def close(self) -> None:
         self.channel.close()
+
+
+# -- the values the calls return ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What the server says when a session opens (``HelloReply``)."""
+
+    client_id: ClientId
+    """The session's id, named in every call of it."""
+    server_instance: int
+    """Moves when the server restarts."""
+    block_size: int
+    """Bytes of one allocation block."""
+    lease_ns: int
+    """How long a lease lasts unrenewed, in ns (on this client's clock)."""
+    region_uuid: str
+    region_path: str
+    """Where the server maps the region (a guest may see it elsewhere)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A file opened (or created) on the server (``OpenReply``)."""
+
+    handle: FileHandle
+    attr: Attr
+    layout: Layout | None
+    """The whole file's READ layout, when the open asked for one and got it."""
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One entry of a directory listing, with its attributes (``ReadDir``)."""
+
+    name: str
+    attr: Attr
+    xattr_names: frozenset[str]
+    """The names of its extended attributes, when the server sends them."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """The server's counters (``Client.stats``); the wire's StatsReply, field for field."""
+
+    read_calls: int
+    """Read RPCs served."""
+    read_bytes: int
+    write_calls: int
+    """Write RPCs served."""
+    write_bytes: int
+    layouts: int
+    """Layouts granted (by GetLayout, and with an Open that asked for one)."""
+    leases: int
+    """Live leases."""
+    free_bytes: int
+    quarantined_bytes: int
+    """Freed bytes waiting for the recalls of their last holders."""
+    open_files: int
+    pending_recalls: int
+    """Recalls waiting for acknowledgements."""
+    recalls_sent: int
+    sessions: int
+    """Session streams attached."""
+    sessions_open: int
+    """Sessions open, attached or not."""
+    recall_waits_timed_out: int
+    auth_refusals: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One live session of the server (``Client.sessions``)."""
+
+    client_id: int
+    name: str
+    credential: str
+    """The server's name for the credential that opened it ("" on a server without any)."""
+    attached: bool
+    """True while its session stream is open."""
+    idle_ns: int
+    """Since it last renewed or called, on the server's clock."""
+    unacknowledged_recalls: int
+
+
+def extents_of(wire: Iterable[pb.Extent]) -> tuple[Extent, ...]:
+    """The wire's extents (holes flagged) as the shared value, holes with no region offset."""
+    return tuple(Extent(e.file_offset, e.length, None if e.hole else e.region_offset) for e in wire)
+
+
+def layout_of(msg: pb.Layout) -> Layout:
+    return Layout(
+        msg.offset, msg.length, extents_of(msg.extents), LeaseId(msg.lease_id), msg.recall_seq
+    )
+
+
+# -- one typed method per call ------------------------------------------------------
+
+
+class Server:
+    """The server as this client calls it: one typed method per unary RPC. Thread-safe.
+
+    Every call names the session (``client_id``) and acts for an identity:
+    ``who``, or this process's own (``identity``) when None. If the server
+    answers that it does not know the session, ``recover`` (set by the
+    client's session) is asked to open a new one, and a call that named no
+    handle or lease is sent again under it; one that did raises StaleHandle
+    (handles and leases die with their session).
+    """
+
+    def __init__(self, conn: Connection, identity: Identity) -> None:
+        self.conn = conn
+        #: This process's ids, for calls that name no other.
+        self.identity = identity
+        #: The wire caller of this process's own calls, naming the session (0
+        #: until Hello); replaced whole by :meth:`adopt`, so a reader sees one
+        #: session or the other. Tests and the bench build raw requests with it.
+        self.caller = self._wire_caller(identity, ClientId(0))
+        #: Given the id of a session the server no longer knows; True once a new
+        #: session replaced it (then the call is retried). None: never recover.
+        self.recover: Callable[[int], bool] | None = None
+        #: Releases of closed files, sent after close() returns and answered
+        #: before this client's next call (client/release_queue.py).
+        self.releases = ReleaseQueue()
+        #: Called before a call waits on the network (the FUSE daemon hands its
+        #: /dev/fuse descriptor to another serving thread).
+        self.before_blocking: Callable[[], None] | None = None
+
+    @property
+    def client_id(self) -> ClientId:
+        """The session calls go out in."""
+        return ClientId(self.caller.client_id)
+
+    @staticmethod
+    def _wire_caller(who: Identity, client_id: ClientId) -> pb.Caller:
+        return pb.Caller(uid=who.uid, gid=who.gid, groups=list(who.groups), client_id=client_id)
+
+    def _who(self, who: Identity | None) -> pb.Caller:
+        caller = self.caller
+        return caller if who is None else self._wire_caller(who, ClientId(caller.client_id))
+
+    def adopt(self, client_id: ClientId) -> None:
+        """Calls from now on go out in session ``client_id``."""
+        self.caller = self._wire_caller(self.identity, client_id)
+
+    def call(self, method: Rpc[Req, Rep], request: Req, *, timeout: float | None = None) -> Rep:
+        """One RPC; if the server forgot our session, recover it and retry what can be.
+
+        Calls that name a handle or a lease cannot be retried (those died with
+        the session): they raise StaleHandle after the recovery. Releases queued
+        by earlier closes are answered first: this client sees them in order.
+        Not before a layout call: one may be made under the fence's shared lock
+        (a copy that lost its layout asks again), which a release that recalls
+        this client's own lease would then wait for; and a layout call names an
+        open file, which no queued release can concern (the open that made it
+        waited for them).
+        """
+        if self.before_blocking is not None:
+            self.before_blocking()
+        if method not in _BYTE_PATH:
+            self.releases.drain()
+        try:
+            return self.conn.call(method, request, timeout=timeout)
+        except UnknownSession:
+            caller = getattr(request, "caller", None)
+            stale = caller.client_id if caller is not None else 0
+            recover = self.recover
+            if method is GOODBYE or recover is None or not recover(stale):
+                raise
+            if getattr(request, "handle", 0) or getattr(request, "lease_id", 0):
+                raise StaleHandle(
+                    f"{method.name}: the server ended the session this handle belonged to; reopen"
+                ) from None
+            assert caller is not None
+            caller.client_id = self.client_id
+            return self.conn.call(method, request, timeout=timeout)
+
+    # -- sessions --------------------------------------------------------------
+
+    def hello(self, name: str, *, cache_metadata: bool, wait: bool = True) -> Hello:
+        """Open a session (not yet adopted: see :meth:`adopt`). ``wait``: see Connection.call."""
+        request = pb.HelloRequest(client_name=name, cache_metadata=cache_metadata)
+        r = self.conn.call(HELLO, request, wait=wait)
+        return Hello(
+            ClientId(r.client_id),
+            int(r.server_instance),
+            int(r.block_size),
+            int(r.lease_ns),
+            str(r.region_uuid),
+            str(r.region_path),
+        )
+
+    def goodbye(self, *, timeout: float | None = None) -> None:
+        """End the session (no recovery: a forgotten session is ended already)."""
+        self.conn.call(GOODBYE, pb.GoodbyeRequest(caller=self.caller), timeout=timeout)
+
+    def list_sessions(self) -> list[SessionInfo]:
+        reply = self.call(LIST_SESSIONS, pb.ListSessionsRequest(caller=self.caller))
+        return [
+            SessionInfo(
+                s.client_id, s.name, s.credential, s.attached, s.idle_ns, s.unacknowledged_recalls
+            )
+            for s in reply.sessions
+        ]
+
+    def evict(self, client_id: int) -> None:
+        self.call(EVICT, pb.EvictRequest(caller=self.caller, client_id=client_id))
+
+    def stats(self) -> ServerStats:
+        reply = self.call(STATS, pb.StatsRequest())
+        return ServerStats(**{f.name: int(getattr(reply, f.name)) for f in fields(ServerStats)})
+
+    # -- the namespace ---------------------------------------------------------
+
+    def lookup(self, parent: str, name: str, *, who: Identity | None = None) -> Attr:
+        req = pb.LookupRequest(caller=self._who(who), parent=parent, name=name)
+        return attr_of(self.call(LOOKUP, req))
+
+    def get_attr(
+        self, path: str = "", *, handle: FileHandle | None = None, who: Identity | None = None
+    ) -> Attr:
+        """By path, or by an open file's handle."""
+        req = pb.GetAttrRequest(caller=self._who(who), path=path, handle=handle or 0)
+        return attr_of(self.call(GET_ATTR, req))
+
+    def set_attr(
+        self,
+        changes: SetAttr,
+        path: str = "",
+        *,
+        handle: FileHandle | None = None,
+        who: Identity | None = None,
+    ) -> Attr:
+        """Change what ``changes`` gives, by path or by an open file's handle."""
+        c = changes
+        req = pb.SetAttrRequest(
+            caller=self._who(who),
+            handle=handle or 0,
+            path=path,
+            atime_now=c.atime_now,
+            mtime_now=c.mtime_now,
+        )
+        # Optional fields: only what is given is set (presence is the change).
+        if c.mode is not None:
+            req.mode = c.mode & 0o7777
+        if c.uid is not None:
+            req.uid = c.uid
+        if c.gid is not None:
+            req.gid = c.gid
+        if c.size is not None:
+            req.size = c.size
+        if c.atime_ns is not None:
+            req.atime_ns = c.atime_ns
+        if c.mtime_ns is not None:
+            req.mtime_ns = c.mtime_ns
+        return attr_of(self.call(SET_ATTR, req))
+
+    def create(
+        self,
+        path: str,
+        mode: int,
+        *,
+        exclusive: bool,
+        truncate: bool,
+        read: bool,
+        write: bool,
+        append: bool,
+        who: Identity | None = None,
+    ) -> Opened:
+        req = pb.CreateRequest(
+            caller=self._who(who),
+            path=path,
+            mode=mode,
+            exclusive=exclusive,
+            truncate=truncate,
+            read=read,
+            write=write,
+            append=append,
+        )
+        return _opened(self.call(CREATE, req))
+
+    def open(
+        self,
+        path: str,
+        *,
+        read: bool,
+        write: bool,
+        append: bool,
+        truncate: bool,
+        layout: bool,
+        who: Identity | None = None,
+    ) -> Opened:
+        """``layout``: ask for the whole file's READ layout with the open."""
+        req = pb.OpenRequest(
+            caller=self._who(who),
+            path=path,
+            read=read,
+            write=write,
+            append=append,
+            truncate=truncate,
+            layout=layout,
+        )
+        return _opened(self.call(OPEN, req))
+
+    def release(
+        self,
+        handle: FileHandle,
+        *,
+        return_lease_id: int = 0,
+        who: Identity | None = None,
+    ) -> None:
+        req = pb.ReleaseRequest(
+            caller=self._who(who), handle=handle, return_lease_id=return_lease_id
+        )
+        self.call(RELEASE, req)
+
+    def release_later(self, handle: FileHandle, *, return_lease_id: int = 0) -> None:
+        """Release ``handle`` after the caller returns (:attr:`releases`), in the
+        session it belongs to now: a release that goes out after a new session
+        replaced it is refused (the old session is unknown) and dropped."""
+        request = pb.ReleaseRequest(
+            caller=self.caller, handle=handle, return_lease_id=return_lease_id
+        )
+
+        def send() -> None:
+            self.call(RELEASE, request)
+
+        self.releases.defer(send)
+
+    def mkdir(self, path: str, mode: int, *, who: Identity | None = None) -> Attr:
+        return attr_of(
+            self.call(MKDIR, pb.MkdirRequest(caller=self._who(who), path=path, mode=mode))
+        )
+
+    def mknod(self, path: str, mode: int, rdev: int, *, who: Identity | None = None) -> Attr:
+        req = pb.MknodRequest(caller=self._who(who), path=path, mode=mode, rdev=rdev)
+        return attr_of(self.call(MKNOD, req))
+
+    def unlink(self, path: str, *, who: Identity | None = None) -> None:
+        self.call(UNLINK, pb.PathRequest(caller=self._who(who), path=path))
+
+    def rmdir(self, path: str, *, who: Identity | None = None) -> None:
+        self.call(RMDIR, pb.PathRequest(caller=self._who(who), path=path))
+
+    def rename(self, old: str, new: str, *, flags: int = 0, who: Identity | None = None) -> None:
+        req = pb.RenameRequest(caller=self._who(who), old_path=old, new_path=new, flags=flags)
+        self.call(RENAME, req)
+
+    def symlink(self, target: str, path: str, *, who: Identity | None = None) -> Attr:
+        req = pb.SymlinkRequest(caller=self._who(who), target=target, path=path)
+        return attr_of(self.call(SYMLINK, req))
+
+    def readlink(self, path: str, *, who: Identity | None = None) -> str:
+        return str(self.call(READLINK, pb.PathRequest(caller=self._who(who), path=path)).target)
+
+    def link(self, existing: str, new: str, *, who: Identity | None = None) -> Attr:
+        req = pb.LinkRequest(caller=self._who(who), existing=existing, new_path=new)
+        return attr_of(self.call(LINK, req))
+
+    def read_dir(self, path: str, *, who: Identity | None = None) -> list[DirEntry]:
+        reply = self.call(READ_DIR, pb.PathRequest(caller=self._who(who), path=path))
+        return [DirEntry(e.name, attr_of(e.attr), frozenset(e.xattr_names)) for e in reply.entries]
+
+    def stat_fs(self, *, who: Identity | None = None) -> StatFs:
+        r = self.call(STAT_FS, pb.StatFsRequest(caller=self._who(who)))
+        return StatFs(r.block_size, r.blocks, r.blocks_free, r.files, r.name_max)
+
+    def get_xattr(self, path: str, name: str, *, who: Identity | None = None) -> bytes:
+        req = pb.XattrRequest(caller=self._who(who), path=path, name=name)
+        return bytes(self.call(GET_XATTR, req).value)
+
+    def set_xattr(
+        self, path: str, name: str, value: bytes, flags: int = 0, *, who: Identity | None = None
+    ) -> None:
+        req = pb.XattrRequest(caller=self._who(who), path=path, name=name, value=value, flags=flags)
+        self.call(SET_XATTR, req)
+
+    def list_xattr(self, path: str, *, who: Identity | None = None) -> list[str]:
+        return list(self.call(LIST_XATTR, pb.PathRequest(caller=self._who(who), path=path)).names)
+
+    def remove_xattr(self, path: str, name: str, *, who: Identity | None = None) -> None:
+        self.call(REMOVE_XATTR, pb.XattrRequest(caller=self._who(who), path=path, name=name))
+
+    def extents(self, path: str, *, who: Identity | None = None) -> list[Extent]:
+        """The whole extent map of a file (no holes)."""
+        reply = self.call(EXTENTS, pb.PathRequest(caller=self._who(who), path=path))
+        return [Extent(e.file_offset, e.length, e.region_offset) for e in reply.extents]
+
+    # -- layouts and the byte path -------------------------------------------
+
+    def get_layout(
+        self,
+        handle: FileHandle,
+        offset: int,
+        length: int,
+        *,
+        write: bool,
+        contiguous: bool = False,
+    ) -> Layout:
+        req = pb.GetLayoutRequest(
+            caller=self.caller,
+            handle=handle,
+            offset=offset,
+            length=length,
+            mode=pb.LAYOUT_MODE_WRITE if write else pb.LAYOUT_MODE_READ,
+            contiguous=contiguous,
+        )
+        return layout_of(self.call(GET_LAYOUT, req))
+
+    def commit_layout(self, handle: FileHandle, new_size: int | None) -> Attr:
+        """Publish writes: a larger size (None keeps it) and the mtime."""
+        req = pb.CommitLayoutRequest(
+            caller=self.caller, handle=handle, new_size=-1 if new_size is None else new_size
+        )
+        return attr_of(self.call(COMMIT_LAYOUT, req))
+
+    def return_layout(self, lease_id: int) -> None:
+        self.call(RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=self.caller, lease_id=lease_id))
+
+    def allocate(
+        self,
+        handle: FileHandle,
+        offset: int,
+        length: int,
+        *,
+        keep_size: bool = False,
+        contiguous: bool = False,
+        punch_hole: bool = False,
+        zero_range: bool = False,
+    ) -> Attr:
+        req = pb.AllocateRequest(
+            caller=self.caller,
+            handle=handle,
+            offset=offset,
+            length=length,
+            keep_size=keep_size,
+            contiguous=contiguous,
+            punch_hole=punch_hole,
+            zero_range=zero_range,
+        )
+        return attr_of(self.call(ALLOCATE, req))
+
+    def read(self, handle: FileHandle, offset: int, length: int) -> bytes:
+        """Bytes through the server (the copy path; the library reads the region itself)."""
+        req = pb.ReadRequest(caller=self.caller, handle=handle, offset=offset, length=length)
+        return bytes(self.call(READ, req).data)
+
+    def write(self, handle: FileHandle, offset: int, data: bytes) -> int:
+        """Store through the server; returns the bytes written."""
+        req = pb.WriteRequest(caller=self.caller, handle=handle, offset=offset, data=data)
+        return int(self.call(WRITE, req).written)
+
+    def persist(self, handle: FileHandle) -> None:
+        self.call(PERSIST, pb.PersistRequest(caller=self.caller, handle=handle))
+
+
+#: Calls of the byte path of an open file (see Server.call).
+_BYTE_PATH = (GET_LAYOUT, COMMIT_LAYOUT)
+
+
+def _opened(reply: pb.OpenReply) -> Opened:
+    layout = layout_of(reply.layout) if reply.HasField("layout") else None
+    return Opened(FileHandle(reply.handle), attr_of(reply.attr), layout)

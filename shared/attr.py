@@ -54,3 +54,37 @@ class StatFs:
     files: int
     name_max: int
     """Longest name of one path component, in bytes (the server's NAME_MAX)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttr:
+    """What one setattr changes (chmod, chown, truncate, utimens): each field given
+    (not None, or True) is set, the rest of the inode is left as it is."""
+
+    mode: int | None = None
+    """Permission bits (the low twelve); the file type is kept."""
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    """New size in bytes: a truncate, down or up."""
+    atime_ns: int | None = None
+    """Explicit access time, ns since the epoch (the owner only)."""
+    mtime_ns: int | None = None
+    """Explicit modification time, ns since the epoch (the owner only)."""
+    atime_now: bool = False
+    """Access time to the server's now (UTIME_NOW: any writer may)."""
+    mtime_now: bool = False
+    """Modification time to the server's now (UTIME_NOW: any writer may)."""
+
+    @property
+    def touches_data(self) -> bool:
+        """A size or time change: a client publishes its unpublished writes first
+        (a truncate up would zero them, and a later publication would overwrite
+        explicit times with now)."""
+        return (
+            self.size is not None
+            or self.atime_ns is not None
+            or self.mtime_ns is not None
+            or self.atime_now
+            or self.mtime_now
+        )

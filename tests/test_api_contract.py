@@ -77,15 +77,17 @@ def pair(server: ServerProc) -> Iterator[tuple[Client, Client]]:
 
 
 def _create(c: Client, path: str, **how: bool) -> int:
-    reply = c.call(rpc.CREATE, pb.CreateRequest(caller=c.caller, path=path, mode=0o644, **how))
+    reply = c.server.call(
+        rpc.CREATE, pb.CreateRequest(caller=c.server.caller, path=path, mode=0o644, **how)
+    )
     return int(reply.handle)
 
 
 def _layout(c: Client, handle: int, offset: int, length: int, mode: int) -> pb.Layout:
     req = pb.GetLayoutRequest(
-        caller=c.caller, handle=handle, offset=offset, length=length, mode=mode
+        caller=c.server.caller, handle=handle, offset=offset, length=length, mode=mode
     )
-    reply: pb.Layout = c.call(rpc.GET_LAYOUT, req)
+    reply: pb.Layout = c.server.call(rpc.GET_LAYOUT, req)
     return reply
 
 
@@ -102,7 +104,7 @@ def test_open_for_neither_reading_nor_writing_is_refused(pair: tuple[Client, Cli
         f.write(b"kept")
     for how in ({}, {"truncate": True}, {"append": True}):
         with pytest.raises(errors.InvalidArgument, match="read or write"):
-            a.call(rpc.OPEN, pb.OpenRequest(caller=a.caller, path="/f", **how))
+            a.server.call(rpc.OPEN, pb.OpenRequest(caller=a.server.caller, path="/f", **how))
     assert a.stats().open_files == 0  # nothing was opened
     assert a.stat("/f").size == 4  # and nothing truncated
     a.unlink("/f")
@@ -113,13 +115,19 @@ def test_a_read_layout_past_eof_shows_holes_not_preallocated_blocks(
 ) -> None:
     writer, reader = pair
     w = _create(writer, "/f", read=True, write=True)
-    writer.call(rpc.WRITE, pb.WriteRequest(caller=writer.caller, handle=w, data=b"x" * 10))
-    writer.call(
+    writer.server.call(
+        rpc.WRITE, pb.WriteRequest(caller=writer.server.caller, handle=w, data=b"x" * 10)
+    )
+    writer.server.call(
         rpc.ALLOCATE,
-        pb.AllocateRequest(caller=writer.caller, handle=w, offset=0, length=MIB, keep_size=True),
+        pb.AllocateRequest(
+            caller=writer.server.caller, handle=w, offset=0, length=MIB, keep_size=True
+        ),
     )
     r = int(
-        reader.call(rpc.OPEN, pb.OpenRequest(caller=reader.caller, path="/f", read=True)).handle
+        reader.server.call(
+            rpc.OPEN, pb.OpenRequest(caller=reader.server.caller, path="/f", read=True)
+        ).handle
     )
     lay = _layout(reader, r, 0, MIB, pb.LAYOUT_MODE_READ)
     assert [(e.file_offset, e.length, e.hole) for e in lay.extents] == [
@@ -138,23 +146,27 @@ def test_a_read_layout_past_eof_shows_holes_not_preallocated_blocks(
     assert again.lease_id > lay.lease_id
     with pytest.raises(errors.StaleHandle):
         reader.conn.call(
-            rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=reader.caller, lease_id=lay.lease_id)
+            rpc.RETURN_LAYOUT,
+            pb.ReturnLayoutRequest(caller=reader.server.caller, lease_id=lay.lease_id),
         )
     reader.conn.call(
-        rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=reader.caller, lease_id=again.lease_id)
+        rpc.RETURN_LAYOUT,
+        pb.ReturnLayoutRequest(caller=reader.server.caller, lease_id=again.lease_id),
     )
-    reader.call(rpc.RELEASE, pb.ReleaseRequest(caller=reader.caller, handle=r))
-    writer.call(rpc.RELEASE, pb.ReleaseRequest(caller=writer.caller, handle=w))
+    reader.server.call(rpc.RELEASE, pb.ReleaseRequest(caller=reader.server.caller, handle=r))
+    writer.server.call(rpc.RELEASE, pb.ReleaseRequest(caller=writer.server.caller, handle=w))
     writer.unlink("/f")
 
 
 def test_commit_layout_never_shrinks_a_file(pair: tuple[Client, Client]) -> None:
     a, _ = pair
     h = _create(a, "/g", write=True)
-    a.call(rpc.WRITE, pb.WriteRequest(caller=a.caller, handle=h, data=b"y" * 100))
-    attr = a.call(rpc.COMMIT_LAYOUT, pb.CommitLayoutRequest(caller=a.caller, handle=h, new_size=10))
+    a.server.call(rpc.WRITE, pb.WriteRequest(caller=a.server.caller, handle=h, data=b"y" * 100))
+    attr = a.server.call(
+        rpc.COMMIT_LAYOUT, pb.CommitLayoutRequest(caller=a.server.caller, handle=h, new_size=10)
+    )
     assert attr.size == 100
-    a.call(rpc.RELEASE, pb.ReleaseRequest(caller=a.caller, handle=h))
+    a.server.call(rpc.RELEASE, pb.ReleaseRequest(caller=a.server.caller, handle=h))
     a.unlink("/g")
 
 

@@ -136,21 +136,23 @@ def test_each_certificate_acts_under_its_credentials_policy(
                     reader.open("/secret", "rb")  # root-squashed: not root
                 with pytest.raises(errors.ReadOnly):
                     reader.mkdir("/d")
-                opened = reader.call(
-                    rpc.OPEN, pb.OpenRequest(caller=reader.caller, path="/pub/mine", read=True)
+                opened = reader.server.call(
+                    rpc.OPEN,
+                    pb.OpenRequest(caller=reader.server.caller, path="/pub/mine", read=True),
                 )
                 with pytest.raises(errors.ReadOnly):
-                    reader.call(
+                    reader.server.call(
                         rpc.GET_LAYOUT,
                         pb.GetLayoutRequest(
-                            caller=reader.caller,
+                            caller=reader.server.caller,
                             handle=opened.handle,
                             length=4096,
                             mode=pb.LAYOUT_MODE_WRITE,
                         ),
                     )
-                reader.call(
-                    rpc.RELEASE, pb.ReleaseRequest(caller=reader.caller, handle=opened.handle)
+                reader.server.call(
+                    rpc.RELEASE,
+                    pb.ReleaseRequest(caller=reader.server.caller, handle=opened.handle),
                 )
                 listed = {s.credential for s in host.sessions()}
                 assert listed == {"host", "guest-c", "reader"}

@@ -22,6 +22,7 @@ from daxfs.client import Client, connect
 from daxfs.client.library import ServerStats
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
+from daxfs.shared.attr import SetAttr
 from daxfs.testing import FaultyProxy, ServerProc, Volume
 
 MIB = 1024 * 1024
@@ -189,6 +190,23 @@ def test_namespace_calls(client: Client) -> None:
     client.rmdir("/d/e")
     client.rmdir("/d")
     assert client.listdir("/") == []
+
+
+def test_a_setattr_value_changes_what_it_names_by_path_or_through_an_open_file(
+    client: Client,
+) -> None:
+    with client.open("/s", "wb") as f:
+        f.write(b"0123456789")
+        # Through the open file: its unpublished growth is published first.
+        assert f.set_attr(SetAttr(size=4)).size == 4
+        assert f.set_attr(SetAttr(mode=0o640)).mode & 0o7777 == 0o640
+    before = client.stat("/s")
+    after = client.set_attr(SetAttr(mtime_ns=10**18, size=2), "/s")
+    assert (after.size, after.mtime_ns, after.mode) == (2, 10**18, before.mode)
+    # The keyword form is the same call.
+    assert client.setattr("/s", atime_ns=5 * 10**17).atime_ns == 5 * 10**17
+    assert not SetAttr(mode=0o600, uid=1).touches_data and SetAttr(mtime_now=True).touches_data
+    client.unlink("/s")
 
 
 def test_a_cached_layout_costs_no_rpc(client: Client) -> None:

@@ -96,27 +96,30 @@ def test_a_read_only_guest_reads_through_read_layouts_and_changes_nothing(
                 lambda: reader.unlink("/shared"),
                 lambda: reader.rename("/shared", "/moved"),
                 lambda: reader.chmod("/shared", 0o600),
-                lambda: reader.call(
-                    rpc.MKNOD, pb.MknodRequest(caller=reader.caller, path="/fifo", mode=0o10644)
+                lambda: reader.server.call(
+                    rpc.MKNOD,
+                    pb.MknodRequest(caller=reader.server.caller, path="/fifo", mode=0o10644),
                 ),
             ):
                 with pytest.raises(errors.ReadOnly):
                     change()
             # A handle open for reading gets no WRITE layout either.
-            opened = reader.call(
-                rpc.OPEN, pb.OpenRequest(caller=reader.caller, path="/shared", read=True)
+            opened = reader.server.call(
+                rpc.OPEN, pb.OpenRequest(caller=reader.server.caller, path="/shared", read=True)
             )
             with pytest.raises(errors.ReadOnly):
-                reader.call(
+                reader.server.call(
                     rpc.GET_LAYOUT,
                     pb.GetLayoutRequest(
-                        caller=reader.caller,
+                        caller=reader.server.caller,
                         handle=opened.handle,
                         length=4096,
                         mode=pb.LAYOUT_MODE_WRITE,
                     ),
                 )
-            reader.call(rpc.RELEASE, pb.ReleaseRequest(caller=reader.caller, handle=opened.handle))
+            reader.server.call(
+                rpc.RELEASE, pb.ReleaseRequest(caller=reader.server.caller, handle=opened.handle)
+            )
         assert host.listdir("/") == ["shared"]
         with host.open("/shared", "rb") as f:
             assert f.read() == b"for everyone"
@@ -139,14 +142,16 @@ def test_a_session_opened_with_one_token_cannot_be_used_with_another(
             # guest-a presents its own token with guest-b's session id.
             with pytest.raises(grpc.RpcError) as refused:
                 getattr_(
-                    pb.GetAttrRequest(caller=b.caller, path="/"),
+                    pb.GetAttrRequest(caller=b.server.caller, path="/"),
                     metadata=(("authorization", f"Bearer {GUEST}"),),
                     timeout=10,
                 )
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert dict(refused.value.trailing_metadata())["daxfs-errno"] == "1"  # EPERM
         assert b.listdir("/") == []  # the owner's session is unharmed
-        listed = host.call(rpc.LIST_SESSIONS, pb.ListSessionsRequest(caller=host.caller))
+        listed = host.server.call(
+            rpc.LIST_SESSIONS, pb.ListSessionsRequest(caller=host.server.caller)
+        )
         assert {s.credential for s in listed.sessions} == {"guest-b", "fuse-host"}
         assert host.stats().auth_refusals == before + 1
     assert "credential=guest-a" in guests.log.read_text()

@@ -98,7 +98,9 @@ def test_bad_paths_are_refused(client: Client, path: str, exc: type[Exception]) 
 
 def test_a_name_with_a_slash_is_refused(client: Client) -> None:
     with pytest.raises(errors.InvalidArgument, match="contains '/'"):
-        client.call(rpc.LOOKUP, pb.LookupRequest(caller=client.caller, parent="/", name="a/b"))
+        client.server.call(
+            rpc.LOOKUP, pb.LookupRequest(caller=client.server.caller, parent="/", name="a/b")
+        )
 
 
 def test_name_of_255_bytes_is_fine(client: Client) -> None:
@@ -122,10 +124,10 @@ def test_bad_offsets_are_refused_over_rpc(
     with client.open("/f", "wb") as f:
         for mode in (pb.LAYOUT_MODE_READ, pb.LAYOUT_MODE_WRITE):
             with pytest.raises(exc):
-                client.call(
+                client.server.call(
                     rpc.GET_LAYOUT,
                     pb.GetLayoutRequest(
-                        caller=client.caller,
+                        caller=client.server.caller,
                         handle=f.handle,
                         offset=offset,
                         length=length,
@@ -133,9 +135,11 @@ def test_bad_offsets_are_refused_over_rpc(
                     ),
                 )
         with pytest.raises(exc):
-            client.call(
+            client.server.call(
                 rpc.READ,
-                pb.ReadRequest(caller=client.caller, handle=f.handle, offset=offset, length=length),
+                pb.ReadRequest(
+                    caller=client.server.caller, handle=f.handle, offset=offset, length=length
+                ),
             )
     assert client.statfs().blocks_free == free
     client.unlink("/f")
@@ -167,9 +171,11 @@ def test_status_codes_and_errno_on_the_wire(server: ServerProc) -> None:
 
 def test_unknown_handle_and_stale_lease(client: Client) -> None:
     with pytest.raises(errors.StaleHandle):
-        client.call(rpc.RELEASE, pb.ReleaseRequest(caller=client.caller, handle=999))
+        client.server.call(rpc.RELEASE, pb.ReleaseRequest(caller=client.server.caller, handle=999))
     with pytest.raises(errors.StaleHandle):
-        client.call(rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=client.caller, lease_id=999))
+        client.server.call(
+            rpc.RETURN_LAYOUT, pb.ReturnLayoutRequest(caller=client.server.caller, lease_id=999)
+        )
 
 
 def test_unreachable_server_is_a_clear_error(workdir: Path) -> None:

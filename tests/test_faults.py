@@ -68,9 +68,9 @@ def test_a_full_metadata_disk_is_a_clean_enospc(workdir: Path, small_meta_fs: Pa
                         pass
                     made.append(path)
                     pad = pb.XattrRequest(
-                        caller=c.caller, path=path, name="user.pad", value=b"p" * 8000
+                        caller=c.server.caller, path=path, name="user.pad", value=b"p" * 8000
                     )
-                    c.call(rpc.SET_XATTR, pad)
+                    c.server.call(rpc.SET_XATTR, pad)
             assert made, "some files fit before the disk filled"
             # The server is alive and consistent; freeing space on that disk makes it usable again.
             assert c.exists(made[0])

@@ -544,19 +544,21 @@ def test_client_id_0_opens_nothing_and_goodbye_is_final(leased: ServerProc) -> N
         write_file(a, "/x", b"x")
         nobody = pb.Caller(client_id=0)
         with pytest.raises(errors.InvalidArgument, match="needs a session"):
-            a.call(rpc.OPEN, pb.OpenRequest(caller=nobody, path="/x", read=True))
+            a.server.call(rpc.OPEN, pb.OpenRequest(caller=nobody, path="/x", read=True))
         with pytest.raises(errors.InvalidArgument, match="needs a session"):
-            a.call(rpc.CREATE, pb.CreateRequest(caller=nobody, path="/y", mode=0o644, write=True))
+            a.server.call(
+                rpc.CREATE, pb.CreateRequest(caller=nobody, path="/y", mode=0o644, write=True)
+            )
         assert a.stats().open_files == 0
         # Stateless calls need no session.
-        assert a.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=nobody, path="/x")).size == 1
+        assert a.server.call(rpc.GET_ATTR, pb.GetAttrRequest(caller=nobody, path="/x")).size == 1
         c = connect(leased.address, session=False)
-        me = c.caller
+        me = c.server.caller
         c.close()  # Goodbye
         with pytest.raises(errors.UnknownSession):
-            a.call(rpc.OPEN, pb.OpenRequest(caller=me, path="/x", read=True))
+            a.server.call(rpc.OPEN, pb.OpenRequest(caller=me, path="/x", read=True))
         with pytest.raises(errors.UnknownSession):
-            a.call(rpc.GOODBYE, pb.GoodbyeRequest(caller=me))
+            a.server.call(rpc.GOODBYE, pb.GoodbyeRequest(caller=me))
         a.unlink("/x")
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from daxfs.client.meta_cache import Answer, MetaCache, XattrAnswer, key_of
-from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr
 from daxfs.shared.extent import InodeId
+from daxfs.shared.permissions import Identity
 
 
 def _attr(ino: int) -> Attr:
     return Attr(InodeId(ino), 1, 0o100644, 1, 0, 0, 0, 0, 0, 0, 0, 4096)
 
 
-ROOT = pb.Caller(uid=0, gid=0)
+ROOT = Identity(0, 0)
 
 
 def opened() -> MetaCache:
@@ -78,7 +78,7 @@ def test_nothing_is_kept_or_served_while_closed() -> None:
 def test_answers_are_per_caller() -> None:
     cache = opened()
     cache.put(key_of("/f", ROOT), Answer(None, errors.NotFound("x")), cache.epoch)
-    assert cache.get(key_of("/f", pb.Caller(uid=1000, gid=1000))) is None
+    assert cache.get(key_of("/f", Identity(1000, 1000))) is None
 
 
 def test_xattr_answers_are_kept_beside_the_attributes_and_go_with_them() -> None:

@@ -284,7 +284,8 @@ class SimClient:
                 self.stream.to_server.append(("renew", seq))
         if self.core.due_to_fence():
             self.log("fence point passed unrenewed: fencing")
-            for v in self.views:  # views at once (library._on_deadline), layouts after copies
+            # Views at once (SessionState.deadline_passed), layouts after copies.
+            for v in self.views:
                 v.blocks.clear()
             self.deadline_fence_pending = True
         if self.deadline_fence_pending and not self.copies:
@@ -942,7 +943,7 @@ class World:
         if any(g.ino == f.ino for g in c.files.values()):
             return
         if any(v.ino == f.ino and v.blocks for v in c.views):
-            return  # return-on-close waits for the views (library._closed_file)
+            return  # return-on-close waits for the views (SessionState.closed_file)
         c.layouts.pop(f.ino, None)
         lease = c.lease_ids.pop(f.ino, None)
         if lease is not None:

@@ -174,6 +174,24 @@ def test_the_client_core_knows_no_fuse_edge() -> None:
     assert not wrong, "the client core imports its FUSE edge:\n" + "\n".join(wrong)
 
 
+def test_only_the_wire_and_the_session_stream_know_the_generated_code() -> None:
+    """The client core speaks in daxfs.shared values: client/rpc.py (one typed method
+    per call) and client/session.py (the session stream) alone turn them into wire
+    messages and back."""
+    modules = _modules()
+    wire = {"daxfs.client.rpc", "daxfs.client.session"}
+    wrong = [
+        f"{module} imports {target}"
+        for module, path in sorted(modules.items())
+        if module.startswith("daxfs.client") and module not in wire
+        for target in sorted(_imports(module, path, modules))
+        if target.startswith("daxfs.proto")
+    ]
+    assert not wrong, "client modules that know the wire besides rpc and session:\n" + "\n".join(
+        wrong
+    )
+
+
 def test_no_import_cycles() -> None:
     modules = _modules()
     graph = {m: _imports(m, p, modules) for m, p in modules.items()}
@@ -279,3 +297,21 @@ def test_every_unary_rpc_is_typed_once_and_nothing_dispatches_by_string() -> Non
     by_string = re.compile(r"""\bcall\(\s*["'][A-Z]""")
     for path in [*ROOT.glob("client/**/*.py"), *ROOT.glob("src/**/*.py"), *ROOT.glob("tests/*.py")]:
         assert not by_string.search(path.read_text()), f"{path}: an RPC named by a string"
+
+
+def test_the_client_has_one_typed_method_per_unary_rpc_speaking_shared_values() -> None:
+    """``rpc.Server`` offers each unary call as one method (GetAttr as ``get_attr``)
+    whose parameters and result are plain or daxfs.shared values: never Any, never a
+    wire message (only ``Server.call``, the raw form under them, takes one)."""
+    import inspect
+
+    from daxfs.client import rpc
+
+    for name in rpc.UNARY:
+        method = getattr(rpc.Server, re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower(), None)
+        assert callable(method), f"rpc.Server has no method for {name}"
+        annotations = [str(p.annotation) for p in inspect.signature(method).parameters.values()] + [
+            str(inspect.signature(method).return_annotation)
+        ]
+        for text in annotations:
+            assert "Any" not in text and "pb." not in text, f"{name}: {text}"

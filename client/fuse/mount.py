@@ -391,7 +391,7 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
             dispatcher.cache_epoch = lambda: client.meta_cache.epoch
         session = KernelSession(channel, dispatcher)
         # The reader token goes to another serving thread before an RPC waits.
-        client.before_blocking = session.hand_over
+        client.server.before_blocking = session.hand_over
         session.start()
         while session.running():
             if stop.wait(0.2):

@@ -50,7 +50,7 @@ import numpy.typing as npt
 
 from daxfs.client.library import Client, DaxFile, OpenMode
 from daxfs.shared import errors
-from daxfs.shared.attr import Attr
+from daxfs.shared.attr import Attr, SetAttr
 from daxfs.shared.errors import DaxfsError
 from daxfs.shared.format import MIB
 from daxfs.shared.limits import (
@@ -356,31 +356,27 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
                 raise errors.NotFound("no path and no handle")
         return _stat_dict(a)
 
-    def _setattr(self, path: str | None, fh: int | None = None, **fields: Any) -> Attr:
+    def _setattr(self, path: str | None, changes: SetAttr, fh: int | None = None) -> Attr:
         """SetAttr through the open handle when the kernel named one (fchmod, ftruncate, ...)."""
         if fh is not None:
-            attr = self._handle(fh).file.setattr(caller=self._caller(), **fields)
+            attr = self._handle(fh).file.set_attr(changes, self._caller())
         elif path is None:
             # libfuse found no path for the inode (it was removed meanwhile).
             raise errors.NotFound("the file was unlinked")
         else:
-            attr = self.client.setattr(path, caller=self._caller(), **fields)
+            attr = self.client.set_attr(changes, path, caller=self._caller())
         return self._remember(path, attr) if path is not None else attr
 
     @_edge
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
-        self._setattr(path, fh, mode=mode & 0o7777)
+        self._setattr(path, SetAttr(mode=mode & 0o7777), fh)
         return 0
 
     @_edge
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
-        fields = {}
-        if uid != -1:
-            fields["uid"] = uid
-        if gid != -1:
-            fields["gid"] = gid
-        if fields:
-            self._setattr(path, fh, **fields)
+        if uid != -1 or gid != -1:
+            changes = SetAttr(uid=None if uid == -1 else uid, gid=None if gid == -1 else gid)
+            self._setattr(path, changes, fh)
         return 0
 
     @_edge
@@ -390,19 +386,19 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if fh is None and path is None:
             raise errors.NotFound("the file was unlinked")
         if times is None:
-            self._setattr(path, fh, atime_now=True, mtime_now=True)
+            self._setattr(path, SetAttr(atime_now=True, mtime_now=True), fh)
             return 0
-        fields: dict[str, Any] = {}
-        for name, ns in zip(("atime", "mtime"), times, strict=True):
-            # libfuse passes the special values with tv_sec 0.
-            if ns == UTIME_OMIT:
-                continue
-            if ns == UTIME_NOW:
-                fields[f"{name}_now"] = True  # the server's now: any writer may
-            else:
-                fields[f"{name}_ns"] = ns  # an explicit time: the owner only
-        if fields:
-            self._setattr(path, fh, **fields)
+        atime, mtime = times
+        # libfuse passes the special values with tv_sec 0. UTIME_NOW is the
+        # server's now (any writer may); an explicit time is the owner's only.
+        changes = SetAttr(
+            atime_ns=None if atime in (UTIME_OMIT, UTIME_NOW) else atime,
+            mtime_ns=None if mtime in (UTIME_OMIT, UTIME_NOW) else mtime,
+            atime_now=atime == UTIME_NOW,
+            mtime_now=mtime == UTIME_NOW,
+        )
+        if changes != SetAttr():
+            self._setattr(path, changes, fh)
         return 0
 
     @_edge
@@ -418,7 +414,7 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             path = path or h.file.path
         if path is None:
             raise errors.NotFound("the file was unlinked")
-        self._setattr(path, size=length)
+        self._setattr(path, SetAttr(size=length))
         return 0
 
     # -- namespace -----------------------------------------------------------

@@ -24,9 +24,7 @@ import numpy.typing as npt
 from daxfs.bench.plan import Plan, size_label
 from daxfs.bench.progress import Progress
 from daxfs.bench.results import Results, digest, pattern
-from daxfs.client import rpc
 from daxfs.client.library import Client
-from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.limits import MAX_RPC_IO
 
 #: The server's largest Read: the byte path's request size.
@@ -247,20 +245,19 @@ def run_network(client: Client, res: Results, plan: Plan, progress: Progress) ->
 
 
 def _grpc_read(client: Client, path: str, dst: U8) -> float:
-    caller = client.caller
+    server = client.server
     t = time.perf_counter()
-    reply = client.call(rpc.OPEN, pb.OpenRequest(caller=caller, path=path, read=True))
+    opened = server.open(path, read=True, write=False, append=False, truncate=False, layout=False)
     try:
         off = 0
         while off < len(dst):
-            req = pb.ReadRequest(caller=caller, handle=reply.handle, offset=off, length=RPC_CHUNK)
-            data = client.call(rpc.READ, req).data
+            data = server.read(opened.handle, off, RPC_CHUNK)
             if not data:
                 break
             dst[off : off + len(data)] = np.frombuffer(data, dtype=np.uint8)
             off += len(data)
     finally:
-        client.call(rpc.RELEASE, pb.ReleaseRequest(caller=caller, handle=reply.handle))
+        server.release(opened.handle)
     return time.perf_counter() - t
 
 

@@ -61,7 +61,7 @@ def run_rpc_latency(client: Client, res: Results, plan: Plan, progress: Progress
     stats_req = pb.StatsRequest()
     with client.open(path, "rb") as f:
         layout_req = pb.GetLayoutRequest(
-            caller=client.caller,
+            caller=client.server.caller,
             handle=f.handle,
             offset=0,
             length=f.size,
