@@ -88,6 +88,16 @@ class Invalidation:
 
 
 class Session:
+    """The session stream: renews the lease and hands each server event to its handler.
+
+    Two threads: one renews every third of the lease and fences at the fence
+    point (``on_deadline``); one reads events and turns them into values for
+    ``on_recall`` (then acknowledges it), ``on_invalidate`` and
+    ``on_attached``, and reattaches a broken stream. The stream names the
+    session ``server`` calls go out in; when the server no longer knows it,
+    ``on_lost`` opens a new one (:meth:`SessionState.session_lost`).
+    """
+
     def __init__(
         self,
         server: Server,
