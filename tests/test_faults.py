@@ -87,6 +87,8 @@ def test_a_full_metadata_disk_is_a_clean_enospc(workdir: Path, small_meta_fs: Pa
     assert_fsck_clean(volume)
 
 
+# The session stream is refused too (DATA_LOSS): the client says so and retries.
+@pytest.mark.client_log("session stream lost")
 def test_a_region_replaced_behind_the_servers_back_is_detected(volume: Volume) -> None:
     srv = start_server(volume)
     try:
@@ -116,6 +118,8 @@ def test_a_region_replaced_behind_the_servers_back_is_detected(volume: Volume) -
     assert f"but {volume.region} has {64 * MIB}: it is not that region" in out.stderr
 
 
+# The session stream is refused too (DATA_LOSS): the client says so and retries.
+@pytest.mark.client_log("session stream lost")
 def test_metadata_corrupted_behind_the_servers_back_fails_the_volume(volume: Volume) -> None:
     srv = start_server(volume)
     try:
