@@ -7,7 +7,7 @@ keeps the token while what it serves is quick (a READ or WRITE from cached
 layouts: a memory copy and a reply), so a stream of them is served by one
 thread, and hands the token over (:meth:`KernelSession.hand_over`) before
 anything that may wait: any other opcode, and any RPC a READ or WRITE turns
-out to need (``Client.before_blocking``). This is Go's scheduler handing its
+out to need (``rpc.Server.before_blocking``). This is Go's scheduler handing its
 processor over when a goroutine enters a blocking system call, and the
 leader/followers pattern of server design.
 
@@ -37,7 +37,7 @@ from daxfs.client.fuse.kernel.protocol import Opcode
 log = logging.getLogger(__name__)
 
 #: Opcodes the reader serves itself, keeping the token: they rarely wait, and
-#: when they do (an RPC), ``Client.before_blocking`` hands the token over first.
+#: when they do (an RPC), ``rpc.Server.before_blocking`` hands the token over first.
 _INLINE = frozenset({Opcode.READ, Opcode.WRITE})
 #: ``fuse_in_header.opcode``: the u32 after the length.
 _OPCODE = struct.Struct("<I")
