@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import replace
 from typing import Any
 
 from daxfs.client import rpc
 from daxfs.client.daxfile import DaxFile as DaxFile
 from daxfs.client.daxfile import OpenMode as OpenMode
 from daxfs.client.daxfile import publish_inode
-from daxfs.client.meta_cache import Answer, XattrAnswer, key_of
+from daxfs.client.meta_cache import Answer, Listing, Pending, XattrAnswer, key_of
 from daxfs.client.rpc import Connection, ServerStats, SessionInfo
 from daxfs.client.session import SessionState
 from daxfs.shared import errors
@@ -184,6 +185,24 @@ class Client:
         """Whom a call made for ``caller`` acts for (None: this process)."""
         return self.server.identity if caller is None else caller
 
+    def _change(self, path: str, caller: Identity | None) -> Pending | None:
+        """Before a change whose reply the server grants (MetaCache.change).
+
+        The releases queued by earlier closes go first (the call would wait for
+        them anyway): a trailer of theirs moving the cache meanwhile would cost
+        this reply its keeping.
+        """
+        if not self.caches_metadata:
+            return None
+        self.releases.drain()
+        return self.meta_cache.change(key_of(path, self._who(caller)))
+
+    def _changed(
+        self, pending: Pending | None, attr: Attr, *, named: bool = True, made_dir: bool = False
+    ) -> None:
+        if pending is not None:
+            self.meta_cache.changed(pending, attr, named=named, made_dir=made_dir)
+
     def _mode(self, mode: int, caller: Identity | None) -> int:
         """Creation mode bits: this process's umask applies to its own calls only.
 
@@ -295,6 +314,11 @@ class Client:
         entries = self.server.read_dir(path, who=caller)
         if self.caches_metadata:
             who = self._who(caller)
+            held = self.meta_cache.get(key_of(path, who))
+            if held is not None and held.attr is not None:  # the whole listing (Names)
+                names = frozenset(e.name for e in entries)
+                listing = replace(Listing.empty(held.attr), names=names)
+                self.meta_cache.put_listing(key_of(path, who), listing, epoch)
             base = path.rstrip("/")
             self.meta_cache.put_many(
                 (
@@ -306,12 +330,18 @@ class Client:
         return [(e.name, self.inodes.seen(e.attr)) for e in entries]
 
     def mkdir(self, path: str, mode: int = 0o777, *, caller: Identity | None = None) -> Attr:
-        return self.server.mkdir(path, self._mode(mode, caller), who=caller)
+        pending = self._change(path, caller)
+        attr = self.server.mkdir(path, self._mode(mode, caller), who=caller)
+        self._changed(pending, attr, made_dir=True)
+        return attr
 
     def mknod(self, path: str, mode: int, rdev: int = 0, *, caller: Identity | None = None) -> Attr:
         """A FIFO, socket or device inode (``mode`` carries the type bits)."""
         perm = self._mode(mode, caller)
-        return self.server.mknod(path, (mode & ~0o7777) | perm, rdev, who=caller)
+        pending = self._change(path, caller)
+        attr = self.server.mknod(path, (mode & ~0o7777) | perm, rdev, who=caller)
+        self._changed(pending, attr)
+        return attr
 
     def unlink(self, path: str, *, caller: Identity | None = None) -> None:
         self.server.unlink(path, who=caller)
@@ -326,13 +356,19 @@ class Client:
         self.server.rename(old, new, flags=flags, who=caller)
 
     def symlink(self, target: str, path: str, *, caller: Identity | None = None) -> Attr:
-        return self.server.symlink(target, path, who=caller)
+        pending = self._change(path, caller)
+        attr = self.server.symlink(target, path, who=caller)
+        self._changed(pending, attr)
+        return attr
 
     def readlink(self, path: str, *, caller: Identity | None = None) -> str:
         return self.server.readlink(path, who=caller)
 
     def link(self, existing: str, new: str, *, caller: Identity | None = None) -> Attr:
-        return self.inodes.seen(self.server.link(existing, new, who=caller))
+        pending = self._change(new, caller)
+        attr = self.server.link(existing, new, who=caller)
+        self._changed(pending, attr)
+        return self.inodes.seen(attr)
 
     def setattr(
         self,
@@ -377,7 +413,9 @@ class Client:
             inode = self.inodes.get(target.ino)
             if inode is not None:
                 publish_inode(self, inode)
+        pending = self._change(path, caller) if path and not handle else None
         attr = self.server.set_attr(changes, path or "", handle=handle, who=caller)
+        self._changed(pending, attr, named=False)
         inode = self.inodes.get(attr.ino)
         if inode is not None:
             inode.saw(attr)
@@ -473,6 +511,7 @@ class Client:
         # reply arrives in the next one (then the file is stale from the start).
         session_epoch = self.session_epoch
         if how.create:
+            pending = self._change(path, caller)
             opened = self.server.create(
                 path,
                 self._mode(mode, caller),
@@ -483,6 +522,7 @@ class Client:
                 append=how.append,
                 who=caller,
             )
+            self._changed(pending, opened.attr)
         else:
             opened = self.server.open(
                 path,

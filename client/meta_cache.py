@@ -13,18 +13,32 @@ closing and by opening: an answer is kept only if the epoch did not move
 between sending its request and receiving it (an invalidation may overtake the
 reply it concerns, as a recall may overtake a layout). Everything else is a
 plain dictionary under a lock.
+
+A change this client makes (create, mkdir, mknod, symlink, link, setattr by
+path) is granted with its reply, so the reply's attributes are kept as a
+lookup's would be (:meth:`MetaCache.change` before the call, :meth:`changed`
+after). Its own invalidation, in the reply's trailer, moves the epoch too:
+the reply is kept only when nothing but that trailer moved it meanwhile.
+
+A directory's whole listing (``Listing``: a listing's names, or a new
+directory's none) answers "no such name" for any name it lacks, for a caller
+that may search the directory, so a create's lookup of its new name costs no
+round trip. The server grants it (``Names`` in server/cache_grants.py) and
+takes it back with any change of a name in the directory, naming that name's
+path: a listing goes when a path in it, or at or above it, is invalidated.
+This client's own creates in the directory add the name to it instead.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from daxfs.shared.attr import Attr
-from daxfs.shared.errors import DaxfsError, NoData
-from daxfs.shared.permissions import Identity
+from daxfs.shared.errors import DaxfsError, NoData, NotFound
+from daxfs.shared.permissions import X_OK, Identity, mode_allows
 
 #: Whom an answer was given to: path, uid, gid, groups (the server checks permissions).
 Key = tuple[str, int, int, tuple[int, ...]]
@@ -54,8 +68,45 @@ class XattrAnswer:
     error: DaxfsError | None
 
 
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Every name of a directory, and what a search of it checks (mode, owner, group)."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    names: frozenset[str]
+
+    @classmethod
+    def empty(cls, attr: Attr) -> Listing:
+        return cls(int(attr.ino), attr.mode, attr.uid, attr.gid, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A change on its way (:meth:`MetaCache.change`): what its reply may update."""
+
+    sent: int
+    """The epoch when the call went out."""
+    key: Key
+    """The path it changes, as its caller asked."""
+    listing: Listing | None
+    """The listing of the path's directory held when the call went out."""
+
+
 def key_of(path: str, who: Identity) -> Key:
     return (path, who.uid, who.gid, tuple(who.groups))
+
+
+def _split(path: str) -> tuple[str, str] | None:
+    """(directory, name) of a plain absolute path; None for the root or an odd path."""
+    if not path.startswith("/") or path.endswith("/") or "//" in path:
+        return None
+    parent, _, name = path.rpartition("/")
+    if name in (".", "..") or "\0" in name or len(name.encode("utf-8", "surrogateescape")) > 255:
+        return None
+    return parent or "/", name
 
 
 class CacheListener(Protocol):
@@ -103,20 +154,106 @@ class MetaCache:
         #: key and dropped with them (the server changes the inode's attributes
         #: with every xattr change, so the same invalidation names both).
         self._xattrs: dict[Key, dict[str, XattrAnswer]] = {}  # guarded by _lock
+        #: Whole listings of directories, by the directory's key.
+        self._listings: dict[Key, Listing] = {}  # guarded by _lock
         self._open = False  # guarded by _lock
+        #: Per thread: the epoch move of the last own invalidation (before,
+        #: after), and the epoch a change's reply was kept at.
+        self._local = threading.local()
         self.epoch = 0
         """Moves on every invalidation, close and open (read without the lock: an int)."""
         self.hits = 0
         self.invalidations = 0
 
     def get(self, key: Key) -> Answer | None:
+        """The answer kept for ``key``: attributes, an error, or ENOENT from the
+        listing of its directory."""
         with self._lock:
             if not self._open:
                 return None
             answer = self._answers.get(key)
+            if answer is None:
+                answer = self._absent(key)
         if answer is not None:
             self.hits += 1
         return answer
+
+    def _absent(self, key: Key) -> Answer | None:
+        where = _split(key[0])
+        if where is None:
+            return None
+        listing = self._listings.get((where[0], *key[1:]))
+        if listing is None or where[1] in listing.names:
+            return None
+        _, uid, gid, groups = key
+        if not mode_allows(listing.mode, listing.uid, listing.gid, uid, gid, groups, X_OK):
+            return None  # the server says which error
+        return Answer(None, NotFound(f"no such file or directory: {where[1]!r}"))
+
+    def listing(self, key: Key) -> Listing | None:
+        with self._lock:
+            return self._listings.get(key) if self._open else None
+
+    def put_listing(self, key: Key, listing: Listing, epoch: int) -> None:
+        """Keep a directory's whole listing, unless the cache moved since ``epoch``."""
+        with self._lock:
+            if self._open and epoch == self.epoch:
+                self._listings[key] = listing
+
+    def by_ino(self, ino: int) -> Attr | None:
+        """The attributes kept for inode ``ino`` under any name (fstat of an open file)."""
+        with self._lock:
+            if not self._open:
+                return None
+            for key in self._by_ino.get(int(ino), ()):
+                answer = self._answers.get(key)
+                if answer is not None and answer.attr is not None:
+                    self.hits += 1
+                    return answer.attr
+        return None
+
+    # -- this client's own changes -----------------------------------------------
+
+    def change(self, key: Key) -> Pending:
+        """Before a change of ``key``'s path whose reply the server grants."""
+        self._local.own = None
+        with self._lock:
+            where = _split(key[0])
+            listing = None if where is None else self._listings.get((where[0], *key[1:]))
+            return Pending(self.epoch, key, listing)
+
+    def changed(self, pending: Pending, attr: Attr, *, named: bool, made_dir: bool = False) -> bool:
+        """The change's reply: keep its attributes (and with ``named``, the name in
+        its directory's listing; with ``made_dir``, the new directory's empty
+        listing) unless something other than its own invalidation moved the
+        cache since it went out. True when kept (:meth:`take_kept` says when)."""
+        own: tuple[int, int] | None = getattr(self._local, "own", None)
+        self._local.own = None
+        with self._lock:
+            epoch = pending.sent
+            if own is not None:
+                if own[0] != pending.sent:
+                    return False
+                epoch = own[1]
+            if not self._open or epoch != self.epoch:
+                return False
+            self._put(pending.key, Answer(attr, None))
+            where = _split(pending.key[0])
+            if named and where is not None and pending.listing is not None:
+                dir_key = (where[0], *pending.key[1:])
+                self._listings[dir_key] = replace(
+                    pending.listing, names=pending.listing.names | {where[1]}
+                )
+            if made_dir:
+                self._listings[pending.key] = Listing.empty(attr)
+            self._local.kept = self.epoch
+            return True
+
+    def take_kept(self) -> int | None:
+        """The epoch this thread's last kept change was kept at (once), else None."""
+        kept: int | None = getattr(self._local, "kept", None)
+        self._local.kept = None
+        return kept
 
     def put(self, key: Key, answer: Answer, epoch: int) -> None:
         """Keep ``answer`` unless the cache moved since its request was sent at ``epoch``."""
@@ -138,6 +275,7 @@ class MetaCache:
             self._answers.clear()
             self._by_ino.clear()
             self._xattrs.clear()
+            self._listings.clear()
         old = self._answers.get(key)
         if old is not None and (old.attr is None or old.attr != answer.attr):
             self._drop(key)  # and the xattrs kept beside it
@@ -175,10 +313,16 @@ class MetaCache:
                 return
             self._xattrs.setdefault(key, {})[name] = answer
 
-    def invalidate(self, inos: Iterable[int], paths: Iterable[str]) -> None:
-        """Drop the attributes of ``inos`` and every answer at or under ``paths``."""
+    def invalidate(self, inos: Iterable[int], paths: Iterable[str], *, own: bool = False) -> None:
+        """Drop the attributes of ``inos`` and every answer at or under ``paths``,
+        and the listings of the directories holding ``paths``. ``own``: the
+        trailer of this thread's call (:meth:`changed` tells it apart)."""
+        paths = list(paths)
         with self._lock:
+            before = self.epoch
             self.epoch += 1
+            if own:
+                self._local.own = (before, self.epoch)
             self.invalidations += 1
             for ino in inos:
                 for key in self._by_ino.pop(int(ino), ()):
@@ -188,6 +332,9 @@ class MetaCache:
             if prefixes:
                 for key in [k for k in self._answers if _under(k[0], prefixes)]:
                     self._drop(key)
+                dirs = {w[0] for p in paths if (w := _split(p.rstrip("/") or "/")) is not None}
+                for key in [k for k in self._listings if k[0] in dirs or _under(k[0], prefixes)]:
+                    del self._listings[key]
 
     def _drop(self, key: Key) -> None:
         answer = self._answers.pop(key)
@@ -197,14 +344,18 @@ class MetaCache:
             if keys is not None:
                 keys.discard(key)
 
-    def clear(self) -> None:
-        """Drop everything, and go on caching."""
+    def clear(self, *, own: bool = False) -> None:
+        """Drop everything, and go on caching (``own``: as for :meth:`invalidate`)."""
         with self._lock:
+            before = self.epoch
             self.epoch += 1
+            if own:
+                self._local.own = (before, self.epoch)
             self.invalidations += 1
             self._answers.clear()
             self._by_ino.clear()
             self._xattrs.clear()
+            self._listings.clear()
 
     def close(self) -> None:
         """Drop everything; keep nothing until opened (stream down, lease lapsed, new session)."""
@@ -214,6 +365,7 @@ class MetaCache:
             self._answers.clear()
             self._by_ino.clear()
             self._xattrs.clear()
+            self._listings.clear()
 
     def open(self) -> None:
         """The session stream is attached (the server reset our grants): cache from now on."""

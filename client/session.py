@@ -423,15 +423,20 @@ class SessionState:
             listener.invalidate(inv.inos, inv.paths, one)
 
     def own_change(self, blob: bytes) -> None:
-        """What this client's own change made stale (a reply's INVALIDATED_KEY trailer)."""
+        """What this client's own change made stale (a reply's INVALIDATED_KEY trailer).
+
+        Applied on the calling thread before the call returns (``Connection.call``):
+        ``MetaCache.changed`` then tells this trailer's epoch move apart from
+        any other, and keeps the reply only if nothing else moved the cache.
+        """
         stale = json.loads(blob)
         if stale.get("all"):
-            self.meta_cache.clear()
+            self.meta_cache.clear(own=True)
             for listener in self.cache_listeners:
                 listener.invalidate_all()
         else:
             inos = stale.get("inos", ())
-            self.meta_cache.invalidate(inos, stale.get("paths", ()))
+            self.meta_cache.invalidate(inos, stale.get("paths", ()), own=True)
             for listener in self.cache_listeners:
                 listener.invalidate_own(inos)
 

@@ -15,7 +15,17 @@ The server keeps, per opted-in session, the *keys* its answers depended on:
   through (search permission), nothing else, so that a directory's mtime
   changing on every create does not invalidate the paths below it;
 - ``Entry(dir, name)``: one name in a directory, present or absent (a
-  negative lookup is cached too).
+  negative lookup is cached too);
+- ``Names(dir)``: every name of a directory, so that its holder answers
+  "no such name" for any name it does not list, without asking. A change of
+  any ``Entry(dir, name)`` takes it back, and is sent to its holder as that
+  entry (the path ``dir/name``: the client drops its listing of ``dir`` and
+  whatever it or its kernel kept at that path).
+
+A call's own reply is granted too (create, mkdir, mknod, symlink, link,
+setattr, a listing): the namespace records the keys it depended on after the
+commit's invalidations are out, under the same lock, so no change can come in
+between the state the reply describes and the grant (``Namespace._txn``).
 
 A committed change touches keys (``daxfs.server.metadata`` records them as it
 writes). Every *other* session holding a touched key gets an ``Invalidate``
@@ -64,7 +74,14 @@ class Entry:
     name: str
 
 
-Key = Attr | Perm | Entry
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Every name in directory ``dir``: its holder knows a name it does not list is absent."""
+
+    dir: InodeId
+
+
+Key = Attr | Perm | Entry | Names
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,18 +127,29 @@ class CacheGrants:
             held.add(key)
             self._holders.setdefault(key, set()).add(client)
 
+    def holds(self, client: ClientId, key: Key) -> bool:
+        return key in self._held.get(client, ())
+
     def holders(self, keys: Iterable[Key]) -> dict[ClientId, set[Key]]:
-        """Who holds which of ``keys``."""
+        """Who holds which of ``keys``; a holder of ``Names(dir)`` holds every ``Entry(dir, _)``."""
         out: dict[ClientId, set[Key]] = {}
         for key in keys:
             for client in self._holders.get(key, ()):
                 out.setdefault(client, set()).add(key)
+            if isinstance(key, Entry):
+                for client in self._holders.get(Names(key.dir), ()):
+                    out.setdefault(client, set()).add(key)
         return out
 
     def revoke(self, client: ClientId, keys: Iterable[Key]) -> None:
-        """The grants on ``keys`` end (the client is told to drop what depends on them)."""
+        """The grants on ``keys`` end (the client is told to drop what depends on them).
+
+        An entry's end ends the listing of its directory too (``Names``).
+        """
         held = self._held.get(client)
-        for key in keys:
+        ended: list[Key] = list(keys)
+        ended += [Names(k.dir) for k in ended if isinstance(k, Entry)]
+        for key in ended:
             if held is not None:
                 held.discard(key)
             holders = self._holders.get(key)

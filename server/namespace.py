@@ -207,6 +207,7 @@ class Namespace:
             except BaseException:
                 if outer:
                     self.lifecycle.rollback()
+                    self._local.reply = None
                 with self.meta.reading():
                     self.allocator.reload()
                 raise
@@ -214,6 +215,7 @@ class Namespace:
                 self._discard_freed()
                 started = self.lifecycle.send_recalls()
                 invalidated = self._invalidate(self.meta.touched)
+                self._grant_reply()
         if started and wait_recalls:
             self._wait_recalls(started)
         if outer and invalidated:
@@ -249,6 +251,7 @@ class Namespace:
         """A new call on this thread (the edge says so): nobody's yet."""
         self._local.client = ClientId(0)
         self._local.own = None
+        self._local.reply = None
 
     def take_own_invalidation(self) -> tuple[list[InodeId], list[str]] | None:
         """What the call just served made stale in its caller's own cache, if anything."""
@@ -282,6 +285,23 @@ class Namespace:
             self.lifecycle.outbox.deliver_invalidation(client, inv)
             sent.append(inv.id)
         return sent
+
+    def _reply_grant(self, caller: Caller, *keys: cache_grants.Key) -> None:
+        """The call's reply depends on ``keys``: a caching caller may keep it.
+
+        Granted only after the commit (``_grant_reply``, in ``_txn``): the
+        change revokes what it touched, the caller's own grants included, and
+        the reply describes the state after it.
+        """
+        self._local.reply = (caller.client, keys)
+
+    def _grant_reply(self) -> None:
+        """After a commit's invalidations went out, under the same lock: nothing
+        can change what the reply said between them and this grant."""
+        reply = getattr(self._local, "reply", None)
+        self._local.reply = None
+        if reply is not None:
+            self.grants.grant(*reply)
 
     def _stale(self, keys: set[cache_grants.Key]) -> tuple[list[InodeId], list[str]]:
         """Keys as a client can apply them: inode numbers, and paths to drop at and under."""
@@ -698,6 +718,8 @@ class Namespace:
                 if mtime_now or mtime_ns is not None:
                     fields["mtime_ns"] = now if mtime_now else mtime_ns
                 self.meta.update_inode(row.ino, **fields)
+            if of is None:  # a path's answer: the walk granted the rest
+                self._reply_grant(caller, cache_grants.Attr(row.ino))
             return self._attr(self._inode(row.ino))
 
     def _new_inode(
@@ -746,11 +768,14 @@ class Namespace:
             if existing is not None:
                 if exclusive:
                     raise errors.AlreadyExists(f"{path} already exists")
-                return self._open(
+                opened = self._open(
                     self._inode(existing), caller, readable, writable, append, truncate
                 )
-            row = self._new_inode(parent, name, stat.S_IFREG | mode, caller)
-            return self._register_open(row, caller, readable, writable, append)
+            else:
+                row = self._new_inode(parent, name, stat.S_IFREG | mode, caller)
+                opened = self._register_open(row, caller, readable, writable, append)
+            self._reply_grant(caller, *self._made(caller, parent, name, opened.attr.ino))
+            return opened
 
     def open(
         self,
@@ -819,12 +844,32 @@ class Namespace:
                 row.ino, align_up(row.size, self.block_size), caller, beyond_eof=True
             )
 
+    def _made(
+        self, caller: Caller, parent: InodeRow, name: str, ino: InodeId
+    ) -> list[cache_grants.Key]:
+        """What the answer for a name just made (or opened by create) depends on,
+        beyond the walk to its parent; and the parent's listing, if the caller
+        held it (it adds the name to its copy: ``client/meta_cache.py``)."""
+        keys: list[cache_grants.Key] = [
+            cache_grants.Perm(parent.ino),
+            cache_grants.Entry(parent.ino, name),
+            cache_grants.Attr(ino),
+        ]
+        if self.grants.holds(caller.client, cache_grants.Names(parent.ino)):
+            keys.append(cache_grants.Names(parent.ino))
+        return keys
+
     def mkdir(self, path: str, mode: int, caller: Caller = ROOT) -> Attr:
         if mode & ~0o7777:
             raise errors.InvalidArgument(f"mode {mode:o}: only permission bits belong here")
         with self._txn():
             parent, name = self._resolve_parent(path, caller)
-            return self._attr(self._new_inode(parent, name, stat.S_IFDIR | mode, caller))
+            row = self._new_inode(parent, name, stat.S_IFDIR | mode, caller)
+            # Empty: its creator knows every name in it (none) until told otherwise.
+            self._reply_grant(
+                caller, *self._made(caller, parent, name, row.ino), cache_grants.Names(row.ino)
+            )
+            return self._attr(row)
 
     def mknod(self, path: str, mode: int, caller: Caller = ROOT, *, rdev: int = 0) -> Attr:
         """mknod(2): a FIFO, unix socket, device or empty regular file; nothing is opened.
@@ -844,7 +889,9 @@ class Namespace:
         with self._txn():
             parent, name = self._resolve_parent(path, caller)
             target = str(rdev) if _is_device(mode) else None
-            return self._attr(self._new_inode(parent, name, mode, caller, target))
+            row = self._new_inode(parent, name, mode, caller, target)
+            self._reply_grant(caller, *self._made(caller, parent, name, row.ino))
+            return self._attr(row)
 
     def symlink(self, target: str, path: str, caller: Caller = ROOT) -> Attr:
         if not target or "\0" in target:
@@ -853,7 +900,9 @@ class Namespace:
             raise errors.NameTooLong(f"symlink target longer than {SYMLINK_MAX} bytes")
         with self._txn():
             parent, name = self._resolve_parent(path, caller)
-            return self._attr(self._new_inode(parent, name, stat.S_IFLNK | 0o777, caller, target))
+            row = self._new_inode(parent, name, stat.S_IFLNK | 0o777, caller, target)
+            self._reply_grant(caller, *self._made(caller, parent, name, row.ino))
+            return self._attr(row)
 
     def readlink(self, path: str, caller: Caller = ROOT) -> str:
         with self._reading():
@@ -875,6 +924,7 @@ class Namespace:
             self.meta.add_dirent(parent.ino, name, row.ino)
             self.meta.update_inode(row.ino, nlink=row.nlink + 1, ctime_ns=self.clock())
             self._touch(parent.ino)
+            self._reply_grant(caller, *self._made(caller, parent, name, row.ino))
             return self._attr(self._inode(row.ino))
 
     def unlink(self, path: str, caller: Caller = ROOT) -> None:
@@ -1004,7 +1054,10 @@ class Namespace:
             if caching:
                 # Each entry as a lookup of it would grant (a caching client
                 # keeps them: the kernel's READDIRPLUS).
-                keys: list[cache_grants.Key] = [cache_grants.Perm(row.ino)]
+                keys: list[cache_grants.Key] = [
+                    cache_grants.Perm(row.ino),
+                    cache_grants.Names(row.ino),
+                ]
                 for e in entries:
                     keys += (cache_grants.Entry(row.ino, e.name), cache_grants.Attr(e.attr.ino))
                 self.grants.grant(caller.client, keys)

@@ -118,3 +118,76 @@ def test_a_listed_xattr_name_set_answers_unchecked_missing_names() -> None:
     assert cache.get_xattr(key, "security.ima") is not None
     cache.invalidate([7], [])
     assert cache.get_xattr(key, "security.ima") is None
+
+
+def _dir(ino: int, mode: int = 0o40755, uid: int = 0) -> Attr:
+    return Attr(InodeId(ino), 1, mode, 2, uid, uid, 0, 0, 0, 0, 0, 4096)
+
+
+def test_a_changes_reply_is_kept_when_only_its_own_invalidation_moved_the_cache() -> None:
+    """A chmod's reply names, in its trailer, what the chmod made stale in the
+    caller's own cache (its old answer); the reply itself is kept after it."""
+    cache = opened()
+    put(cache, "/f", 7)
+    pending = cache.change(key_of("/f", ROOT))
+    cache.invalidate([7], [], own=True)  # the trailer, before the call returns
+    assert cache.changed(pending, _attr(7), named=False)
+    assert cached(cache, "/f")
+    assert cache.take_kept() == cache.epoch
+    assert cache.take_kept() is None  # once
+
+
+def test_a_changes_reply_overtaken_by_another_invalidation_is_not_kept() -> None:
+    cache = opened()
+    pending = cache.change(key_of("/f", ROOT))
+    cache.invalidate([7], [])  # another guest's change, on the session stream
+    cache.invalidate([7], [], own=True)
+    assert not cache.changed(pending, _attr(7), named=False)
+    assert not cached(cache, "/f")
+    pending = cache.change(key_of("/g", ROOT))
+    cache.invalidate([8], [], own=True)
+    cache.invalidate([8], [])  # after the trailer, before the reply is kept
+    assert not cache.changed(pending, _attr(8), named=False)
+    assert not cached(cache, "/g")
+
+
+def test_a_new_directorys_listing_answers_no_such_name_for_whoever_may_search_it() -> None:
+    cache = opened()
+    pending = cache.change(key_of("/d", ROOT))
+    assert cache.changed(pending, _dir(5, 0o40700), named=True, made_dir=True)
+    missing = cache.get(key_of("/d/x", ROOT))
+    assert missing is not None and isinstance(missing.error, errors.NotFound)
+    # Another identity has its own answers; one that may not search gets none.
+    assert cache.get(key_of("/d/x", Identity(1000, 1000))) is None
+    for odd in ("/d/", "/d/.", "/d/..", "/d//x", "/d/" + "y" * 256):
+        assert cache.get(key_of(odd, ROOT)) is None, odd
+
+
+def test_an_own_create_adds_its_name_to_the_listing() -> None:
+    cache = opened()
+    cache.changed(cache.change(key_of("/d", ROOT)), _dir(5), named=True, made_dir=True)
+    pending = cache.change(key_of("/d/f", ROOT))
+    cache.invalidate([5], ["/d/f"], own=True)  # the directory's mtime, the new name
+    assert cache.changed(pending, _attr(9), named=True)
+    hit = cache.get(key_of("/d/f", ROOT))
+    assert hit is not None and hit.attr == _attr(9)
+    missing = cache.get(key_of("/d/g", ROOT))
+    assert missing is not None and missing.attr is None
+
+
+def test_a_listing_goes_with_any_name_in_it_or_above_it_not_with_its_attributes() -> None:
+    """Another guest's create in the directory names the new path; a change of
+    the directory's mtime alone (every create in it) does not end the listing."""
+    cache = opened()
+    for path, ino in (("/d", 5), ("/e", 6), ("/e/sub", 7)):
+        cache.changed(cache.change(key_of(path, ROOT)), _dir(ino), named=True, made_dir=True)
+
+    def listed(path: str) -> bool:
+        return cache.get(key_of(path + "/nothing", ROOT)) is not None
+
+    cache.invalidate([5, 6, 7], [])
+    assert listed("/d") and listed("/e") and listed("/e/sub")
+    cache.invalidate([], ["/d/x"])
+    assert not listed("/d") and listed("/e")
+    cache.invalidate([], ["/e"])
+    assert not listed("/e") and not listed("/e/sub")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -194,6 +195,63 @@ def test_a_clients_own_change_shows_to_itself(pair: tuple[Client, Client]) -> No
     assert a.stat("/f").mode & 0o777 == 0o600
     a.rename("/f", "/h")
     assert not a.exists("/f")
+
+
+def test_a_clients_own_changes_are_kept_with_their_replies(pair: tuple[Client, Client]) -> None:
+    """The server grants a change's reply: stat after mkdir, mknod, symlink,
+    link, chmod or a create asks nothing, and the other client's change shows."""
+    a, b = pair
+    a.mkdir("/d")
+    a.mknod("/d/n", 0o100644)
+    a.chmod("/d/n", 0o600)
+    a.link("/d/n", "/d/h")  # (the link changed /d/n's nlink: that answer went)
+    a.symlink("/d/n", "/d/s")
+    with a.open("/d/c", "xb"):
+        pass
+    calls = a.conn.calls["GetAttr"]
+    h = a.stat("/d/h")
+    assert h.nlink == 2 and h.mode & 0o777 == 0o600
+    assert stat.S_ISLNK(a.stat("/d/s").mode)
+    assert a.stat("/d/c").size == 0
+    assert a.conn.calls["GetAttr"] == calls
+    b.chmod("/d/n", 0o640)
+    assert a.stat("/d/h").mode & 0o777 == 0o640
+    b.unlink("/d/n")
+    assert a.stat("/d/h").nlink == 1
+
+
+def test_a_directory_the_client_listed_answers_no_such_name_until_another_creates_it(
+    pair: tuple[Client, Client],
+) -> None:
+    """A new directory's creator, or a client that listed one, knows every name
+    in it: a missing name costs no call; another client's create of it shows at
+    once, and so do its own creates."""
+    a, b = pair
+    a.mkdir("/d")
+    b.mkdir("/e")
+    assert a.stat("/e").is_dir
+    assert a.listdir("/e") == []
+    calls = a.conn.calls["GetAttr"]
+    for _ in range(3):
+        assert not a.exists("/d/x") and not a.exists("/e/x")
+    assert a.conn.calls["GetAttr"] == calls
+    write_file(b, "/d/x", b"1")
+    b.mkdir("/e/x")
+    assert a.stat("/d/x").size == 1
+    assert a.stat("/e/x").is_dir
+    b.unlink("/d/x")
+    assert not a.exists("/d/x")
+    a.mkdir("/f")
+    with a.open("/f/one", "xb"):
+        pass
+    calls = a.conn.calls["GetAttr"]
+    assert not a.exists("/f/two")
+    assert a.exists("/f/one")
+    assert a.conn.calls["GetAttr"] == calls
+    b.rename("/f/one", "/f/two")
+    assert a.exists("/f/two") and not a.exists("/f/one")
+    b.chmod("/f", 0o700)  # search permission is the listing's too
+    assert not a.exists("/f/three")
 
 
 def test_an_answer_overtaken_by_its_invalidation_is_not_kept(
