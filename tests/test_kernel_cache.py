@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,3 +249,52 @@ def test_extended_attributes_are_cached_and_another_guests_changes_seen(
     os.setxattr(f, "user.k", b"4")  # the mount's own change
     assert os.getxattr(f, "user.k") == b"4"
     assert client.getxattr("/f", "user.k") == b"4"
+
+
+def test_a_create_through_the_mount_is_one_call_and_its_release(cached: Mount) -> None:
+    """open(O_CREAT) + fstat + close of a new name, then its unlink: Create and
+    Release, then Unlink, and nothing else. The new directory's listing answers
+    the lookup of each new name (its creator knows it holds no other), the
+    create's reply is kept (so fstat and the unlink's lookup ask nothing)."""
+    d = cached.path / "d"
+    d.mkdir()
+    every = ("GetAttr", "Lookup", "Create", "Release", "CommitLayout", "Unlink")
+    before = {m: rpcs(cached, m) for m in every}
+    for i in range(10):
+        with open(d / f"f{i}", "w"):  # Python's open() fstat()s the new file
+            pass
+    for i in range(10):
+        os.unlink(d / f"f{i}")
+    # The kernel does not wait for a RELEASE, nor the daemon for its call.
+    deadline = time.monotonic() + 30
+    while rpcs(cached, "Release") - before["Release"] < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done = {m: rpcs(cached, m) - before[m] for m in every}
+    assert done == {
+        "GetAttr": 0, "Lookup": 0, "Create": 10, "Release": 10, "CommitLayout": 0, "Unlink": 10
+    }  # fmt: skip
+
+
+def test_a_name_another_guest_creates_is_seen_after_the_mount_said_it_was_absent(
+    client: Client, cached: Mount
+) -> None:
+    """The mount made the directory, so it answered "no such name" itself (and
+    let the kernel keep that); another guest's create of the name is seen by
+    the next lookup, and so is its removal and a rename onto another name."""
+    d = cached.path / "d"
+    d.mkdir()
+    calls = rpcs(cached, "GetAttr", "Lookup")
+    for _ in range(3):
+        assert not (d / "x").exists()
+    assert rpcs(cached, "GetAttr", "Lookup") == calls
+    with client.open("/d/x", "wb") as f:
+        f.write(b"abc")
+    assert (d / "x").read_bytes() == b"abc"
+    assert not (d / "y").exists()
+    client.rename("/d/x", "/d/y")
+    assert not (d / "x").exists()
+    assert (d / "y").read_bytes() == b"abc"
+    client.unlink("/d/y")
+    assert not (d / "y").exists()
+    (d / "z").write_bytes(b"z")  # the mount's own create after all that
+    assert client.stat("/d/z").size == 1

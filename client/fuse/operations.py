@@ -243,7 +243,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         # guarded by self._lock
         self._handles: dict[int, _Handle] = {}
         self._fh = itertools.count(1)
-        self._fresh: dict[str, tuple[Attr, float]] = {}
+        #: path: (attributes, when, the metadata cache epoch they were kept at)
+        self._fresh: dict[str, tuple[Attr, float, int | None]] = {}
 
     # -- plumbing ------------------------------------------------------------
 
@@ -260,12 +261,15 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         libfuse's high-level layer follows create, mkdir, symlink, link and every
         setattr with a getattr of the same path; answering that one from the reply
         saves a round trip per call. One use, and only for FRESH_S seconds.
+        With metadata caching, also whether the client kept them (the server
+        granted the reply: ``MetaCache.changed``), for the kernel backend.
         """
         now = time.monotonic()
+        kept = self.client.meta_cache.take_kept()
         with self._lock:
             if len(self._fresh) > 1024:  # replies libfuse never asked for (failed requests)
                 self._fresh = {p: v for p, v in self._fresh.items() if now - v[1] <= FRESH_S}
-            self._fresh[path] = (attr, now)
+            self._fresh[path] = (attr, now, kept)
         return attr
 
     def _forget(self, *paths: str) -> None:
@@ -273,21 +277,27 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             for path in paths:
                 self._fresh.pop(path, None)
 
-    def _fresh_attr(self, path: str) -> Attr | None:
+    def _fresh_attr(self, path: str) -> tuple[Attr, int | None] | None:
         with self._lock:
             item = self._fresh.pop(path, None)
         if item is None or time.monotonic() - item[1] > FRESH_S:
             return None
-        return self.client.inodes.seen(item[0])  # the size as the client sees it now
+        return self.client.inodes.seen(item[0]), item[2]  # the size as the client sees it now
 
-    def created(self, path: str) -> dict[str, int] | None:
-        """The attributes the call that just made ``path`` returned (once), as getattr has them.
+    def created(self, path: str) -> tuple[dict[str, int], int | None] | None:
+        """The attributes the call that just made ``path`` returned (once), as getattr
+        has them, and the metadata cache epoch the client kept them at (None: not kept).
 
         The kernel backend answers CREATE, MKDIR, MKNOD, SYMLINK and LINK with
-        them instead of asking the server again (one round trip less each).
+        them instead of asking the server again (one round trip less each),
+        and lets the kernel keep them as long as a lookup's when they were kept.
         """
-        a = self._fresh_attr(path)
-        return None if a is None else _stat_dict(a)
+        made = self._fresh_attr(path)
+        return None if made is None else (_stat_dict(made[0]), made[1])
+
+    def _cached(self) -> bool:
+        """Whether the client's metadata cache may answer now."""
+        return self.client.caches_metadata and self.client.lease_valid()
 
     def _handle(self, fh: int) -> _Handle:
         with self._lock:
@@ -345,11 +355,16 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         # A reply kept from a change is not a granted answer: with metadata
         # caching the kernel may keep what this returns, so ask the cache.
         fresh = path is not None and not self.client.caches_metadata
-        a = self._fresh_attr(path) if fresh and path is not None else None
+        made = self._fresh_attr(path) if fresh and path is not None else None
+        a = None if made is None else made[0]
         if a is None:
             caller = self._caller()
             if fh is not None:
-                a = self._handle(fh).file.stat(caller)
+                file = self._handle(fh).file
+                # fstat: whatever the cache holds for the inode, under any name,
+                # is granted (a create's reply, mostly); else ask by the handle.
+                held = self.client.meta_cache.by_ino(file.ino) if self._cached() else None
+                a = file.stat(caller) if held is None else self.client.inodes.seen(held)
             elif path is not None:
                 a = self.client.attr(path, caller)
             else:

@@ -268,17 +268,23 @@ class Dispatcher:
     def _timeouts(self, nodeid: int = 0, since: int | None = None) -> tuple[int, int]:
         """Entry and attribute validity of an answer the server granted for caching.
 
-        Only answers that came through a path walk the server recorded (lookup,
-        getattr by path, a listing) are kept longer: the server then tells this
-        client when they change. Everything else keeps the mount's
-        ``--attr-timeout``, and so does an answer about a node open here
-        (``_open_nodes``) or one the cache moved under since ``since``.
+        Only answers the server recorded are kept longer (a lookup, getattr by
+        path, a listing, and the reply of a change the client kept: create,
+        mkdir, mknod, symlink, link): the server then tells this client when
+        they change. Everything else keeps the mount's ``--attr-timeout``, and
+        so does an answer about a node open here (``_open_nodes``) or one the
+        cache moved under since ``since``.
         """
+        if nodeid and self._is_open(nodeid):
+            return self._valid
+        return self._name_timeouts(since)
+
+    def _name_timeouts(self, since: int | None = None) -> tuple[int, int]:
+        """:meth:`_timeouts` of a name alone: a node open here keeps its name
+        long (only its attributes change behind the kernel's back)."""
         if self.cache_ttl is None:
             return self._valid
         if since is not None and self.cache_epoch() != since:
-            return self._valid
-        if nodeid and self._is_open(nodeid):
             return self._valid
         return p.split_ns(max(p.ns_to_s(self._valid), self.cache_ttl()))
 
@@ -295,20 +301,28 @@ class Dispatcher:
         *,
         cached: bool = False,
         since: int | None = None,
+        opening: bool = False,
     ) -> bytes:
         """The entry reply for (parent, name): attributes now, one more lookup.
 
-        After a call that made the name, its reply's attributes (not kept by
-        the kernel: the server did not record them for caching).
+        After a call that made the name, its reply's attributes, kept by the
+        kernel as a lookup's when the client kept them (the server granted
+        them with the reply), else for ``--attr-timeout``. ``opening``: the
+        call opened the node (CREATE), whose attributes then stay short.
         """
-        st = None if cached else self.ops.created(path)
-        if st is None:
+        granted = cached
+        made = None if cached else self.ops.created(path)
+        if made is None:
             st = self.ops.getattr(path)
+        else:
+            st, since = made
+            granted = since is not None
         attr = _attr(st)
         nodeid = self.nodes.lookup(parent, name)
         self.nodes.set_ino(nodeid, attr.ino)
-        s, ns = self._timeouts(nodeid, since) if cached else self._valid
-        return p.ENTRY_OUT.pack(nodeid, 0, s, s, ns, ns) + attr.pack()
+        es, ens = self._name_timeouts(since) if granted else self._valid
+        s, ns = self._timeouts(nodeid, since) if granted and not opening else self._valid
+        return p.ENTRY_OUT.pack(nodeid, 0, es, s, ens, ns) + attr.pack()
 
     def _attr_out(self, st: Mapping[str, int], valid: tuple[int, int] | None = None) -> bytes:
         s, ns = valid or self._valid
@@ -556,7 +570,7 @@ class Dispatcher:
         path = self.nodes.child(hdr.nodeid, name)
         fh = self.ops.create(path, mode, flags)
         try:
-            entry = self._entry(hdr, hdr.nodeid, name, path)
+            entry = self._entry(hdr, hdr.nodeid, name, path, opening=True)
         except BaseException:
             self.ops.release(path, fh)
             raise
@@ -582,14 +596,31 @@ class Dispatcher:
         n = self.ops.write_from(fh, req.address + start, size, offset)
         return self._reply(hdr, p.WRITE_OUT.pack(n))
 
-    def _release(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
+    def _release(self, hdr: p.InHeader, body: memoryview, req: Request) -> None:
+        """Answered at once; the Release RPC (and a commit left to do) follows.
+
+        Nothing waits for what the reply would say: close(2) returned at FLUSH
+        (which published the size), and the kernel ignores a RELEASE's error.
+        It only holds the inode and a background slot until the reply. Safe to
+        answer first because: the lease goes back with the Release, and a lease
+        returned late is only space kept from reuse a little longer, never a
+        breach (the layout safety invariant holds while a lease is held); a
+        later open of the same file is a new handle, which the client counts
+        before this one's Release decides whether to return the lease
+        (``Client._closed_file``), and a newer grant is never ended by an older
+        lease id; the node counts as open here (short attribute timeouts) until
+        the daemon is done, so a size or mtime it still commits is not hidden.
+        """
         fh, *_ = p.RELEASE_IN.unpack_from(body)
         self._closed(hdr.nodeid, fh)
+        req.send(self._reply(hdr))
         try:
             self.ops.release(self.nodes.path(hdr.nodeid), fh)
+        except OSError as exc:  # the operations log a DaxfsError as they map it
+            log.debug("release of handle %d: errno %d", fh, exc.errno)
         finally:
             self._released(hdr.nodeid)
-        return self._reply(hdr)
+        return None
 
     def _flush(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
         fh, _, _ = p.FLUSH_IN.unpack_from(body)
