@@ -10,10 +10,14 @@ naive mfusepy passthrough of a tmpfs directory holding the same bytes
 (``daxfs.bench.naive_passthrough``, direct_io: the filesystem a user would
 write instead). It then measures all three in interleaved rounds, with the
 spike's measures (``fuse_spike/bench.py``): sequential 1 MiB reads, fio random
-4 KiB reads and writes (psync, 1 job), ``os.stat``, and create + close +
-unlink of small files. Prints best and median, each daxfs front end's ratio to
-the naive FUSE (best / best and median / median), the daemons' CPU per unit
-of work (``/proc/PID/stat``, all threads), and the load average at the start.
+4 KiB reads and writes (psync, 1 job), ``os.stat``, create + write + close +
+unlink of small files, the same without the write (metadata alone), and
+mkdir + rename + rmdir. Prints best and median, each daxfs front end's ratio
+to the naive FUSE (best / best and median / median), the daemons' CPU per
+unit of work (``/proc/PID/stat``, all threads), the daxfs kernel mount's
+server calls per unit of work (its ``user.daxfs.iostats``), and the load
+average at the start. ``--only stat,create`` runs the tests whose names
+contain one of the words.
 """
 
 from __future__ import annotations
@@ -67,11 +71,48 @@ def create_unlink_per_s(path: Path, n: int = 200) -> tuple[float, float]:
     return rate, float(n)
 
 
+def create_empty_unlink_per_s(path: Path, n: int = 200) -> tuple[float, float]:
+    """(files/s, files): create + close, then unlink (no data: the metadata path alone)."""
+    d = path.parent / f"empty-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    for i in range(n):
+        os.close(os.open(d / f"f{i}", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644))
+    for i in range(n):
+        os.unlink(d / f"f{i}")
+    rate = n / (time.perf_counter() - t0)
+    d.rmdir()
+    return rate, float(n)
+
+
+def mkdir_rename_rmdir_per_s(path: Path, n: int = 100) -> tuple[float, float]:
+    """(directories/s, directories): mkdir, rename, rmdir of each."""
+    d = path.parent / f"dirs-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    for i in range(n):
+        os.mkdir(d / f"a{i}")
+    for i in range(n):
+        os.rename(d / f"a{i}", d / f"b{i}")
+    for i in range(n):
+        os.rmdir(d / f"b{i}")
+    rate = n / (time.perf_counter() - t0)
+    d.rmdir()
+    return rate, float(n)
+
+
+def server_calls(path: Path) -> int:
+    """Server calls the daxfs mount holding ``path`` has made (its iostats)."""
+    doc = json.loads(os.getxattr(path.parent, "user.daxfs.iostats"))
+    return sum(int(v) for v in doc.get("rpcs", {}).values())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--fio-seconds", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated words: run the tests named so")
     ap.add_argument(
         "--cache-metadata",
         action="store_true",
@@ -92,8 +133,14 @@ def main() -> int:
         "random 4 KiB write (fio psync), IOPS": (
             lambda p: randwrite_iops(p, args.fio_seconds), "us/op", 1e6),
         "stat, calls/s": (stat_per_s, "us/call", 1e6),
-        "create+close+unlink, files/s": (create_unlink_per_s, "us/file", 1e6),
+        "create+write+close+unlink, files/s": (create_unlink_per_s, "us/file", 1e6),
+        "create+close+unlink (no data), files/s": (create_empty_unlink_per_s, "us/file", 1e6),
+        "mkdir+rename+rmdir, dirs/s": (mkdir_rename_rmdir_per_s, "us/dir", 1e6),
     }  # fmt: skip
+    words = [w for w in args.only.split(",") if w]
+    if words:
+        tests = {t: v for t, v in tests.items() if any(w in t for w in words)}
+    calls: dict[str, list[float]] = {}
     rates: dict[tuple[str, str], list[float]] = {}
     cpus: dict[tuple[str, str], list[float]] = {}
     names = ("daxfs kernel", "daxfs libfuse", "naive mfusepy")
@@ -128,8 +175,11 @@ def main() -> int:
                     for name in names:
                         path, pid = targets[name]
                         c0 = cpu_seconds(pid)
+                        k0 = server_calls(path) if name == "daxfs kernel" else 0
                         rate, units = fn(path)
                         cpu = (cpu_seconds(pid) - c0) * scale / units
+                        if name == "daxfs kernel":
+                            calls.setdefault(test, []).append((server_calls(path) - k0) / units)
                         rates.setdefault((test, name), []).append(rate)
                         cpus.setdefault((test, name), []).append(cpu)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
@@ -145,9 +195,10 @@ def main() -> int:
     print(
         "| operation | daxfs kernel best / median | daxfs libfuse best / median "
         "| naive best / median | kernel / naive (best, median) "
-        "| libfuse / naive (best, median) | daemon CPU kernel / libfuse / naive (median) |"
+        "| libfuse / naive (best, median) | daemon CPU kernel / libfuse / naive (median) "
+        "| daxfs kernel server calls per unit (median) |"
     )
-    print("|---|---|---|---|---|---|---|")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")  # fmt: skip
     for test, (_, unit, _) in tests.items():
         k, lf, n = (rates[(test, x)] for x in names)
         fmt = "{:,.2f}" if "GB/s" in test else "{:,.0f}"
@@ -160,7 +211,8 @@ def main() -> int:
 
         c = [statistics.median(cpus[(test, x)]) for x in names]
         print(f"| {test} | {cell(k)} | {cell(lf)} | {cell(n)} | {ratio(k, n)} | {ratio(lf, n)} "
-              f"| {c[0]:,.1f} / {c[1]:,.1f} / {c[2]:,.1f} {unit} |")  # fmt: skip
+              f"| {c[0]:,.1f} / {c[1]:,.1f} / {c[2]:,.1f} {unit} "
+              f"| {statistics.median(calls[test]):.2f} |")  # fmt: skip
     return 0
 
 
