@@ -36,6 +36,7 @@ from daxfs.shared import errors
 from daxfs.shared.attr import Attr, SetAttr, StatFs
 from daxfs.shared.extent import ClientId, Extent, FileHandle
 from daxfs.shared.flush import FlushMode
+from daxfs.shared.limits import RENAME_EXCHANGE
 from daxfs.shared.permissions import Identity
 from daxfs.shared.region import Region
 
@@ -185,7 +186,7 @@ class Client:
         """Whom a call made for ``caller`` acts for (None: this process)."""
         return self.server.identity if caller is None else caller
 
-    def _change(self, path: str, caller: Identity | None) -> Pending | None:
+    def _change(self, path: str, caller: Identity | None, *others: str) -> Pending | None:
         """Before a change whose reply the server grants (MetaCache.change).
 
         The releases queued by earlier closes go first (the call would wait for
@@ -195,13 +196,19 @@ class Client:
         if not self.caches_metadata:
             return None
         self.releases.drain()
-        return self.meta_cache.change(key_of(path, self._who(caller)))
+        return self.meta_cache.change(key_of(path, self._who(caller)), *others)
 
     def _changed(
-        self, pending: Pending | None, attr: Attr, *, named: bool = True, made_dir: bool = False
+        self,
+        pending: Pending | None,
+        attr: Attr | None,
+        *,
+        added: tuple[str, ...] = (),
+        removed: tuple[str, ...] = (),
+        made_dir: bool = False,
     ) -> None:
         if pending is not None:
-            self.meta_cache.changed(pending, attr, named=named, made_dir=made_dir)
+            self.meta_cache.changed(pending, attr, added=added, removed=removed, made_dir=made_dir)
 
     def _mode(self, mode: int, caller: Identity | None) -> int:
         """Creation mode bits: this process's umask applies to its own calls only.
@@ -332,7 +339,7 @@ class Client:
     def mkdir(self, path: str, mode: int = 0o777, *, caller: Identity | None = None) -> Attr:
         pending = self._change(path, caller)
         attr = self.server.mkdir(path, self._mode(mode, caller), who=caller)
-        self._changed(pending, attr, made_dir=True)
+        self._changed(pending, attr, added=(path,), made_dir=True)
         return attr
 
     def mknod(self, path: str, mode: int, rdev: int = 0, *, caller: Identity | None = None) -> Attr:
@@ -340,25 +347,34 @@ class Client:
         perm = self._mode(mode, caller)
         pending = self._change(path, caller)
         attr = self.server.mknod(path, (mode & ~0o7777) | perm, rdev, who=caller)
-        self._changed(pending, attr)
+        self._changed(pending, attr, added=(path,))
         return attr
 
     def unlink(self, path: str, *, caller: Identity | None = None) -> None:
+        pending = self._change(path, caller)
         self.server.unlink(path, who=caller)
+        self._changed(pending, None, removed=(path,))
 
     remove = unlink
 
     def rmdir(self, path: str, *, caller: Identity | None = None) -> None:
+        pending = self._change(path, caller)
         self.server.rmdir(path, who=caller)
+        self._changed(pending, None, removed=(path,))
 
     def rename(self, old: str, new: str, *, flags: int = 0, caller: Identity | None = None) -> None:
         """rename(2), or renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE in ``flags``."""
+        pending = self._change(new, caller, old)
         self.server.rename(old, new, flags=flags, who=caller)
+        if flags & RENAME_EXCHANGE:
+            self._changed(pending, None)  # the same names, each naming the other's inode
+        else:
+            self._changed(pending, None, removed=(old,), added=(new,))
 
     def symlink(self, target: str, path: str, *, caller: Identity | None = None) -> Attr:
         pending = self._change(path, caller)
         attr = self.server.symlink(target, path, who=caller)
-        self._changed(pending, attr)
+        self._changed(pending, attr, added=(path,))
         return attr
 
     def readlink(self, path: str, *, caller: Identity | None = None) -> str:
@@ -367,7 +383,7 @@ class Client:
     def link(self, existing: str, new: str, *, caller: Identity | None = None) -> Attr:
         pending = self._change(new, caller)
         attr = self.server.link(existing, new, who=caller)
-        self._changed(pending, attr)
+        self._changed(pending, attr, added=(new,))
         return self.inodes.seen(attr)
 
     def setattr(
@@ -415,7 +431,7 @@ class Client:
                 publish_inode(self, inode)
         pending = self._change(path, caller) if path and not handle else None
         attr = self.server.set_attr(changes, path or "", handle=handle, who=caller)
-        self._changed(pending, attr, named=False)
+        self._changed(pending, attr)
         inode = self.inodes.get(attr.ino)
         if inode is not None:
             inode.saw(attr)
@@ -522,7 +538,7 @@ class Client:
                 append=how.append,
                 who=caller,
             )
-            self._changed(pending, opened.attr)
+            self._changed(pending, opened.attr, added=(path,))
         else:
             opened = self.server.open(
                 path,

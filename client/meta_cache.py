@@ -91,8 +91,8 @@ class Pending:
     """The epoch when the call went out."""
     key: Key
     """The path it changes, as its caller asked."""
-    listing: Listing | None
-    """The listing of the path's directory held when the call went out."""
+    listings: tuple[tuple[Key, Listing], ...]
+    """The listings of the directories it changes, as held when the call went out."""
 
 
 def key_of(path: str, who: Identity) -> Key:
@@ -214,19 +214,35 @@ class MetaCache:
 
     # -- this client's own changes -----------------------------------------------
 
-    def change(self, key: Key) -> Pending:
-        """Before a change of ``key``'s path whose reply the server grants."""
+    def change(self, key: Key, *others: str) -> Pending:
+        """Before a change of ``key``'s path (and of the paths ``others``, for the
+        same caller: a rename's old name) whose reply the server grants."""
         self._local.own = None
         with self._lock:
-            where = _split(key[0])
-            listing = None if where is None else self._listings.get((where[0], *key[1:]))
-            return Pending(self.epoch, key, listing)
+            held: dict[Key, Listing] = {}
+            for path in (key[0], *others):
+                where = _split(path)
+                dir_key = None if where is None else (where[0], *key[1:])
+                listing = None if dir_key is None else self._listings.get(dir_key)
+                if dir_key is not None and listing is not None:
+                    held[dir_key] = listing
+            return Pending(self.epoch, key, tuple(held.items()))
 
-    def changed(self, pending: Pending, attr: Attr, *, named: bool, made_dir: bool = False) -> bool:
-        """The change's reply: keep its attributes (and with ``named``, the name in
-        its directory's listing; with ``made_dir``, the new directory's empty
-        listing) unless something other than its own invalidation moved the
-        cache since it went out. True when kept (:meth:`take_kept` says when)."""
+    def changed(
+        self,
+        pending: Pending,
+        attr: Attr | None,
+        *,
+        added: Iterable[str] = (),
+        removed: Iterable[str] = (),
+        made_dir: bool = False,
+    ) -> bool:
+        """The change's reply: keep its attributes, if it has them, for its path;
+        the listings held when it went out with the paths ``removed`` gone and
+        ``added`` in (the server granted them again: its own change did not end
+        them); with ``made_dir``, the new directory's empty listing. Unless
+        something other than its own invalidation moved the cache since it
+        went out. True when kept (:meth:`take_kept` says at which epoch)."""
         own: tuple[int, int] | None = getattr(self._local, "own", None)
         self._local.own = None
         with self._lock:
@@ -237,14 +253,18 @@ class MetaCache:
                 epoch = own[1]
             if not self._open or epoch != self.epoch:
                 return False
-            self._put(pending.key, Answer(attr, None))
-            where = _split(pending.key[0])
-            if named and where is not None and pending.listing is not None:
-                dir_key = (where[0], *pending.key[1:])
-                self._listings[dir_key] = replace(
-                    pending.listing, names=pending.listing.names | {where[1]}
-                )
-            if made_dir:
+            if attr is not None:
+                self._put(pending.key, Answer(attr, None))
+            listings = dict(pending.listings)
+            for path, add in [(p, False) for p in removed] + [(p, True) for p in added]:
+                where = _split(path)
+                dir_key = None if where is None else (where[0], *pending.key[1:])
+                if where is not None and dir_key in listings:
+                    was = listings[dir_key]
+                    names = was.names | {where[1]} if add else was.names - {where[1]}
+                    listings[dir_key] = replace(was, names=names)
+            self._listings.update(listings)
+            if made_dir and attr is not None:
                 self._listings[pending.key] = Listing.empty(attr)
             self._local.kept = self.epoch
             return True

@@ -855,9 +855,14 @@ class Namespace:
             cache_grants.Entry(parent.ino, name),
             cache_grants.Attr(ino),
         ]
-        if self.grants.holds(caller.client, cache_grants.Names(parent.ino)):
-            keys.append(cache_grants.Names(parent.ino))
-        return keys
+        return keys + self._listings_held(caller, parent)
+
+    def _listings_held(self, caller: Caller, *dirs: InodeRow) -> list[cache_grants.Key]:
+        """The listings of ``dirs`` the caller holds: its change of a name in them
+        ends them (``_invalidate``), and it updates its copy instead, so they are
+        granted again with the reply."""
+        held = (cache_grants.Names(d.ino) for d in dirs)
+        return [k for k in held if self.grants.holds(caller.client, k)]
 
     def mkdir(self, path: str, mode: int, caller: Caller = ROOT) -> Attr:
         if mode & ~0o7777:
@@ -937,6 +942,7 @@ class Namespace:
             self.meta.remove_dirent(parent.ino, name)
             self._touch(parent.ino)
             self._unref(row.ino, caller)
+            self._reply_grant(caller, *self._listings_held(caller, parent))
 
     def rmdir(self, path: str, caller: Caller = ROOT) -> None:
         with self._txn():
@@ -951,6 +957,7 @@ class Namespace:
             self.meta.update_inode(parent.ino, nlink=self._inode(parent.ino).nlink - 1)
             self._touch(parent.ino)
             self._unref(row.ino, caller)
+            self._reply_grant(caller, *self._listings_held(caller, parent))
 
     def rename(self, old: str, new: str, caller: Caller = ROOT, *, flags: int = 0) -> None:
         """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE."""
@@ -995,6 +1002,7 @@ class Namespace:
                 self._touch(dst.ino, mtime=False)
                 self._touch(src_parent.ino)
                 self._touch(dst_parent.ino)
+                self._reply_grant(caller, *self._listings_held(caller, src_parent, dst_parent))
                 return
             if dst is not None:
                 if flags & RENAME_NOREPLACE:
@@ -1022,6 +1030,7 @@ class Namespace:
             self._touch(src.ino, mtime=False)
             self._touch(src_parent.ino)
             self._touch(dst_parent.ino)
+            self._reply_grant(caller, *self._listings_held(caller, src_parent, dst_parent))
 
     def _descends(self, ino: InodeId, ancestor: InodeId) -> bool:
         """True when directory ``ino`` is ``ancestor`` or lies below it."""

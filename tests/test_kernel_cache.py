@@ -298,3 +298,21 @@ def test_a_name_another_guest_creates_is_seen_after_the_mount_said_it_was_absent
     assert not (d / "y").exists()
     (d / "z").write_bytes(b"z")  # the mount's own create after all that
     assert client.stat("/d/z").size == 1
+
+
+def test_mkdir_rename_and_rmdir_through_the_mount_are_one_call_each(cached: Mount) -> None:
+    """The lookups of the new names are answered from the listing the mount
+    keeps of a directory it made, updated by its own mkdir, rename and rmdir."""
+    d = cached.path / "d"
+    d.mkdir()
+    every = ("GetAttr", "Lookup", "Mkdir", "Rename", "Rmdir")
+    before = {m: rpcs(cached, m) for m in every}
+    for i in range(5):
+        os.mkdir(d / f"a{i}")
+    for i in range(5):
+        os.rename(d / f"a{i}", d / f"b{i}")
+    for i in range(5):
+        os.rmdir(d / f"b{i}")
+    done = {m: rpcs(cached, m) - before[m] for m in every}
+    assert done == {"GetAttr": 0, "Lookup": 0, "Mkdir": 5, "Rename": 5, "Rmdir": 5}
+    assert os.listdir(d) == []

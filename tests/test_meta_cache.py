@@ -131,7 +131,7 @@ def test_a_changes_reply_is_kept_when_only_its_own_invalidation_moved_the_cache(
     put(cache, "/f", 7)
     pending = cache.change(key_of("/f", ROOT))
     cache.invalidate([7], [], own=True)  # the trailer, before the call returns
-    assert cache.changed(pending, _attr(7), named=False)
+    assert cache.changed(pending, _attr(7))
     assert cached(cache, "/f")
     assert cache.take_kept() == cache.epoch
     assert cache.take_kept() is None  # once
@@ -142,19 +142,19 @@ def test_a_changes_reply_overtaken_by_another_invalidation_is_not_kept() -> None
     pending = cache.change(key_of("/f", ROOT))
     cache.invalidate([7], [])  # another guest's change, on the session stream
     cache.invalidate([7], [], own=True)
-    assert not cache.changed(pending, _attr(7), named=False)
+    assert not cache.changed(pending, _attr(7))
     assert not cached(cache, "/f")
     pending = cache.change(key_of("/g", ROOT))
     cache.invalidate([8], [], own=True)
     cache.invalidate([8], [])  # after the trailer, before the reply is kept
-    assert not cache.changed(pending, _attr(8), named=False)
+    assert not cache.changed(pending, _attr(8))
     assert not cached(cache, "/g")
 
 
 def test_a_new_directorys_listing_answers_no_such_name_for_whoever_may_search_it() -> None:
     cache = opened()
     pending = cache.change(key_of("/d", ROOT))
-    assert cache.changed(pending, _dir(5, 0o40700), named=True, made_dir=True)
+    assert cache.changed(pending, _dir(5, 0o40700), added=("/d",), made_dir=True)
     missing = cache.get(key_of("/d/x", ROOT))
     assert missing is not None and isinstance(missing.error, errors.NotFound)
     # Another identity has its own answers; one that may not search gets none.
@@ -163,16 +163,27 @@ def test_a_new_directorys_listing_answers_no_such_name_for_whoever_may_search_it
         assert cache.get(key_of(odd, ROOT)) is None, odd
 
 
-def test_an_own_create_adds_its_name_to_the_listing() -> None:
+def test_own_creates_renames_and_removals_update_the_listing() -> None:
     cache = opened()
-    cache.changed(cache.change(key_of("/d", ROOT)), _dir(5), named=True, made_dir=True)
+    cache.changed(cache.change(key_of("/d", ROOT)), _dir(5), made_dir=True)
     pending = cache.change(key_of("/d/f", ROOT))
     cache.invalidate([5], ["/d/f"], own=True)  # the directory's mtime, the new name
-    assert cache.changed(pending, _attr(9), named=True)
+    assert cache.changed(pending, _attr(9), added=("/d/f",))
     hit = cache.get(key_of("/d/f", ROOT))
     assert hit is not None and hit.attr == _attr(9)
     missing = cache.get(key_of("/d/g", ROOT))
     assert missing is not None and missing.attr is None
+    pending = cache.change(key_of("/d/g", ROOT), "/d/f")  # rename /d/f to /d/g
+    cache.invalidate([5], ["/d/f", "/d/g"], own=True)
+    assert cache.changed(pending, None, removed=("/d/f",), added=("/d/g",))
+    gone = cache.get(key_of("/d/f", ROOT))
+    assert gone is not None and gone.attr is None
+    assert cache.get(key_of("/d/g", ROOT)) is None  # there: its attributes are asked for
+    pending = cache.change(key_of("/d/g", ROOT))
+    cache.invalidate([5, 9], ["/d/g"], own=True)
+    assert cache.changed(pending, None, removed=("/d/g",))
+    gone = cache.get(key_of("/d/g", ROOT))
+    assert gone is not None and gone.attr is None
 
 
 def test_a_listing_goes_with_any_name_in_it_or_above_it_not_with_its_attributes() -> None:
@@ -180,7 +191,7 @@ def test_a_listing_goes_with_any_name_in_it_or_above_it_not_with_its_attributes(
     the directory's mtime alone (every create in it) does not end the listing."""
     cache = opened()
     for path, ino in (("/d", 5), ("/e", 6), ("/e/sub", 7)):
-        cache.changed(cache.change(key_of(path, ROOT)), _dir(ino), named=True, made_dir=True)
+        cache.changed(cache.change(key_of(path, ROOT)), _dir(ino), added=(path,), made_dir=True)
 
     def listed(path: str) -> bool:
         return cache.get(key_of(path + "/nothing", ROOT)) is not None
