@@ -218,6 +218,7 @@ class MetaCache:
         """Before a change of ``key``'s path (and of the paths ``others``, for the
         same caller: a rename's old name) whose reply the server grants."""
         self._local.own = None
+        self._local.kept = None  # an earlier change's: not this one's
         with self._lock:
             held: dict[Key, Listing] = {}
             for path in (key[0], *others):

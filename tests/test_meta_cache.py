@@ -139,11 +139,13 @@ def test_a_changes_reply_is_kept_when_only_its_own_invalidation_moved_the_cache(
 
 def test_a_changes_reply_overtaken_by_another_invalidation_is_not_kept() -> None:
     cache = opened()
+    assert cache.changed(cache.change(key_of("/e", ROOT)), _attr(6))  # kept, never taken
     pending = cache.change(key_of("/f", ROOT))
     cache.invalidate([7], [])  # another guest's change, on the session stream
     cache.invalidate([7], [], own=True)
     assert not cache.changed(pending, _attr(7))
     assert not cached(cache, "/f")
+    assert cache.take_kept() is None  # the kernel keeps this reply short
     pending = cache.change(key_of("/g", ROOT))
     cache.invalidate([8], [], own=True)
     cache.invalidate([8], [])  # after the trailer, before the reply is kept
