@@ -172,10 +172,8 @@ def main() -> int:
                 assert path.read_bytes() == blob, name
             for r in range(args.rounds):
                 for test, (fn, _, scale) in tests.items():
-                    # Each round starts with another mount: the first of a test
-                    # runs colder (its 20,000 stats take 0.1 s), which cost the
-                    # daxfs kernel mount, always first, about a quarter of its
-                    # stat rate in earlier runs.
+                    # Each round starts with another mount: the first to run a
+                    # test may run colder (the daxfs kernel mount was always first).
                     for name in names[r % 3 :] + names[: r % 3]:
                         path, pid = targets[name]
                         c0 = cpu_seconds(pid)
