@@ -26,7 +26,8 @@ that may search the directory, so a create's lookup of its new name costs no
 round trip. The server grants it (``Names`` in server/cache_grants.py) and
 takes it back with any change of a name in the directory, naming that name's
 path: a listing goes when a path in it, or at or above it, is invalidated.
-This client's own creates in the directory add the name to it instead.
+This client's own creates, removals and renames in the directory update it
+instead (the server grants it again with their replies).
 """
 
 from __future__ import annotations

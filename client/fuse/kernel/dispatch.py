@@ -607,7 +607,7 @@ class Dispatcher:
         breach (the layout safety invariant holds while a lease is held); a
         later open of the same file is a new handle, which the client counts
         before this one's Release decides whether to return the lease
-        (``Client._closed_file``), and a newer grant is never ended by an older
+        (``SessionState.closed_file``), and a newer grant is never ended by an older
         lease id; the node counts as open here (short attribute timeouts) until
         the daemon is done, so a size or mtime it still commits is not hidden.
         """
