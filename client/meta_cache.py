@@ -39,6 +39,7 @@ from typing import Protocol
 
 from daxfs.shared.attr import Attr
 from daxfs.shared.errors import DaxfsError, NoData, NotFound
+from daxfs.shared.limits import NAME_MAX
 from daxfs.shared.permissions import X_OK, Identity, mode_allows
 
 #: Whom an answer was given to: path, uid, gid, groups (the server checks permissions).
@@ -105,7 +106,11 @@ def _split(path: str) -> tuple[str, str] | None:
     if not path.startswith("/") or path.endswith("/") or "//" in path:
         return None
     parent, _, name = path.rpartition("/")
-    if name in (".", "..") or "\0" in name or len(name.encode("utf-8", "surrogateescape")) > 255:
+    if (
+        name in (".", "..")
+        or "\0" in name
+        or len(name.encode("utf-8", "surrogateescape")) > NAME_MAX
+    ):
         return None
     return parent or "/", name
 

@@ -46,7 +46,7 @@ from daxfs.server.lease_lifecycle import LeaseLifecycle, Outbox
 from daxfs.server.leases import LeaseTable, RecallNotice, Session
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
 from daxfs.server.open_files import Opened, OpenFile, OpenFiles
-from daxfs.server.paths import NAME_MAX, SYMLINK_MAX, check_name, split_path
+from daxfs.server.paths import SYMLINK_MAX, check_name, split_path
 from daxfs.server.xattrs import Xattrs
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr, StatFs
@@ -62,7 +62,7 @@ from daxfs.shared.extent import (
     align_up,
     fill_holes,
 )
-from daxfs.shared.limits import MAX_RPC_IO, RENAME_EXCHANGE, RENAME_NOREPLACE
+from daxfs.shared.limits import MAX_RPC_IO, NAME_MAX, RENAME_EXCHANGE, RENAME_NOREPLACE
 from daxfs.shared.permissions import R_OK, W_OK, X_OK
 from daxfs.shared.region import Region
 

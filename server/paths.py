@@ -11,9 +11,8 @@ relative name deep in a tree reaches the server as a long absolute path.
 from __future__ import annotations
 
 from daxfs.shared import errors
+from daxfs.shared.limits import NAME_MAX
 
-#: Longest directory entry name in bytes (Linux's NAME_MAX).
-NAME_MAX = 255
 #: Longest symlink target in bytes (Linux: PATH_MAX including the NUL).
 SYMLINK_MAX = 4095
 

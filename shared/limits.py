@@ -28,6 +28,9 @@ MAX_MESSAGE = 64 * MIB
 #: the caller splits them.
 MAX_RPC_IO = 16 * MIB
 assert MAX_RPC_IO < MAX_MESSAGE
+#: Longest directory entry name in bytes (Linux's NAME_MAX): the server refuses
+#: longer names with ENAMETOOLONG, and a client's cache never asks about one.
+NAME_MAX = 255
 
 #: Trailing-metadata key whose value is the POSIX errno (decimal) of a failed
 #: call: the client rebuilds the same error leaf from it (``from_errno``).
