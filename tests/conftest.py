@@ -17,13 +17,20 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from daxfs.client import Client, connect
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, assert_log_clean, start_server
+from daxfs.testing import (
+    FaultyProxy,
+    ServerProc,
+    Volume,
+    assert_fsck_clean,
+    assert_log_clean,
+    start_server,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +102,31 @@ def client(server: ServerProc) -> Iterator[Client]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def proxy_to(workdir: Path) -> Iterator[Callable[[str], FaultyProxy]]:
+    """Starts a real gRPC proxy scripted to misbehave (``FaultyProxy``) in front of an address.
+
+    ``proxy_to(server.address)``: the first listens on ``workdir/proxy.sock``.
+    Each is closed after the test, before the server it stands in front of
+    stops (when that server's fixture was set up first).
+    """
+    proxies: list[FaultyProxy] = []
+
+    def start(upstream: str) -> FaultyProxy:
+        name = f"proxy-{len(proxies) + 1}.sock" if proxies else "proxy.sock"
+        proxies.append(FaultyProxy(upstream, str(workdir / name)))
+        return proxies[-1]
+
+    try:
+        yield start
+    finally:
+        for p in reversed(proxies):
+            p.close()
+
+
+@pytest.fixture
+def proxy(server: ServerProc, proxy_to: Callable[[str], FaultyProxy]) -> FaultyProxy:
+    """A ``FaultyProxy`` in front of the ``server`` fixture's server."""
+    return proxy_to(server.address)

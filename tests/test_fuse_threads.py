@@ -22,15 +22,6 @@ DATA = bytes(range(256)) * 256  # 64 KiB
 
 
 @pytest.fixture
-def proxy(server: ServerProc, workdir: Path) -> Iterator[FaultyProxy]:
-    p = FaultyProxy(server.address, str(workdir / "proxy.sock"))
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
 def mount(proxy: FaultyProxy, server: ServerProc, workdir: Path) -> Iterator[Mount]:
     with connect(server.address) as c:
         for name in ("held", "free"):

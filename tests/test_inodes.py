@@ -14,7 +14,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,7 @@ from daxfs.shared.attr import Attr
 from daxfs.shared.extent import InodeId
 from daxfs.shared.format import MIB
 from daxfs.shared.permissions import Identity
-from daxfs.testing import FaultyProxy, ServerProc
+from daxfs.testing import FaultyProxy
 
 
 def attr(size: int, *, ino: int = 7, mode: int = stat.S_IFREG | 0o644, gid: int = 100) -> Attr:
@@ -178,15 +177,6 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) 
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
-
-
-@pytest.fixture
-def proxy(server: ServerProc, workdir: Path) -> Iterator[FaultyProxy]:
-    p = FaultyProxy(server.address, str(workdir / "proxy.sock"))
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture

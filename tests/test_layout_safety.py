@@ -97,12 +97,9 @@ def leased(small_volume: Volume) -> Iterator[ServerProc]:
 
 
 @pytest.fixture
-def proxy(leased: ServerProc, workdir: Path) -> Iterator[FaultyProxy]:
-    p = FaultyProxy(leased.address, str(workdir / "proxy.sock"))
-    try:
-        yield p
-    finally:
-        p.close()
+def proxy(leased: ServerProc, proxy_to: Callable[[str], FaultyProxy]) -> FaultyProxy:
+    """The proxy in front of the short-lease server (conftest's ``proxy`` fronts ``server``)."""
+    return proxy_to(leased.address)
 
 
 # -- 1. server restart ------------------------------------------------------------

@@ -255,31 +255,27 @@ def test_a_directory_the_client_listed_answers_no_such_name_until_another_create
 
 
 def test_an_answer_overtaken_by_its_invalidation_is_not_kept(
-    server: ServerProc, workdir: Path
+    server: ServerProc, proxy: FaultyProxy
 ) -> None:
-    proxy = FaultyProxy(server.address, str(workdir / "proxy.sock"))
-    try:
-        with (
-            connect(server.address) as b,
-            connect(proxy.address, timeout=10, cache_metadata=True) as a,
-        ):
-            wait_open(a)
-            write_file(b, "/f", b"x")
-            b.chmod("/f", 0o644)
-            proxy.hold_next("GetAttr")
-            got: list[int] = []
-            asking = threading.Thread(target=lambda: got.append(a.stat("/f").mode & 0o777))
-            asking.start()
-            assert proxy.holding.wait(10), "the stat never reached the server"
-            # The server answered 0644 and granted it; the reply is in flight when
-            # b's chmod invalidates it (a acknowledges on its stream meanwhile).
-            b.chmod("/f", 0o600)
-            proxy.release()
-            asking.join(10)
-            assert got == [0o644]  # the answer of its time, given to its caller...
-            assert a.stat("/f").mode & 0o777 == 0o600  # ...but not kept
-    finally:
-        proxy.close()
+    with (
+        connect(server.address) as b,
+        connect(proxy.address, timeout=10, cache_metadata=True) as a,
+    ):
+        wait_open(a)
+        write_file(b, "/f", b"x")
+        b.chmod("/f", 0o644)
+        proxy.hold_next("GetAttr")
+        got: list[int] = []
+        asking = threading.Thread(target=lambda: got.append(a.stat("/f").mode & 0o777))
+        asking.start()
+        assert proxy.holding.wait(10), "the stat never reached the server"
+        # The server answered 0644 and granted it; the reply is in flight when
+        # b's chmod invalidates it (a acknowledges on its stream meanwhile).
+        b.chmod("/f", 0o600)
+        proxy.release()
+        asking.join(10)
+        assert got == [0o644]  # the answer of its time, given to its caller...
+        assert a.stat("/f").mode & 0o777 == 0o600  # ...but not kept
 
 
 def test_a_frozen_cacher_holds_a_change_back_only_until_its_lease_ends(
