@@ -1,4 +1,5 @@
-"""The server process: open the volume, serve gRPC, sweep leases, stop cleanly on a signal.
+"""The server process: open the volume, serve gRPC (and, on a unix socket, the
+frame socket beside it), sweep leases, stop cleanly on a signal.
 
 ``create_server`` is separate from ``serve`` so that tests can bind a temporary
 socket or port 0 and drive a real server in-process.
@@ -7,6 +8,7 @@ socket or port 0 and drive a real server in-process.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shutil
@@ -22,6 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import Keyring, TokenAuthInterceptor
+from daxfs.server.frames import FrameServer, frame_path
 from daxfs.server.leases import DEFAULT_MAX_SESSIONS
 from daxfs.server.namespace import Namespace
 from daxfs.server.peercred import PeerRelay, PeerTable, private_socket_dir
@@ -79,6 +82,24 @@ class ServerConfig:
     #: None: whenever others than the server's own user may open the socket
     #: (see :func:`peer_credentials_for`).
     peer_credentials: bool | None = None
+    #: Beside a unix socket, serve the unary calls on ``PATH.frames`` too
+    #: (server/frames.py); ``--no-frames`` leaves clients on gRPC alone.
+    frames: bool = True
+
+
+class RunningServer:
+    """The gRPC server and, beside a unix socket, its frame server: stopped together."""
+
+    def __init__(self, grpc_server: grpc.Server, frames: FrameServer | None) -> None:
+        self.grpc = grpc_server
+        self.frames = frames
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Refuse new calls on both sockets; calls in progress get ``grace`` seconds."""
+        done: threading.Event = self.grpc.stop(grace)
+        if self.frames is not None:
+            self.frames.stop(grace)
+        return done
 
 
 def unix_path(listen: str) -> str | None:
@@ -103,7 +124,8 @@ def create_server(
     socket_gid: int | None = None,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     peer_credentials: bool = False,
-) -> tuple[grpc.Server, str, DaxfsServicer]:
+    frames: bool = True,
+) -> tuple[RunningServer, str, DaxfsServicer]:
     """Build and start a server; returns it, the address it answers on, and the servicer.
 
     A unix socket is bound under a temporary name and renamed into place after
@@ -121,6 +143,10 @@ def create_server(
     ``peer_credentials`` (unix socket only) puts a relay on the public socket
     that tells the servicer which process each connection comes from
     (server/peercred.py); gRPC itself listens in a private 0700 directory.
+
+    ``frames`` (unix socket only) serves the unary calls on ``PATH.frames`` as
+    well (server/frames.py), with the same mode, group and peer rule; it
+    appears before the gRPC socket does.
     """
     max_streams = max_sessions + STREAM_HEADROOM
     server = grpc.server(
@@ -135,6 +161,7 @@ def create_server(
         ],
     )
     path = unix_path(listen)
+    frame_server: FrameServer | None = None
     peers = PeerTable() if peer_credentials and path is not None else None
     servicer = DaxfsServicer(
         ns, region_path=region_path, max_streams=max_streams, keyring=keyring, peers=peers
@@ -163,10 +190,10 @@ def create_server(
             listener.listen(128)
             PeerRelay(listener, private, peers).start()
         if socket_gid is not None:
-            os.chown(tmp, -1, socket_gid)
             socket_mode |= 0o060
-        os.chmod(tmp, socket_mode)
-        os.replace(tmp, path)
+        if frames:
+            frame_server = _frame_server(path, servicer, socket_mode, socket_gid)
+        _publish(tmp, path, socket_mode, socket_gid)
         address = f"unix:{path}"
     else:
         if tls is not None:
@@ -187,7 +214,30 @@ def create_server(
         address = f"{host}:{port}"
     for name in ("", SERVICE_NAME):
         servicer.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, address, servicer
+    return RunningServer(server, frame_server), address, servicer
+
+
+def _publish(tmp: str, path: str, mode: int, gid: int | None) -> None:
+    """Give the socket bound at ``tmp`` its mode and group, then its name."""
+    if gid is not None:
+        os.chown(tmp, -1, gid)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _frame_server(path: str, servicer: DaxfsServicer, mode: int, gid: int | None) -> FrameServer:
+    """Listen on ``PATH.frames`` (server/frames.py), before the gRPC socket appears."""
+    public = frame_path(path)
+    tmp = f"{public}.{os.getpid()}.tmp"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(tmp)
+    listener.listen(128)
+    frame_server = FrameServer(listener, servicer, servicer.keyring, servicer.peers)
+    frame_server.start()
+    _publish(tmp, public, mode, gid)
+    return frame_server
 
 
 #: grpc.reflection.v1 (what grpcurl and most tools ask for first); grpcio-reflection
@@ -395,6 +445,7 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
             socket_gid=_group_id(config.socket_group),
             max_sessions=config.max_sessions,
             peer_credentials=peer_credentials_for(config),
+            frames=config.frames,
         )
     except BaseException:
         close_volume(ns)
@@ -431,10 +482,9 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
     sweeper.join()
     path = unix_path(config.listen)
     if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        for name in (path, frame_path(path)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
     close_volume(ns, clean=not servicer.failed)
     log.info("stopped")
     return 0

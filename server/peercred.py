@@ -45,7 +45,7 @@ class Peer:
     groups: tuple[int, ...]
 
 
-def _groups_of(pid: int, gid: int) -> tuple[int, ...]:
+def groups_of(pid: int, gid: int) -> tuple[int, ...]:
     """Supplementary groups of ``pid`` (empty if it is gone already)."""
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -126,7 +126,7 @@ class PeerRelay:
         pid, uid, gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
-        peer = Peer(pid, uid, gid, _groups_of(pid, gid))
+        peer = Peer(pid, uid, gid, groups_of(pid, gid))
         name = self.table.add(peer)
         up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -82,6 +82,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         socket_group=args.socket_group,
         insecure=args.insecure,
         peer_credentials=args.peer_credentials,
+        frames=args.frames,
     )
     if args.max_sessions is not None:
         if args.max_sessions < 1:
@@ -191,6 +192,13 @@ def register(sub: Subcommands) -> None:
         help="on the unix socket, a non-root process acts as its own uid (SO_PEERCRED); "
         "default: on when the socket is shared (--socket-group, or --socket-mode with "
         "group or other bits)",
+    )
+    p.add_argument(
+        "--frames",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="beside a unix socket, serve the unary calls on PATH.frames too, a cheaper "
+        "transport local clients use by themselves (README, The frame socket)",
     )
     p.add_argument("--tls-cert", help="PEM certificate chain for TCP listening")
     p.add_argument("--tls-key", help="PEM private key for TCP listening")
