@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from daxfs.client.frames import FRAME_SUFFIX, FrameChannel
 from daxfs.client.release_queue import ReleaseQueue
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
@@ -182,6 +183,14 @@ def to_error(exc: grpc.RpcError, address: str) -> DaxfsError:
     return DaxfsError(f"daxfs server at {address}: {code}: {details}")
 
 
+def _unix_path(address: str) -> str | None:
+    """The socket path of a ``unix:`` address, or None for TCP."""
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return address[len(prefix) :]
+    return None
+
+
 def resolve_token(token: str | None, token_file: str | None) -> str | None:
     """The token to send: given, else read from ``token_file`` or $DAXFS_TOKEN_FILE."""
     if token:
@@ -215,6 +224,7 @@ class Connection:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        frames: bool | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -246,6 +256,16 @@ class Connection:
         else:
             self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.DaxfsStub(self.channel)
+        #: The server's frame socket (client/frames.py), for a unix address
+        #: unless ``frames`` is False or $DAXFS_FRAMES is 0.
+        self.frames: FrameChannel | None = None
+        if frames is None:
+            frames = os.environ.get("DAXFS_FRAMES", "1") != "0"
+        path = _unix_path(address)
+        if frames and path is not None:
+            self.frames = FrameChannel(path + FRAME_SUFFIX, secret)
+        #: Calls answered over the frame socket (the rest went over gRPC).
+        self.framed_calls = 0
         #: Given the INVALIDATED_KEY trailer of a successful call, before it returns
         #: (set by a client that caches metadata).
         self.on_invalidated: Callable[[bytes], None] | None = None
@@ -262,6 +282,12 @@ class Connection:
         address fails fast."""
         with self._calls_lock:
             self.calls[rpc.name] += 1
+        if self.frames is not None:
+            framed = self.frames.call(
+                rpc.name, request.SerializeToString(), timeout or self.timeout
+            )
+            if framed is not None:
+                return self._framed_reply(rpc, framed)
         try:
             hook = self.on_invalidated
             if hook is None:
@@ -285,7 +311,27 @@ class Connection:
         except grpc.RpcError as exc:
             raise to_error(exc, self.address) from None
 
+    def _framed_reply(self, rpc: Rpc[Req, Rep], framed: pb.FrameReply) -> Rep:
+        """The reply of a call answered over the frame socket, or its error raised."""
+        with self._calls_lock:
+            self.framed_calls += 1
+        if framed.status == 0:
+            if framed.invalidated and self.on_invalidated is not None:
+                self.on_invalidated(framed.invalidated)
+            return rpc.reply.FromString(framed.reply)
+        if framed.errno:
+            raise from_errno(framed.errno, framed.message or "daxfs error", framed.error or None)
+        if framed.status == grpc.StatusCode.UNAUTHENTICATED.value[0]:
+            raise PermissionDenied(
+                f"daxfs server at {self.address} refused the credential: {framed.message}"
+            )
+        raise DaxfsError(
+            f"daxfs server at {self.address}: status {framed.status}: {framed.message}"
+        )
+
     def close(self) -> None:
+        if self.frames is not None:
+            self.frames.close()
         self.channel.close()
 
 

@@ -1,0 +1,158 @@
+"""The client side of the frame socket (server/frames.py): unary calls without gRPC.
+
+A server on a unix socket ``PATH`` also answers the unary calls on
+``PATH.frames``: the same request and reply messages, each sent as a 4-byte
+little-endian length and the message (proto/daxfs.proto, "The frame socket").
+A call there costs a unix socket round trip (tens of microseconds) instead of
+gRPC's 0.5-2 ms. ``Connection`` (rpc.py) sends every unary call here when it
+can and over gRPC when it cannot; the session stream always uses gRPC.
+
+A connection carries one call at a time. Idle connections wait in a pool, so
+concurrent callers (the mount's threads) each get their own, and the
+connection count stays at the most calls ever in flight at once.
+
+When the frame socket cannot be reached (no such file: an older server, one
+started with ``--no-frames``, one restarting, or a proxy in front), ``call``
+returns None and the caller makes the call over gRPC, which waits for a
+restarting server as it always did; the socket is tried again a second
+later. A request is only ever sent once: a pooled connection whose server
+went away fails at send (EPIPE: nothing was delivered) and the call moves to a
+fresh one; a connection that fails after the request went out raises
+``Unavailable``, as gRPC does, since the call may have run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+
+from daxfs.proto import daxfs_pb2 as pb
+from daxfs.shared.errors import PermissionDenied, Unavailable
+from daxfs.shared.limits import MAX_MESSAGE
+
+#: The frame socket's path is the gRPC socket's plus this (server/frames.py).
+FRAME_SUFFIX = ".frames"
+LENGTH = struct.Struct("<I")
+#: After the frame socket could not be reached, calls go over gRPC this long.
+RETRY_AFTER_S = 1.0
+#: gRPC's status code for a refused credential.
+UNAUTHENTICATED = 16
+
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError)
+
+
+class FrameChannel:
+    """A pool of connections to one frame socket. Thread-safe."""
+
+    def __init__(self, path: str, token: str | None) -> None:
+        self.path = path
+        self._hello = pb.FrameHello(token=token or "").SerializeToString()
+        self._lock = threading.Lock()
+        self._idle: list[socket.socket] = []
+        self._pid = os.getpid()
+        self._skip_until = 0.0
+
+    def call(self, method: str, request: bytes, timeout: float) -> pb.FrameReply | None:
+        """The server's reply to one call; None if the frame socket cannot be reached.
+
+        Raises ``Unavailable`` when the connection fails after the request was
+        sent or the reply misses the deadline, ``PermissionDenied`` when the
+        server refuses the token.
+        """
+        frame = pb.FrameCall(method=method, request=request).SerializeToString()
+        message = LENGTH.pack(len(frame)) + frame
+        while True:
+            sock, reused = self._take(timeout)
+            if sock is None:
+                return None
+            try:
+                sock.settimeout(timeout)
+                sock.sendall(message)
+            except _GONE:
+                sock.close()
+                if reused:
+                    continue  # the server of this pooled connection is gone: a fresh one
+                return None
+            except OSError as exc:
+                sock.close()
+                raise Unavailable(f"frame socket {self.path}: {exc}") from None
+            break
+        try:
+            reply = pb.FrameReply.FromString(_read_frame(sock, self.path))
+        except TimeoutError:
+            sock.close()
+            raise Unavailable(
+                f"daxfs server at {self.path}: no reply within {timeout:g} s"
+            ) from None
+        except (OSError, ValueError) as exc:
+            sock.close()
+            raise Unavailable(f"daxfs server at {self.path}: connection lost ({exc})") from None
+        with self._lock:
+            self._idle.append(sock)
+        return reply
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+
+    def _take(self, timeout: float) -> tuple[socket.socket | None, bool]:
+        """An idle connection (reused True) or a new one; None if the socket is unreachable."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
+                for old in self._idle:
+                    old.close()
+                self._idle, self._pid = [], os.getpid()
+            if self._idle:
+                return self._idle.pop(), True
+            if time.monotonic() < self._skip_until:
+                return None, False
+        fresh = self._connect(timeout)
+        if fresh is None:
+            with self._lock:
+                self._skip_until = time.monotonic() + RETRY_AFTER_S
+        return fresh, False
+
+    def _connect(self, timeout: float) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(self.path)
+            sock.sendall(LENGTH.pack(len(self._hello)) + self._hello)
+            answer = pb.FrameReply.FromString(_read_frame(sock, self.path))
+        except (OSError, ValueError):
+            sock.close()
+            return None
+        if answer.status == UNAUTHENTICATED:
+            sock.close()
+            raise PermissionDenied(
+                f"daxfs server at {self.path} refused the credential: {answer.message}"
+            )
+        if answer.status:
+            sock.close()
+            return None
+        return sock
+
+
+def _read_frame(sock: socket.socket, path: str) -> bytes:
+    head = _read_exactly(sock, LENGTH.size)
+    (size,) = LENGTH.unpack(head)
+    if size > MAX_MESSAGE:
+        raise ValueError(f"a frame of {size} bytes from {path} exceeds {MAX_MESSAGE}")
+    return _read_exactly(sock, size)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ValueError("the server closed the connection")
+        got += n
+    return bytes(buf)
