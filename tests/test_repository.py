@@ -39,7 +39,7 @@ SERVER_LAYERS: list[tuple[str, set[str]]] = [
     ("parts of the core", {"extent_map", "lease_lifecycle", "open_files", "xattrs"}),
     ("core", {"namespace"}),
     ("volume", {"volume", "fsck", "failed"}),
-    ("edge", {"auth", "peercred", "sessions", "service"}),
+    ("edge", {"auth", "peercred", "sessions", "service", "frames"}),
     ("process", {"daemon"}),
 ]
 _SERVER_RANK = {
@@ -176,10 +176,10 @@ def test_the_client_core_knows_no_fuse_edge() -> None:
 
 def test_only_the_wire_and_the_session_stream_know_the_generated_code() -> None:
     """The client core speaks in daxfs.shared values: client/rpc.py (one typed method
-    per call) and client/session.py (the session stream) alone turn them into wire
-    messages and back."""
+    per call), client/frames.py (its frame socket) and client/session.py (the session
+    stream) alone turn them into wire messages and back."""
     modules = _modules()
-    wire = {"daxfs.client.rpc", "daxfs.client.session"}
+    wire = {"daxfs.client.rpc", "daxfs.client.frames", "daxfs.client.session"}
     wrong = [
         f"{module} imports {target}"
         for module, path in sorted(modules.items())

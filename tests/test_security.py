@@ -41,21 +41,32 @@ def auth_server(volume: Volume, token_file: Path) -> Iterator[ServerProc]:
     assert_fsck_clean(volume)
 
 
+@pytest.mark.parametrize("transport", ["frames", "grpc"])
 def test_missing_or_wrong_token_is_refused_and_logged(
-    auth_server: ServerProc, token_file: Path, workdir: Path
+    auth_server: ServerProc,
+    token_file: Path,
+    workdir: Path,
+    transport: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("DAXFS_FRAMES", "1" if transport == "frames" else "0")
     with pytest.raises(errors.PermissionDenied, match="missing token"):
         connect(auth_server.address)
     with pytest.raises(errors.PermissionDenied, match="wrong token"):
         connect(auth_server.address, token=TOKEN + "x")
     log = auth_server.log.read_text()
-    assert 'refused /daxfs.v1.Daxfs/Hello credential="" peer=: missing token' in log
-    assert "refused /daxfs.v1.Daxfs/Hello credential=unknown:" in log
+    if transport == "grpc":
+        assert 'refused /daxfs.v1.Daxfs/Hello credential="" peer=: missing token' in log
+        assert "refused /daxfs.v1.Daxfs/Hello credential=unknown:" in log
+    else:  # judged once per connection, before any call
+        assert 'refused frames credential="" peer=unix:frames: missing token' in log
+        assert "refused frames credential=unknown:" in log
     assert ": wrong token" in log
     with connect(auth_server.address, token_file=str(token_file)) as c:
         with c.open("/f", "wb") as f:
             f.write(b"authenticated")
         assert c.stats().sessions == 1  # the session stream carries the token too
+        assert (c.server.conn.framed_calls > 0) == (transport == "frames")
         c.unlink("/f")
 
 
