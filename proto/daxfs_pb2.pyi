@@ -2093,9 +2093,11 @@ class FrameHello(_message.Message):
     FrameHello first and reads one FrameReply (status 0: go on; 16
     UNAUTHENTICATED: the token names no credential, and the server closes the
     connection). Then, one at a time, a FrameCall and its FrameReply. A client
-    with several calls in flight opens several connections. A malformed frame
-    or an unknown method ends the connection (a FrameReply says why first
-    where it can); a call's errors end nothing.
+    with several calls in flight opens several connections. A frame that is
+    not the message it should be, or longer than the limit, ends the
+    connection; an unknown method (UNIMPLEMENTED, EOPNOTSUPP), a request that
+    does not decode (INTERNAL, EINVAL) and every call's own errors are answered
+    in a FrameReply and end nothing.
     ---------------------------------------------------------------------------
 
     The first frame of a connection.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import faulthandler
 import logging
 import os
 import shutil
@@ -432,6 +433,9 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # `kill -USR1 PID`: every thread's stack to stderr (the log), for a server
+        # that hangs; it keeps running.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         server, address, servicer = create_server(
             ns,

@@ -30,6 +30,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -196,8 +197,9 @@ class FrameServer:
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)  # the next read ends; a reply still goes out
+        deadline = time.monotonic() + (grace or 0)
         for thread in connections.values():
-            thread.join(timeout=grace or 0)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)

@@ -184,15 +184,15 @@ AS_NOBODY = textwrap.dedent(
 
     os.setgroups([]); os.setgid(65534); os.setuid(65534)  # before connecting
     channel = FrameChannel(sys.argv[1], None)
-    def call(method, request):
+    def ask(method, request):
         reply = channel.call(method, request.SerializeToString(), 30)
         assert reply is not None, "the frame socket is not reachable"
         return reply
-    hello = pb.HelloReply.FromString(call("Hello", pb.HelloRequest(client_name="nobody")).reply)
+    hello = pb.HelloReply.FromString(ask("Hello", pb.HelloRequest(client_name="nobody")).reply)
     claims_root = pb.Caller(uid=0, gid=0, groups=[0], client_id=hello.client_id)
-    opened = call("Open", pb.OpenRequest(caller=claims_root, path="/secret", read=True))
+    opened = ask("Open", pb.OpenRequest(caller=claims_root, path="/secret", read=True))
     print("secret:", opened.status, opened.errno)
-    made = call("Create", pb.CreateRequest(caller=claims_root, path="/pub/mine", mode=0o644,
+    made = ask("Create", pb.CreateRequest(caller=claims_root, path="/pub/mine", mode=0o644,
                                            write=True))
     attr = pb.OpenReply.FromString(made.reply).attr
     print("owner:", attr.uid, attr.gid)
@@ -236,12 +236,13 @@ def test_a_wrong_token_is_refused_at_the_first_frame(volume: Volume, workdir: Pa
     tokens.write_text("a-token-of-sixteen-or-more\n")
     srv = start_server(volume, "--token-file", str(tokens))
     try:
+        stats = "Stats"  # the frame socket names its calls (the typed table is in rpc.py)
         with pytest.raises(errors.PermissionDenied, match="wrong token"):
-            FrameChannel(frames_of(srv), "not-the-token-at-all").call("Stats", b"", 30)
+            FrameChannel(frames_of(srv), "not-the-token-at-all").call(stats, b"", 30)
         with pytest.raises(errors.PermissionDenied, match="missing token"):
-            FrameChannel(frames_of(srv), None).call("Stats", b"", 30)
+            FrameChannel(frames_of(srv), None).call(stats, b"", 30)
         channel = FrameChannel(frames_of(srv), "a-token-of-sixteen-or-more")
-        reply = channel.call("Stats", b"", 30)
+        reply = channel.call(stats, b"", 30)
         channel.close()
         assert reply is not None and reply.status == 0
     finally:

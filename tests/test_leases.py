@@ -306,6 +306,11 @@ def test_eight_clients_in_eight_processes_all_acknowledge(
         f = c.open("/shared", "rb")
         v = f.array(np.uint8)
         assert int(v[:100].sum()) == 0x42 * 100
+        # Its session stream attaches in the background (on gRPC, while the calls
+        # take the frame socket): a recall before that is resent on attach, and
+        # recalls_sent counts what a stream carried when it was made.
+        while not any(s.attached for s in c.sessions() if s.client_id == c.client_id):
+            time.sleep(0.05)
         print("mapped", flush=True)
         deadline = time.monotonic() + 60
         while c.recalls == 0 and time.monotonic() < deadline:

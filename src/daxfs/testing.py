@@ -75,9 +75,14 @@ class ServerProc:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)  # its threads' stacks into the log
+                time.sleep(1)
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"server did not stop on SIGTERM within {timeout} s") from None
+                raise AssertionError(
+                    f"server did not stop on SIGTERM within {timeout} s; its log ends:\n"
+                    + self.log.read_text()[-6000:]
+                ) from None
         return self.proc.returncode
 
     def kill(self) -> None:
