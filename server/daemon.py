@@ -7,7 +7,6 @@ socket or port 0 and drive a real server in-process.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import faulthandler
 import logging
@@ -46,6 +45,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "unix:/run/daxfs/daxfs.sock"
 SWEEP_INTERVAL_S = 1.0
+#: A stop still going after this long dumps every thread's stack into the log.
+STOP_DIAGNOSIS_S = 15.0
 #: Streams allowed beyond max_sessions: a client replacing its stream holds two briefly.
 STREAM_HEADROOM = 16
 
@@ -91,15 +92,21 @@ class ServerConfig:
 class RunningServer:
     """The gRPC server and, beside a unix socket, its frame server: stopped together."""
 
-    def __init__(self, grpc_server: grpc.Server, frames: FrameServer | None) -> None:
+    def __init__(
+        self, grpc_server: grpc.Server, frames: FrameServer | None, private_dir: str | None
+    ) -> None:
         self.grpc = grpc_server
         self.frames = frames
+        #: gRPC's private socket directory behind the peer relay (removed at stop).
+        self.private_dir = private_dir
 
     def stop(self, grace: float | None) -> threading.Event:
         """Refuse new calls on both sockets; calls in progress get ``grace`` seconds."""
         done: threading.Event = self.grpc.stop(grace)
         if self.frames is not None:
             self.frames.stop(grace)
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
         return done
 
 
@@ -163,6 +170,7 @@ def create_server(
     )
     path = unix_path(listen)
     frame_server: FrameServer | None = None
+    private_dir: str | None = None
     peers = PeerTable() if peer_credentials and path is not None else None
     servicer = DaxfsServicer(
         ns, region_path=region_path, max_streams=max_streams, keyring=keyring, peers=peers
@@ -182,7 +190,6 @@ def create_server(
             server.start()
         else:
             private_dir = private_socket_dir(path)
-            atexit.register(shutil.rmtree, private_dir, True)
             private = os.path.join(private_dir, "grpc.sock")
             server.add_insecure_port(f"unix:{private}")
             server.start()
@@ -215,7 +222,7 @@ def create_server(
         address = f"{host}:{port}"
     for name in ("", SERVICE_NAME):
         servicer.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, frame_server), address, servicer
+    return RunningServer(server, frame_server, private_dir), address, servicer
 
 
 def _publish(tmp: str, path: str, mode: int, gid: int | None) -> None:
@@ -481,6 +488,9 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
     if ready is not None:
         ready.set()
     stop.wait()
+    # A stop that takes longer than this is a bug: every thread's stack goes to
+    # stderr (the log), and the stop goes on.
+    faulthandler.dump_traceback_later(STOP_DIAGNOSIS_S)
     servicer.health.enter_graceful_shutdown()
     server.stop(grace=5).wait()
     sweeper.join()
@@ -490,5 +500,6 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
     close_volume(ns, clean=not servicer.failed)
+    faulthandler.cancel_dump_traceback_later()
     log.info("stopped")
     return 0

@@ -20,7 +20,7 @@ import pytest
 from daxfs.client import Client, connect
 from daxfs.shared import errors
 from daxfs.shared.format import MIB
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server
+from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server, wait_stopped
 
 KILLS = int(os.environ.get("DAXFS_CRASH_KILLS", "30"))
 #: The region: room for the restart-grace quarantine of a run of kills (below).
@@ -202,6 +202,7 @@ def test_a_client_call_to_a_dead_server_fails_within_its_deadline(
             f.write(b"x")
         server.proc.send_signal(19)  # SIGSTOP: alive but silent
         try:
+            wait_stopped(server.proc.pid)
             t0 = time.monotonic()
             with pytest.raises(errors.Unavailable):
                 c.stat("/x")

@@ -48,6 +48,7 @@ from daxfs.testing import (
     daxfs_cmd,
     start_mount,
     start_server,
+    wait_stopped,
 )
 
 pytestmark = [
@@ -710,22 +711,6 @@ def test_only_the_owner_sets_explicit_times(server: ServerProc, workdir: Path) -
 # -- failure and life cycle ------------------------------------------------
 
 
-def _wait_stopped(pid: int) -> None:
-    """SIGSTOP takes effect thread by thread; wait until every thread is stopped."""
-    deadline = time.monotonic() + 30
-    while True:
-        states = []
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
-            except FileNotFoundError:
-                continue
-        if states and all(s in "Tt" for s in states):
-            return
-        assert time.monotonic() < deadline, f"server threads not stopped: {states}"
-        time.sleep(0.01)
-
-
 def test_server_gone_gives_eio_not_a_hang(workdir: Path) -> None:
     volume = Volume.create(workdir)
     srv = start_server(volume)
@@ -738,7 +723,7 @@ def test_server_gone_gives_eio_not_a_hang(workdir: Path) -> None:
             fd = os.open(m.path / "f", os.O_RDWR)
             try:
                 srv.proc.send_signal(signal.SIGSTOP)  # alive but silent: deadlines fire
-                _wait_stopped(srv.proc.pid)
+                wait_stopped(srv.proc.pid)
                 try:
                     assert errno_of(os.stat, m.path / "g") == errno.EIO
                     assert errno_of(os.pwrite, fd, b"x" * MIB, 64 * MIB) == errno.EIO

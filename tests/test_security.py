@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,11 @@ def test_missing_or_wrong_token_is_refused_and_logged(
     with connect(auth_server.address, token_file=str(token_file)) as c:
         with c.open("/f", "wb") as f:
             f.write(b"authenticated")
-        assert c.stats().sessions == 1  # the session stream carries the token too
+        # The session stream (gRPC, the token too) attaches in the background.
+        deadline = time.monotonic() + 30
+        while c.stats().sessions != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.stats().sessions == 1
         assert (c.server.conn.framed_calls > 0) == (transport == "frames")
         c.unlink("/f")
 

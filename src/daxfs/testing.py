@@ -91,6 +91,27 @@ class ServerProc:
             self.proc.wait()
 
 
+def wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """After SIGSTOP: wait until every thread of ``pid`` is stopped.
+
+    kill(2) returns before the stop takes effect: one thread takes the signal
+    and stops the others, and meanwhile another may still answer a call (the
+    frame socket answers in tens of microseconds).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue
+        if states and all(s in "Tt" for s in states):
+            return
+        assert time.monotonic() < deadline, f"threads of {pid} not stopped: {states}"
+        time.sleep(0.01)
+
+
 def daxfs_cmd(*args: str) -> list[str]:
     """The daxfs CLI as a subprocess command line, with this interpreter."""
     return [sys.executable, "-m", "daxfs", *args]

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import stat
+import sys
 from typing import TYPE_CHECKING
 
 from daxfs.cli.arguments import Subcommands, add_volume_options, block_size, byte_size, meta_path
@@ -88,7 +89,14 @@ def cmd_server(args: argparse.Namespace) -> int:
         if args.max_sessions < 1:
             raise QuietError("--max-sessions must be at least 1")
         config = dataclasses.replace(config, max_sessions=args.max_sessions)
-    return serve(config)
+    code = serve(config)
+    # The volume is closed and recorded clean: leave now. The interpreter's exit
+    # would join gRPC's handler threads, and one that outlived its call would hold
+    # a stopped server (and its socket's users) for good.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _server_keyring(path: str | None) -> Keyring | None:
