@@ -25,17 +25,13 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import threading
 import time
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.errors import PermissionDenied, Unavailable
-from daxfs.shared.limits import MAX_MESSAGE
+from daxfs.shared.framing import framed, read_frame
 
-#: The frame socket's path is the gRPC socket's plus this (server/frames.py).
-FRAME_SUFFIX = ".frames"
-LENGTH = struct.Struct("<I")
 #: After the frame socket could not be reached, calls go over gRPC this long.
 RETRY_AFTER_S = 1.0
 #: gRPC's status code for a refused credential.
@@ -63,7 +59,7 @@ class FrameChannel:
         server refuses the token.
         """
         frame = pb.FrameCall(method=method, request=request).SerializeToString()
-        message = LENGTH.pack(len(frame)) + frame
+        message = framed(frame)
         while True:
             sock, reused = self._take(timeout)
             if sock is None:
@@ -81,7 +77,7 @@ class FrameChannel:
                 raise Unavailable(f"frame socket {self.path}: {exc}") from None
             break
         try:
-            reply = pb.FrameReply.FromString(_read_frame(sock, self.path))
+            reply = pb.FrameReply.FromString(_reply(sock))
         except TimeoutError:
             sock.close()
             raise Unavailable(
@@ -122,8 +118,8 @@ class FrameChannel:
         try:
             sock.settimeout(timeout)
             sock.connect(self.path)
-            sock.sendall(LENGTH.pack(len(self._hello)) + self._hello)
-            answer = pb.FrameReply.FromString(_read_frame(sock, self.path))
+            sock.sendall(framed(self._hello))
+            answer = pb.FrameReply.FromString(_reply(sock))
         except (OSError, ValueError):
             sock.close()
             return None
@@ -138,21 +134,8 @@ class FrameChannel:
         return sock
 
 
-def _read_frame(sock: socket.socket, path: str) -> bytes:
-    head = _read_exactly(sock, LENGTH.size)
-    (size,) = LENGTH.unpack(head)
-    if size > MAX_MESSAGE:
-        raise ValueError(f"a frame of {size} bytes from {path} exceeds {MAX_MESSAGE}")
-    return _read_exactly(sock, size)
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            raise ValueError("the server closed the connection")
-        got += n
-    return bytes(buf)
+def _reply(sock: socket.socket) -> bytes:
+    frame = read_frame(sock)
+    if frame is None:
+        raise ValueError("the server closed the connection")
+    return frame

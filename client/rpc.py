@@ -22,10 +22,11 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from daxfs.client.frames import FRAME_SUFFIX, FrameChannel
+from daxfs.client.frames import FrameChannel
 from daxfs.client.release_queue import ReleaseQueue
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
+from daxfs.shared.address import unix_path
 from daxfs.shared.attr import Attr, SetAttr, StatFs
 from daxfs.shared.errors import (
     DaxfsError,
@@ -37,6 +38,7 @@ from daxfs.shared.errors import (
     from_errno,
 )
 from daxfs.shared.extent import ClientId, Extent, FileHandle, InodeId, Layout, LeaseId
+from daxfs.shared.framing import frame_path
 from daxfs.shared.limits import (
     AUTH_SCHEME,
     AUTHORIZATION_KEY,
@@ -183,14 +185,6 @@ def to_error(exc: grpc.RpcError, address: str) -> DaxfsError:
     return DaxfsError(f"daxfs server at {address}: {code}: {details}")
 
 
-def _unix_path(address: str) -> str | None:
-    """The socket path of a ``unix:`` address, or None for TCP."""
-    for prefix in ("unix://", "unix:"):
-        if address.startswith(prefix):
-            return address[len(prefix) :]
-    return None
-
-
 def resolve_token(token: str | None, token_file: str | None) -> str | None:
     """The token to send: given, else read from ``token_file`` or $DAXFS_TOKEN_FILE."""
     if token:
@@ -261,9 +255,9 @@ class Connection:
         self.frames: FrameChannel | None = None
         if frames is None:
             frames = os.environ.get("DAXFS_FRAMES", "1") != "0"
-        path = _unix_path(address)
+        path = unix_path(address)
         if frames and path is not None:
-            self.frames = FrameChannel(path + FRAME_SUFFIX, secret)
+            self.frames = FrameChannel(frame_path(path), secret)
         #: Calls answered over the frame socket (the rest went over gRPC).
         self.framed_calls = 0
         #: Given the INVALIDATED_KEY trailer of a successful call, before it returns

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.server.auth import Keyring, TokenAuthInterceptor
-from daxfs.server.frames import FrameServer, frame_path
+from daxfs.server.frames import FrameServer
 from daxfs.server.leases import DEFAULT_MAX_SESSIONS
 from daxfs.server.namespace import Namespace
 from daxfs.server.peercred import PeerRelay, PeerTable, private_socket_dir
@@ -36,8 +36,10 @@ from daxfs.server.volume import (
     open_volume,
     repair_advice,
 )
+from daxfs.shared.address import unix_path
 from daxfs.shared.errors import InvalidArgument, VolumeFailed
 from daxfs.shared.format import DEFAULT_BLOCK_SIZE
+from daxfs.shared.framing import frame_path
 from daxfs.shared.hugepages import HUGE_PAGE, measured_page_size
 from daxfs.shared.limits import MAX_MESSAGE
 
@@ -108,15 +110,6 @@ class RunningServer:
         if self.private_dir is not None:
             shutil.rmtree(self.private_dir, ignore_errors=True)
         return done
-
-
-def unix_path(listen: str) -> str | None:
-    """The socket path of a ``unix:`` address, or None for TCP."""
-    if listen.startswith("unix://"):
-        return listen[len("unix://") :]
-    if listen.startswith("unix:"):
-        return listen[len("unix:") :]
-    return None
 
 
 def create_server(

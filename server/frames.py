@@ -28,7 +28,6 @@ import contextlib
 import errno
 import logging
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,35 +38,25 @@ from google.protobuf.message import DecodeError, Message
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.server.auth import Keyring, bearer_token, token_hint
-from daxfs.server.peercred import Peer, PeerTable, groups_of
+from daxfs.server.peercred import PeerTable, peer_of
 from daxfs.server.service import STATUS_FOR
 from daxfs.shared.errors import DaxfsError
+from daxfs.shared.framing import framed, read_frame
 from daxfs.shared.limits import (
     AUTH_SCHEME,
     AUTHORIZATION_KEY,
     ERRNO_KEY,
     ERROR_KEY,
     INVALIDATED_KEY,
-    MAX_MESSAGE,
 )
 
 log = logging.getLogger(__name__)
 
-#: The frame socket's path is the gRPC socket's plus this.
-FRAME_SUFFIX = ".frames"
-#: A frame's length prefix.
-LENGTH = struct.Struct("<I")
-_UCRED = struct.Struct("3i")
 #: Connections served at once; more are closed at accept (the client then
 #: makes that call over gRPC).
 MAX_CONNECTIONS = 1024
 
 Handler = Callable[[Any, Any], Message]
-
-
-def frame_path(socket_path: str) -> str:
-    """Where a server whose gRPC socket is ``socket_path`` listens for frames."""
-    return socket_path + FRAME_SUFFIX
 
 
 class _Aborted(Exception):
@@ -115,40 +104,6 @@ def unary_handlers(servicer: object) -> dict[str, tuple[type[Message], Handler]]
         request_type = getattr(pb, method.input_type.name)
         handlers[method.name] = (request_type, getattr(servicer, method.name))
     return handlers
-
-
-def read_frame(sock: socket.socket) -> bytes | None:
-    """One frame's message bytes; None at a clean end of the stream."""
-    head = _read_exactly(sock, LENGTH.size)
-    if head is None:
-        return None
-    (size,) = LENGTH.unpack(head)
-    if size > MAX_MESSAGE:
-        raise ValueError(f"a frame of {size} bytes exceeds {MAX_MESSAGE}")
-    body = _read_exactly(sock, size)
-    if body is None:
-        raise ValueError("the stream ended inside a frame")
-    return body
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
-    if size == 0:
-        return b""
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            if got == 0:
-                return None
-            raise ValueError("the stream ended inside a frame")
-        got += n
-    return bytes(buf)
-
-
-def write_frame(sock: socket.socket, message: bytes) -> None:
-    sock.sendall(LENGTH.pack(len(message)) + message)
 
 
 def _reply_of(trailing: Sequence[tuple[str, str | bytes]], **fields: Any) -> pb.FrameReply:
@@ -237,7 +192,7 @@ class FrameServer:
                 frame = read_frame(conn)
                 if frame is None:
                     return
-                write_frame(conn, self._call(frame, metadata, peer).SerializeToString())
+                conn.sendall(framed(self._call(frame, metadata, peer).SerializeToString()))
         except (ValueError, DecodeError) as exc:
             log.warning("frame socket: closing a connection: %s", exc)
         except OSError as exc:
@@ -254,10 +209,7 @@ class FrameServer:
         """The peer string the servicer will look up, and the table entry to drop after."""
         if self._peers is None:
             return "unix:frames", ""
-        pid, uid, gid = _UCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        )
-        name = self._peers.add(Peer(pid, uid, gid, groups_of(pid, gid)))
+        name = self._peers.add(peer_of(conn))
         return f"unix-abstract:{name}", name
 
     def _handshake(self, conn: socket.socket, peer: str) -> tuple[tuple[str, str], ...] | None:
@@ -271,15 +223,13 @@ class FrameServer:
             if self._keyring.match(token) is None:
                 reason = "wrong token" if token else "missing token"
                 self._keyring.refused(token_hint(token) if token else "", "frames", reason, peer)
-                write_frame(
-                    conn,
-                    pb.FrameReply(
-                        status=grpc.StatusCode.UNAUTHENTICATED.value[0],
-                        message=f"{reason}: pass the token the server's --token-file names",
-                    ).SerializeToString(),
+                refusal = pb.FrameReply(
+                    status=grpc.StatusCode.UNAUTHENTICATED.value[0],
+                    message=f"{reason}: pass the token the server's --token-file names",
                 )
+                conn.sendall(framed(refusal.SerializeToString()))
                 return None
-        write_frame(conn, pb.FrameReply().SerializeToString())
+        conn.sendall(framed(pb.FrameReply().SerializeToString()))
         if not hello.token:
             return ()
         return ((AUTHORIZATION_KEY, f"{AUTH_SCHEME} {hello.token}"),)

@@ -57,6 +57,14 @@ def groups_of(pid: int, gid: int) -> tuple[int, ...]:
     return ()
 
 
+def peer_of(conn: socket.socket) -> Peer:
+    """Who opened the unix socket connection ``conn``, as the kernel saw it at connect()."""
+    pid, uid, gid = _UCRED.unpack(
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return Peer(pid, uid, gid, groups_of(pid, gid))
+
+
 class PeerTable:
     """Identities of relayed connections, by the abstract name gRPC reports. Thread-safe."""
 
@@ -123,10 +131,8 @@ class PeerRelay:
                 conn.close()
 
     def _relay(self, conn: socket.socket) -> None:
-        pid, uid, gid = _UCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        )
-        peer = Peer(pid, uid, gid, groups_of(pid, gid))
+        peer = peer_of(conn)
+        pid, uid, gid = peer.pid, peer.uid, peer.gid
         name = self.table.add(peer)
         up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -12,3 +12,11 @@ def normalize_address(addr: str) -> str:
     if addr.startswith("unix:") or ":" in addr:
         return addr
     raise QuietError(f"bad address {addr!r}: use unix:/path/to.sock or host:port")
+
+
+def unix_path(address: str) -> str | None:
+    """The socket path of a ``unix:`` address, or None for TCP."""
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return address[len(prefix) :]
+    return None
