@@ -13,8 +13,7 @@ import io
 import logging
 import math
 import mmap
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,8 +42,13 @@ log = logging.getLogger(__name__)
 COPY_PIECE = 4 * MIB
 #: Layout grants discarded in a row (each overtaken by a recall) before giving up.
 STALE_GRANT_RETRIES = 8
-#: What a hole reads as, for :meth:`DaxFile.segments` (longer holes get their own zeros).
+#: What a hole reads as, for :meth:`DaxFile.send_segments` (longer holes get their own zeros).
 _ZEROS = bytes(MIB)
+
+
+def _zeros(n: int) -> memoryview:
+    """``n`` zero bytes (a hole's), without allocating for holes up to 1 MiB."""
+    return memoryview(_ZEROS if n <= len(_ZEROS) else bytes(n))[:n]
 
 
 class FileHost(Protocol):
@@ -183,6 +187,8 @@ class DaxFile(io.RawIOBase):
         self.attr = attr
         self._pos = 0
         self._u8 = client.region.u8
+        #: The region as bytes (memoryview slices copy for less than numpy's).
+        self._region = self._u8.data
         self._bs = client.block_size
         # The session the open was sent in (a reply can outlive it).
         self._session_epoch = client.session_epoch if session_epoch is None else session_epoch
@@ -406,47 +412,61 @@ class DaxFile(io.RawIOBase):
         self._validate_copy()
         return end - offset
 
-    @contextmanager
-    def segments(self, offset: int, size: int) -> Iterator[list[memoryview]]:
-        """The bytes of [offset, offset + size) (cut at EOF) as views of the region, in order.
+    def send_segments(
+        self, offset: int, size: int, send: Callable[[list[memoryview]], None]
+    ) -> int:
+        """Hand ``send`` the bytes of [offset, offset + size) (cut at EOF) as views of
+        the region, in order; returns their count.
 
         For a caller that copies them once and cannot take the copy back: the
         FUSE kernel backend hands them to one writev on /dev/fuse, and the
         kernel copies them straight into the reader's buffer. preadinto
         validates the lease *after* its copy and discards the bytes if it
         lapsed; here the lease is checked *before*, under the fence's shared
-        lock, which is held until the block ends so a recall of these extents
+        lock, which is held until ``send`` returns so a recall of these extents
         waits for the copy. The residual risk and its bound are in the README
         (the layout safety invariant, "one-copy reads"). Holes are zeros. The
-        views are valid only inside the block.
+        views are valid only during ``send``.
+
+        This is the mount's per-request path (a 4 KiB READ), so it looks the
+        layout up once, under the fence (a recall invalidates under the
+        exclusive side, so a tile found there stays good until the release),
+        and asks the server only on a miss, outside the fence.
         """
         self._check_open()
         if not self.mode_info.read:
             raise errors.BadHandle("file not open for reading")
         if offset < 0:
             raise errors.InvalidArgument(f"negative offset {offset}")
+        client = self.client
+        io = client.fence.io
         while True:
             self._check_lease()
             end = min(self._inode.size, offset + size)
             if end <= offset:
-                yield []
-                return
-            tiles = self._layout(offset, end, write=False)
-            with self.client.fence.io.shared():
-                if self.client.layouts.lookup(self.ino, offset, end) is None:
-                    continue  # recalled meanwhile: start over
-                if not self.client.lease_valid():
-                    raise errors.StaleHandle("the client's lease lapsed; its layouts are fenced")
-                region = self._u8.data
-                yield [
-                    region[t.region_offset : t.region_offset + t.length]
-                    if t.region_offset is not None
-                    else memoryview(_ZEROS if t.length <= len(_ZEROS) else bytes(t.length))[
-                        : t.length
-                    ]
-                    for t in tiles
-                ]
-                return
+                send([])
+                return 0
+            io.acquire_shared()
+            try:
+                tiles = client.layouts.lookup(self.ino, offset, end)
+                if tiles is not None:
+                    if not client.lease_valid():
+                        raise errors.StaleHandle(
+                            "the client's lease lapsed; its layouts are fenced"
+                        )
+                    region = self._region
+                    send(
+                        [
+                            region[t.region_offset : t.region_offset + t.length]
+                            if t.region_offset is not None
+                            else _zeros(t.length)
+                            for t in tiles
+                        ]
+                    )
+                    return end - offset
+            finally:
+                io.release_shared()
+            self._layout(offset, end, write=False)  # a miss, or recalled meanwhile
 
     def pread(self, size: int, offset: int) -> bytes:
         self._check_open()
@@ -483,7 +503,9 @@ class DaxFile(io.RawIOBase):
             raise errors.BadHandle("file not open for writing")
         if offset < 0:
             raise errors.InvalidArgument(f"negative offset {offset}")
-        src = np.frombuffer(data, dtype=np.uint8)
+        src = memoryview(data)
+        if src.ndim != 1 or src.format != "B":
+            src = src.cast("B")
         if offset + len(src) > MAX_FILE_SIZE:
             # As write(2) at the file size limit: the part that fits, else EFBIG.
             if offset >= MAX_FILE_SIZE:
@@ -493,26 +515,40 @@ class DaxFile(io.RawIOBase):
         if n == 0:
             return 0
         end = offset + n
-        self._check_lease()
-        tiles = self._layout(offset, end, write=True)
-        with self.client.fence.io.shared():
-            if self.client.layouts.lookup(self.ino, offset, end) is None:
-                return self.pwrite(data, offset)  # recalled meanwhile: start over
-            for tile in tiles:
-                if tile.region_offset is None:
-                    raise errors.StaleHandle("server returned a hole for a WRITE layout")
-                # In pieces, each after a look at the clock: a client frozen past
-                # its lease mid-copy (with its stream down) finishes one piece at
-                # most into blocks that may have been reused (leases.py).
-                for lo in range(0, tile.length, COPY_PIECE):
-                    if not self.client.lease_valid():
-                        raise errors.StaleHandle("the client's lease lapsed during the write")
-                    hi = min(lo + COPY_PIECE, tile.length)
-                    r = tile.region_offset + lo
-                    f = tile.file_offset - offset + lo
-                    self._u8[r : r + hi - lo] = src[f : f + hi - lo]
+        client = self.client
+        io = client.fence.io
+        while True:
+            self._check_lease()
+            # One lookup, under the fence (see send_segments); the server is
+            # asked only on a miss or for a hole, outside it.
+            io.acquire_shared()
+            try:
+                tiles = client.layouts.lookup(self.ino, offset, end)
+                if tiles is not None and not any(t.region_offset is None for t in tiles):
+                    self._store(tiles, src, offset)
+                    break
+            finally:
+                io.release_shared()
+            if any(t.region_offset is None for t in self._layout(offset, end, write=True)):
+                raise errors.StaleHandle("server returned a hole for a WRITE layout")
         self._inode.wrote(offset, end)
         return n
+
+    def _store(self, tiles: list[Extent], src: memoryview, offset: int) -> None:
+        """Copy ``src`` (file bytes from ``offset``) into mapped ``tiles``; under the fence."""
+        region = self._region
+        for tile in tiles:
+            r0 = tile.region_offset
+            assert r0 is not None
+            # In pieces, each after a look at the clock: a client frozen past
+            # its lease mid-copy (with its stream down) finishes one piece at
+            # most into blocks that may have been reused (leases.py).
+            for lo in range(0, tile.length, COPY_PIECE):
+                if not self.client.lease_valid():
+                    raise errors.StaleHandle("the client's lease lapsed during the write")
+                hi = min(lo + COPY_PIECE, tile.length)
+                f = tile.file_offset - offset + lo
+                region[r0 + lo : r0 + hi] = src[f : f + hi - lo]
 
     def kill_setid(self, writer: Callable[[], Identity]) -> None:
         """Before a write by ``writer``: clear the set-id bits as Linux does.
@@ -735,6 +771,7 @@ class DaxFile(io.RawIOBase):
             finally:
                 super().close()
                 self._u8 = None  # type: ignore[assignment]
+                self._region = None  # type: ignore[assignment]
 
     def __enter__(self) -> DaxFile:
         return self

@@ -40,19 +40,28 @@ class SharedExclusiveLock:
         self._shared = 0  # guarded by self._cond
         self._exclusive = False  # guarded by self._cond
 
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
+    def acquire_shared(self) -> None:
+        """Take the shared side; pair with :meth:`release_shared` (the per-request
+        copy paths call these two directly: a generator-based ``with`` costs more
+        than the 4 KiB copy it guards)."""
         with self._cond:
             while self._exclusive:
                 self._cond.wait()
             self._shared += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._shared -= 1
+            if not self._shared and self._exclusive:
+                self._cond.notify_all()  # the fencer waits for the last copier
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        self.acquire_shared()
         try:
             yield
         finally:
-            with self._cond:
-                self._shared -= 1
-                if not self._shared:
-                    self._cond.notify_all()
+            self.release_shared()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -12,9 +12,14 @@ threads (the FUSE mount does).
 
 from __future__ import annotations
 
+import itertools
 import threading
+from bisect import bisect_right
+from operator import attrgetter
 
 from daxfs.shared.extent import Extent, InodeId
+
+_FILE_OFFSET = attrgetter("file_offset")
 
 
 class _FileTiles:
@@ -35,9 +40,13 @@ class LayoutCache:
             f = self._files.get(ino)
             if f is None:
                 return None
+            tiles = f.tiles
+            # The last tile starting at or before ``start`` (a file written at
+            # random holds many tiles; each 4 KiB read looks here).
+            i = max(bisect_right(tiles, start, key=_FILE_OFFSET) - 1, 0)
             out: list[Extent] = []
             pos = start
-            for tile in f.tiles:
+            for tile in itertools.islice(tiles, i, None):
                 if tile.file_end <= pos:
                     continue
                 if tile.file_offset > pos:

@@ -1,4 +1,5 @@
-"""The kernel backend's parts that need no mount: the wire structs and the node table.
+"""The kernel backend's parts that need no mount: the wire structs, the node
+table, and the dispatcher's answers to requests the kernel would never send.
 
 The backend itself runs on real mounts in ``test_fuse.py`` and
 ``test_semantics.py`` (both front ends); here are the rules a mount cannot
@@ -7,12 +8,19 @@ show directly: lookup counts, what a rename or an unlink does to node ids.
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from daxfs.client.fuse.kernel import protocol as p
 from daxfs.client.fuse.kernel.channel import MS_NODEV, MS_NOSUID, MS_RDONLY, MountOptions
+from daxfs.client.fuse.kernel.dispatch import Dispatcher
 from daxfs.client.fuse.kernel.nodes import NodeTable
+from daxfs.client.fuse.operations import DaxfsOperations
+from daxfs.client.library import connect
 from daxfs.shared.errors import InvalidArgument, NotFound
+from daxfs.testing import ServerProc
 
 
 def test_a_node_lives_until_every_lookup_is_forgotten() -> None:
@@ -71,3 +79,43 @@ def test_mount_options_as_mount2_takes_them() -> None:
     )
     with pytest.raises(InvalidArgument):
         MountOptions.parse({"no_such_option": True})
+
+
+def _io_request(
+    opcode: p.Opcode, fh: int, offset: int, size: int, payload: bytes = b""
+) -> memoryview:
+    body = p.READ_IN.pack(fh, offset, size, 0, 0, os.O_RDWR) + payload
+    n = p.IN_HEADER.size + len(body)
+    return memoryview(p.IN_HEADER.pack(n, opcode, 77, 2, 0, 0, 0, 0, 0) + body)
+
+
+def test_the_data_path_answers_bad_requests_with_an_errno_and_stores_nothing(
+    server: ServerProc,
+) -> None:
+    """READ and WRITE skip the general dispatch (the per-request path); a bad
+    request still gets its errno, as through ``handle``, and writes nothing."""
+    client = connect(server.address)
+    try:
+        ops = DaxfsOperations(client, cache=False, attr_timeout=0.0, context=lambda: (0, 0, 0))
+        disp = Dispatcher(ops)
+        fh = ops.create("/f", 0o644, os.O_CREAT | os.O_RDWR)
+        replies: list[list[bytes | memoryview]] = []
+
+        def errno_of(req: memoryview) -> int:
+            replies.clear()
+            disp.handle_io(req, replies.append)
+            assert len(replies) == 1
+            length, error, unique = p.OUT_HEADER.unpack_from(bytes(replies[0][0]))
+            assert unique == 77 and length == sum(len(b) for b in replies[0])
+            return -error
+
+        assert errno_of(_io_request(p.Opcode.WRITE, fh, 0, 3, b"abc")) == 0
+        # A WRITE whose payload is shorter than its size.
+        assert errno_of(_io_request(p.Opcode.WRITE, fh, 0, 4096, b"xyz")) == errno.EINVAL
+        assert errno_of(_io_request(p.Opcode.READ, fh + 100, 0, 10)) == errno.EBADF
+        assert errno_of(_io_request(p.Opcode.WRITE, fh + 100, 0, 3, b"xyz")) == errno.EBADF
+        assert errno_of(_io_request(p.Opcode.READ, fh, 0, 10)) == 0
+        assert b"".join(bytes(b) for b in replies[0][1:]) == b"abc"
+        ops.release("/f", fh)
+    finally:
+        client.close()

@@ -163,7 +163,8 @@ class IoStats:
         self.write_max = 0
         self.read_sizes: Counter[int] = Counter()
         self.write_sizes: Counter[int] = Counter()
-        #: Requests the kernel sent, by operation (the kernel backend counts them).
+        #: Requests the kernel sent, by operation (the kernel backend counts them
+        #: all; reads and writes are counted on both backends).
         self.requests: Counter[str] = Counter()
 
     def request(self, op: str) -> None:
@@ -172,6 +173,7 @@ class IoStats:
 
     def read(self, size: int) -> None:
         with self._lock:
+            self.requests["READ"] += 1
             self.reads += 1
             self.read_bytes += size
             self.read_max = max(self.read_max, size)
@@ -179,6 +181,7 @@ class IoStats:
 
     def write(self, size: int) -> None:
         with self._lock:
+            self.requests["WRITE"] += 1
             self.writes += 1
             self.write_bytes += size
             self.write_max = max(self.write_max, size)
@@ -300,8 +303,9 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         return self.client.caches_metadata and self.client.lease_valid()
 
     def _handle(self, fh: int) -> _Handle:
-        with self._lock:
-            h = self._handles.get(fh)
+        # No lock: a dict lookup is atomic, and the kernel sends no request on
+        # a handle after its RELEASE.
+        h = self._handles.get(fh)
         if h is None:
             raise errors.BadHandle(f"no open file with FUSE handle {fh}")
         return h
@@ -591,25 +595,24 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         with h.lock:
             return h.file.preadinto(dst, offset)
 
-    @_edge
     def read_to(
         self, fh: int, size: int, offset: int, send: Callable[[list[memoryview]], None]
     ) -> None:
         """One copy: ``send`` gets views of the region (the kernel backend's writev).
 
         ``send`` runs under the fence's shared lock with the lease checked just
-        before (``DaxFile.segments``). A lease found lapsed after it is logged:
-        the bytes are gone to the reader and cannot be taken back (README, the
-        layout safety invariant, one-copy reads).
+        before (``DaxFile.send_segments``). A lease found lapsed after it is
+        logged: the bytes are gone to the reader and cannot be taken back
+        (README, the layout safety invariant, one-copy reads). Raises
+        DaxfsError: the kernel backend's dispatcher maps it to the errno.
         """
         self.iostats.read(size)
         h = self._handle(fh)
-        # Without the handle's lock: segments() changes nothing of the handle
-        # (what it reads is the inode's, shared with the other handles and
-        # guarded there), and the kernel releases no handle while a READ on
-        # it is in flight. A read waits for no write of the same open file.
-        with h.file.segments(offset, size) as views:
-            send(views)
+        # Without the handle's lock: send_segments() changes nothing of the
+        # handle (what it reads is the inode's, shared with the other handles
+        # and guarded there), and the kernel releases no handle while a READ
+        # on it is in flight. A read waits for no write of the same open file.
+        h.file.send_segments(offset, size, send)
         if not self.client.lease_valid():
             log.warning(
                 "the lease lapsed during a one-copy read of %d bytes of %s", size, h.file.path
@@ -623,9 +626,16 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
     @_edge
     def write_from(self, fh: int, address: int, size: int, offset: int) -> int:
         """Store ``size`` bytes of the kernel's buffer at ``offset`` in the region."""
-        self.iostats.write(size)
+        return self.write_view(fh, _kernel_buffer(address, size), offset)
+
+    def write_view(self, fh: int, src: Any, offset: int) -> int:
+        """Store the bytes of buffer ``src`` (the kernel's request, in place) at ``offset``.
+
+        Raises DaxfsError: the kernel backend's dispatcher maps it to the errno
+        (:meth:`write_from`, the libfuse form, through ``_edge``).
+        """
+        self.iostats.write(len(src))
         h = self._handle(fh)
-        src = _kernel_buffer(address, size)
         with h.lock:
             # Clearing set-id bits is the filesystem's job for direct I/O.
             h.file.kill_setid(self._caller)

@@ -48,6 +48,11 @@ MAX_PAGES = MAX_KERNEL_REQUEST // 4096
 REQUEST_BUFFER = MAX_KERNEL_REQUEST + 4096
 
 
+#: The data path's requests: :meth:`Dispatcher.handle_io` serves them.
+IO_OPCODES = frozenset({Opcode.READ, Opcode.WRITE})
+_READ = int(Opcode.READ)
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One request as read from the kernel, in a serving thread's buffer."""
@@ -176,8 +181,6 @@ class Dispatcher:
             Opcode.LINK: self._link,
             Opcode.OPEN: self._open,
             Opcode.CREATE: self._create,
-            Opcode.READ: self._read,
-            Opcode.WRITE: self._write,
             Opcode.STATFS: self._statfs,
             Opcode.RELEASE: self._release,
             Opcode.FLUSH: self._flush,
@@ -205,6 +208,9 @@ class Dispatcher:
     def handle(self, req: Request) -> Reply | None:
         """Serve one request; the reply's buffers, or None when the kernel wants none."""
         hdr = p.InHeader.parse(req.data)
+        if hdr.opcode in IO_OPCODES:
+            self.handle_io(req.data, req.send)
+            return None
         body = req.data[p.IN_HEADER.size : hdr.length]
         fn = self._table.get(hdr.opcode)
         if fn is None:
@@ -222,6 +228,40 @@ class Dispatcher:
         except Exception:
             log.exception("FUSE %s failed; answering EIO", _opname(hdr.opcode))
             return self._error(hdr, errno.EIO)
+
+    def handle_io(self, data: memoryview, send: Callable[[Reply], None]) -> None:
+        """Serve a READ or WRITE (``data``: the whole request) and send its reply.
+
+        :meth:`handle`'s work for the two requests a data path sends in streams,
+        without its generality: one unpack of header and body, no request
+        object, no table. Errors are mapped as :meth:`handle` maps them.
+        """
+        length, opcode, unique, _, uid, gid, pid, fh, offset, size = p.IO_HEAD.unpack_from(data)
+        err = 0
+        try:
+            if opcode == _READ:
+
+                def reply(views: list[memoryview]) -> None:
+                    n = p.OUT_HEADER.size + sum(map(len, views))
+                    send([p.out_header(n, unique), *views])
+
+                self.ops.read_to(fh, min(size, MAX_KERNEL_REQUEST), offset, reply)
+                return
+            start = p.IN_HEADER.size + p.WRITE_IN.size
+            if start + size > length:
+                raise OSError(errno.EINVAL, "WRITE shorter than its size")
+            self._local.ctx = (uid, gid, pid)  # a write by a non-owner clears set-id bits
+            n = self.ops.write_view(fh, data[start : start + size], offset)
+            send([p.out_header(p.OUT_HEADER.size + p.WRITE_OUT.size, unique), p.WRITE_OUT.pack(n)])
+            return
+        except DaxfsError as exc:
+            err = exc.code
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        except Exception:
+            log.exception("FUSE %s failed; answering EIO", _opname(opcode))
+            err = errno.EIO
+        send([p.out_header(p.OUT_HEADER.size, unique, err)])
 
     @staticmethod
     def _error(hdr: p.InHeader, err: int) -> Reply:
@@ -576,25 +616,6 @@ class Dispatcher:
             raise
         self._opened(int.from_bytes(entry[:8], "little"), fh)
         return self._reply(hdr, entry, p.OPEN_OUT.pack(fh, self._open_flags(), 0))
-
-    def _read(self, hdr: p.InHeader, body: memoryview, req: Request) -> None:
-        """One copy: the reply's iovec points into the region mapping (DaxFile.segments)."""
-        fh, offset, size, *_ = p.READ_IN.unpack_from(body)
-
-        def send(views: list[memoryview]) -> None:
-            n = p.OUT_HEADER.size + sum(len(v) for v in views)
-            req.send([p.out_header(n, hdr.unique), *views])
-
-        self.ops.read_to(fh, min(size, MAX_KERNEL_REQUEST), offset, send)
-        return None
-
-    def _write(self, hdr: p.InHeader, body: memoryview, req: Request) -> Reply:
-        fh, offset, size, *_ = p.WRITE_IN.unpack_from(body)
-        start = p.IN_HEADER.size + p.WRITE_IN.size
-        if start + size > hdr.length:
-            raise OSError(errno.EINVAL, "WRITE shorter than its size")
-        n = self.ops.write_from(fh, req.address + start, size, offset)
-        return self._reply(hdr, p.WRITE_OUT.pack(n))
 
     def _release(self, hdr: p.InHeader, body: memoryview, req: Request) -> None:
         """Answered at once; the Release RPC (and a commit left to do) follows.

@@ -272,6 +272,11 @@ class InHeader(NamedTuple):
         return cls._make(_IN_HEADER_FIELDS.unpack_from(buf))
 
 
+#: ``fuse_in_header`` then the head of ``fuse_read_in`` (``fuse_write_in`` starts
+#: the same): len, opcode, unique, nodeid, uid, gid, pid, fh, offset, size. The
+#: one unpack of a READ or WRITE (the serving loop's per-request path).
+IO_HEAD: Final = struct.Struct("<IIQQIII4xQQI")
+
 #: IN_HEADER without total_extlen and padding (not used here).
 _IN_HEADER_FIELDS: Final = struct.Struct("<IIQQIII")
 

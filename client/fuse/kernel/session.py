@@ -31,14 +31,13 @@ import struct
 import threading
 
 from daxfs.client.fuse.kernel.channel import Channel
-from daxfs.client.fuse.kernel.dispatch import REQUEST_BUFFER, Dispatcher, Reply, Request
-from daxfs.client.fuse.kernel.protocol import Opcode
+from daxfs.client.fuse.kernel.dispatch import IO_OPCODES, REQUEST_BUFFER, Dispatcher, Reply, Request
 
 log = logging.getLogger(__name__)
 
 #: Opcodes the reader serves itself, keeping the token: they rarely wait, and
 #: when they do (an RPC), ``rpc.Server.before_blocking`` hands the token over first.
-_INLINE = frozenset({Opcode.READ, Opcode.WRITE})
+_INLINE = IO_OPCODES
 #: ``fuse_in_header.opcode``: the u32 after the length.
 _OPCODE = struct.Struct("<I")
 
@@ -95,8 +94,10 @@ class KernelSession:
                     n = self.channel.receive(data)
                     if n == 0:
                         return
-                    if _OPCODE.unpack_from(data, 4)[0] not in _INLINE:
-                        self.hand_over()  # may wait: another thread reads the next request
+                    if _OPCODE.unpack_from(data, 4)[0] in _INLINE:
+                        self.dispatcher.handle_io(data[:n], self._send)
+                        continue
+                    self.hand_over()  # may wait: another thread reads the next request
                     reply = self.dispatcher.handle(Request(data[:n], address, self._send))
                     if reply is not None:
                         self._send(reply)
