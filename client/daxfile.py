@@ -23,7 +23,7 @@ import numpy.typing as npt
 from daxfs.client import rpc
 from daxfs.client.fence import Fence
 from daxfs.client.inodes import Inode, Inodes
-from daxfs.client.layout_cache import LayoutCache
+from daxfs.client.layout_cache import LayoutCache, RegionRange
 from daxfs.client.lease_state import LeaseState
 from daxfs.client.session import SessionState
 from daxfs.client.views import address_of, map_tiles
@@ -448,21 +448,14 @@ class DaxFile(io.RawIOBase):
                 return 0
             io.acquire_shared()
             try:
-                tiles = client.layouts.lookup(self.ino, offset, end)
-                if tiles is not None:
+                ranges = client.layouts.ranges(self.ino, offset, end)
+                if ranges is not None:
                     if not client.lease_valid():
                         raise errors.StaleHandle(
                             "the client's lease lapsed; its layouts are fenced"
                         )
                     region = self._region
-                    send(
-                        [
-                            region[t.region_offset : t.region_offset + t.length]
-                            if t.region_offset is not None
-                            else _zeros(t.length)
-                            for t in tiles
-                        ]
-                    )
+                    send([_zeros(n) if r is None else region[r : r + n] for r, n in ranges])
                     return end - offset
             finally:
                 io.release_shared()
@@ -523,9 +516,9 @@ class DaxFile(io.RawIOBase):
             # asked only on a miss or for a hole, outside it.
             io.acquire_shared()
             try:
-                tiles = client.layouts.lookup(self.ino, offset, end)
-                if tiles is not None and not any(t.region_offset is None for t in tiles):
-                    self._store(tiles, src, offset)
+                ranges = client.layouts.ranges(self.ino, offset, end)
+                if ranges is not None and all(r is not None for r, _ in ranges):
+                    self._store(ranges, src)
                     break
             finally:
                 io.release_shared()
@@ -534,21 +527,21 @@ class DaxFile(io.RawIOBase):
         self._inode.wrote(offset, end)
         return n
 
-    def _store(self, tiles: list[Extent], src: memoryview, offset: int) -> None:
-        """Copy ``src`` (file bytes from ``offset``) into mapped ``tiles``; under the fence."""
+    def _store(self, ranges: list[RegionRange], src: memoryview) -> None:
+        """Copy ``src`` into the mapped region ``ranges`` (in file order); under the fence."""
         region = self._region
-        for tile in tiles:
-            r0 = tile.region_offset
-            assert r0 is not None
+        f = 0
+        for r, n in ranges:
+            assert r is not None
             # In pieces, each after a look at the clock: a client frozen past
             # its lease mid-copy (with its stream down) finishes one piece at
             # most into blocks that may have been reused (leases.py).
-            for lo in range(0, tile.length, COPY_PIECE):
+            for lo in range(0, n, COPY_PIECE):
                 if not self.client.lease_valid():
                     raise errors.StaleHandle("the client's lease lapsed during the write")
-                hi = min(lo + COPY_PIECE, tile.length)
-                f = tile.file_offset - offset + lo
-                region[r0 + lo : r0 + hi] = src[f : f + hi - lo]
+                hi = min(lo + COPY_PIECE, n)
+                region[r + lo : r + hi] = src[f + lo : f + hi]
+            f += n
 
     def kill_setid(self, writer: Callable[[], Identity]) -> None:
         """Before a write by ``writer``: clear the set-id bits as Linux does.

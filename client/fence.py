@@ -36,7 +36,10 @@ class SharedExclusiveLock:
     """Many copiers or one fencer. Copiers never wait for each other."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # The copy paths take ``_mutex`` directly: a Condition's own ``with``
+        # is two Python-level calls (it guards the same lock).
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._shared = 0  # guarded by self._cond
         self._exclusive = False  # guarded by self._cond
 
@@ -44,13 +47,13 @@ class SharedExclusiveLock:
         """Take the shared side; pair with :meth:`release_shared` (the per-request
         copy paths call these two directly: a generator-based ``with`` costs more
         than the 4 KiB copy it guards)."""
-        with self._cond:
+        with self._mutex:
             while self._exclusive:
                 self._cond.wait()
             self._shared += 1
 
     def release_shared(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._shared -= 1
             if not self._shared and self._exclusive:
                 self._cond.notify_all()  # the fencer waits for the last copier

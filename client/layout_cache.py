@@ -21,6 +21,10 @@ from daxfs.shared.extent import Extent, InodeId
 
 _FILE_OFFSET = attrgetter("file_offset")
 
+#: A piece of a file range as the copy paths use it: (region offset, or None
+#: for a hole; length), in file order.
+RegionRange = tuple[int | None, int]
+
 
 class _FileTiles:
     __slots__ = ("tiles",)
@@ -59,6 +63,40 @@ class LayoutCache:
                 if pos >= end:
                     return out
             return out if pos >= end else None
+
+    def ranges(self, ino: InodeId, start: int, end: int) -> list[RegionRange] | None:
+        """:meth:`lookup` as region ranges: ``(region offset or None for a hole,
+        length)`` in file order from ``start``; None if any part is unknown.
+
+        The copy paths' form (a 4 KiB READ or WRITE through the mount asks
+        once per request): it makes no Extent, whose frozen construction costs
+        more than the rest of the lookup.
+        """
+        with self._lock:
+            f = self._files.get(ino)
+            if f is None:
+                return None
+            tiles = f.tiles
+            first = bisect_right(tiles, start, key=_FILE_OFFSET) - 1
+            if first < 0:
+                return None  # the first known tile starts after ``start``
+            out: list[RegionRange] = []
+            pos = start
+            for i in range(first, len(tiles)):
+                t = tiles[i]
+                t_start = t.file_offset
+                t_end = t_start + t.length
+                if t_end <= pos:
+                    continue  # the tile before ``start`` ends before it
+                if t_start > pos:
+                    return None  # a gap: unknown
+                hi = t_end if t_end < end else end
+                r = t.region_offset
+                out.append((None if r is None else r + pos - t_start, hi - pos))
+                pos = hi
+                if pos >= end:
+                    return out
+            return None
 
     def insert(self, ino: InodeId, tiles: list[Extent], start: int, end: int) -> None:
         """Record a layout for ``[start, end)``; it replaces what was known there."""

@@ -10,7 +10,9 @@ reach the server through a real proxy (``FaultyProxy.calls``).
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -129,6 +131,20 @@ def test_written_ranges_merge_and_a_truncate_clips_them() -> None:
     inode.truncated(150)
     assert inode.take_written() == [Span(0, 20), Span(100, 150)]
     assert inode.take_written() == []
+
+
+def test_written_ranges_are_the_union_of_the_writes() -> None:
+    rnd = random.Random(3)
+    inode = Inodes().open(attr(0), 0, truncated=False, writer=11)
+    written: set[int] = set()
+    for _ in range(300):
+        start = rnd.randrange(0, 400)
+        end = start + rnd.randrange(1, 30)
+        inode.wrote(start, end)
+        written.update(range(start, end))
+    spans = inode.take_written()
+    assert all(a.end < b.start for a, b in itertools.pairwise(spans))  # sorted, disjoint
+    assert {b for s in spans for b in range(s.start, s.end)} == written
 
 
 def test_the_last_close_is_the_last_of_the_inode() -> None:

@@ -70,3 +70,21 @@ def test_an_invalidated_file_is_unknown() -> None:
     assert cache.lookup(INO, 100, 200) == [Extent(100, 100, 8292)]
     cache.invalidate(INO)
     assert cache.lookup(INO, 100, 200) is None
+
+
+def test_ranges_are_the_lookup_in_region_terms() -> None:
+    rnd = random.Random(2)
+    cache = LayoutCache()
+    pos = 0
+    while pos < 500:
+        length = rnd.randrange(1, 20)
+        region = None if rnd.random() < 0.2 else rnd.randrange(0, 10_000)
+        cache.insert(INO, [Extent(pos, length, region)], pos, pos + length)
+        pos += length + (rnd.randrange(1, 5) if rnd.random() < 0.1 else 0)  # gaps sometimes
+    for _ in range(500):
+        start = rnd.randrange(0, 520)
+        end = start + rnd.randrange(1, 60)
+        tiles = cache.lookup(INO, start, end)
+        want = None if tiles is None else [(t.region_offset, t.length) for t in tiles]
+        assert cache.ranges(INO, start, end) == want, (start, end)
+    assert LayoutCache().ranges(INO, 0, 1) is None

@@ -51,6 +51,8 @@ REQUEST_BUFFER = MAX_KERNEL_REQUEST + 4096
 #: The data path's requests: :meth:`Dispatcher.handle_io` serves them.
 IO_OPCODES = frozenset({Opcode.READ, Opcode.WRITE})
 _READ = int(Opcode.READ)
+_OUT_HEADER = p.OUT_HEADER
+_OUT_SIZE = p.OUT_HEADER.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,8 +244,7 @@ class Dispatcher:
             if opcode == _READ:
 
                 def reply(views: list[memoryview]) -> None:
-                    n = p.OUT_HEADER.size + sum(map(len, views))
-                    send([p.out_header(n, unique), *views])
+                    send([_OUT_HEADER.pack(_OUT_SIZE + sum(map(len, views)), 0, unique), *views])
 
                 self.ops.read_to(fh, min(size, MAX_KERNEL_REQUEST), offset, reply)
                 return
