@@ -64,9 +64,12 @@ class LayoutCache:
                     return out
             return out if pos >= end else None
 
-    def ranges(self, ino: InodeId, start: int, end: int) -> list[RegionRange] | None:
+    def ranges(
+        self, ino: InodeId, start: int, end: int, *, mapped: bool = False
+    ) -> list[RegionRange] | None:
         """:meth:`lookup` as region ranges: ``(region offset or None for a hole,
-        length)`` in file order from ``start``; None if any part is unknown.
+        length)`` in file order from ``start``; None if any part is unknown, or
+        with ``mapped`` (a write's question) if any part is a hole.
 
         The copy paths' form (a 4 KiB READ or WRITE through the mount asks
         once per request): it makes no Extent, whose frozen construction costs
@@ -92,7 +95,12 @@ class LayoutCache:
                     return None  # a gap: unknown
                 hi = t_end if t_end < end else end
                 r = t.region_offset
-                out.append((None if r is None else r + pos - t_start, hi - pos))
+                if r is None:
+                    if mapped:
+                        return None
+                    out.append((None, hi - pos))
+                else:
+                    out.append((r + pos - t_start, hi - pos))
                 pos = hi
                 if pos >= end:
                     return out

@@ -87,4 +87,6 @@ def test_ranges_are_the_lookup_in_region_terms() -> None:
         tiles = cache.lookup(INO, start, end)
         want = None if tiles is None else [(t.region_offset, t.length) for t in tiles]
         assert cache.ranges(INO, start, end) == want, (start, end)
+        mapped = None if want is None or any(r is None for r, _ in want) else want
+        assert cache.ranges(INO, start, end, mapped=True) == mapped, (start, end)
     assert LayoutCache().ranges(INO, 0, 1) is None
