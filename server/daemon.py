@@ -49,6 +49,8 @@ DEFAULT_LISTEN = "unix:/run/daxfs/daxfs.sock"
 SWEEP_INTERVAL_S = 1.0
 #: A stop still going after this long dumps every thread's stack into the log.
 STOP_DIAGNOSIS_S = 15.0
+#: How often the main thread looks up from waiting for a stop (see _serve_locked).
+STOP_POLL_S = 0.5
 #: Streams allowed beyond max_sessions: a client replacing its stream holds two briefly.
 STREAM_HEADROOM = 16
 
@@ -480,7 +482,13 @@ def _serve_locked(config: ServerConfig, ready: threading.Event | None) -> int:
         log.info("the region has 2 MiB pages, but 4 KiB blocks: views map 4 KiB pages")
     if ready is not None:
         ready.set()
-    stop.wait()
+    # In slices, not one wait: the kernel may deliver SIGTERM to any thread
+    # (gRPC's, the frame socket's), and then Python runs the handler only when
+    # the main thread next executes bytecode, which a wait without a timeout
+    # never does. That was the rare "server did not stop on SIGTERM" (a stack
+    # dump showed the main thread here, the handler never run).
+    while not stop.wait(STOP_POLL_S):
+        pass
     # A stop that takes longer than this is a bug: every thread's stack goes to
     # stderr (the log), and the stop goes on.
     faulthandler.dump_traceback_later(STOP_DIAGNOSIS_S)
