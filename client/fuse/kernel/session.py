@@ -4,10 +4,11 @@ Several threads serve the one ``/dev/fuse`` descriptor, so a slow request (an
 RPC waiting on the server) holds one thread and the others go on serving. But
 only one thread at a time *reads* it: the holder of the reader token. It
 keeps the token while what it serves is quick (a READ or WRITE from cached
-layouts: a memory copy and a reply), so a stream of them is served by one
-thread, and hands the token over (:meth:`KernelSession.hand_over`) before
-anything that may wait: any other opcode, and any RPC a READ or WRITE turns
-out to need (``rpc.Server.before_blocking``). This is Go's scheduler handing its
+layouts: a memory copy and a reply; a LOOKUP, GETATTR or GETXATTR the
+metadata cache answers), so a stream of them is served by one thread, and
+hands the token over (:meth:`KernelSession.hand_over`) before anything that
+may wait: any other opcode, and any RPC one of those turns out to need
+(``rpc.Server.before_blocking``). This is Go's scheduler handing its
 processor over when a goroutine enters a blocking system call, and the
 leader/followers pattern of server design.
 
@@ -32,12 +33,16 @@ import threading
 
 from daxfs.client.fuse.kernel.channel import Channel
 from daxfs.client.fuse.kernel.dispatch import IO_OPCODES, REQUEST_BUFFER, Dispatcher, Reply, Request
+from daxfs.client.fuse.kernel.protocol import Opcode
 
 log = logging.getLogger(__name__)
 
-#: Opcodes the reader serves itself, keeping the token: they rarely wait, and
-#: when they do (an RPC), ``rpc.Server.before_blocking`` hands the token over first.
-_INLINE = IO_OPCODES
+#: Opcodes the reader serves itself, keeping the token: the data path
+#: (IO_OPCODES) and what the metadata cache mostly answers. They rarely wait,
+#: and when they do (an RPC), ``rpc.Server.before_blocking`` hands the token
+#: over first. Inline, a GETXATTR answered from the cache (``ls -l`` sends two
+#: per name) costs 77-80 µs of daemon CPU instead of 113-133 (no thread switch).
+_CACHED = frozenset({Opcode.LOOKUP, Opcode.GETATTR, Opcode.GETXATTR})
 #: ``fuse_in_header.opcode``: the u32 after the length.
 _OPCODE = struct.Struct("<I")
 
@@ -102,10 +107,12 @@ class KernelSession:
                     n = receive(data)
                     if n == 0:
                         return
-                    if opcode_of(data, 4)[0] in _INLINE:
+                    opcode = opcode_of(data, 4)[0]
+                    if opcode in IO_OPCODES:
                         handle_io(data[:n], send)
                         continue
-                    self.hand_over()  # may wait: another thread reads the next request
+                    if opcode not in _CACHED:
+                        self.hand_over()  # may wait: another thread reads the next request
                     reply = self.dispatcher.handle(Request(data[:n], address, self._send))
                     if reply is not None:
                         self._send(reply)
