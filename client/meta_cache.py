@@ -115,6 +115,87 @@ def _split(path: str) -> tuple[str, str] | None:
     return parent or "/", name
 
 
+def _plain(path: str) -> bool:
+    """A path whose ancestors are its prefixes up to each "/" (what the mount sends)."""
+    return path == "/" or (path.startswith("/") and not path.endswith("/") and "//" not in path)
+
+
+class _PathIndex:
+    """Which paths the cache holds something at, and how much lies under each directory.
+
+    Lets :meth:`MetaCache.invalidate` find what is at or under a path without
+    scanning every key (every own change of a mount is one invalidation, and
+    a cache holds up to MAX_ENTRIES answers). A path that is not plain
+    (relative, "//", a trailing "/") has no ancestors to count: while one is
+    kept, invalidation scans every key, as it always did. Guarded by the
+    cache's lock.
+    """
+
+    __slots__ = ("_below", "_keys", "_odd")
+
+    def __init__(self) -> None:
+        self._keys: dict[str, set[Key]] = {}
+        #: Keys kept strictly under each directory path (plain paths only).
+        self._below: dict[str, int] = {}
+        #: Keys kept at paths that are not plain.
+        self._odd = 0
+
+    def add(self, key: Key) -> None:
+        keys = self._keys.setdefault(key[0], set())
+        if key in keys:
+            return
+        keys.add(key)
+        if not _plain(key[0]):
+            self._odd += 1
+            return
+        below = self._below
+        for d in _ancestors(key[0]):
+            below[d] = below.get(d, 0) + 1
+
+    def remove(self, key: Key) -> None:
+        keys = self._keys.get(key[0])
+        if keys is None or key not in keys:
+            return
+        keys.discard(key)
+        if not keys:
+            del self._keys[key[0]]
+        if not _plain(key[0]):
+            self._odd -= 1
+            return
+        below = self._below
+        for d in _ancestors(key[0]):
+            n = below[d] - 1
+            if n:
+                below[d] = n
+            else:
+                del below[d]
+
+    def at(self, path: str) -> list[Key]:
+        return list(self._keys.get(path, ()))
+
+    def must_scan(self, exact: list[str]) -> bool:
+        """True unless every key at or under ``exact`` is one kept at exactly such a path."""
+        return bool(self._odd) or any(not _plain(p) or p in self._below for p in exact)
+
+    def clear(self) -> None:
+        self._keys.clear()
+        self._below.clear()
+        self._odd = 0
+
+
+def _ancestors(path: str) -> list[str]:
+    """The directories above a plain path, the root first ("/a/b": "/", "/a")."""
+    if path == "/":
+        return []
+    parts = path.split("/")[1:-1]
+    out = ["/"]
+    at = ""
+    for part in parts:
+        at += "/" + part
+        out.append(at)
+    return out
+
+
 class CacheListener(Protocol):
     """Another cache of the same answers that must drop what the client's cache drops.
 
@@ -162,6 +243,9 @@ class MetaCache:
         self._xattrs: dict[Key, dict[str, XattrAnswer]] = {}  # guarded by _lock
         #: Whole listings of directories, by the directory's key.
         self._listings: dict[Key, Listing] = {}  # guarded by _lock
+        #: The paths of ``_answers`` and of ``_listings`` (what invalidate looks up).
+        self._answer_paths = _PathIndex()  # guarded by _lock
+        self._listing_paths = _PathIndex()  # guarded by _lock
         self._open = False  # guarded by _lock
         #: Per thread: the epoch move of the last own invalidation (before,
         #: after), and the epoch a change's reply was kept at.
@@ -205,6 +289,7 @@ class MetaCache:
         with self._lock:
             if self._open and epoch == self.epoch:
                 self._listings[key] = listing
+                self._listing_paths.add(key)
 
     def by_ino(self, ino: int) -> Attr | None:
         """The attributes kept for inode ``ino`` under any name (fstat of an open file)."""
@@ -271,8 +356,11 @@ class MetaCache:
                     names = was.names | {where[1]} if add else was.names - {where[1]}
                     listings[dir_key] = replace(was, names=names)
             self._listings.update(listings)
+            for dir_key in listings:
+                self._listing_paths.add(dir_key)
             if made_dir and attr is not None:
                 self._listings[pending.key] = Listing.empty(attr)
+                self._listing_paths.add(pending.key)
             self._local.kept = self.epoch
             return True
 
@@ -299,16 +387,14 @@ class MetaCache:
 
     def _put(self, key: Key, answer: Answer) -> None:
         if len(self._answers) >= MAX_ENTRIES:
-            self._answers.clear()
-            self._by_ino.clear()
-            self._xattrs.clear()
-            self._listings.clear()
+            self._forget_all()
         old = self._answers.get(key)
         if old is not None and (old.attr is None or old.attr != answer.attr):
             self._drop(key)  # and the xattrs kept beside it
         elif old is not None and answer.xattr_names is None:
             answer = Answer(answer.attr, answer.error, old.xattr_names)
         self._answers[key] = answer
+        self._answer_paths.add(key)
         if answer.attr is not None:
             self._by_ino.setdefault(int(answer.attr.ino), set()).add(key)
 
@@ -353,18 +439,33 @@ class MetaCache:
             self.invalidations += 1
             for ino in inos:
                 for key in self._by_ino.pop(int(ino), ()):
-                    self._answers.pop(key, None)
+                    if self._answers.pop(key, None) is not None:
+                        self._answer_paths.remove(key)
                     self._xattrs.pop(key, None)
             prefixes = [(p.rstrip("/") or "/", p.rstrip("/") + "/") for p in paths]
             if prefixes:
-                for key in [k for k in self._answers if _under(k[0], prefixes)]:
-                    self._drop(key)
+                exact = [e for e, _ in prefixes]
+                # By the path index; every key only when something lies under
+                # one of the paths (a directory's) or a path is not plain.
+                if self._answer_paths.must_scan(exact):
+                    gone = [k for k in self._answers if _under(k[0], prefixes)]
+                else:
+                    gone = [k for e in exact for k in self._answer_paths.at(e)]
+                for key in gone:
+                    if key in self._answers:
+                        self._drop(key)
                 dirs = {w[0] for p in paths if (w := _split(p.rstrip("/") or "/")) is not None}
-                for key in [k for k in self._listings if k[0] in dirs or _under(k[0], prefixes)]:
-                    del self._listings[key]
+                if self._listing_paths.must_scan(exact):
+                    gone = [k for k in self._listings if k[0] in dirs or _under(k[0], prefixes)]
+                else:
+                    gone = [k for d in (*exact, *dirs) for k in self._listing_paths.at(d)]
+                for key in gone:
+                    if self._listings.pop(key, None) is not None:
+                        self._listing_paths.remove(key)
 
     def _drop(self, key: Key) -> None:
         answer = self._answers.pop(key)
+        self._answer_paths.remove(key)
         self._xattrs.pop(key, None)
         if answer.attr is not None:
             keys = self._by_ino.get(int(answer.attr.ino))
@@ -379,20 +480,22 @@ class MetaCache:
             if own:
                 self._local.own = (before, self.epoch)
             self.invalidations += 1
-            self._answers.clear()
-            self._by_ino.clear()
-            self._xattrs.clear()
-            self._listings.clear()
+            self._forget_all()
 
     def close(self) -> None:
         """Drop everything; keep nothing until opened (stream down, lease lapsed, new session)."""
         with self._lock:
             self.epoch += 1
             self._open = False
-            self._answers.clear()
-            self._by_ino.clear()
-            self._xattrs.clear()
-            self._listings.clear()
+            self._forget_all()
+
+    def _forget_all(self) -> None:
+        self._answers.clear()
+        self._by_ino.clear()
+        self._xattrs.clear()
+        self._listings.clear()
+        self._answer_paths.clear()
+        self._listing_paths.clear()
 
     def open(self) -> None:
         """The session stream is attached (the server reset our grants): cache from now on."""

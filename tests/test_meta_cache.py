@@ -38,6 +38,31 @@ def test_a_path_invalidation_drops_that_path_and_below_not_its_siblings() -> Non
     assert [p for p in ("/a", "/a/b", "/a/b/c", "/ab", "/z") if cached(cache, p)] == ["/ab", "/z"]
 
 
+def test_a_leaf_invalidation_finds_its_path_and_a_directorys_finds_what_is_below() -> None:
+    cache = opened()
+    for i in range(50):
+        put(cache, f"/d/f{i}", 10 + i)
+    put(cache, "/d/f1/x", 99)  # kept below a name: its invalidation must find it
+    cache.invalidate([], ["/d/f0"])
+    cache.invalidate([], ["/d/f1"])
+    assert not cached(cache, "/d/f0") and not cached(cache, "/d/f1/x") and cached(cache, "/d/f2")
+    assert len(cache) == 48
+    cache.invalidate([], ["/d"])  # everything under it, however it was kept
+    assert len(cache) == 0
+    put(cache, "/d/f3", 13)  # the index counts again from nothing
+    cache.invalidate([], ["/d/"])
+    assert len(cache) == 0
+
+
+def test_paths_that_are_not_plain_are_still_dropped_by_prefix() -> None:
+    cache = opened()
+    put(cache, "/a//b", 2)
+    put(cache, "/a/c/", 3)
+    put(cache, "/q", 4)
+    cache.invalidate([], ["/a"])
+    assert [p for p in ("/a//b", "/a/c/", "/q") if cached(cache, p)] == ["/q"]
+
+
 def test_the_root_path_drops_everything() -> None:
     cache = opened()
     put(cache, "/x", 2)
