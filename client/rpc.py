@@ -455,6 +455,9 @@ class Server:
         #: Called before a call waits on the network (the FUSE daemon hands its
         #: /dev/fuse descriptor to another serving thread).
         self.before_blocking: Callable[[], None] | None = None
+        #: Wire callers of other identities (the mount's callers), by identity
+        #: and session: a request copies the one it names. Replaced whole when full.
+        self._callers: dict[tuple[Identity, int], pb.Caller] = {}
 
     @property
     def client_id(self) -> ClientId:
@@ -467,7 +470,16 @@ class Server:
 
     def _who(self, who: Identity | None) -> pb.Caller:
         caller = self.caller
-        return caller if who is None else self._wire_caller(who, ClientId(caller.client_id))
+        if who is None:
+            return caller
+        key = (who, caller.client_id)
+        wire = self._callers.get(key)
+        if wire is None:
+            wire = self._wire_caller(who, ClientId(caller.client_id))
+            callers = self._callers if len(self._callers) < 256 else {}
+            callers[key] = wire
+            self._callers = callers
+        return wire
 
     def adopt(self, client_id: ClientId) -> None:
         """Calls from now on go out in session ``client_id``."""
