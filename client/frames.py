@@ -19,18 +19,24 @@ later. A request is only ever sent once: a pooled connection whose server
 went away fails at send (EPIPE: nothing was delivered) and the call moves to a
 fresh one; a connection that fails after the request went out raises
 ``Unavailable``, as gRPC does, since the call may have run.
+
+A call is one send and, mostly, one receive: the deadline is the socket's
+own (SO_SNDTIMEO, SO_RCVTIMEO) rather than Python's socket timeout, which
+polls before every send and receive, and the reply is read whole when it
+came whole (``FrameReader``).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.errors import PermissionDenied, Unavailable
-from daxfs.shared.framing import framed, read_frame
+from daxfs.shared.framing import FrameReader, framed
 
 #: After the frame socket could not be reached, calls go over gRPC this long.
 RETRY_AFTER_S = 1.0
@@ -38,6 +44,32 @@ RETRY_AFTER_S = 1.0
 UNAUTHENTICATED = 16
 
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError)
+#: ``struct timeval``, for SO_SNDTIMEO and SO_RCVTIMEO.
+_TIMEVAL = struct.Struct("@ll")
+
+
+class _Connection:
+    """One connection of the pool: its socket, its reader and the deadline it has."""
+
+    __slots__ = ("frames", "sock", "timeout")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.frames = FrameReader(sock)
+        self.timeout = -1.0
+
+    def set_timeout(self, timeout: float) -> None:
+        """Each send and receive fails (EAGAIN) after ``timeout`` seconds without progress."""
+        if timeout == self.timeout:
+            return
+        whole = int(timeout)
+        tv = _TIMEVAL.pack(whole, int((timeout - whole) * 1e6))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class FrameChannel:
@@ -47,7 +79,7 @@ class FrameChannel:
         self.path = path
         self._hello = pb.FrameHello(token=token or "").SerializeToString()
         self._lock = threading.Lock()
-        self._idle: list[socket.socket] = []
+        self._idle: list[_Connection] = []
         self._pid = os.getpid()
         self._skip_until = 0.0
 
@@ -61,42 +93,42 @@ class FrameChannel:
         frame = pb.FrameCall(method=method, request=request).SerializeToString()
         message = framed(frame)
         while True:
-            sock, reused = self._take(timeout)
-            if sock is None:
+            conn, reused = self._take(timeout)
+            if conn is None:
                 return None
             try:
-                sock.settimeout(timeout)
-                sock.sendall(message)
+                conn.set_timeout(timeout)
+                conn.sock.sendall(message)
             except _GONE:
-                sock.close()
+                conn.close()
                 if reused:
                     continue  # the server of this pooled connection is gone: a fresh one
                 return None
             except OSError as exc:
-                sock.close()
+                conn.close()
                 raise Unavailable(f"frame socket {self.path}: {exc}") from None
             break
         try:
-            reply = pb.FrameReply.FromString(_reply(sock))
-        except TimeoutError:
-            sock.close()
+            reply = pb.FrameReply.FromString(_reply(conn.frames))
+        except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out: EAGAIN
+            conn.close()
             raise Unavailable(
                 f"daxfs server at {self.path}: no reply within {timeout:g} s"
             ) from None
         except (OSError, ValueError) as exc:
-            sock.close()
+            conn.close()
             raise Unavailable(f"daxfs server at {self.path}: connection lost ({exc})") from None
         with self._lock:
-            self._idle.append(sock)
+            self._idle.append(conn)
         return reply
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for sock in idle:
-            sock.close()
+        for conn in idle:
+            conn.close()
 
-    def _take(self, timeout: float) -> tuple[socket.socket | None, bool]:
+    def _take(self, timeout: float) -> tuple[_Connection | None, bool]:
         """An idle connection (reused True) or a new one; None if the socket is unreachable."""
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
@@ -113,13 +145,15 @@ class FrameChannel:
                 self._skip_until = time.monotonic() + RETRY_AFTER_S
         return fresh, False
 
-    def _connect(self, timeout: float) -> socket.socket | None:
+    def _connect(self, timeout: float) -> _Connection | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn = _Connection(sock)
         try:
             sock.settimeout(timeout)
             sock.connect(self.path)
             sock.sendall(framed(self._hello))
-            answer = pb.FrameReply.FromString(_reply(sock))
+            answer = pb.FrameReply.FromString(_reply(conn.frames))
+            sock.settimeout(None)  # blocking: the deadline is the kernel's from now on
         except (OSError, ValueError):
             sock.close()
             return None
@@ -131,11 +165,11 @@ class FrameChannel:
         if answer.status:
             sock.close()
             return None
-        return sock
+        return conn
 
 
-def _reply(sock: socket.socket) -> bytes:
-    frame = read_frame(sock)
+def _reply(frames: FrameReader) -> bytes:
+    frame = frames.read()
     if frame is None:
         raise ValueError("the server closed the connection")
     return frame

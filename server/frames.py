@@ -41,7 +41,7 @@ from daxfs.server.auth import Keyring, bearer_token, token_hint
 from daxfs.server.peercred import PeerTable, peer_of
 from daxfs.server.service import STATUS_FOR
 from daxfs.shared.errors import DaxfsError
-from daxfs.shared.framing import framed, read_frame
+from daxfs.shared.framing import FrameReader, framed
 from daxfs.shared.limits import (
     AUTH_SCHEME,
     AUTHORIZATION_KEY,
@@ -185,11 +185,12 @@ class FrameServer:
         peer_name = ""
         try:
             peer, peer_name = self._identify(conn)
-            metadata = self._handshake(conn, peer)
+            frames = FrameReader(conn)
+            metadata = self._handshake(conn, frames, peer)
             if metadata is None:
                 return
             while True:
-                frame = read_frame(conn)
+                frame = frames.read()
                 if frame is None:
                     return
                 conn.sendall(framed(self._call(frame, metadata, peer).SerializeToString()))
@@ -212,9 +213,11 @@ class FrameServer:
         name = self._peers.add(peer_of(conn))
         return f"unix-abstract:{name}", name
 
-    def _handshake(self, conn: socket.socket, peer: str) -> tuple[tuple[str, str], ...] | None:
+    def _handshake(
+        self, conn: socket.socket, frames: FrameReader, peer: str
+    ) -> tuple[tuple[str, str], ...] | None:
         """Read the FrameHello; the call metadata its token stands for, or None if refused."""
-        frame = read_frame(conn)
+        frame = frames.read()
         if frame is None:
             return None
         hello = pb.FrameHello.FromString(frame)
