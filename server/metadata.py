@@ -120,6 +120,14 @@ _INODE_COLS = (
 )
 
 
+def initial_size(mode: int, target: str | None) -> int:
+    """The size of a new inode: a symlink's is its target's length in bytes, others' 0.
+
+    A device keeps its rdev in ``target`` (no schema change); its size is 0.
+    """
+    return len(target.encode()) if target is not None and mode & 0o170000 == 0o120000 else 0
+
+
 def _inode(row: tuple[object, ...]) -> InodeRow:
     return InodeRow(*row[:11], bool(row[11]))  # type: ignore[arg-type,call-arg]
 
@@ -265,8 +273,7 @@ class Metadata:
         target: str | None = None,
         ino: int | None = None,
     ) -> InodeId:
-        # A device keeps its rdev in ``target`` (no schema change); its size is 0.
-        size = len(target.encode()) if target is not None and mode & 0o170000 == 0o120000 else 0
+        size = initial_size(mode, target)
         cur = self._conn.execute(
             "INSERT INTO inodes (ino, generation, mode, uid, gid, nlink, size, atime_ns, "
             "mtime_ns, ctime_ns, target) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

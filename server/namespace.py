@@ -44,7 +44,7 @@ from daxfs.server.cache_grants import CacheGrants
 from daxfs.server.extent_map import ExtentMap
 from daxfs.server.lease_lifecycle import LeaseLifecycle, Outbox
 from daxfs.server.leases import LeaseTable, RecallNotice, Session
-from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
+from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata, initial_size
 from daxfs.server.open_files import Opened, OpenFile, OpenFiles
 from daxfs.server.paths import SYMLINK_MAX, check_name, split_path
 from daxfs.server.xattrs import Xattrs
@@ -358,7 +358,8 @@ class Namespace:
             raise errors.StaleHandle(f"inode {ino} no longer exists")
         return row
 
-    def _attr(self, row: InodeRow) -> Attr:
+    def _attr(self, row: InodeRow, *, allocated: int | None = None) -> Attr:
+        """The attributes of ``row``; ``allocated``: its bytes held, if known (a new inode's: 0)."""
         return Attr(
             ino=row.ino,
             generation=row.generation,
@@ -367,7 +368,7 @@ class Namespace:
             uid=row.uid,
             gid=row.gid,
             size=row.size,
-            allocated=self.meta.allocated_bytes(row.ino),
+            allocated=self.meta.allocated_bytes(row.ino) if allocated is None else allocated,
             atime_ns=row.atime_ns,
             mtime_ns=row.mtime_ns,
             ctime_ns=row.ctime_ns,
@@ -468,7 +469,7 @@ class Namespace:
         nlink = max(nlink, 0)
         self.meta.update_inode(ino, nlink=nlink, ctime_ns=self.clock())
         if nlink == 0 and self.opens.count(ino) == 0:
-            self._destroy(self._inode(ino), caller)
+            self._destroy(row, caller)  # by its number: what changed since does not matter
 
     @property
     def open_files(self) -> int:
@@ -723,28 +724,44 @@ class Namespace:
             return self._attr(self._inode(row.ino))
 
     def _new_inode(
-        self, parent: InodeRow, name: str, mode: int, caller: Caller, target: str | None = None
+        self,
+        parent: InodeRow,
+        name: str,
+        mode: int,
+        caller: Caller,
+        target: str | None = None,
+        *,
+        absent: bool = False,
     ) -> InodeRow:
-        if self.meta.lookup(parent.ino, name) is not None:
+        """A new inode named ``name`` in ``parent``; ``absent``: the caller looked the
+        name up in this transaction already and found nothing."""
+        if not absent and self.meta.lookup(parent.ino, name) is not None:
             raise errors.AlreadyExists(f"{name!r} already exists")
         self._may_modify_dir(parent, None, caller)
         gid = parent.gid if parent.mode & stat.S_ISGID else caller.gid
         if stat.S_ISDIR(mode) and parent.mode & stat.S_ISGID:
             mode |= stat.S_ISGID
+        generation = self._gen()
+        nlink = 2 if stat.S_ISDIR(mode) else 1
+        now = self.clock()
         ino = self.meta.insert_inode(
-            generation=self._gen(),
+            generation=generation,
             mode=mode,
             uid=caller.uid,
             gid=gid,
-            nlink=2 if stat.S_ISDIR(mode) else 1,
-            now_ns=self.clock(),
+            nlink=nlink,
+            now_ns=now,
             target=target,
         )
         self.meta.add_dirent(parent.ino, name, ino)
         if stat.S_ISDIR(mode):
             self.meta.update_inode(parent.ino, nlink=parent.nlink + 1)
         self._touch(parent.ino)
-        return self._inode(ino)
+        # The row as inserted (only the parent's changed since): no need to read it back.
+        size = initial_size(mode, target)
+        return InodeRow(
+            ino, generation, mode, caller.uid, gid, nlink, size, now, now, now, target, False
+        )
 
     def create(
         self,
@@ -772,8 +789,8 @@ class Namespace:
                     self._inode(existing), caller, readable, writable, append, truncate
                 )
             else:
-                row = self._new_inode(parent, name, stat.S_IFREG | mode, caller)
-                opened = self._register_open(row, caller, readable, writable, append)
+                row = self._new_inode(parent, name, stat.S_IFREG | mode, caller, absent=True)
+                opened = self._register_open(row, caller, readable, writable, append, allocated=0)
             self._reply_grant(caller, *self._made(caller, parent, name, opened.attr.ino))
             return opened
 
@@ -813,7 +830,14 @@ class Namespace:
         return self._register_open(self._inode(row.ino), caller, readable, writable, append)
 
     def _register_open(
-        self, row: InodeRow, caller: Caller, readable: bool, writable: bool, append: bool
+        self,
+        row: InodeRow,
+        caller: Caller,
+        readable: bool,
+        writable: bool,
+        append: bool,
+        *,
+        allocated: int | None = None,
     ) -> Opened:
         self.leases.session(caller.client, caller.credential)
         fh = self.opens.add(
@@ -824,7 +848,7 @@ class Namespace:
             writable=writable,
             append=append,
         )
-        return Opened(fh, self._attr(row))
+        return Opened(fh, self._attr(row, allocated=allocated))
 
     def release(self, fh: FileHandle, caller: Caller) -> None:
         """close(): on the last close, trim speculative preallocation; destroy if unlinked."""
@@ -874,7 +898,7 @@ class Namespace:
             self._reply_grant(
                 caller, *self._made(caller, parent, name, row.ino), cache_grants.Names(row.ino)
             )
-            return self._attr(row)
+            return self._attr(row, allocated=0)
 
     def mknod(self, path: str, mode: int, caller: Caller = ROOT, *, rdev: int = 0) -> Attr:
         """mknod(2): a FIFO, unix socket, device or empty regular file; nothing is opened.
@@ -896,7 +920,7 @@ class Namespace:
             target = str(rdev) if _is_device(mode) else None
             row = self._new_inode(parent, name, mode, caller, target)
             self._reply_grant(caller, *self._made(caller, parent, name, row.ino))
-            return self._attr(row)
+            return self._attr(row, allocated=0)
 
     def symlink(self, target: str, path: str, caller: Caller = ROOT) -> Attr:
         if not target or "\0" in target:
@@ -907,7 +931,7 @@ class Namespace:
             parent, name = self._resolve_parent(path, caller)
             row = self._new_inode(parent, name, stat.S_IFLNK | 0o777, caller, target)
             self._reply_grant(caller, *self._made(caller, parent, name, row.ino))
-            return self._attr(row)
+            return self._attr(row, allocated=0)
 
     def readlink(self, path: str, caller: Caller = ROOT) -> str:
         with self._reading():
