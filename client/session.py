@@ -433,7 +433,7 @@ class SessionState:
         ``MetaCache.changed`` then tells this trailer's epoch move apart from
         any other, and keeps the reply only if nothing else moved the cache.
         """
-        stale = json.loads(blob)
+        stale = json.loads(blob.decode())  # str: json.loads(bytes) sniffs the encoding
         if stale.get("all"):
             self.meta_cache.clear(own=True)
             for listener in self.cache_listeners:
