@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from daxfs.shared.attr import Attr
@@ -83,6 +83,10 @@ class Listing:
     @classmethod
     def empty(cls, attr: Attr) -> Listing:
         return cls(int(attr.ino), attr.mode, attr.uid, attr.gid, frozenset())
+
+    def with_names(self, names: frozenset[str]) -> Listing:
+        """The same directory with ``names`` (as ``dataclasses.replace``, which is slower)."""
+        return Listing(self.ino, self.mode, self.uid, self.gid, names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +358,7 @@ class MetaCache:
                 if where is not None and dir_key in listings:
                     was = listings[dir_key]
                     names = was.names | {where[1]} if add else was.names - {where[1]}
-                    listings[dir_key] = replace(was, names=names)
+                    listings[dir_key] = was.with_names(names)
             self._listings.update(listings)
             for dir_key in listings:
                 self._listing_paths.add(dir_key)
