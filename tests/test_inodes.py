@@ -14,8 +14,7 @@ import itertools
 import os
 import random
 import stat
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,7 +25,7 @@ from daxfs.shared.attr import Attr
 from daxfs.shared.extent import InodeId
 from daxfs.shared.format import MIB
 from daxfs.shared.permissions import Identity
-from daxfs.testing import FaultyProxy
+from daxfs.testing import FaultyProxy, wait_until
 
 
 def attr(size: int, *, ino: int = 7, mode: int = stat.S_IFREG | 0o644, gid: int = 100) -> Attr:
@@ -186,13 +185,6 @@ def test_a_write_clears_set_id_bits_as_linux_does(
 
 
 # -- through the library and the FUSE operations, over a real server ------------
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.fixture

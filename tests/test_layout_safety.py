@@ -43,23 +43,12 @@ from daxfs.testing import (
     assert_fsck_clean,
     fuse_mount,
     start_server,
+    wait_stopped,
+    wait_until,
 )
 
 MIB = 1024 * 1024
 LEASE_S = 1.5
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def process_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def digest(c: Client, path: str) -> str:
@@ -389,7 +378,7 @@ def test_a_writer_frozen_mid_copy_never_lands_in_the_next_owners_blocks(
             assert child.stdout.readline().strip() == "writing"
             time.sleep(0.2)
             child.send_signal(signal.SIGSTOP)  # almost surely in the middle of a copy
-            wait_until(lambda: process_state(child.pid) == "T", "the child to stop")
+            wait_stopped(child.pid)
             b.unlink("/x")  # the child still has it open: freed at its last close
             time.sleep(3 * LEASE_S)  # the frozen guest's lease is long over
             # Whatever /y gets, it must not be blocks the frozen writer may still hit.
@@ -441,7 +430,7 @@ def test_through_fuse_a_writer_frozen_with_its_mount_never_lands_in_the_next_own
             time.sleep(0.2)
             m.proc.send_signal(signal.SIGSTOP)  # the mount, almost surely mid-copy
             child.send_signal(signal.SIGSTOP)
-            wait_until(lambda: process_state(m.proc.pid) == "T", "the mount to stop")
+            wait_stopped(m.proc.pid)
             b.unlink("/x")  # still open on the mount: freed at its last close
             time.sleep(3 * LEASE_S)  # the frozen guest's lease is long over
             try:

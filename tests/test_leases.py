@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +19,16 @@ import pytest
 
 from daxfs.client import Client, connect
 from daxfs.shared import errors
-from daxfs.testing import ServerProc, Volume, assert_fsck_clean, start_server
+from daxfs.testing import (
+    ServerProc,
+    Volume,
+    assert_fsck_clean,
+    start_server,
+    wait_stopped,
+    wait_until,
+)
 
 MIB = 1024 * 1024
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def process_state(pid: int) -> str:
-    """The one-letter state of a process (R, S, T for stopped...)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.fixture
@@ -157,7 +150,7 @@ def test_a_frozen_client_keeps_its_recalled_blocks_out_of_reuse_until_it_answers
         try:
             assert child.stdout is not None
             assert child.stdout.readline().strip() == "holding"
-            wait_until(lambda: process_state(child.pid) == "T", "the child to stop")
+            wait_stopped(child.pid)
             t0 = time.monotonic()
             a.truncate("/held", 0)
             assert time.monotonic() - t0 >= 1.5, "truncate waits for the recall (2 s at most)"
@@ -200,7 +193,7 @@ def test_an_operator_evicts_a_frozen_client_and_its_blocks_return(
         try:
             assert child.stdout is not None
             frozen = int(child.stdout.readline())
-            wait_until(lambda: process_state(child.pid) == "T", "the child to stop")
+            wait_stopped(child.pid)
             a.truncate("/held", 0)
             assert a.stats().quarantined_bytes == MIB
             listed = {s.client_id: s for s in a.sessions()}

@@ -91,6 +91,14 @@ class ServerProc:
             self.proc.wait()
 
 
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def wait_stopped(pid: int, timeout: float = 30.0) -> None:
     """After SIGSTOP: wait until every thread of ``pid`` is stopped.
 
