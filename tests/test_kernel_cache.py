@@ -316,3 +316,26 @@ def test_mkdir_rename_and_rmdir_through_the_mount_are_one_call_each(cached: Moun
     done = {m: rpcs(cached, m) - before[m] for m in every}
     assert done == {"GetAttr": 0, "Lookup": 0, "Mkdir": 5, "Rename": 5, "Rmdir": 5}
     assert os.listdir(d) == []
+
+
+def test_chmod_chown_and_utime_through_the_mount_are_one_call_each(cached: Mount) -> None:
+    """A SETATTR costs its SetAttr and nothing after it (the reply is kept and
+    answers the kernel's question), by path and by descriptor alike, and the
+    answer is the new state."""
+    f = cached.path / "f"
+    f.write_bytes(b"abc")
+    every = ("GetAttr", "SetAttr")
+    before = {m: rpcs(cached, m) for m in every}
+    os.chmod(f, 0o600)
+    os.chown(f, 1234, 5678)
+    os.utime(f, ns=(1_000_000_000, 2_000_000_000))
+    fd = os.open(f, os.O_RDWR)
+    try:
+        os.fchmod(fd, 0o640)
+        assert {m: rpcs(cached, m) - before[m] for m in every} == {"GetAttr": 0, "SetAttr": 4}
+        os.utime(fd, ns=(3_000_000_000, 4_000_000_000))
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
+    assert (st.st_atime_ns, st.st_mtime_ns, st.st_size) == (3_000_000_000, 4_000_000_000, 3)
