@@ -186,6 +186,8 @@ class DaxFile(io.RawIOBase):
         #: The file's attributes when it was opened.
         self.attr = attr
         self._pos = 0
+        #: close() has begun: what it publishes, it publishes itself.
+        self._closing = False
         self._u8 = client.region.u8
         #: The region as bytes (memoryview slices copy for less than numpy's).
         self._region = self._u8.data
@@ -693,7 +695,11 @@ class DaxFile(io.RawIOBase):
 
     def flush(self) -> None:
         """Publish size and mtime to the server (CommitLayout). Bytes are visible already."""
-        if self.closed:
+        if self.closed or self._closing:
+            # close() published already, and then released the handle: the
+            # flush io.IOBase.close() makes last must not use it (a recall of
+            # the file arriving in between made it ask the server, by the
+            # released handle, and fail ESTALE).
             return
         self._commit()
 
@@ -740,6 +746,7 @@ class DaxFile(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
+        self._closing = True
         try:
             if self.mode_info.write:
                 with self._inode.publishing:
