@@ -532,14 +532,6 @@ class DaxFile(io.RawIOBase):
     def _store(self, ranges: list[RegionRange], src: memoryview) -> None:
         """Copy ``src`` into the mapped region ``ranges`` (in file order); under the fence."""
         region = self._region
-        if len(ranges) == 1 and len(src) <= COPY_PIECE:
-            # One piece (every write the mount sends): the clock, then the copy.
-            r = ranges[0][0]
-            assert r is not None
-            if not self.client.lease_valid():
-                raise errors.StaleHandle("the client's lease lapsed during the write")
-            region[r : r + len(src)] = src
-            return
         f = 0
         for r, n in ranges:
             assert r is not None

@@ -12,7 +12,6 @@ threads (the FUSE mount does).
 
 from __future__ import annotations
 
-import itertools
 import threading
 from bisect import bisect_right
 from operator import attrgetter
@@ -40,29 +39,15 @@ class LayoutCache:
 
     def lookup(self, ino: InodeId, start: int, end: int) -> list[Extent] | None:
         """Tiles covering ``[start, end)`` clipped to it, or None if any part is unknown."""
-        with self._lock:
-            f = self._files.get(ino)
-            if f is None:
-                return None
-            tiles = f.tiles
-            # The last tile starting at or before ``start`` (a file written at
-            # random holds many tiles; each 4 KiB read looks here).
-            i = max(bisect_right(tiles, start, key=_FILE_OFFSET) - 1, 0)
-            out: list[Extent] = []
-            pos = start
-            for tile in itertools.islice(tiles, i, None):
-                if tile.file_end <= pos:
-                    continue
-                if tile.file_offset > pos:
-                    return None
-                part = tile.clip(pos, end)
-                if part is None:
-                    break
-                out.append(part)
-                pos = part.file_end
-                if pos >= end:
-                    return out
-            return out if pos >= end else None
+        ranges = self.ranges(ino, start, end)
+        if ranges is None:
+            return None
+        out: list[Extent] = []
+        pos = start
+        for region, length in ranges:
+            out.append(Extent(pos, length, region))
+            pos += length
+        return out
 
     def ranges(
         self, ino: InodeId, start: int, end: int, *, mapped: bool = False
@@ -79,6 +64,8 @@ class LayoutCache:
             f = self._files.get(ino)
             if f is None:
                 return None
+            if start >= end:
+                return []
             tiles = f.tiles
             first = bisect_right(tiles, start, key=_FILE_OFFSET) - 1
             if first < 0:
