@@ -463,6 +463,21 @@ class DaxFile(io.RawIOBase):
                 io.release_shared()
             self._layout(offset, end, write=False)  # a miss, or recalled meanwhile
 
+    def read_copy(self) -> tuple[int, list[tuple[int, int, int]]] | None:
+        """What a compiled READ path may serve this file's reads from: its visible
+        size and the mapped tiles (file offset, length, region offset) the layout
+        cache holds now. None when a read must come through :meth:`send_segments`
+        (closed, not open for reading, its session lost, its size to be learnt
+        again after a recall). The copy is only as good as the moment it was
+        taken: ``SessionState.watch_copies`` says when it must be dropped.
+        """
+        if self.closed or self._closing or not self.mode_info.read or self.session_lost:
+            return None
+        inode = self._inode
+        if inode.stale(self.client.inodes.recall_count(inode.ino)):
+            return None
+        return inode.size, self.client.layouts.mapped(self.ino)
+
     def pread(self, size: int, offset: int) -> bytes:
         self._check_open()
         if size < 0:

@@ -35,6 +35,7 @@ import itertools
 import stat
 import threading
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from operator import attrgetter
 
@@ -92,6 +93,7 @@ class Inode:
         "gid",
         "ino",
         "mode",
+        "on_change",
         "opens",
         "published",
         "publishing",
@@ -128,6 +130,9 @@ class Inode:
         #: Moves at every change of the size model (a publication or a refresh
         #: that raced with one keeps what changed meanwhile).
         self._version = 0
+        #: Called (under ``_lock``) after ``size`` changed: a copy of it taken
+        #: elsewhere (the mount's compiled READ path) must be dropped.
+        self.on_change: Callable[[], None] | None = None
 
     # -- writes ----------------------------------------------------------------
 
@@ -138,6 +143,7 @@ class Inode:
             self._dirty = True
             if end > self.size:
                 self.size = end
+                self._size_changed()
             if not _covered(self._written, start, end):
                 self._written = _merged(self._written, Span(start, end))
 
@@ -148,6 +154,11 @@ class Inode:
                 self._version += 1
                 self._dirty = True
                 self.size = size
+                self._size_changed()
+
+    def _size_changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # -- publishing ------------------------------------------------------------
 
@@ -173,6 +184,7 @@ class Inode:
             self._version += 1
             self._dirty = False
             self.size = self.published
+            self._size_changed()
 
     # -- what the server said --------------------------------------------------
 
@@ -181,6 +193,7 @@ class Inode:
         with self._lock:
             self._version += 1
             self.size = self.published = size
+            self._size_changed()
             self._written = [
                 Span(s.start, min(s.end, size)) for s in self._written if s.start < size
             ]
@@ -191,6 +204,7 @@ class Inode:
             self._version += 1
             self.published = server_size
             self.size = max(self.size, server_size)
+            self._size_changed()
 
     def learn(self, server_size: int) -> None:
         """The server reported ``server_size`` (an open, a GetAttr) and no recall is pending.
@@ -203,6 +217,7 @@ class Inode:
             self._version += 1
             self.size = max(self.size, server_size) if self.size > self.published else server_size
             self.published = server_size
+            self._size_changed()
 
     def unsure(self) -> None:
         """The size may be stale (a recall overtook the reply it came with): learn it again."""
@@ -233,6 +248,7 @@ class Inode:
                 self.size = max(self.size, server_size)
             self._version += 1
             self.published = server_size
+            self._size_changed()
             self.epoch = max(self.epoch, epoch)
 
     def add_writer(self, handle: int) -> None:
@@ -331,6 +347,8 @@ class Inodes:
         #: Recalls received so far, all files (a GetAttr's answer that raced with
         #: one does not stand for the size after it).
         self.recalls_total = 0
+        #: Given to each inode this table opens (``Inode.on_change``).
+        self.on_change: Callable[[], None] | None = None
 
     # -- recalls ---------------------------------------------------------------
 
@@ -357,6 +375,7 @@ class Inodes:
             inode = self._open.get(ino)
             if inode is None or inode.session != session:
                 inode = Inode(attr, epoch=self.recall_count(ino), session=session)
+                inode.on_change = self.on_change
                 self._open[ino] = inode
             elif truncated:
                 inode.truncated(attr.size)

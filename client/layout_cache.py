@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_right
+from collections.abc import Callable
 from operator import attrgetter
 
 from daxfs.shared.extent import Extent, InodeId
@@ -36,6 +37,9 @@ class LayoutCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._files: dict[InodeId, _FileTiles] = {}
+        #: Called after every change (under the cache's lock): a copy taken of
+        #: it elsewhere (the mount's compiled READ path) must be dropped.
+        self.on_change: Callable[[], None] | None = None
 
     def lookup(self, ino: InodeId, start: int, end: int) -> list[Extent] | None:
         """Tiles covering ``[start, end)`` clipped to it, or None if any part is unknown."""
@@ -108,6 +112,21 @@ class LayoutCache:
             kept.extend(tiles)
             kept.sort(key=lambda t: t.file_offset)
             f.tiles = kept
+            if self.on_change is not None:
+                self.on_change()
+
+    def mapped(self, ino: InodeId) -> list[tuple[int, int, int]]:
+        """The mapped tiles known for a file, as (file offset, length, region
+        offset) in file order; holes and unknown parts are left out."""
+        with self._lock:
+            f = self._files.get(ino)
+            if f is None:
+                return []
+            return [
+                (t.file_offset, t.length, t.region_offset)
+                for t in f.tiles
+                if t.region_offset is not None
+            ]
 
     def allocated_end(self, ino: InodeId) -> int:
         """End of the last mapped tile known for a file (0 if none)."""
@@ -121,7 +140,11 @@ class LayoutCache:
     def invalidate(self, ino: InodeId) -> None:
         with self._lock:
             self._files.pop(ino, None)
+            if self.on_change is not None:
+                self.on_change()
 
     def clear(self) -> None:
         with self._lock:
             self._files.clear()
+            if self.on_change is not None:
+                self.on_change()

@@ -41,6 +41,9 @@ class LeaseState:
         self.deadline_ns = (clock() if opened_at is None else opened_at) + lease_ns
         #: Set at the fence point, cleared by a renewal: copies refuse, views read zeros.
         self.fenced = False
+        #: Called when ``fenced`` is set: a copy of the lease's state taken
+        #: elsewhere (the mount's compiled READ path) must be dropped.
+        self.on_fence: Callable[[], None] | None = None
         self._seq = itertools.count(1)
         self._sent: dict[int, int] = {}
         self._recall_seqs: dict[InodeId, int] = {}
@@ -84,6 +87,8 @@ class LeaseState:
         """True once, when the fence point passes unrenewed: the caller fences everything."""
         if not self.fenced and self._clock() >= self.fence_at:
             self.fenced = True
+            if self.on_fence is not None:
+                self.on_fence()
             return True
         return False
 
@@ -106,6 +111,8 @@ class LeaseState:
     def lost(self) -> None:
         """The server ended our session: fenced until a new one starts; renewals are void."""
         self.fenced = True
+        if self.on_fence is not None:
+            self.on_fence()
         self._sent.clear()
 
     def new_session(self, hello_sent: int) -> None:

@@ -403,6 +403,25 @@ class SessionState:
         """True while our lease holds on our own clock (always, without a session stream)."""
         return self.stream is None or self.stream.lease_valid()
 
+    def copies_until_ns(self) -> int:
+        """Until when (monotonic ns) a copy of the layouts and sizes this client
+        knows may be used without looking again: the lease's self-fencing point
+        (before its end); 0 once fenced; far off without a session stream."""
+        if self.stream is None:
+            return 1 << 62
+        lease = self.lease_state
+        return 0 if lease.fenced else lease.fence_at
+
+    def watch_copies(self, drop: Callable[[], None]) -> None:
+        """Have ``drop`` called after every change to what a copy of this client's
+        layouts and sizes was taken from (a layout cached or dropped, a recall,
+        a size seen or written) and at every fence; it must drop the copy and
+        return only when no use of it is in flight (a recall is acknowledged
+        after that). One watcher at a time (the mount's compiled READ path)."""
+        self.layouts.on_change = drop
+        self.inodes.on_change = drop
+        self.lease_state.on_fence = drop
+
     # -- the metadata cache ----------------------------------------------------
 
     def attached(self, up: bool) -> None:

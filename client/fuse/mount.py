@@ -36,6 +36,7 @@ from daxfs.shared.errors import DaxfsError, QuietError
 from daxfs.shared.mman import libc
 
 if TYPE_CHECKING:
+    from daxfs.client.fuse.kernel.fastio import FastReads
     from daxfs.client.library import Client
 
 log = logging.getLogger(__name__)
@@ -333,6 +334,20 @@ def run_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fast_reads(client: Client) -> FastReads | None:
+    """The compiled READ path over the client's region (kernel/fastio.py), or
+    None: turned off (DAXFS_FASTIO=0) or not buildable here."""
+    from daxfs.client.fuse.kernel import fastio
+
+    if not fastio.enabled():
+        return None
+    lib = fastio.library()
+    if lib is None:
+        return None
+    u8 = client.region.u8
+    return fastio.FastReads(lib, u8.ctypes.data, u8.nbytes)
+
+
 def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, Any]) -> None:
     """The kernel backend: mount(2) a /dev/fuse channel and serve it until unmounted.
 
@@ -389,7 +404,11 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
             client.cache_listeners.append(notifier)
             dispatcher.cache_ttl = client.cache_ttl
             dispatcher.cache_epoch = lambda: client.meta_cache.epoch
-        session = KernelSession(channel, dispatcher)
+        fast = _fast_reads(client)
+        if fast is not None:
+            client.state.watch_copies(fast.bump)
+            ops.iostats.compiled = fast.counts
+        session = KernelSession(channel, dispatcher, fast=fast)
         # The reader token goes to another serving thread before an RPC waits.
         client.server.before_blocking = session.hand_over
         session.start()

@@ -166,6 +166,9 @@ class IoStats:
         #: Requests the kernel sent, by operation (the kernel backend counts them
         #: all; reads and writes are counted on both backends).
         self.requests: Counter[str] = Counter()
+        #: The READs a compiled path answered (kernel/fastio.py): reads, bytes,
+        #: READs it left to Python, and {request size: count}.
+        self.compiled: Callable[[], tuple[int, int, int, dict[int, int]]] | None = None
 
     def request(self, op: str) -> None:
         with self._lock:
@@ -188,19 +191,28 @@ class IoStats:
             self.write_sizes[size] += 1
 
     def to_json(self, rpcs: Mapping[str, int] | None = None) -> bytes:
-        """The counts as JSON; ``rpcs``: the client's calls by method, reported too."""
+        """The counts as JSON; ``rpcs``: the client's calls by method, reported too.
+
+        READs a compiled path answered count as any other (and by themselves:
+        ``compiled_reads``, with ``compiled_fallbacks`` it left to Python)."""
+        compiled = self.compiled
+        reads, read_bytes, fallbacks, sizes = (0, 0, 0, {}) if compiled is None else compiled()
         with self._lock:
+            read_sizes = self.read_sizes + Counter(sizes)
+            requests = self.requests + Counter({"READ": reads})
             doc = {
-                "reads": self.reads,
-                "read_bytes": self.read_bytes,
-                "read_max": self.read_max,
+                "reads": self.reads + reads,
+                "read_bytes": self.read_bytes + read_bytes,
+                "read_max": max([self.read_max, *sizes]),
+                "compiled_reads": reads,
+                "compiled_fallbacks": fallbacks,
                 "writes": self.writes,
                 "write_bytes": self.write_bytes,
                 "write_max": self.write_max,
                 # The five most frequent request sizes, {size: count}.
-                "read_sizes": dict(self.read_sizes.most_common(5)),
+                "read_sizes": dict(read_sizes.most_common(5)),
                 "write_sizes": dict(self.write_sizes.most_common(5)),
-                "requests": dict(self.requests),
+                "requests": dict(requests),
                 "rpcs": dict(rpcs or {}),
             }
         return json.dumps(doc, sort_keys=True).encode()
@@ -617,6 +629,16 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             log.warning(
                 "the lease lapsed during a one-copy read of %d bytes of %s", size, h.file.path
             )
+
+    def read_copy(self, fh: int) -> tuple[int, list[tuple[int, int, int]]] | None:
+        """What a compiled READ path may serve handle ``fh``'s reads from
+        (``DaxFile.read_copy``); None for an unknown handle."""
+        h = self._handles.get(fh)
+        return None if h is None else h.file.read_copy()
+
+    def copies_until_ns(self) -> int:
+        """``SessionState.copies_until_ns``."""
+        return self.client.state.copies_until_ns()
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         """The Operations form (bytes); the mount uses :meth:`write_from`."""

@@ -30,10 +30,12 @@ import ctypes
 import logging
 import struct
 import threading
+import time
 
 from daxfs.client.fuse.kernel.channel import Channel
 from daxfs.client.fuse.kernel.dispatch import IO_OPCODES, REQUEST_BUFFER, Dispatcher, Reply, Request
-from daxfs.client.fuse.kernel.protocol import Opcode
+from daxfs.client.fuse.kernel.fastio import FastReads
+from daxfs.client.fuse.kernel.protocol import IN_HEADER, Opcode
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 _CACHED = frozenset({Opcode.LOOKUP, Opcode.GETATTR, Opcode.GETXATTR})
 #: ``fuse_in_header.opcode``: the u32 after the length.
 _OPCODE = struct.Struct("<I")
+#: The ``fh`` that starts a READ's and a RELEASE's body.
+_FH = struct.Struct("<Q")
 
 #: Serving threads. Most of a request's time is an RPC or a memory copy, both
 #: outside the GIL, so a few more threads than cores keep the kernel's queue short.
@@ -54,9 +58,21 @@ DEFAULT_THREADS = 8
 class KernelSession:
     """The serving threads of one mount."""
 
-    def __init__(self, channel: Channel, dispatcher: Dispatcher, threads: int = DEFAULT_THREADS):
+    def __init__(
+        self,
+        channel: Channel,
+        dispatcher: Dispatcher,
+        threads: int = DEFAULT_THREADS,
+        *,
+        fast: FastReads | None = None,
+    ):
         self.channel = channel
         self.dispatcher = dispatcher
+        #: The compiled READ path (fastio.py), if built: the token holder waits
+        #: in it, and it hands back every request it does not answer itself.
+        self.fast = fast
+        #: (generation, until) of the copy last shown to it per handle (token holder only).
+        self._shown: dict[int, tuple[int, int]] = {}
         #: The reader token: held by the one thread that reads the next request.
         self._reader = threading.Lock()
         #: ``reading``: this thread holds the token.
@@ -99,18 +115,25 @@ class KernelSession:
             self._send,
             _OPCODE.unpack_from,
         )
+        fast, fd = self.fast, self.channel.fd
         while True:
             self._reader.acquire()
             local.reading = True
             try:
                 while local.reading:
-                    n = receive(data)
+                    n = receive(data) if fast is None else fast.serve(fd, address, REQUEST_BUFFER)
                     if n == 0:
                         return
                     opcode = opcode_of(data, 4)[0]
                     if opcode in IO_OPCODES:
                         handle_io(data[:n], send)
+                        if fast is not None and opcode == Opcode.READ:
+                            self._show(fast, _FH.unpack_from(data, IN_HEADER.size)[0])
                         continue
+                    if fast is not None and opcode == Opcode.RELEASE:
+                        fh = _FH.unpack_from(data, IN_HEADER.size)[0]
+                        fast.forget(fh)
+                        self._shown.pop(fh, None)
                     if opcode not in _CACHED:
                         self.hand_over()  # may wait: another thread reads the next request
                     reply = self.dispatcher.handle(Request(data[:n], address, self._send))
@@ -118,6 +141,29 @@ class KernelSession:
                         self._send(reply)
             finally:
                 self.hand_over()
+
+    def _show(self, fast: FastReads, fh: int) -> None:
+        """After a READ served here: show the compiled loop handle ``fh`` as the
+        client knows it now, so that it answers the next ones itself.
+
+        The generation is read before the copy is taken: a change after it
+        (which bumps) makes the install fail rather than install a stale copy.
+        Not again while the copy it has is current (a READ over a hole or an
+        unknown part comes back here each time).
+        """
+        now = time.monotonic_ns()
+        generation = fast.generation()
+        shown = self._shown.get(fh)
+        if shown is not None and shown[0] == generation and shown[1] > now:
+            return
+        ops = self.dispatcher.ops
+        copy = ops.read_copy(fh)
+        until = ops.copies_until_ns()
+        if copy is None or until <= now:
+            return
+        size, tiles = copy
+        if fast.install(fh, generation, size, until, tiles):
+            self._shown[fh] = (generation, until)
 
     def hand_over(self) -> None:
         """The calling thread is about to wait: another one reads the next request.

@@ -1,0 +1,180 @@
+"""The kernel mount's compiled READ path (``_fastio.c``) and what keeps it safe.
+
+A 4 KiB READ served in Python costs 20-37 µs of daemon CPU, most of it the
+interpreter between two system calls. The compiled loop reads requests from
+/dev/fuse itself and answers a READ of an open file whose layout Python showed
+it with one ``writev`` whose iovec points into the region: the same one copy,
+by the kernel, as Python's path (``DaxFile.send_segments``), without the
+interpreter. Every other request (and any READ it cannot answer: no copy for
+the handle, a part not known to be mapped, a hole, the lease near its end)
+goes back to Python, which serves it as before and then shows the loop the
+handle's current layout (:meth:`FastReads.install`).
+
+The layout safety invariant holds as in Python's path:
+- A copy is what the client core knows (LayoutCache, the inode's visible
+  size) at one moment. Every change to those, and every fence, calls
+  :meth:`FastReads.bump` (``LayoutCache.on_change``, ``Inodes.on_change``,
+  ``LeaseState.on_fence``), which drops every copy under the loop's exclusive
+  lock: when it returns, no READ served from a dropped copy is in flight.
+  A recall bumps under the fence's exclusive lock (``SessionState.recalled``
+  invalidates the layout cache there), so the recall is acknowledged only
+  after the loop let go of the extents, exactly as for Python's copies.
+- A copy is installed only if no bump came after Python read the generation
+  it took the copy at (``fio_install``): a change racing the install wins.
+- A copy is not used past the lease's self-fencing point as it stood at the
+  install (earlier than the lease's end); Python's path then serves, and
+  installs again with the renewed lease.
+
+The library is built from ``_fastio.c`` on first use with the system's C
+compiler into ``$DAXFS_CACHE_DIR`` (default ``~/.cache/daxfs``), named by the
+source's hash; without a compiler (a slim container) the mount serves every
+READ in Python. ``DAXFS_FASTIO=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_fastio.c")
+#: Request sizes the loop counts (``SIZES`` in the C source).
+_SIZES = 16
+
+_build_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+class Counts(NamedTuple):
+    """READs the compiled loop answered, and those it left to Python."""
+
+    reads: int
+    read_bytes: int
+    fallbacks: int
+    #: {request size: count}
+    sizes: dict[int, int]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DAXFS_CACHE_DIR") or Path.home() / ".cache" / "daxfs")
+
+
+def enabled() -> bool:
+    return os.environ.get("DAXFS_FASTIO", "1") != "0"
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled loop, built if needed; None when it cannot be (logged once)."""
+    global _lib, _tried
+    with _build_lock:
+        if _tried:
+            return _lib
+        _tried = True
+        try:
+            _lib = _load(_build())
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.info("the compiled READ path is unavailable (%s): READs are served in Python", exc)
+            _lib = None
+        return _lib
+
+
+def _build() -> Path:
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    target = cache_dir() / f"fastio-{digest}.so"
+    if target.exists():
+        return target
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise OSError("no C compiler (cc) on PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".fastio-", suffix=".so")
+    os.close(fd)
+    try:
+        subprocess.run(
+            [cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lpthread"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        os.replace(tmp, target)  # atomic: a concurrent build loses nothing
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    vp, u64, i64 = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64
+    lib.fio_new.argtypes, lib.fio_new.restype = [vp, u64], vp
+    lib.fio_free.argtypes, lib.fio_free.restype = [vp], None
+    lib.fio_gen.argtypes, lib.fio_gen.restype = [vp], u64
+    lib.fio_bump.argtypes, lib.fio_bump.restype = [vp], None
+    lib.fio_forget.argtypes, lib.fio_forget.restype = [vp, u64], None
+    lib.fio_install.argtypes = [vp, u64, u64, u64, i64, ctypes.c_uint32, ctypes.POINTER(u64)]
+    lib.fio_install.restype = ctypes.c_int
+    lib.fio_counts.argtypes, lib.fio_counts.restype = [vp, ctypes.POINTER(u64)], None
+    lib.fio_serve.argtypes = [vp, ctypes.c_int, vp, ctypes.c_size_t]
+    lib.fio_serve.restype = ctypes.c_ssize_t
+    return lib
+
+
+class FastReads:
+    """The compiled loop of one mount, over the region mapped at ``address``."""
+
+    def __init__(self, lib: ctypes.CDLL, address: int, length: int) -> None:
+        self._lib = lib
+        self._state = lib.fio_new(address, length)
+        if not self._state:
+            raise MemoryError("fio_new")
+        self._closed = False
+
+    def serve(self, fd: int, buf: int, length: int) -> int:
+        """Answer READs until a request for Python arrives: its length (in ``buf``),
+        0 once unmounted; raises OSError. Runs without the GIL."""
+        n = int(self._lib.fio_serve(self._state, fd, buf, length))
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        return n
+
+    def generation(self) -> int:
+        """Read before taking a copy to install (see :meth:`install`)."""
+        return int(self._lib.fio_gen(self._state))
+
+    def bump(self) -> None:
+        """Drop every copy; returns once no READ served from one is in flight."""
+        self._lib.fio_bump(self._state)
+
+    def install(
+        self, fh: int, generation: int, size: int, until_ns: int, tiles: list[tuple[int, int, int]]
+    ) -> bool:
+        """Show the loop handle ``fh``: visible ``size`` and mapped ``tiles``
+        (file start, length, region offset; sorted), usable until ``until_ns``
+        (CLOCK_MONOTONIC), taken at ``generation``. False if a bump came since."""
+        flat = (ctypes.c_uint64 * (3 * len(tiles) or 1))(*(v for t in tiles for v in t))
+        return (
+            int(
+                self._lib.fio_install(self._state, fh, generation, size, until_ns, len(tiles), flat)
+            )
+            > 0
+        )
+
+    def forget(self, fh: int) -> None:
+        self._lib.fio_forget(self._state, fh)
+
+    def counts(self) -> Counts:
+        out = (ctypes.c_uint64 * (3 + 2 * _SIZES))()
+        self._lib.fio_counts(self._state, out)
+        sizes = {int(out[3 + 2 * i]): int(out[4 + 2 * i]) for i in range(_SIZES) if out[3 + 2 * i]}
+        return Counts(int(out[0]), int(out[1]), int(out[2]), sizes)
