@@ -80,6 +80,19 @@ class FileHost(Protocol):
     ) -> Attr: ...
 
 
+@dataclass(frozen=True, slots=True)
+class IoCopy:
+    """An open file as a compiled copy path may serve it (:meth:`DaxFile.io_copy`)."""
+
+    #: The visible size: a read past it is short, a write past it is growth (not for the copy).
+    size: int
+    #: Mapped tiles the layout cache holds, (file offset, length, region offset) in file order.
+    tiles: list[tuple[int, int, int]]
+    readable: bool
+    #: May overwrite mapped bytes inside ``size``.
+    writable: bool
+
+
 def refresh(client: FileHost, inode: Inode, handle: FileHandle) -> None:
     """After recalls of the file the inode's size does not reflect: one GetAttr for the inode.
 
@@ -463,20 +476,33 @@ class DaxFile(io.RawIOBase):
                 io.release_shared()
             self._layout(offset, end, write=False)  # a miss, or recalled meanwhile
 
-    def read_copy(self) -> tuple[int, list[tuple[int, int, int]]] | None:
-        """What a compiled READ path may serve this file's reads from: its visible
-        size and the mapped tiles (file offset, length, region offset) the layout
-        cache holds now. None when a read must come through :meth:`send_segments`
-        (closed, not open for reading, its session lost, its size to be learnt
-        again after a recall). The copy is only as good as the moment it was
-        taken: ``SessionState.watch_copies`` says when it must be dropped.
+    def io_copy(self) -> IoCopy | None:
+        """What a compiled copy path may serve this file's reads and overwrites
+        from, as the client knows it now (:class:`IoCopy`). None when every
+        request must come through :meth:`send_segments` and :meth:`pwrite`
+        (closed, its session lost, its size to be learnt again after a recall).
+        The copy is only as good as the moment it was taken:
+        ``SessionState.watch_copies`` says when it must be dropped.
         """
-        if self.closed or self._closing or not self.mode_info.read or self.session_lost:
+        if self.closed or self._closing or self.session_lost:
             return None
         inode = self._inode
         if inode.stale(self.client.inodes.recall_count(inode.ino)):
             return None
-        return inode.size, self.client.layouts.mapped(self.ino)
+        how = self.mode_info
+        return IoCopy(
+            inode.size,
+            self.client.layouts.mapped(self.ino),
+            readable=how.read,
+            # Not an append (its offset is the end this client knows), nor a
+            # write that must clear a set-id bit first (kill_setid).
+            writable=how.write and not how.append and not inode.has_setid(),
+        )
+
+    def overwrote(self, start: int, end: int) -> None:
+        """A compiled copy path stored bytes [start, end) inside the size: the file
+        is dirty (its mtime moves at the next publication) and an fsync persists them."""
+        self._inode.overwrote(start, end)
 
     def pread(self, size: int, offset: int) -> bytes:
         self._check_open()

@@ -130,8 +130,8 @@ class Inode:
         #: Moves at every change of the size model (a publication or a refresh
         #: that raced with one keeps what changed meanwhile).
         self._version = 0
-        #: Called (under ``_lock``) after ``size`` changed: a copy of it taken
-        #: elsewhere (the mount's compiled READ path) must be dropped.
+        #: Called (under ``_lock``) after ``size`` or ``mode`` changed: a copy of
+        #: them taken elsewhere (the mount's compiled data path) must be dropped.
         self.on_change: Callable[[], None] | None = None
 
     # -- writes ----------------------------------------------------------------
@@ -143,7 +143,20 @@ class Inode:
             self._dirty = True
             if end > self.size:
                 self.size = end
-                self._size_changed()
+                self._notify_change()
+            if not _covered(self._written, start, end):
+                self._written = _merged(self._written, Span(start, end))
+
+    def overwrote(self, start: int, end: int) -> None:
+        """Bytes [start, end) were stored, and the size was not to change (a
+        compiled copy path's writes, taken after the fact: a truncate since
+        then may have cut them, so they are clipped to the size)."""
+        with self._lock:
+            end = min(end, self.size)
+            if start >= end:
+                return
+            self._version += 1
+            self._dirty = True
             if not _covered(self._written, start, end):
                 self._written = _merged(self._written, Span(start, end))
 
@@ -154,9 +167,10 @@ class Inode:
                 self._version += 1
                 self._dirty = True
                 self.size = size
-                self._size_changed()
+                self._notify_change()
 
-    def _size_changed(self) -> None:
+    def _notify_change(self) -> None:
+        """Tell ``on_change``: the size (or the mode) moved."""
         if self.on_change is not None:
             self.on_change()
 
@@ -184,7 +198,7 @@ class Inode:
             self._version += 1
             self._dirty = False
             self.size = self.published
-            self._size_changed()
+            self._notify_change()
 
     # -- what the server said --------------------------------------------------
 
@@ -193,7 +207,7 @@ class Inode:
         with self._lock:
             self._version += 1
             self.size = self.published = size
-            self._size_changed()
+            self._notify_change()
             self._written = [
                 Span(s.start, min(s.end, size)) for s in self._written if s.start < size
             ]
@@ -204,7 +218,7 @@ class Inode:
             self._version += 1
             self.published = server_size
             self.size = max(self.size, server_size)
-            self._size_changed()
+            self._notify_change()
 
     def learn(self, server_size: int) -> None:
         """The server reported ``server_size`` (an open, a GetAttr) and no recall is pending.
@@ -217,7 +231,7 @@ class Inode:
             self._version += 1
             self.size = max(self.size, server_size) if self.size > self.published else server_size
             self.published = server_size
-            self._size_changed()
+            self._notify_change()
 
     def unsure(self) -> None:
         """The size may be stale (a recall overtook the reply it came with): learn it again."""
@@ -248,7 +262,7 @@ class Inode:
                 self.size = max(self.size, server_size)
             self._version += 1
             self.published = server_size
-            self._size_changed()
+            self._notify_change()
             self.epoch = max(self.epoch, epoch)
 
     def add_writer(self, handle: int) -> None:
@@ -269,7 +283,10 @@ class Inode:
     def saw(self, attr: Attr) -> None:
         """Mode and group as the server reported them (a set-id bit may be gone)."""
         with self._lock:
+            changed = attr.mode != self.mode
             self.mode, self.gid = attr.mode, attr.gid
+            if changed:
+                self._notify_change()  # a copy took the set-id bits into account
 
     # -- fsync -----------------------------------------------------------------
 

@@ -1,10 +1,11 @@
-"""The kernel mount's compiled READ path (client/fuse/kernel/fastio.py, _fastio.c).
+"""The kernel mount's compiled data path (client/fuse/kernel/fastio.py, _fastio.c).
 
 The loop itself is specified over a SOCK_SEQPACKET pair standing in for
 /dev/fuse (one message per request and per reply, as the device), with a
-buffer standing in for the region. Through a real mount: it answers reads,
-and every change to what its copy was taken from (a recall, growth through
-another descriptor) is seen by the very next read, as on Python's path.
+buffer standing in for the region. Through a real mount: it answers reads
+and overwrites, every change to what its copy was taken from (a recall,
+growth through another descriptor, a set-id bit) is seen by the very next
+request, as on Python's path, and what it wrote is published at close.
 """
 
 from __future__ import annotations
@@ -21,15 +22,22 @@ from pathlib import Path
 import pytest
 
 from daxfs.client import connect
+from daxfs.client.daxfile import IoCopy
 from daxfs.client.fuse.kernel import fastio
 from daxfs.shared.format import MIB
 from daxfs.testing import Mount, ServerProc, start_mount, wait_until
 
-READ, GETATTR = 15, 3
+READ, WRITE, GETATTR = 15, 16, 3
 IN_HEADER = struct.Struct("<IIQQIIIHH")
 READ_IN = struct.Struct("<QQIIQII")
+WRITE_IN = struct.Struct("<QQIIQI4x")
 OUT_HEADER = struct.Struct("<IiQ")
 FAR = 1 << 62
+
+
+def copy(size: int, tiles: list[tuple[int, int, int]], *, writable: bool = False) -> IoCopy:
+    return IoCopy(size, tiles, readable=True, writable=writable)
+
 
 needs_compiler = pytest.mark.skipif(
     fastio.library() is None, reason="no C compiler: the mount serves READs in Python"
@@ -41,6 +49,11 @@ def read_request(unique: int, fh: int, offset: int, size: int) -> bytes:
     return IN_HEADER.pack(IN_HEADER.size + len(body), READ, unique, 1, 0, 0, 0, 0, 0) + body
 
 
+def write_request(unique: int, fh: int, offset: int, data: bytes) -> bytes:
+    body = WRITE_IN.pack(fh, offset, len(data), 0, 0, 0) + data
+    return IN_HEADER.pack(IN_HEADER.size + len(body), WRITE, unique, 1, 0, 0, 0, 0, 0) + body
+
+
 class Loop:
     """One compiled loop over a 1 MiB stand-in region, served through a socket pair."""
 
@@ -48,7 +61,7 @@ class Loop:
         lib = fastio.library()
         assert lib is not None
         self.region = (ctypes.c_ubyte * MIB).from_buffer_copy(os.urandom(MIB))
-        self.fast = fastio.FastReads(lib, ctypes.addressof(self.region), MIB)
+        self.fast = fastio.FastPath(lib, ctypes.addressof(self.region), MIB)
         self.kernel, self.daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.buf = (ctypes.c_ubyte * (MIB + 4096))()
 
@@ -72,7 +85,7 @@ class Loop:
         returned = self.fast.serve(self.daemon.fileno(), ctypes.addressof(self.buf), len(self.buf))
         assert returned == IN_HEADER.size, "the GETATTR after it is Python's"
         reply = self.kernel.recv(2 * MIB)
-        length, error, unique = OUT_HEADER.unpack_from(reply)
+        length, error, _ = OUT_HEADER.unpack_from(reply)
         assert (length, error) == (len(reply), 0)
         return reply[OUT_HEADER.size :]
 
@@ -95,7 +108,7 @@ def test_a_read_of_an_installed_handle_is_answered_from_its_tiles(loop: Loop) ->
     region = bytes(loop.region)
     # File bytes [0, 8192) live at region 65536, [8192, 12288) at region 4096.
     tiles = [(0, 8192, 65536), (8192, 4096, 4096)]
-    assert loop.fast.install(7, loop.fast.generation(), 10000, FAR, tiles)
+    assert loop.fast.install(7, loop.fast.generation(), copy(10000, tiles), FAR)
     assert loop.answered(read_request(1, 7, 100, 4096)) == region[65636 : 65636 + 4096]
     # Across the two tiles, and cut at the size (10000): a short read.
     assert loop.answered(read_request(2, 7, 8000, 4096)) == (
@@ -107,10 +120,45 @@ def test_a_read_of_an_installed_handle_is_answered_from_its_tiles(loop: Loop) ->
 
 
 @needs_compiler
+def test_an_overwrite_inside_the_size_is_stored_and_recorded(loop: Loop) -> None:
+    tiles = [(0, 8192, 65536), (8192, 4096, 4096)]
+    assert loop.fast.install(7, loop.fast.generation(), copy(12288, tiles, writable=True), FAR)
+    data = os.urandom(4096)
+    reply = loop.answered(write_request(1, 7, 6144, data))  # across the two tiles
+    assert struct.unpack("<II", reply) == (4096, 0)  # fuse_write_out: size written
+    assert bytes(loop.region[65536 + 6144 : 65536 + 8192]) == data[:2048]
+    assert bytes(loop.region[4096 : 4096 + 2048]) == data[2048:]
+    loop.answered(write_request(2, 7, 0, b"x" * 100))
+    # One record per handle, covering both writes; taken once.
+    assert loop.fast.take_written() == [fastio.Written(7, 0, 10240)]
+    assert loop.fast.take_written() == []
+    counts = loop.fast.counts()
+    assert (counts.writes, counts.write_bytes, counts.write_sizes) == (2, 4196, {4096: 1, 100: 1})
+
+
+@needs_compiler
+def test_a_write_it_may_not_make_goes_back_to_python_and_stores_nothing(loop: Loop) -> None:
+    before = bytes(loop.region)
+    gen = loop.fast.generation()
+    assert loop.fast.install(7, gen, copy(8192, [(0, 8192, 0)], writable=True), FAR)
+    assert loop.fast.install(8, gen, copy(8192, [(0, 8192, 0)]), FAR)  # read-only
+    assert loop.fast.install(9, gen, copy(8192, [(0, 4096, 0)], writable=True), FAR)
+    for request in (
+        write_request(1, 8, 0, b"y" * 4096),  # a handle that may not write
+        write_request(2, 7, 8000, b"y" * 400),  # growth: past the size
+        write_request(3, 9, 2048, b"y" * 4096),  # over a part not known to be mapped
+        write_request(4, 6, 0, b"y"),  # a handle it was not shown
+    ):
+        returned, reply = loop.ask(request)
+        assert (returned, reply) == (len(request), None)
+    assert bytes(loop.region) == before
+    assert loop.fast.take_written() == []
+
+
+@needs_compiler
 def test_what_the_loop_cannot_answer_goes_back_to_python_untouched(loop: Loop) -> None:
-    assert loop.fast.install(
-        7, loop.fast.generation(), 12288, FAR, [(0, 4096, 0), (8192, 4096, 8192)]
-    )
+    tiles = [(0, 4096, 0), (8192, 4096, 8192)]
+    assert loop.fast.install(7, loop.fast.generation(), copy(12288, tiles), FAR)
     for request in (
         read_request(1, 8, 0, 4096),  # a handle it was not shown
         read_request(2, 7, 4096, 4096),  # a part not known to be mapped (a hole)
@@ -126,20 +174,20 @@ def test_what_the_loop_cannot_answer_goes_back_to_python_untouched(loop: Loop) -
 @needs_compiler
 def test_a_bump_drops_every_copy_and_fails_an_install_taken_before_it(loop: Loop) -> None:
     before = loop.fast.generation()
-    assert loop.fast.install(7, before, 4096, FAR, [(0, 4096, 0)])
+    assert loop.fast.install(7, before, copy(4096, [(0, 4096, 0)]), FAR)
     loop.fast.bump()  # e.g. a recall: the layout cache changed
     request = read_request(1, 7, 0, 4096)
     assert loop.ask(request) == (len(request), None)
     # A copy taken before the bump may be stale: it is refused.
-    assert not loop.fast.install(7, before, 4096, FAR, [(0, 4096, 0)])
-    assert loop.fast.install(7, loop.fast.generation(), 4096, FAR, [(0, 4096, 0)])
+    assert not loop.fast.install(7, before, copy(4096, [(0, 4096, 0)]), FAR)
+    assert loop.fast.install(7, loop.fast.generation(), copy(4096, [(0, 4096, 0)]), FAR)
     assert loop.answered(request) == bytes(loop.region[:4096])
 
 
 @needs_compiler
 def test_a_copy_is_not_used_past_its_time(loop: Loop) -> None:
     soon = time.monotonic_ns() + 50_000_000
-    assert loop.fast.install(7, loop.fast.generation(), 4096, soon, [(0, 4096, 0)])
+    assert loop.fast.install(7, loop.fast.generation(), copy(4096, [(0, 4096, 0)]), soon)
     assert loop.answered(read_request(1, 7, 0, 4096)) == bytes(loop.region[:4096])
     wait_until(lambda: time.monotonic_ns() > soon, "the copy's time to pass")
     request = read_request(2, 7, 0, 4096)
@@ -148,8 +196,9 @@ def test_a_copy_is_not_used_past_its_time(loop: Loop) -> None:
 
 @needs_compiler
 def test_a_tile_outside_the_region_is_refused(loop: Loop) -> None:
-    assert not loop.fast.install(7, loop.fast.generation(), 8192, FAR, [(0, 8192, MIB - 4096)])
-    assert loop.fast.install(7, loop.fast.generation(), 4096, FAR, [(0, 4096, MIB - 4096)])
+    gen = loop.fast.generation()
+    assert not loop.fast.install(7, gen, copy(8192, [(0, 8192, MIB - 4096)]), FAR)
+    assert loop.fast.install(7, gen, copy(4096, [(0, 4096, MIB - 4096)]), FAR)
 
 
 def test_without_a_compiler_there_is_no_loop(
@@ -246,6 +295,36 @@ def test_growth_through_another_descriptor_is_read_at_once(mount: Mount) -> None
 
 
 @pytest.mark.fuse
+@needs_compiler
+def test_overwrites_through_the_mount_are_answered_by_the_loop_and_published_at_close(
+    mount: Mount, server: ServerProc
+) -> None:
+    path = mount.path / "db"
+    model = bytearray(os.urandom(256 * 1024))
+    path.write_bytes(model)
+    os.utime(path, ns=(10**18, 10**18))  # an old mtime: the writes must move it
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for i in range(64):
+            offset = (i * 7919 * 4096) % len(model)
+            chunk = os.urandom(4096)
+            assert os.pwrite(fd, chunk, offset) == 4096
+            model[offset : offset + 4096] = chunk
+            assert os.pread(fd, 4096, offset) == chunk
+    finally:
+        os.close(fd)
+    stats = iostats(mount)
+    assert stats["compiled_writes"] >= 60 and stats["requests"]["WRITE"] == stats["writes"]
+    other = connect(server.address)
+    try:
+        with other.open("/db", "rb") as f:
+            assert f.read() == bytes(model)
+        assert other.attr("/db").mtime_ns > 10**18  # the close published the writes
+    finally:
+        other.close()
+
+
+@pytest.mark.fuse
 def test_turned_off_the_mount_reads_in_python(
     server: ServerProc, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,6 +340,6 @@ def test_turned_off_the_mount_reads_in_python(
         finally:
             os.close(fd)
         stats = iostats(m)
-        assert stats["compiled_reads"] == 0 and stats["reads"] >= 3
+        assert stats["compiled_reads"] == stats["compiled_writes"] == 0 and stats["reads"] >= 3
     finally:
         m.stop()

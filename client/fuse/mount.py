@@ -36,7 +36,7 @@ from daxfs.shared.errors import DaxfsError, QuietError
 from daxfs.shared.mman import libc
 
 if TYPE_CHECKING:
-    from daxfs.client.fuse.kernel.fastio import FastReads
+    from daxfs.client.fuse.kernel.fastio import FastPath
     from daxfs.client.library import Client
 
 log = logging.getLogger(__name__)
@@ -334,8 +334,8 @@ def run_mount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fast_reads(client: Client) -> FastReads | None:
-    """The compiled READ path over the client's region (kernel/fastio.py), or
+def _fast_path(client: Client) -> FastPath | None:
+    """The compiled data path over the client's region (kernel/fastio.py), or
     None: turned off (DAXFS_FASTIO=0) or not buildable here."""
     from daxfs.client.fuse.kernel import fastio
 
@@ -345,7 +345,7 @@ def _fast_reads(client: Client) -> FastReads | None:
     if lib is None:
         return None
     u8 = client.region.u8
-    return fastio.FastReads(lib, u8.ctypes.data, u8.nbytes)
+    return fastio.FastPath(lib, u8.ctypes.data, u8.nbytes)
 
 
 def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, Any]) -> None:
@@ -404,7 +404,7 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
             client.cache_listeners.append(notifier)
             dispatcher.cache_ttl = client.cache_ttl
             dispatcher.cache_epoch = lambda: client.meta_cache.epoch
-        fast = _fast_reads(client)
+        fast = _fast_path(client)
         if fast is not None:
             client.state.watch_copies(fast.bump)
             ops.iostats.compiled = fast.counts
@@ -418,6 +418,7 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
                 unmount_or_detach(mp)
                 break
         session.join()
+        session.take_written()  # before the operations close what is left open
     finally:
         if notifier is not None:
             client.cache_listeners.remove(notifier)

@@ -48,6 +48,8 @@ import mfusepy
 import numpy as np
 import numpy.typing as npt
 
+from daxfs.client.daxfile import IoCopy
+from daxfs.client.fuse.kernel.fastio import Counts
 from daxfs.client.library import Client, DaxFile, OpenMode
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr, SetAttr
@@ -166,9 +168,8 @@ class IoStats:
         #: Requests the kernel sent, by operation (the kernel backend counts them
         #: all; reads and writes are counted on both backends).
         self.requests: Counter[str] = Counter()
-        #: The READs a compiled path answered (kernel/fastio.py): reads, bytes,
-        #: READs it left to Python, and {request size: count}.
-        self.compiled: Callable[[], tuple[int, int, int, dict[int, int]]] | None = None
+        #: What a compiled path answered (kernel/fastio.py ``FastPath.counts``).
+        self.compiled: Callable[[], Counts] | None = None
 
     def request(self, op: str) -> None:
         with self._lock:
@@ -195,24 +196,25 @@ class IoStats:
 
         READs a compiled path answered count as any other (and by themselves:
         ``compiled_reads``, with ``compiled_fallbacks`` it left to Python)."""
-        compiled = self.compiled
-        reads, read_bytes, fallbacks, sizes = (0, 0, 0, {}) if compiled is None else compiled()
+        c = Counts(0, 0, 0, {}, 0, 0, {}) if self.compiled is None else self.compiled()
         with self._lock:
-            read_sizes = self.read_sizes + Counter(sizes)
-            requests = self.requests + Counter({"READ": reads})
+            read_sizes = self.read_sizes + Counter(c.sizes)
+            write_sizes = self.write_sizes + Counter(c.write_sizes)
+            requests = self.requests + Counter({"READ": c.reads, "WRITE": c.writes})
             doc = {
-                "reads": self.reads + reads,
-                "read_bytes": self.read_bytes + read_bytes,
-                "read_max": max([self.read_max, *sizes]),
-                "compiled_reads": reads,
-                "compiled_fallbacks": fallbacks,
-                "writes": self.writes,
-                "write_bytes": self.write_bytes,
-                "write_max": self.write_max,
+                "reads": self.reads + c.reads,
+                "read_bytes": self.read_bytes + c.read_bytes,
+                "read_max": max([self.read_max, *c.sizes]),
+                "writes": self.writes + c.writes,
+                "write_bytes": self.write_bytes + c.write_bytes,
+                "write_max": max([self.write_max, *c.write_sizes]),
+                "compiled_reads": c.reads,
+                "compiled_writes": c.writes,
+                "compiled_fallbacks": c.fallbacks,
                 # The five most frequent request sizes, {size: count}.
                 "read_sizes": dict(read_sizes.most_common(5)),
-                "write_sizes": dict(self.write_sizes.most_common(5)),
-                "requests": dict(requests),
+                "write_sizes": dict(write_sizes.most_common(5)),
+                "requests": dict(+requests),
                 "rpcs": dict(rpcs or {}),
             }
         return json.dumps(doc, sort_keys=True).encode()
@@ -630,11 +632,17 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
                 "the lease lapsed during a one-copy read of %d bytes of %s", size, h.file.path
             )
 
-    def read_copy(self, fh: int) -> tuple[int, list[tuple[int, int, int]]] | None:
-        """What a compiled READ path may serve handle ``fh``'s reads from
-        (``DaxFile.read_copy``); None for an unknown handle."""
+    def io_copy(self, fh: int) -> IoCopy | None:
+        """What a compiled data path may serve handle ``fh`` from
+        (``DaxFile.io_copy``); None for an unknown handle."""
         h = self._handles.get(fh)
-        return None if h is None else h.file.read_copy()
+        return None if h is None else h.file.io_copy()
+
+    def overwrote(self, fh: int, start: int, end: int) -> None:
+        """A compiled data path stored [start, end) through ``fh`` (``DaxFile.overwrote``)."""
+        h = self._handles.get(fh)
+        if h is not None:
+            h.file.overwrote(start, end)
 
     def copies_until_ns(self) -> int:
         """``SessionState.copies_until_ns``."""

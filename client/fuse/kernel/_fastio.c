@@ -1,18 +1,26 @@
 /*
- * The kernel mount's READ fast path: a loop that reads requests from
- * /dev/fuse and answers a READ of a file whose layout it was shown with one
- * writev whose iovec points into the region. Anything else goes back to
- * Python (fastio.py), which serves it as before and may install what the
- * next READ of that handle needs.
+ * The kernel mount's data path: a loop that reads requests from /dev/fuse
+ * and answers a READ of a file whose layout it was shown with one writev
+ * whose iovec points into the region, and a WRITE inside the file's visible
+ * size with one memcpy into it. Anything else goes back to Python
+ * (fastio.py), which serves it as before and may install what the next
+ * request of that handle needs.
  *
  * What this code may use is a copy Python installs per FUSE handle: the
- * file's visible size, its mapped tiles, and a time after which the entry is
- * not used (the lease's self-fencing point). Every change Python makes to
- * what such a copy was taken from (a layout cached or dropped, a recall, a
- * size seen or written, a fence) calls fio_bump first, which drops every
- * copy under the exclusive lock: no READ served from a dropped copy is in
+ * file's visible size, its mapped tiles, whether the handle may read and may
+ * overwrite, and a time after which the entry is not used (the lease's
+ * self-fencing point). Every change Python makes to what such a copy was
+ * taken from (a layout cached or dropped, a recall, a size seen or written,
+ * a mode seen, a fence) calls fio_bump first, which drops every copy under
+ * the exclusive lock: no READ or WRITE served from a dropped copy is in
  * flight when it returns. A copy is installed only if no bump came between
  * the generation Python read before taking it and the install (fio_install).
+ *
+ * A WRITE this code served is recorded per handle (the span it covers,
+ * kept across bumps) until Python takes the records (fio_take_written)
+ * before it serves the handle's FLUSH, FSYNC, SETATTR or RELEASE: they make
+ * the file dirty (mtime at the next publication) and name what an fsync
+ * persists.
  *
  * Loaded with ctypes (no Python headers needed), built on first use by
  * fastio.py. Linux only.
@@ -28,9 +36,14 @@
 #include <unistd.h>
 
 #define FUSE_READ 15
+#define FUSE_WRITE 16
 #define IN_HEADER 40
 #define READ_IN 40
+#define WRITE_IN 40
 #define OUT_HEADER 16
+#define WRITE_OUT 8
+#define MAY_READ 1
+#define MAY_WRITE 2
 #define SLOTS 64      /* handles with a copy at once; more evict the oldest slot */
 #define MAX_IOV 64    /* pieces of one reply; a READ needing more goes to Python */
 #define SIZES 16      /* request sizes counted (the mount's iostats); others are not */
@@ -41,14 +54,23 @@ struct tile {
 
 struct entry {
     uint64_t fh;      /* 0: free */
+    uint32_t may;     /* MAY_READ | MAY_WRITE */
     uint64_t size;    /* visible size: a READ past it is short */
     int64_t until_ns; /* CLOCK_MONOTONIC: not used from then on */
     uint32_t ntiles;
     struct tile *tiles; /* sorted by start, mapped only (holes go to Python) */
 };
 
+struct written {
+    uint64_t fh, lo, hi; /* fh 0: free */
+};
+
 struct fastio {
     pthread_rwlock_t lock;
+    pthread_mutex_t written_lock; /* guards ``written`` */
+    struct written written[SLOTS];
+    uint64_t writes, write_bytes;
+    uint64_t write_sizes[SIZES][2];
     uint64_t gen; /* bumped by fio_bump under the exclusive lock */
     uint8_t *region;
     uint64_t region_length;
@@ -67,6 +89,7 @@ void *fio_new(void *region, uint64_t region_length)
         free(f);
         return NULL;
     }
+    pthread_mutex_init(&f->written_lock, NULL);
     f->region = region;
     f->region_length = region_length;
     return f;
@@ -87,6 +110,7 @@ void fio_free(void *p)
         return;
     clear_all(f);
     pthread_rwlock_destroy(&f->lock);
+    pthread_mutex_destroy(&f->written_lock);
     free(f);
 }
 
@@ -129,8 +153,8 @@ void fio_forget(void *p, uint64_t fh)
  * came after ``gen`` was read (the copy may be stale) or a tile lies outside
  * the region; -1 without memory.
  */
-int fio_install(void *p, uint64_t fh, uint64_t gen, uint64_t size, int64_t until_ns,
-                uint32_t ntiles, const uint64_t *tiles)
+int fio_install(void *p, uint64_t fh, uint32_t may, uint64_t gen, uint64_t size,
+                int64_t until_ns, uint32_t ntiles, const uint64_t *tiles)
 {
     struct fastio *f = p;
     if (fh == 0)
@@ -167,6 +191,7 @@ int fio_install(void *p, uint64_t fh, uint64_t gen, uint64_t size, int64_t until
     }
     free(slot->tiles);
     slot->fh = fh;
+    slot->may = may;
     slot->size = size;
     slot->until_ns = until_ns;
     slot->ntiles = ntiles;
@@ -175,33 +200,103 @@ int fio_install(void *p, uint64_t fh, uint64_t gen, uint64_t size, int64_t until
     return 1;
 }
 
-/* ``out``: reads, bytes, fallbacks, then SIZES pairs (request size, count). */
+/*
+ * ``out``: reads, read bytes, fallbacks, writes, write bytes, then SIZES
+ * pairs (READ size, count), then SIZES pairs (WRITE size, count).
+ */
 void fio_counts(void *p, uint64_t *out)
 {
     struct fastio *f = p;
     out[0] = __atomic_load_n(&f->reads, __ATOMIC_RELAXED);
     out[1] = __atomic_load_n(&f->read_bytes, __ATOMIC_RELAXED);
     out[2] = __atomic_load_n(&f->fallbacks, __ATOMIC_RELAXED);
+    out[3] = __atomic_load_n(&f->writes, __ATOMIC_RELAXED);
+    out[4] = __atomic_load_n(&f->write_bytes, __ATOMIC_RELAXED);
     for (int i = 0; i < SIZES; i++) {
-        out[3 + 2 * i] = __atomic_load_n(&f->sizes[i][0], __ATOMIC_RELAXED);
-        out[4 + 2 * i] = __atomic_load_n(&f->sizes[i][1], __ATOMIC_RELAXED);
+        out[5 + 2 * i] = __atomic_load_n(&f->sizes[i][0], __ATOMIC_RELAXED);
+        out[6 + 2 * i] = __atomic_load_n(&f->sizes[i][1], __ATOMIC_RELAXED);
+        out[5 + 2 * SIZES + 2 * i] = __atomic_load_n(&f->write_sizes[i][0], __ATOMIC_RELAXED);
+        out[6 + 2 * SIZES + 2 * i] = __atomic_load_n(&f->write_sizes[i][1], __ATOMIC_RELAXED);
     }
 }
 
 /* Count a request of ``size`` bytes (one serving thread at a time calls this). */
-static void count_size(struct fastio *f, uint64_t size)
+static void count_size(uint64_t (*sizes)[2], uint64_t size)
 {
     for (int i = 0; i < SIZES; i++) {
-        uint64_t s = __atomic_load_n(&f->sizes[i][0], __ATOMIC_RELAXED);
+        uint64_t s = __atomic_load_n(&sizes[i][0], __ATOMIC_RELAXED);
         if (s == 0) {
-            __atomic_store_n(&f->sizes[i][0], size, __ATOMIC_RELAXED);
+            __atomic_store_n(&sizes[i][0], size, __ATOMIC_RELAXED);
             s = size;
         }
         if (s == size) {
-            __atomic_add_fetch(&f->sizes[i][1], 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&sizes[i][1], 1, __ATOMIC_RELAXED);
             return;
         }
     }
+}
+
+/*
+ * Take the records of WRITEs served here: up to ``max`` triples (fh, lo, hi)
+ * into ``out``; returns how many (the rest stay for the next call).
+ */
+uint32_t fio_take_written(void *p, uint64_t *out, uint32_t max)
+{
+    struct fastio *f = p;
+    uint32_t n = 0;
+    pthread_mutex_lock(&f->written_lock);
+    for (int i = 0; i < SLOTS && n < max; i++) {
+        struct written *w = &f->written[i];
+        if (w->fh == 0)
+            continue;
+        out[3 * n] = w->fh;
+        out[3 * n + 1] = w->lo;
+        out[3 * n + 2] = w->hi;
+        n++;
+        w->fh = 0;
+    }
+    pthread_mutex_unlock(&f->written_lock);
+    return n;
+}
+
+/* Record a WRITE of [lo, hi) through ``fh``; 0 if the table is full. */
+static int record_written(struct fastio *f, uint64_t fh, uint64_t lo, uint64_t hi)
+{
+    struct written *free_slot = NULL;
+    int ok = 0;
+    pthread_mutex_lock(&f->written_lock);
+    for (int i = 0; i < SLOTS; i++) {
+        struct written *w = &f->written[i];
+        if (w->fh == fh) {
+            if (lo < w->lo)
+                w->lo = lo;
+            if (hi > w->hi)
+                w->hi = hi;
+            ok = 1;
+            break;
+        }
+        if (w->fh == 0 && free_slot == NULL)
+            free_slot = w;
+    }
+    if (!ok && free_slot != NULL) {
+        free_slot->fh = fh;
+        free_slot->lo = lo;
+        free_slot->hi = hi;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&f->written_lock);
+    return ok;
+}
+
+/* A free record for ``fh`` exists (or its own): a WRITE served now can be recorded. */
+static int can_record(struct fastio *f, uint64_t fh)
+{
+    int ok = 0;
+    pthread_mutex_lock(&f->written_lock);
+    for (int i = 0; i < SLOTS && !ok; i++)
+        ok = f->written[i].fh == fh || f->written[i].fh == 0;
+    pthread_mutex_unlock(&f->written_lock);
+    return ok;
 }
 
 static int64_t now_ns(void)
@@ -239,7 +334,7 @@ static int serve_read(struct fastio *f, int fd, const uint8_t *req)
 
     pthread_rwlock_rdlock(&f->lock);
     struct entry *e = find(f, fh);
-    if (e == NULL || now_ns() >= e->until_ns)
+    if (e == NULL || !(e->may & MAY_READ) || now_ns() >= e->until_ns)
         goto out;
     uint64_t end = offset + size;
     if (end < offset)
@@ -283,7 +378,7 @@ static int serve_read(struct fastio *f, int fd, const uint8_t *req)
         err = -errno;
     __atomic_add_fetch(&f->reads, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&f->read_bytes, end > offset ? end - offset : 0, __ATOMIC_RELAXED);
-    count_size(f, size);
+    count_size(f->sizes, size);
 out:
     pthread_rwlock_unlock(&f->lock);
     if (!answered)
@@ -292,7 +387,88 @@ out:
 }
 
 /*
- * Read requests from ``fd`` into ``buf`` and answer the READs this code can;
+ * Serve one WRITE inside the visible size (an overwrite: the size model and
+ * the layout stay as they are) from the copy of its handle, under the shared
+ * lock. 1: answered; 0: Python's to serve; -errno: the reply failed.
+ */
+static int serve_write(struct fastio *f, int fd, const uint8_t *req, size_t n)
+{
+    uint64_t unique, fh, offset;
+    uint32_t size;
+    memcpy(&unique, req + 8, 8);
+    memcpy(&fh, req + IN_HEADER, 8);
+    memcpy(&offset, req + IN_HEADER + 8, 8);
+    memcpy(&size, req + IN_HEADER + 16, 4);
+    const uint8_t *data = req + IN_HEADER + WRITE_IN;
+    if (size == 0 || (size_t)IN_HEADER + WRITE_IN + size > n)
+        goto fallback; /* Python answers the odd ones (and EINVAL) */
+
+    struct {
+        uint8_t *to;
+        const uint8_t *from;
+        uint64_t length;
+    } piece[MAX_IOV];
+    int pieces = 0, answered = 0, err = 0;
+    uint64_t end = offset + size;
+
+    pthread_rwlock_rdlock(&f->lock);
+    struct entry *e = find(f, fh);
+    if (e == NULL || !(e->may & MAY_WRITE) || end < offset || end > e->size)
+        goto out;
+    uint32_t lo = 0, hi = e->ntiles;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (e->tiles[mid].start + e->tiles[mid].length <= offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    uint64_t pos = offset;
+    for (uint32_t i = lo; i < e->ntiles && pos < end; i++) {
+        const struct tile *t = &e->tiles[i];
+        if (t->start > pos || pieces == MAX_IOV)
+            goto out;
+        uint64_t piece_end = t->start + t->length < end ? t->start + t->length : end;
+        piece[pieces].to = f->region + t->region + (pos - t->start);
+        piece[pieces].from = data + (pos - offset);
+        piece[pieces].length = piece_end - pos;
+        pieces++;
+        pos = piece_end;
+    }
+    if (pos < end || !can_record(f, fh))
+        goto out;
+    /* The lease checked just before the copy, as Python's _store does per piece
+     * (a request is at most 1 MiB, one piece there). */
+    if (now_ns() >= e->until_ns)
+        goto out;
+    for (int i = 0; i < pieces; i++)
+        memcpy(piece[i].to, piece[i].from, piece[i].length);
+    record_written(f, fh, offset, end);
+    uint8_t reply[OUT_HEADER + WRITE_OUT];
+    uint32_t length = OUT_HEADER + WRITE_OUT, zero = 0;
+    int32_t ok = 0;
+    memcpy(reply, &length, 4);
+    memcpy(reply + 4, &ok, 4);
+    memcpy(reply + 8, &unique, 8);
+    memcpy(reply + 16, &size, 4);
+    memcpy(reply + 20, &zero, 4);
+    answered = 1;
+    if (write(fd, reply, sizeof reply) < 0 && errno != ENOENT && errno != ENODEV)
+        err = -errno;
+    __atomic_add_fetch(&f->writes, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&f->write_bytes, size, __ATOMIC_RELAXED);
+    count_size(f->write_sizes, size);
+out:
+    pthread_rwlock_unlock(&f->lock);
+    if (answered)
+        return err ? err : 1;
+fallback:
+    __atomic_add_fetch(&f->fallbacks, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/*
+ * Read requests from ``fd`` into ``buf`` and answer the READs and WRITEs this code can;
  * return the length of the first request it cannot (for Python), 0 once
  * unmounted (ENODEV), or -errno.
  */
@@ -312,9 +488,13 @@ ssize_t fio_serve(void *p, int fd, uint8_t *buf, size_t buflen)
             return n;
         uint32_t opcode;
         memcpy(&opcode, buf + 4, 4);
-        if (opcode != FUSE_READ)
+        int r;
+        if (opcode == FUSE_READ)
+            r = serve_read(f, fd, buf);
+        else if (opcode == FUSE_WRITE)
+            r = serve_write(f, fd, buf, (size_t)n);
+        else
             return n;
-        int r = serve_read(f, fd, buf);
         if (r == 0)
             return n;
         if (r < 0)

@@ -1,34 +1,41 @@
-"""The kernel mount's compiled READ path (``_fastio.c``) and what keeps it safe.
+"""The kernel mount's compiled data path (``_fastio.c``) and what keeps it safe.
 
-A 4 KiB READ served in Python costs 20-37 µs of daemon CPU, most of it the
-interpreter between two system calls. The compiled loop reads requests from
-/dev/fuse itself and answers a READ of an open file whose layout Python showed
-it with one ``writev`` whose iovec points into the region: the same one copy,
-by the kernel, as Python's path (``DaxFile.send_segments``), without the
-interpreter. Every other request (and any READ it cannot answer: no copy for
-the handle, a part not known to be mapped, a hole, the lease near its end)
-goes back to Python, which serves it as before and then shows the loop the
-handle's current layout (:meth:`FastReads.install`).
+A 4 KiB READ or WRITE served in Python costs 30-46 µs of daemon CPU, most of
+it the interpreter between two system calls. The compiled loop reads requests
+from /dev/fuse itself. It answers a READ of an open file whose layout Python
+showed it with one ``writev`` whose iovec points into the region (the same
+one copy, by the kernel, as Python's ``DaxFile.send_segments``), and a WRITE
+that overwrites mapped bytes inside the file's visible size with one memcpy
+into the region (as ``DaxFile.pwrite``), without the interpreter. Every other
+request, and any READ or WRITE it cannot answer (no copy for the handle, a
+part not known to be mapped, a hole, growth, the lease near its end, a
+set-id bit to clear, an O_APPEND handle), goes back to Python, which serves
+it as before and then shows the loop the handle as it is now
+(:meth:`FastPath.install`).
 
-The layout safety invariant holds as in Python's path:
+The layout safety invariant holds as on Python's path:
 - A copy is what the client core knows (LayoutCache, the inode's visible
-  size) at one moment. Every change to those, and every fence, calls
-  :meth:`FastReads.bump` (``LayoutCache.on_change``, ``Inodes.on_change``,
-  ``LeaseState.on_fence``), which drops every copy under the loop's exclusive
-  lock: when it returns, no READ served from a dropped copy is in flight.
-  A recall bumps under the fence's exclusive lock (``SessionState.recalled``
-  invalidates the layout cache there), so the recall is acknowledged only
-  after the loop let go of the extents, exactly as for Python's copies.
+  size and mode) at one moment. Every change to those, and every fence,
+  calls :meth:`FastPath.bump` (``SessionState.watch_copies``), which drops
+  every copy under the loop's exclusive lock: when it returns, no READ or
+  WRITE served from a dropped copy is in flight. A recall bumps under the
+  fence's exclusive lock (``SessionState.recalled`` invalidates the layout
+  cache there), so the recall is acknowledged only after the loop let go of
+  the extents, exactly as for Python's copies.
 - A copy is installed only if no bump came after Python read the generation
   it took the copy at (``fio_install``): a change racing the install wins.
 - A copy is not used past the lease's self-fencing point as it stood at the
   install (earlier than the lease's end); Python's path then serves, and
   installs again with the renewed lease.
+- The WRITEs it served are recorded per handle (the span they cover) until
+  Python takes them (:meth:`FastPath.take_written`) before it serves that
+  handle's FLUSH, FSYNC, SETATTR or RELEASE: the file is then dirty (its
+  mtime moves at the publication) and an fsync persists the span.
 
 The library is built from ``_fastio.c`` on first use with the system's C
 compiler into ``$DAXFS_CACHE_DIR`` (default ``~/.cache/daxfs``), named by the
 source's hash; without a compiler (a slim container) the mount serves every
-READ in Python. ``DAXFS_FASTIO=0`` turns it off.
+request in Python. ``DAXFS_FASTIO=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -44,11 +51,17 @@ import threading
 from pathlib import Path
 from typing import NamedTuple
 
+from daxfs.client.daxfile import IoCopy
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_fastio.c")
-#: Request sizes the loop counts (``SIZES`` in the C source).
+#: Request sizes the loop counts, handles it records WRITEs of, and the
+#: ``may`` bits (``SIZES``, ``SLOTS``, ``MAY_READ``, ``MAY_WRITE`` in the C source).
 _SIZES = 16
+_SLOTS = 64
+_MAY_READ = 1
+_MAY_WRITE = 2
 
 _build_lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -56,13 +69,25 @@ _tried = False
 
 
 class Counts(NamedTuple):
-    """READs the compiled loop answered, and those it left to Python."""
+    """READs and WRITEs the compiled loop answered, and those it left to Python."""
 
     reads: int
     read_bytes: int
     fallbacks: int
-    #: {request size: count}
+    #: {READ size: count}
     sizes: dict[int, int]
+    writes: int
+    write_bytes: int
+    #: {WRITE size: count}
+    write_sizes: dict[int, int]
+
+
+class Written(NamedTuple):
+    """WRITEs the loop served through handle ``fh`` since the last take: they cover [lo, hi)."""
+
+    fh: int
+    lo: int
+    hi: int
 
 
 def cache_dir() -> Path:
@@ -122,15 +147,18 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.fio_gen.argtypes, lib.fio_gen.restype = [vp], u64
     lib.fio_bump.argtypes, lib.fio_bump.restype = [vp], None
     lib.fio_forget.argtypes, lib.fio_forget.restype = [vp, u64], None
-    lib.fio_install.argtypes = [vp, u64, u64, u64, i64, ctypes.c_uint32, ctypes.POINTER(u64)]
+    u32 = ctypes.c_uint32
+    lib.fio_install.argtypes = [vp, u64, u32, u64, u64, i64, u32, ctypes.POINTER(u64)]
     lib.fio_install.restype = ctypes.c_int
     lib.fio_counts.argtypes, lib.fio_counts.restype = [vp, ctypes.POINTER(u64)], None
+    lib.fio_take_written.argtypes = [vp, ctypes.POINTER(u64), u32]
+    lib.fio_take_written.restype = u32
     lib.fio_serve.argtypes = [vp, ctypes.c_int, vp, ctypes.c_size_t]
     lib.fio_serve.restype = ctypes.c_ssize_t
     return lib
 
 
-class FastReads:
+class FastPath:
     """The compiled loop of one mount, over the region mapped at ``address``."""
 
     def __init__(self, lib: ctypes.CDLL, address: int, length: int) -> None:
@@ -141,7 +169,7 @@ class FastReads:
         self._closed = False
 
     def serve(self, fd: int, buf: int, length: int) -> int:
-        """Answer READs until a request for Python arrives: its length (in ``buf``),
+        """Answer READs and WRITEs until a request for Python arrives: its length (in ``buf``),
         0 once unmounted; raises OSError. Runs without the GIL."""
         n = int(self._lib.fio_serve(self._state, fd, buf, length))
         if n < 0:
@@ -153,28 +181,53 @@ class FastReads:
         return int(self._lib.fio_gen(self._state))
 
     def bump(self) -> None:
-        """Drop every copy; returns once no READ served from one is in flight."""
+        """Drop every copy; returns once no READ or WRITE served from one is in flight."""
         self._lib.fio_bump(self._state)
 
     def install(
-        self, fh: int, generation: int, size: int, until_ns: int, tiles: list[tuple[int, int, int]]
+        self,
+        fh: int,
+        generation: int,
+        copy: IoCopy,
+        until_ns: int,
     ) -> bool:
-        """Show the loop handle ``fh``: visible ``size`` and mapped ``tiles``
-        (file start, length, region offset; sorted), usable until ``until_ns``
+        """Show the loop handle ``fh`` as ``copy`` says, usable until ``until_ns``
         (CLOCK_MONOTONIC), taken at ``generation``. False if a bump came since."""
+        tiles = copy.tiles
         flat = (ctypes.c_uint64 * (3 * len(tiles) or 1))(*(v for t in tiles for v in t))
-        return (
-            int(
-                self._lib.fio_install(self._state, fh, generation, size, until_ns, len(tiles), flat)
-            )
-            > 0
+        may = (_MAY_READ if copy.readable else 0) | (_MAY_WRITE if copy.writable else 0)
+        installed = self._lib.fio_install(
+            self._state, fh, may, generation, copy.size, until_ns, len(tiles), flat
         )
+        return int(installed) > 0
+
+    def take_written(self) -> list[Written]:
+        """The WRITEs served here since the last take, one record per handle."""
+        out: list[Written] = []
+        buf = (ctypes.c_uint64 * (3 * _SLOTS))()
+        while True:
+            n = int(self._lib.fio_take_written(self._state, buf, _SLOTS))
+            out.extend(Written(buf[3 * i], buf[3 * i + 1], buf[3 * i + 2]) for i in range(n))
+            if n < _SLOTS:
+                return out
 
     def forget(self, fh: int) -> None:
         self._lib.fio_forget(self._state, fh)
 
     def counts(self) -> Counts:
-        out = (ctypes.c_uint64 * (3 + 2 * _SIZES))()
+        out = (ctypes.c_uint64 * (5 + 4 * _SIZES))()
         self._lib.fio_counts(self._state, out)
-        sizes = {int(out[3 + 2 * i]): int(out[4 + 2 * i]) for i in range(_SIZES) if out[3 + 2 * i]}
-        return Counts(int(out[0]), int(out[1]), int(out[2]), sizes)
+
+        def sizes(at: int) -> dict[int, int]:
+            pairs = ((int(out[at + 2 * i]), int(out[at + 2 * i + 1])) for i in range(_SIZES))
+            return {size: count for size, count in pairs if size}
+
+        return Counts(
+            int(out[0]),
+            int(out[1]),
+            int(out[2]),
+            sizes(5),
+            int(out[3]),
+            int(out[4]),
+            sizes(5 + 2 * _SIZES),
+        )

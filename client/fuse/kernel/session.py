@@ -34,7 +34,7 @@ import time
 
 from daxfs.client.fuse.kernel.channel import Channel
 from daxfs.client.fuse.kernel.dispatch import IO_OPCODES, REQUEST_BUFFER, Dispatcher, Reply, Request
-from daxfs.client.fuse.kernel.fastio import FastReads
+from daxfs.client.fuse.kernel.fastio import FastPath
 from daxfs.client.fuse.kernel.protocol import IN_HEADER, Opcode
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,13 @@ log = logging.getLogger(__name__)
 _CACHED = frozenset({Opcode.LOOKUP, Opcode.GETATTR, Opcode.GETXATTR})
 #: ``fuse_in_header.opcode``: the u32 after the length.
 _OPCODE = struct.Struct("<I")
-#: The ``fh`` that starts a READ's and a RELEASE's body.
+#: The ``fh`` that starts a READ's, WRITE's and RELEASE's body; then a READ's
+#: and WRITE's offset and size.
 _FH = struct.Struct("<Q")
+_FH_RANGE = struct.Struct("<QQI")
+#: Requests before which the WRITEs the compiled loop served are told to the
+#: open files (``take_written``): what publishes, persists, cuts or ends them.
+_TAKES_WRITTEN = frozenset({Opcode.FLUSH, Opcode.FSYNC, Opcode.SETATTR, Opcode.RELEASE})
 
 #: Serving threads. Most of a request's time is an RPC or a memory copy, both
 #: outside the GIL, so a few more threads than cores keep the kernel's queue short.
@@ -64,11 +69,11 @@ class KernelSession:
         dispatcher: Dispatcher,
         threads: int = DEFAULT_THREADS,
         *,
-        fast: FastReads | None = None,
+        fast: FastPath | None = None,
     ):
         self.channel = channel
         self.dispatcher = dispatcher
-        #: The compiled READ path (fastio.py), if built: the token holder waits
+        #: The compiled data path (fastio.py), if built: the token holder waits
         #: in it, and it hands back every request it does not answer itself.
         self.fast = fast
         #: (generation, until) of the copy last shown to it per handle (token holder only).
@@ -127,13 +132,15 @@ class KernelSession:
                     opcode = opcode_of(data, 4)[0]
                     if opcode in IO_OPCODES:
                         handle_io(data[:n], send)
-                        if fast is not None and opcode == Opcode.READ:
-                            self._show(fast, _FH.unpack_from(data, IN_HEADER.size)[0])
+                        if fast is not None:
+                            self._show(fast, data, opcode)
                         continue
-                    if fast is not None and opcode == Opcode.RELEASE:
-                        fh = _FH.unpack_from(data, IN_HEADER.size)[0]
-                        fast.forget(fh)
-                        self._shown.pop(fh, None)
+                    if fast is not None and opcode in _TAKES_WRITTEN:
+                        self.take_written()
+                        if opcode == Opcode.RELEASE:
+                            fh = _FH.unpack_from(data, IN_HEADER.size)[0]
+                            fast.forget(fh)
+                            self._shown.pop(fh, None)
                     if opcode not in _CACHED:
                         self.hand_over()  # may wait: another thread reads the next request
                     reply = self.dispatcher.handle(Request(data[:n], address, self._send))
@@ -142,28 +149,42 @@ class KernelSession:
             finally:
                 self.hand_over()
 
-    def _show(self, fast: FastReads, fh: int) -> None:
-        """After a READ served here: show the compiled loop handle ``fh`` as the
-        client knows it now, so that it answers the next ones itself.
+    def _show(self, fast: FastPath, data: memoryview, opcode: int) -> None:
+        """After a READ or WRITE served here: show the compiled loop its handle
+        as the client knows it now, so that it answers the next ones itself.
 
         The generation is read before the copy is taken: a change after it
         (which bumps) makes the install fail rather than install a stale copy.
         Not again while the copy it has is current (a READ over a hole or an
-        unknown part comes back here each time).
+        unknown part comes back here each time), nor after a WRITE that grew
+        the file (the next one of a writer at the end grows it again, and
+        each growth drops the copies).
         """
+        fh, offset, size = _FH_RANGE.unpack_from(data, IN_HEADER.size)
         now = time.monotonic_ns()
         generation = fast.generation()
         shown = self._shown.get(fh)
         if shown is not None and shown[0] == generation and shown[1] > now:
             return
         ops = self.dispatcher.ops
-        copy = ops.read_copy(fh)
+        copy = ops.io_copy(fh)
         until = ops.copies_until_ns()
         if copy is None or until <= now:
             return
-        size, tiles = copy
-        if fast.install(fh, generation, size, until, tiles):
+        if opcode == Opcode.WRITE and offset + size >= copy.size:
+            return
+        if fast.install(fh, generation, copy, until):
             self._shown[fh] = (generation, until)
+
+    def take_written(self) -> None:
+        """Tell the open files what the compiled loop wrote through them
+        (before a FLUSH, FSYNC, SETATTR or RELEASE, and at the end)."""
+        fast = self.fast
+        if fast is None:
+            return
+        ops = self.dispatcher.ops
+        for w in fast.take_written():
+            ops.overwrote(w.fh, w.lo, w.hi)
 
     def hand_over(self) -> None:
         """The calling thread is about to wait: another one reads the next request.
