@@ -34,7 +34,7 @@ from daxfs.client.rpc import Connection, ServerStats, SessionInfo
 from daxfs.client.session import SessionState
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr, SetAttr, StatFs
-from daxfs.shared.extent import ClientId, Extent, FileHandle
+from daxfs.shared.extent import ClientId, Extent, FileHandle, InodeId
 from daxfs.shared.flush import FlushMode
 from daxfs.shared.limits import RENAME_EXCHANGE
 from daxfs.shared.permissions import Identity
@@ -206,9 +206,17 @@ class Client:
         added: tuple[str, ...] = (),
         removed: tuple[str, ...] = (),
         made_dir: bool = False,
+        xattr_names: frozenset[str] | None = None,
     ) -> None:
         if pending is not None:
-            self.meta_cache.changed(pending, attr, added=added, removed=removed, made_dir=made_dir)
+            self.meta_cache.changed(
+                pending,
+                attr,
+                added=added,
+                removed=removed,
+                made_dir=made_dir,
+                xattr_names=xattr_names,
+            )
 
     def _mode(self, mode: int, caller: Identity | None) -> int:
         """Creation mode bits: this process's umask applies to its own calls only.
@@ -425,8 +433,15 @@ class Client:
         as this client sees it.
         """
         if path and changes.touches_data and self.inodes.has_writers():
-            target = self.server.get_attr(path, who=caller)
-            inode = self.inodes.get(target.ino)
+            # Which inode the path names: the cache knows it for a file this
+            # client created or looked up, even after its own writes moved
+            # the attributes (tar's futimens after its write); else ask.
+            ino = None
+            if self.caches_metadata and self.lease_valid():
+                ino = self.meta_cache.inode_at(key_of(path, self._who(caller)))
+            if ino is None:
+                ino = self.server.get_attr(path, who=caller).ino
+            inode = self.inodes.get(InodeId(ino))
             if inode is not None:
                 publish_inode(self, inode)
         pending = self._change(path, caller) if path and not handle else None
@@ -538,7 +553,7 @@ class Client:
                 append=how.append,
                 who=caller,
             )
-            self._changed(pending, opened.attr, added=(path,))
+            self._changed(pending, opened.attr, added=(path,), xattr_names=opened.xattr_names)
         else:
             opened = self.server.open(
                 path,

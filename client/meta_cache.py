@@ -20,6 +20,15 @@ lookup's would be (:meth:`MetaCache.change` before the call, :meth:`changed`
 after). Its own invalidation, in the reply's trailer, moves the epoch too:
 the reply is kept only when nothing but that trailer moved it meanwhile.
 
+That trailer takes away less than another client's invalidation does: the
+answers for an inode whose attributes it moved stay as *stale* ones (they
+answer no stat, but still say which inode the path names: the walk's grants
+did not end), and when the server says the change left the inode's extended
+attributes alone (``xattrs_kept``: this client still holds that grant) what
+no permission decides of them stays too, so a file this client created
+answers ``security.*`` and ACL lookups with ENODATA through its writes,
+commits and setattrs.
+
 A directory's whole listing (``Listing``: a listing's names, or a new
 directory's none) answers "no such name" for any name it lacks, for a caller
 that may search the directory, so a create's lookup of its new name costs no
@@ -49,6 +58,10 @@ Key = tuple[str, int, int, tuple[int, ...]]
 #: (server/namespace.py ``_may_xattr``): a missing one is ENODATA for anyone.
 _UNCHECKED = ("security.", "system.posix_acl_access", "system.posix_acl_default")
 
+#: Epoch moves a change's reply may look back over (:meth:`MetaCache.changed`);
+#: more than this many while it was out, and it is not kept.
+_MOVES_KEPT = 64
+
 #: Answers kept at most; past it the cache starts over (a working set this big
 #: is better served by the kernel's cache in front of the mount).
 MAX_ENTRIES = 65536
@@ -58,8 +71,13 @@ MAX_ENTRIES = 65536
 class Answer:
     attr: Attr | None
     error: DaxfsError | None
-    #: The names of the inode's extended attributes, when a listing carried them.
+    #: The names of the inode's extended attributes, when a listing or a create carried them.
     xattr_names: frozenset[str] | None = None
+    #: This client's own change moved the inode's attributes since (a write's
+    #: allocation, a commit, a setattr): they answer nothing any more, but the
+    #: path still names ``attr.ino`` (the walk's grants did not end) and the
+    #: xattr names, if kept, still hold (:meth:`MetaCache.invalidate`).
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +272,9 @@ class MetaCache:
         #: Per thread: the epoch move of the last own invalidation (before,
         #: after), and the epoch a change's reply was kept at.
         self._local = threading.local()
+        #: The recent own invalidations of every thread, by the epoch they
+        #: moved to: the inodes and paths they named (:meth:`changed`).
+        self._own_moves: dict[int, tuple[frozenset[int], tuple[str, ...]]] = {}  # guarded by _lock
         self.epoch = 0
         """Moves on every invalidation, close and open (read without the lock: an int)."""
         self.hits = 0
@@ -268,9 +289,21 @@ class MetaCache:
             answer = self._answers.get(key)
             if answer is None:
                 answer = self._absent(key)
+            elif answer.stale:
+                return None
         if answer is not None:
             self.hits += 1
         return answer
+
+    def inode_at(self, key: Key) -> int | None:
+        """The inode ``key``'s path names, as far as a kept answer says, even one
+        whose attributes this client's own change made stale (which inode a
+        path names depends on the walk's grants, which that change left)."""
+        with self._lock:
+            if not self._open:
+                return None
+            answer = self._answers.get(key)
+            return None if answer is None or answer.attr is None else int(answer.attr.ino)
 
     def _absent(self, key: Key) -> Answer | None:
         where = _split(key[0])
@@ -302,7 +335,7 @@ class MetaCache:
                 return None
             for key in self._by_ino.get(int(ino), ()):
                 answer = self._answers.get(key)
-                if answer is not None and answer.attr is not None:
+                if answer is not None and answer.attr is not None and not answer.stale:
                     self.hits += 1
                     return answer.attr
         return None
@@ -332,8 +365,10 @@ class MetaCache:
         added: Iterable[str] = (),
         removed: Iterable[str] = (),
         made_dir: bool = False,
+        xattr_names: frozenset[str] | None = None,
     ) -> bool:
-        """The change's reply: keep its attributes, if it has them, for its path;
+        """The change's reply: keep its attributes, if it has them, for its path
+        (with ``xattr_names``, a create's: the file's extended attribute names);
         the listings held when it went out with the paths ``removed`` gone and
         ``added`` in (the server granted them again: its own change did not end
         them); with ``made_dir``, the new directory's empty listing. Unless
@@ -342,15 +377,10 @@ class MetaCache:
         own: tuple[int, int] | None = getattr(self._local, "own", None)
         self._local.own = None
         with self._lock:
-            epoch = pending.sent
-            if own is not None:
-                if own[0] != pending.sent:
-                    return False
-                epoch = own[1]
-            if not self._open or epoch != self.epoch:
+            if not self._open or not self._only_own_moves(pending, own, attr):
                 return False
             if attr is not None:
-                self._put(pending.key, Answer(attr, None))
+                self._put(pending.key, Answer(attr, None, xattr_names))
             listings = dict(pending.listings)
             for path, add in [(p, False) for p in removed] + [(p, True) for p in added]:
                 where = _split(path)
@@ -367,6 +397,47 @@ class MetaCache:
                 self._listing_paths.add(pending.key)
             self._local.kept = self.epoch
             return True
+
+    def _only_own_moves(
+        self, pending: Pending, own: tuple[int, int] | None, attr: Attr | None
+    ) -> bool:
+        """Whether every epoch move since ``pending`` went out leaves its reply
+        true: this call's own trailer (``own``), or another thread's trailer
+        (this client's Release of another file, say) naming nothing the reply
+        depends on. Guarded by the caller holding ``self._lock``.
+
+        Another thread's own change either committed before this one (the
+        reply describes the state after it: its trailer only drops older
+        answers) or after it; then every key of this reply it touched was
+        held already (granted with this reply, after this change's commit),
+        so its trailer names it: the reply's inode, its path or one above
+        it, or a name in a directory whose listing this reply updates. A
+        trailer naming none of those changed nothing the reply says.
+        Anything else that moved the epoch (another client's invalidation,
+        a clear, the stream going down) is not known to be harmless.
+        """
+        first, last = pending.sent, self.epoch
+        if last - first > _MOVES_KEPT:
+            return False
+        dirs = {k[0] for k, _ in pending.listings}
+        parents = dirs | {pending.key[0]}  # and a new directory's (empty) listing
+        for epoch in range(first + 1, last + 1):
+            if own is not None and epoch == own[1]:
+                continue
+            move = self._own_moves.get(epoch)
+            if move is None:
+                return False
+            inos, paths = move
+            if attr is not None and int(attr.ino) in inos:
+                return False
+            prefixes = [(p.rstrip("/") or "/", p.rstrip("/") + "/") for p in paths]
+            if _under(pending.key[0], prefixes) or any(_under(d, prefixes) for d in dirs):
+                return False
+            for path in paths:
+                where = _split(path.rstrip("/") or "/")
+                if where is not None and where[0] in parents:
+                    return False
+        return True
 
     def take_kept(self) -> int | None:
         """The epoch this thread's last kept change was kept at (once), else None."""
@@ -393,9 +464,13 @@ class MetaCache:
         if len(self._answers) >= MAX_ENTRIES:
             self._forget_all()
         old = self._answers.get(key)
-        if old is not None and (old.attr is None or old.attr != answer.attr):
+        if old is not None and not _same_inode(old, answer):
             self._drop(key)  # and the xattrs kept beside it
         elif old is not None and answer.xattr_names is None:
+            # What is kept of the xattrs stays: the grant they hold by
+            # (Xattrs(ino) on the server) did not end, or an invalidation
+            # naming the inode would have dropped them (and, coming before
+            # this answer, moved the epoch its caller checked).
             answer = Answer(answer.attr, answer.error, old.xattr_names)
         self._answers[key] = answer
         self._answer_paths.add(key)
@@ -430,18 +505,38 @@ class MetaCache:
                 return
             self._xattrs.setdefault(key, {})[name] = answer
 
-    def invalidate(self, inos: Iterable[int], paths: Iterable[str], *, own: bool = False) -> None:
+    def invalidate(
+        self,
+        inos: Iterable[int],
+        paths: Iterable[str],
+        *,
+        own: bool = False,
+        xattrs_kept: Iterable[int] = (),
+    ) -> None:
         """Drop the attributes of ``inos`` and every answer at or under ``paths``,
         and the listings of the directories holding ``paths``. ``own``: the
-        trailer of this thread's call (:meth:`changed` tells it apart)."""
+        trailer of this thread's call (:meth:`changed` tells it apart); its
+        answers for ``inos`` stay as stale ones (:attr:`Answer.stale`: which
+        inode the path names), and for ``xattrs_kept`` with what no
+        permission decides of their xattrs (the names, the values of
+        ``security.*`` and the POSIX ACLs; the others may depend on the mode
+        the change moved)."""
         paths = list(paths)
         with self._lock:
             before = self.epoch
             self.epoch += 1
             if own:
                 self._local.own = (before, self.epoch)
+                self._own_moves[self.epoch] = (frozenset(int(i) for i in inos), tuple(paths))
+                if len(self._own_moves) > 2 * _MOVES_KEPT:
+                    floor = self.epoch - _MOVES_KEPT
+                    self._own_moves = {e: m for e, m in self._own_moves.items() if e > floor}
             self.invalidations += 1
+            kept = {int(i) for i in xattrs_kept} if own else set()
             for ino in inos:
+                if own:
+                    self._stale(int(ino), int(ino) in kept)
+                    continue
                 for key in self._by_ino.pop(int(ino), ()):
                     if self._answers.pop(key, None) is not None:
                         self._answer_paths.remove(key)
@@ -466,6 +561,28 @@ class MetaCache:
                 for key in gone:
                     if self._listings.pop(key, None) is not None:
                         self._listing_paths.remove(key)
+
+    def _stale(self, ino: int, keep_xattrs: bool) -> None:
+        """Own change of inode ``ino``: its answers stay as stale ones.
+
+        Never more than was held: a trailer only takes away. An invalidation
+        on the session stream for the same inode (another client's xattr
+        change, say) drops everything whether it comes before this trailer
+        or after it; before, there is nothing left here to keep (and the
+        server, which revoked our Xattrs(ino) then, did not list the inode
+        as kept); after, it drops what this kept.
+        """
+        for key in self._by_ino.get(ino, ()):
+            answer = self._answers.get(key)
+            if answer is None:
+                continue
+            names = answer.xattr_names if keep_xattrs else None
+            self._answers[key] = Answer(answer.attr, answer.error, names, stale=True)
+            xattrs = self._xattrs.pop(key, None)
+            if keep_xattrs and xattrs:
+                unchecked = {n: a for n, a in xattrs.items() if n.startswith(_UNCHECKED)}
+                if unchecked:
+                    self._xattrs[key] = unchecked
 
     def _drop(self, key: Key) -> None:
         answer = self._answers.pop(key)
@@ -513,6 +630,20 @@ class MetaCache:
 
     def __len__(self) -> int:
         return len(self._answers)
+
+
+def _same_inode(old: Answer, new: Answer) -> bool:
+    """Whether ``new`` may replace ``old`` and keep what is kept beside it: the
+    same attributes, or a stale answer's inode (its attributes moved by this
+    client's own change, and ``new`` says what they are now)."""
+    if old.attr is None or new.attr is None:
+        return False
+    if old.attr == new.attr:
+        return True
+    return old.stale and (old.attr.ino, old.attr.generation) == (
+        new.attr.ino,
+        new.attr.generation,
+    )
 
 
 def _under(path: str, prefixes: list[tuple[str, str]]) -> bool:

@@ -357,6 +357,8 @@ class Opened:
     attr: Attr
     layout: Layout | None
     """The whole file's READ layout, when the open asked for one and got it."""
+    xattr_names: frozenset[str] | None = None
+    """A create's, for a caching client: the file's extended attribute names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -802,4 +804,5 @@ _BYTE_PATH = (GET_LAYOUT, COMMIT_LAYOUT)
 
 def _opened(reply: pb.OpenReply) -> Opened:
     layout = layout_of(reply.layout) if reply.HasField("layout") else None
-    return Opened(FileHandle(reply.handle), attr_of(reply.attr), layout)
+    names = frozenset(reply.xattr_names.names) if reply.HasField("xattr_names") else None
+    return Opened(FileHandle(reply.handle), attr_of(reply.attr), layout, names)

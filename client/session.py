@@ -459,7 +459,9 @@ class SessionState:
                 listener.invalidate_all()
         else:
             inos = stale.get("inos", ())
-            self.meta_cache.invalidate(inos, stale.get("paths", ()), own=True)
+            self.meta_cache.invalidate(
+                inos, stale.get("paths", ()), own=True, xattrs_kept=stale.get("xattrs_kept", ())
+            )
             for listener in self.cache_listeners:
                 listener.invalidate_own(inos)
 

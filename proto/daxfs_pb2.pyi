@@ -462,7 +462,12 @@ class Invalidate(_message.Message):
     lease this client held when it was sent runs out). The same content, as JSON
     {"inos": [...], "paths": [...]}, rides in the trailing metadata key
     "daxfs-invalidated-bin" of the reply to a client's own change, or
-    {"all": true} when that would be too long: drop every cached answer.
+    {"all": true} when that would be too long: drop every cached answer. That
+    trailer may add "xattrs_kept": [...], inodes of "inos" whose extended
+    attributes the change left alone: the client may keep what it knows of
+    their names and of the values no permission decides (security.*, the POSIX
+    ACLs); it still drops their other attributes. The server still holds that
+    knowledge granted: another client's later xattr change is an Invalidate.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -925,6 +930,7 @@ class OpenReply(_message.Message):
     HANDLE_FIELD_NUMBER: _builtins.int
     ATTR_FIELD_NUMBER: _builtins.int
     LAYOUT_FIELD_NUMBER: _builtins.int
+    XATTR_NAMES_FIELD_NUMBER: _builtins.int
     handle: _builtins.int
     """Handle for GetLayout, Read, Write, Release; valid in this session only."""
     @_builtins.property
@@ -935,20 +941,59 @@ class OpenReply(_message.Message):
     def layout(self) -> Global___Layout:
         """Set when OpenRequest.layout asked for it and it was granted."""
 
+    @_builtins.property
+    def xattr_names(self) -> Global___XattrNames:
+        """Create only, for a client that caches metadata
+        (HelloRequest.cache_metadata): the names of the file's extended
+        attributes, as ListXattr would give the caller (none for a new file:
+        nothing is inherited). As DirEntry.xattr_names, the client answers a
+        getxattr of a name not listed, where no permission decides, with ENODATA
+        without asking, until an invalidation names the inode (an Invalidate, or
+        the trailer of its own change unless "xattrs_kept" lists the inode).
+        Unset: not sent (the client asks).
+        """
+
     def __init__(
         self,
         *,
         handle: _builtins.int = ...,
         attr: Global___Attr | None = ...,
         layout: Global___Layout | None = ...,
+        xattr_names: Global___XattrNames | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "layout", b"layout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "layout", b"layout", "xattr_names", b"xattr_names"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "handle", b"handle", "layout", b"layout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attr", b"attr", "handle", b"handle", "layout", b"layout", "xattr_names", b"xattr_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpenReply: _TypeAlias = OpenReply  # noqa: Y015
+
+@_typing.final
+class XattrNames(_message.Message):
+    """The names of an inode's extended attributes (a message so that "none" and
+    "not sent" differ).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names, such as "user.comment" or "security.selinux"."""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___XattrNames: _TypeAlias = XattrNames  # noqa: Y015
 
 @_typing.final
 class ReleaseRequest(_message.Message):

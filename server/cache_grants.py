@@ -16,6 +16,12 @@ The server keeps, per opted-in session, the *keys* its answers depended on:
   changing on every create does not invalidate the paths below it;
 - ``Entry(dir, name)``: one name in a directory, present or absent (a
   negative lookup is cached too);
+- ``Xattrs(ino)``: the names and values of an inode's extended attributes
+  (what a getxattr, a listing's or a create's ``xattr_names`` answered).
+  Every xattr change touches ``Attr(ino)`` too (the ctime), but a change of
+  the attributes alone leaves this key alone: a client whose own write,
+  commit or setattr ended its ``Attr(ino)`` keeps what it knows of the
+  xattrs (``Namespace._invalidate``: the reply's trailer says so);
 - ``Names(dir)``: every name of a directory, so that its holder answers
   "no such name" for any name it does not list, without asking. A change of
   any ``Entry(dir, name)`` takes it back, and is sent to its holder as that
@@ -75,13 +81,20 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Xattrs:
+    """The extended attributes of inode ``ino``: which names it has, and their values."""
+
+    ino: InodeId
+
+
+@dataclass(frozen=True, slots=True)
 class Names:
     """Every name in directory ``dir``: its holder knows a name it does not list is absent."""
 
     dir: InodeId
 
 
-Key = Attr | Perm | Entry | Names
+Key = Attr | Perm | Entry | Names | Xattrs
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,6 +291,7 @@ class Metadata:
 
     def delete_inode(self, ino: int) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
+        self.touched.add(cache_grants.Xattrs(InodeId(ino)))
         self._conn.execute("DELETE FROM inodes WHERE ino=?", (ino,))
         self._conn.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
 
@@ -458,9 +459,11 @@ class Metadata:
         return None if row is None else bytes(row[0])
 
     def set_xattr(self, ino: int, name: str, value: bytes) -> None:
+        self.touched.add(cache_grants.Xattrs(InodeId(ino)))
         self._conn.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
 
     def remove_xattr(self, ino: int, name: str) -> bool:
+        self.touched.add(cache_grants.Xattrs(InodeId(ino)))
         cur = self._conn.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, name))
         return cur.rowcount > 0
 

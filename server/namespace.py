@@ -77,6 +77,19 @@ class DirEntry:
     xattr_names: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class OwnInvalidation:
+    """What a call made stale in its own caller's cache (the reply's trailer)."""
+
+    inos: list[InodeId]
+    """Inodes whose attributes changed (or their extended attributes)."""
+    paths: list[str]
+    """Paths to drop, and everything below them."""
+    xattrs_kept: list[InodeId]
+    """Of ``inos``, those whose extended attributes the caller may keep (it
+    still holds ``Xattrs(ino)``: only their other attributes changed)."""
+
+
 @dataclass(slots=True)
 class Counters:
     """Data-path RPC counters: a DAX client should leave these at zero."""
@@ -253,9 +266,9 @@ class Namespace:
         self._local.own = None
         self._local.reply = None
 
-    def take_own_invalidation(self) -> tuple[list[InodeId], list[str]] | None:
+    def take_own_invalidation(self) -> OwnInvalidation | None:
         """What the call just served made stale in its caller's own cache, if anything."""
-        own: tuple[list[InodeId], list[str]] | None = getattr(self._local, "own", None)
+        own: OwnInvalidation | None = getattr(self._local, "own", None)
         self._local.own = None
         return own
 
@@ -274,8 +287,25 @@ class Namespace:
             self.grants.revoke(client, keys)
             inos, paths = self._stale(keys)
             if client == me:
-                own: tuple[list[InodeId], list[str]] = getattr(self._local, "own", None) or ([], [])
-                self._local.own = (own[0] + inos, own[1] + paths)
+                # The caller's Attr(ino) ended, its Xattrs(ino) did not (this
+                # change left the xattrs alone, and nobody else's change ended
+                # it before this one: that change would have revoked it, under
+                # this lock, and told the caller on its stream): it keeps what
+                # it knows of them. Decided here, under the lock that orders
+                # every change, so a later xattr change by another client finds
+                # the grant and is sent to the caller like any invalidation;
+                # the caller applies that one whenever it comes, and this reply
+                # only ever keeps less than its cache holds (client/meta_cache.py).
+                kept = [
+                    k.ino
+                    for k in keys
+                    if isinstance(k, cache_grants.Attr)
+                    and self.grants.holds(client, cache_grants.Xattrs(k.ino))
+                ]
+                own = getattr(self._local, "own", None) or OwnInvalidation([], [], [])
+                self._local.own = OwnInvalidation(
+                    own.inos + inos, own.paths + paths, own.xattrs_kept + kept
+                )
                 continue
             session = self.leases.session_or_none(client)
             if session is None:
@@ -308,7 +338,7 @@ class Namespace:
         inos: list[InodeId] = []
         paths: list[str] = []
         for key in keys:
-            if isinstance(key, cache_grants.Attr):
+            if isinstance(key, cache_grants.Attr | cache_grants.Xattrs):
                 inos.append(key.ino)
                 continue
             where = self._dir_path(key.ino if isinstance(key, cache_grants.Perm) else key.dir)
@@ -791,8 +821,19 @@ class Namespace:
             else:
                 row = self._new_inode(parent, name, stat.S_IFREG | mode, caller, absent=True)
                 opened = self._register_open(row, caller, readable, writable, append, allocated=0)
-            self._reply_grant(caller, *self._made(caller, parent, name, opened.attr.ino))
-            return opened
+            ino = opened.attr.ino
+            if not self.grants.caches(caller.client):
+                self._reply_grant(caller, *self._made(caller, parent, name, ino))
+                return opened
+            # A caching client learns the file's xattr names too (a new file
+            # has none: nothing is inherited, see _new_inode), and keeps them
+            # until the server says Xattrs(ino) changed: the kernel's getxattr
+            # of security.capability before a write or a chown is then no call.
+            names = () if existing is None else self.xattrs.names(self._inode(ino), caller)
+            self._reply_grant(
+                caller, *self._made(caller, parent, name, ino), cache_grants.Xattrs(ino)
+            )
+            return Opened(opened.handle, opened.attr, tuple(names))
 
     def open(
         self,
@@ -1092,7 +1133,12 @@ class Namespace:
                     cache_grants.Names(row.ino),
                 ]
                 for e in entries:
-                    keys += (cache_grants.Entry(row.ino, e.name), cache_grants.Attr(e.attr.ino))
+                    ino = e.attr.ino
+                    keys += (
+                        cache_grants.Entry(row.ino, e.name),
+                        cache_grants.Attr(ino),
+                        cache_grants.Xattrs(ino),  # the entry's xattr_names
+                    )
                 self.grants.grant(caller.client, keys)
             return entries
 
@@ -1111,7 +1157,11 @@ class Namespace:
 
     def getxattr(self, path: str, name: str, caller: Caller = ROOT) -> bytes:
         with self._reading():
-            return self.xattrs.get(self._resolve(path, caller), name, caller)
+            row = self._resolve(path, caller)
+            # The answer (a value or ENODATA) depends on the xattrs as well as
+            # on the walk and the attributes _resolve granted.
+            self.grants.grant(caller.client, (cache_grants.Xattrs(row.ino),))
+            return self.xattrs.get(row, name, caller)
 
     def setxattr(
         self, path: str, name: str, value: bytes, caller: Caller = ROOT, *, flags: int = 0

@@ -42,6 +42,8 @@ class Opened:
 
     handle: FileHandle
     attr: Attr
+    xattr_names: tuple[str, ...] | None = None
+    """Create, for a caching client: the file's extended attribute names (None: not sent)."""
 
 
 class OpenFiles:

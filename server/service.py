@@ -108,8 +108,13 @@ def _edge(fn: F) -> F:
             reply = fn(self, request, context)
             own = self.core.take_own_invalidation()
             if own is not None:
-                inos, paths = own
-                blob = json.dumps({"inos": sorted(set(inos)), "paths": sorted(set(paths))})
+                stale: dict[str, Any] = {
+                    "inos": sorted(set(own.inos)),
+                    "paths": sorted(set(own.paths)),
+                }
+                if own.xattrs_kept:
+                    stale["xattrs_kept"] = sorted(set(own.xattrs_kept))
+                blob = json.dumps(stale)
                 if len(blob) > MAX_INVALIDATED_TRAILER:  # gRPC caps metadata at 8 KiB
                     blob = '{"all": true}'
                 context.set_trailing_metadata(((INVALIDATED_KEY, blob.encode()),))
@@ -481,7 +486,11 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
             writable=r.write,
             append=r.append,
         )
-        return pb.OpenReply(handle=opened.handle, attr=attr_msg(opened.attr))
+        reply = pb.OpenReply(handle=opened.handle, attr=attr_msg(opened.attr))
+        if opened.xattr_names is not None:
+            reply.xattr_names.names.extend(opened.xattr_names)
+            reply.xattr_names.SetInParent()  # sent even when empty: "none" is the news
+        return reply
 
     @_edge
     def Open(self, request: pb.OpenRequest, context: grpc.ServicerContext) -> pb.OpenReply:

@@ -339,3 +339,73 @@ def test_chmod_chown_and_utime_through_the_mount_are_one_call_each(cached: Mount
         os.close(fd)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
     assert (st.st_atime_ns, st.st_mtime_ns, st.st_size) == (3_000_000_000, 4_000_000_000, 3)
+
+
+def _wait_releases(m: Mount, want: int) -> None:
+    """The daemon answers RELEASE before its Release call goes out: wait for them."""
+    deadline = time.monotonic() + 30
+    while rpcs(m, "Release") < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_tar_like_extraction_asks_for_no_xattr_and_no_attributes(cached: Mount) -> None:
+    """What tar x does per file: create, write, futimens, fchown, fchmod, close.
+    The kernel asks for security.capability (the chown may have to drop file
+    capabilities): the create's reply named the file's xattrs (none), and the
+    mount's own write and setattrs left them alone, so that is answered here;
+    the futimens finds the inode to publish the write by the name the create
+    kept. What is left: Create, GetLayout, CommitLayout, three SetAttr, Release."""
+    d = cached.path / "d"
+    d.mkdir()
+    every = ("GetXattr", "GetAttr", "Lookup", "Create", "GetLayout", "CommitLayout", "SetAttr")
+    before = {m: rpcs(cached, m) for m in (*every, "Release")}
+    for i in range(10):
+        fd = os.open(d / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"x" * 2048)
+            os.utime(fd, ns=(1_000_000_000, 2_000_000_000))
+            os.fchown(fd, 1234, 5678)
+            os.fchmod(fd, 0o640)
+        finally:
+            os.close(fd)
+    _wait_releases(cached, before["Release"] + 10)
+    done = {m: rpcs(cached, m) - before[m] for m in every}
+    assert (done["GetXattr"], done["GetAttr"], done["Lookup"]) == (0, 0, 0), done
+    assert done["Create"] == 10 and sum(done.values()) <= 10 * 6, done
+    st = os.stat(d / "f9")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) == (0o640, 1234, 5678, 2048)
+    assert st.st_mtime_ns == 2_000_000_000
+
+
+def test_a_label_another_guest_sets_on_a_file_the_mount_created_is_seen(
+    client: Client, cached: Mount
+) -> None:
+    """The mount answers "no such label" for a file it created without asking,
+    through its own write and setattrs (which end its grant of the file's
+    attributes but not of its xattrs); another guest's setxattr or removexattr
+    is seen by the next getxattr all the same."""
+    d = cached.path / "d"
+    d.mkdir()
+    f = d / "f"
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, b"abc")  # a GetLayout: the mount's own change of the attributes
+        calls = rpcs(cached, "GetXattr")
+        with pytest.raises(OSError) as missing:
+            os.getxattr(f, "security.test")
+        assert missing.value.errno == errno.ENODATA
+        assert rpcs(cached, "GetXattr") == calls
+        client.setxattr("/d/f", "security.test", b"1")
+        assert os.getxattr(f, "security.test") == b"1"
+        os.fchmod(fd, 0o600)
+        client.removexattr("/d/f", "security.test")
+        with pytest.raises(OSError) as missing:
+            os.getxattr(f, "security.test")
+        assert missing.value.errno == errno.ENODATA
+        os.write(fd, b"defg" * 2048)  # allocates again
+        client.setxattr("/d/f", "security.other", b"2")
+        assert os.getxattr(f, "security.other") == b"2"
+    finally:
+        os.close(fd)
+    client.setxattr("/d/f", "security.test", b"3")  # after the close's commit and release
+    assert os.getxattr(f, "security.test") == b"3"

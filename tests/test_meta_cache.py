@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
 from daxfs.client.meta_cache import Answer, MetaCache, XattrAnswer, key_of
 from daxfs.shared import errors
 from daxfs.shared.attr import Attr
@@ -229,3 +233,120 @@ def test_a_listing_goes_with_any_name_in_it_or_above_it_not_with_its_attributes(
     assert not listed("/d") and listed("/e")
     cache.invalidate([], ["/e"])
     assert not listed("/e") and not listed("/e/sub")
+
+
+def _on_another_thread(fn: Callable[[], None]) -> None:
+    """As this client's other threads do (a deferred Release, another request)."""
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join()
+
+
+def _created(cache: MetaCache, path: str, ino: int, names: frozenset[str]) -> None:
+    """What a create's reply leaves: its attributes and its (granted) xattr names."""
+    pending = cache.change(key_of(path, ROOT))
+    assert cache.changed(pending, _attr(ino), added=(path,), xattr_names=names)
+
+
+def _missing(cache: MetaCache, path: str, name: str) -> bool:
+    hit = cache.get_xattr(key_of(path, ROOT), name)
+    return hit is not None and isinstance(hit.error, errors.NoData)
+
+
+def test_a_created_files_xattr_names_answer_missing_labels_and_acls() -> None:
+    """A create's reply names the new file's xattrs (none): the kernel's
+    getxattr of security.capability before a write or a chown is ENODATA here."""
+    cache = opened()
+    _created(cache, "/f", 7, frozenset())
+    assert _missing(cache, "/f", "security.capability")
+    assert _missing(cache, "/f", "system.posix_acl_access")
+    assert cache.get_xattr(key_of("/f", ROOT), "user.k") is None  # read permission decides
+
+
+def test_own_changes_that_left_the_xattrs_alone_keep_what_no_permission_decides() -> None:
+    """The trailer of this client's own write, commit or setattr: the attributes
+    go (stat asks again, fstat too), which inode the path names stays, and for
+    an inode the server lists in ``xattrs_kept`` the xattr names and the
+    unchecked values stay; a user.* value goes (the mode may have moved)."""
+    cache = opened()
+    key = key_of("/f", ROOT)
+    _created(cache, "/f", 7, frozenset({"security.selinux"}))
+    cache.put_xattr(key, "security.selinux", XattrAnswer(b"label", None), cache.epoch)
+    cache.put_xattr(key, "user.k", XattrAnswer(b"v", None), cache.epoch)
+    cache.invalidate([7], [], own=True, xattrs_kept=[7])  # GetLayout allocated blocks
+    assert not cached(cache, "/f") and cache.by_ino(7) is None
+    assert cache.inode_at(key) == 7
+    assert _missing(cache, "/f", "security.capability")
+    assert cache.get_xattr(key, "security.selinux") == XattrAnswer(b"label", None)
+    assert cache.get_xattr(key, "user.k") is None
+    # A setattr's reply (or a stat's answer) of the same inode brings the
+    # attributes back and keeps the xattrs beside them.
+    pending = cache.change(key)
+    cache.invalidate([7], [], own=True, xattrs_kept=[7])
+    newer = replace(_attr(7), mode=0o100600)
+    assert cache.changed(pending, newer)
+    assert cache.get(key) == Answer(newer, None, frozenset({"security.selinux"}))
+    assert _missing(cache, "/f", "security.capability")
+    # Not listed as kept (an own setxattr, say): the xattrs go, the inode stays.
+    cache.invalidate([7], [], own=True)
+    assert cache.inode_at(key) == 7
+    assert cache.get_xattr(key, "security.capability") is None
+    assert cache.get_xattr(key, "security.selinux") is None
+
+
+def test_another_clients_invalidation_drops_what_an_own_change_kept() -> None:
+    """Before or after the trailer that kept them, an invalidation on the session
+    stream naming the inode takes everything, the inode at the path included."""
+    for stream_first in (False, True):
+        cache = opened()
+        key = key_of("/f", ROOT)
+        _created(cache, "/f", 7, frozenset())
+        if stream_first:
+            cache.invalidate([7], [])
+        cache.invalidate([7], [], own=True, xattrs_kept=[7])
+        if not stream_first:
+            cache.invalidate([7], [])
+        assert cache.get_xattr(key, "security.capability") is None
+        assert cache.inode_at(key) is None
+        pending = cache.change(key)
+        cache.invalidate([7], [], own=True, xattrs_kept=[7])
+        assert cache.changed(pending, _attr(7))  # nothing left to carry
+        assert cache.get_xattr(key, "security.capability") is None
+
+
+def test_an_answer_of_another_inode_at_the_path_does_not_inherit_the_xattrs() -> None:
+    cache = opened()
+    key = key_of("/f", ROOT)
+    _created(cache, "/f", 7, frozenset())
+    cache.invalidate([7], [], own=True, xattrs_kept=[7])
+    cache.put(key, Answer(_attr(8), None), cache.epoch)
+    assert cache.get_xattr(key, "security.capability") is None
+
+
+def test_another_threads_own_change_of_something_else_leaves_a_reply_kept() -> None:
+    """tar's next create races the last file's deferred Release: its trailer
+    (the closed file's blocks) moves the epoch while the Create is out. It
+    names nothing the reply depends on, so the reply is kept; a trailer that
+    names the reply's inode, its path, a path above it, or a name in a
+    listing the reply updates is not harmless, nor is another client's."""
+
+    def create(meanwhile: Callable[[MetaCache], None]) -> bool:
+        cache = opened()
+        cache.changed(cache.change(key_of("/d", ROOT)), _dir(5), added=("/d",), made_dir=True)
+        pending = cache.change(key_of("/d/f", ROOT))
+        meanwhile(cache)
+        cache.invalidate([5], ["/d/f"], own=True)  # this call's own trailer
+        kept = cache.changed(pending, _attr(9), added=("/d/f",), xattr_names=frozenset())
+        assert kept == cached(cache, "/d/f")
+        assert kept == (cache.get(key_of("/d/g", ROOT)) is not None)  # the listing
+        return kept
+
+    def own(inos: list[int], paths: list[str]) -> Callable[[MetaCache], None]:
+        return lambda cache: _on_another_thread(lambda: cache.invalidate(inos, paths, own=True))
+
+    assert create(own([4], []))  # another file's Release
+    assert create(own([4], ["/e/x"]))
+    for harmful in ([9], []), ([], ["/d/f"]), ([], ["/d"]), ([], ["/"]), ([], ["/d/other"]):
+        assert not create(own(*harmful)), harmful
+    assert not create(lambda cache: cache.invalidate([4], []))  # another client's
+    assert not create(lambda cache: _on_another_thread(lambda: cache.clear(own=True)))

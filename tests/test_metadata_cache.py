@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from daxfs.client import Client, connect
+from daxfs.server import acl
 from daxfs.shared import errors
 from daxfs.testing import FaultyProxy, ServerProc, Volume, fuse_mount, start_server
 
@@ -171,6 +172,50 @@ def test_extended_attributes_are_cached_and_another_clients_change_shows_at_once
     assert a.getxattr("/f", "user.k") == b"4"
     b.chmod("/f", 0o600)  # any change to the inode drops its xattrs too (ACLs follow the mode)
     assert a.getxattr("/f", "user.k") == b"4"
+
+
+def test_a_created_files_labels_are_known_through_its_writes_until_another_sets_one(
+    pair: tuple[Client, Client],
+) -> None:
+    """The Create reply names the new file's xattrs (none), and the client's own
+    writes, commits and setattrs leave that knowledge (the server says they did
+    not touch the xattrs): a missing security label or ACL costs no call. Its
+    attributes went with the write, so the server no longer tells it about a
+    chmod by another client; it still tells it about their xattr changes."""
+    a, b = pair
+    calls = a.conn.calls["GetXattr"]
+    with a.open("/f", "wb") as f:
+        f.write(b"x" * 5000)  # GetLayout allocates: the file's attributes move
+        for name in ("security.capability", "system.posix_acl_access"):
+            with pytest.raises(errors.NoData):
+                a.getxattr("/f", name)
+        assert a.conn.calls["GetXattr"] == calls
+        b.setxattr("/f", "security.test", b"1")  # another client's, right after the write
+        assert a.getxattr("/f", "security.test") == b"1"
+    # Its own setattrs keep the value too (no permission decides a label).
+    a.setattr("/f", mtime_ns=1_000_000_000)
+    a.chmod("/f", 0o600)
+    calls = a.conn.calls["GetXattr"]
+    assert a.getxattr("/f", "security.test") == b"1"
+    assert a.conn.calls["GetXattr"] == calls
+    b.removexattr("/f", "security.test")
+    with pytest.raises(errors.NoData):
+        a.getxattr("/f", "security.test")
+    b.setxattr("/f", "system.posix_acl_access", _acl(0o640))
+    assert a.getxattr("/f", "system.posix_acl_access") == _acl(0o640)
+
+
+def _acl(mode: int) -> bytes:
+    """An access ACL with a named user entry (so it is stored, not folded into the mode)."""
+    return acl.pack(
+        [
+            (acl.ACL_USER_OBJ, (mode >> 6) & 7, 0),
+            (acl.ACL_USER, 4, 1234),
+            (acl.ACL_GROUP_OBJ, (mode >> 3) & 7, 0),
+            (acl.ACL_MASK, (mode >> 3) & 7, 0),
+            (acl.ACL_OTHER, mode & 7, 0),
+        ]
+    )
 
 
 def test_a_listing_fills_the_cache_with_its_entries(pair: tuple[Client, Client]) -> None:
