@@ -195,6 +195,18 @@ def test_a_copy_is_not_used_past_its_time(loop: Loop) -> None:
 
 
 @needs_compiler
+def test_a_reply_the_kernel_refuses_is_counted_and_the_loop_goes_on(loop: Loop) -> None:
+    assert loop.fast.install(7, loop.fast.generation(), copy(4096, [(0, 4096, 0)]), FAR)
+    loop.kernel.send(read_request(1, 7, 0, 4096))
+    getattr_request = IN_HEADER.pack(IN_HEADER.size, GETATTR, 2, 1, 0, 0, 0, 0, 0)
+    loop.kernel.send(getattr_request)
+    loop.kernel.shutdown(socket.SHUT_RD)  # the READ's reply fails (EPIPE)
+    returned = loop.fast.serve(loop.daemon.fileno(), ctypes.addressof(loop.buf), len(loop.buf))
+    assert returned == len(getattr_request)
+    assert loop.fast.counts().refused == 1
+
+
+@needs_compiler
 def test_a_tile_outside_the_region_is_refused(loop: Loop) -> None:
     gen = loop.fast.generation()
     assert not loop.fast.install(7, gen, copy(8192, [(0, 8192, MIB - 4096)]), FAR)

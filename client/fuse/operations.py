@@ -211,6 +211,7 @@ class IoStats:
                 "compiled_reads": c.reads,
                 "compiled_writes": c.writes,
                 "compiled_fallbacks": c.fallbacks,
+                "compiled_refused": c.refused,
                 # The five most frequent request sizes, {size: count}.
                 "read_sizes": dict(read_sizes.most_common(5)),
                 "write_sizes": dict(write_sizes.most_common(5)),

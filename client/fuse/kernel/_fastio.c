@@ -75,7 +75,7 @@ struct fastio {
     uint8_t *region;
     uint64_t region_length;
     uint32_t next_victim;
-    uint64_t reads, read_bytes, fallbacks;
+    uint64_t reads, read_bytes, fallbacks, refused;
     uint64_t sizes[SIZES][2]; /* (request size, count); size 0: free */
     struct entry slots[SLOTS];
 };
@@ -202,7 +202,8 @@ int fio_install(void *p, uint64_t fh, uint32_t may, uint64_t gen, uint64_t size,
 
 /*
  * ``out``: reads, read bytes, fallbacks, writes, write bytes, then SIZES
- * pairs (READ size, count), then SIZES pairs (WRITE size, count).
+ * pairs (READ size, count), then SIZES pairs (WRITE size, count), then the
+ * replies the kernel refused.
  */
 void fio_counts(void *p, uint64_t *out)
 {
@@ -218,6 +219,7 @@ void fio_counts(void *p, uint64_t *out)
         out[5 + 2 * SIZES + 2 * i] = __atomic_load_n(&f->write_sizes[i][0], __ATOMIC_RELAXED);
         out[6 + 2 * SIZES + 2 * i] = __atomic_load_n(&f->write_sizes[i][1], __ATOMIC_RELAXED);
     }
+    out[5 + 4 * SIZES] = __atomic_load_n(&f->refused, __ATOMIC_RELAXED);
 }
 
 /* Count a request of ``size`` bytes (one serving thread at a time calls this). */
@@ -316,8 +318,8 @@ static struct entry *find(struct fastio *f, uint64_t fh)
 
 /*
  * Serve one READ from the copy of its handle, under the shared lock.
- * 1: answered (or the kernel no longer waits for it); 0: Python's to serve;
- * -errno: the reply could not be written.
+ * 1: answered; 0: Python's to serve. A reply the kernel refuses is counted
+ * (``refused``; Python's path logs it) and the loop goes on, as Python's does.
  */
 static int serve_read(struct fastio *f, int fd, const uint8_t *req)
 {
@@ -330,7 +332,7 @@ static int serve_read(struct fastio *f, int fd, const uint8_t *req)
 
     struct iovec iov[MAX_IOV + 1];
     uint8_t header[OUT_HEADER];
-    int answered = 0, err = 0;
+    int answered = 0;
 
     pthread_rwlock_rdlock(&f->lock);
     struct entry *e = find(f, fh);
@@ -375,7 +377,7 @@ static int serve_read(struct fastio *f, int fd, const uint8_t *req)
     iov[0].iov_len = OUT_HEADER;
     answered = 1;
     if (writev(fd, iov, n) < 0 && errno != ENOENT && errno != ENODEV)
-        err = -errno;
+        __atomic_add_fetch(&f->refused, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&f->reads, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&f->read_bytes, end > offset ? end - offset : 0, __ATOMIC_RELAXED);
     count_size(f->sizes, size);
@@ -383,13 +385,13 @@ out:
     pthread_rwlock_unlock(&f->lock);
     if (!answered)
         __atomic_add_fetch(&f->fallbacks, 1, __ATOMIC_RELAXED);
-    return err ? err : answered;
+    return answered;
 }
 
 /*
  * Serve one WRITE inside the visible size (an overwrite: the size model and
  * the layout stay as they are) from the copy of its handle, under the shared
- * lock. 1: answered; 0: Python's to serve; -errno: the reply failed.
+ * lock. 1: answered; 0: Python's to serve (a refused reply as for a READ).
  */
 static int serve_write(struct fastio *f, int fd, const uint8_t *req, size_t n)
 {
@@ -408,7 +410,7 @@ static int serve_write(struct fastio *f, int fd, const uint8_t *req, size_t n)
         const uint8_t *from;
         uint64_t length;
     } piece[MAX_IOV];
-    int pieces = 0, answered = 0, err = 0;
+    int pieces = 0, answered = 0;
     uint64_t end = offset + size;
 
     pthread_rwlock_rdlock(&f->lock);
@@ -454,14 +456,14 @@ static int serve_write(struct fastio *f, int fd, const uint8_t *req, size_t n)
     memcpy(reply + 20, &zero, 4);
     answered = 1;
     if (write(fd, reply, sizeof reply) < 0 && errno != ENOENT && errno != ENODEV)
-        err = -errno;
+        __atomic_add_fetch(&f->refused, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&f->writes, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&f->write_bytes, size, __ATOMIC_RELAXED);
     count_size(f->write_sizes, size);
 out:
     pthread_rwlock_unlock(&f->lock);
     if (answered)
-        return err ? err : 1;
+        return 1;
 fallback:
     __atomic_add_fetch(&f->fallbacks, 1, __ATOMIC_RELAXED);
     return 0;
@@ -497,7 +499,5 @@ ssize_t fio_serve(void *p, int fd, uint8_t *buf, size_t buflen)
             return n;
         if (r == 0)
             return n;
-        if (r < 0)
-            return r;
     }
 }

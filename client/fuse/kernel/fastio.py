@@ -80,6 +80,8 @@ class Counts(NamedTuple):
     write_bytes: int
     #: {WRITE size: count}
     write_sizes: dict[int, int]
+    #: Replies the kernel refused (EINVAL: a bug here; Python's path logs them).
+    refused: int = 0
 
 
 class Written(NamedTuple):
@@ -170,7 +172,7 @@ class FastPath:
 
     def serve(self, fd: int, buf: int, length: int) -> int:
         """Answer READs and WRITEs until a request for Python arrives: its length (in ``buf``),
-        0 once unmounted; raises OSError. Runs without the GIL."""
+        0 once unmounted; raises OSError if /dev/fuse cannot be read. Runs without the GIL."""
         n = int(self._lib.fio_serve(self._state, fd, buf, length))
         if n < 0:
             raise OSError(-n, os.strerror(-n))
@@ -215,7 +217,7 @@ class FastPath:
         self._lib.fio_forget(self._state, fh)
 
     def counts(self) -> Counts:
-        out = (ctypes.c_uint64 * (5 + 4 * _SIZES))()
+        out = (ctypes.c_uint64 * (6 + 4 * _SIZES))()
         self._lib.fio_counts(self._state, out)
 
         def sizes(at: int) -> dict[int, int]:
@@ -230,4 +232,5 @@ class FastPath:
             int(out[3]),
             int(out[4]),
             sizes(5 + 2 * _SIZES),
+            int(out[5 + 4 * _SIZES]),
         )
