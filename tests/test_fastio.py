@@ -272,13 +272,20 @@ def test_a_truncate_by_another_guest_is_seen_by_the_next_read(
         for _ in range(3):
             assert os.pread(fd, len(data), 0) == data
         assert iostats(mount)["compiled_reads"] >= 2
+        # A recall reaches a session only over its stream, which attaches a
+        # little after the mount (under load, seconds): until then the server
+        # has nobody to wait for, and quarantine alone keeps the blocks.
+        wait_until(
+            lambda: all(s.attached for s in other.sessions()), "every session's stream to attach"
+        )
         other.truncate("/shrinks", 0)
         with other.open("/reuses", "wb") as f:  # may take the freed blocks
             f.write(b"\xee" * len(data))
         if other.stats().recall_waits_timed_out == 0:
             # The truncate returned after the mount acknowledged the recall
-            # (else, on a machine too loaded to answer in time, its lease
-            # bounds what it may still read, and fstat below catches up).
+            # (else, on a machine too loaded to answer within the server's
+            # wait, its lease bounds what it may still read, and fstat below
+            # catches up).
             assert os.pread(fd, len(data), 0) == b""
         wait_until(lambda: os.fstat(fd).st_size == 0, "the recall to reach the mount")
         assert os.pread(fd, len(data), 0) == b""
