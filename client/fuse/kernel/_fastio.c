@@ -317,6 +317,38 @@ static struct entry *find(struct fastio *f, uint64_t fh)
 }
 
 /*
+ * The region pieces holding bytes [offset, end) of ``e``'s file, in order,
+ * into ``out`` (at most ``max``); their count, or -1 when a part is not
+ * known to be mapped (a hole, a gap) or takes more pieces. Under the lock.
+ */
+static int map_range(const struct fastio *f, const struct entry *e, uint64_t offset,
+                     uint64_t end, struct iovec *out, int max)
+{
+    /* The first tile ending past ``offset``, then consecutive tiles to ``end``. */
+    uint32_t lo = 0, hi = e->ntiles;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (e->tiles[mid].start + e->tiles[mid].length <= offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int n = 0;
+    uint64_t pos = offset;
+    for (uint32_t i = lo; i < e->ntiles && pos < end; i++) {
+        const struct tile *t = &e->tiles[i];
+        if (t->start > pos || n == max)
+            return -1;
+        uint64_t piece_end = t->start + t->length < end ? t->start + t->length : end;
+        out[n].iov_base = f->region + t->region + (pos - t->start);
+        out[n].iov_len = piece_end - pos;
+        n++;
+        pos = piece_end;
+    }
+    return pos < end ? -1 : n;
+}
+
+/*
  * Serve one READ from the copy of its handle, under the shared lock.
  * 1: answered; 0: Python's to serve. A reply the kernel refuses is counted
  * (``refused``; Python's path logs it) and the loop goes on, as Python's does.
@@ -343,31 +375,10 @@ static int serve_read(struct fastio *f, int fd, const uint8_t *req)
         goto out;
     if (end > e->size)
         end = e->size;
-    int n = 1;
-    uint64_t pos = offset;
-    if (end > offset) {
-        /* The first tile ending past ``offset``, then consecutive tiles to ``end``. */
-        uint32_t lo = 0, hi = e->ntiles;
-        while (lo < hi) {
-            uint32_t mid = (lo + hi) / 2;
-            if (e->tiles[mid].start + e->tiles[mid].length <= offset)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        for (uint32_t i = lo; i < e->ntiles && pos < end; i++) {
-            const struct tile *t = &e->tiles[i];
-            if (t->start > pos || n > MAX_IOV)
-                goto out; /* a gap (unknown or a hole) or too many pieces */
-            uint64_t piece_end = t->start + t->length < end ? t->start + t->length : end;
-            iov[n].iov_base = f->region + t->region + (pos - t->start);
-            iov[n].iov_len = piece_end - pos;
-            n++;
-            pos = piece_end;
-        }
-        if (pos < end)
-            goto out;
-    }
+    int n = 0;
+    if (end > offset && (n = map_range(f, e, offset, end, iov + 1, MAX_IOV)) < 0)
+        goto out;
+    n += 1; /* and the header */
     uint32_t length = OUT_HEADER + (uint32_t)(end > offset ? end - offset : 0);
     int32_t zero = 0;
     memcpy(header, &length, 4);
@@ -405,11 +416,7 @@ static int serve_write(struct fastio *f, int fd, const uint8_t *req, size_t n)
     if (size == 0 || (size_t)IN_HEADER + WRITE_IN + size > n)
         goto fallback; /* Python answers the odd ones (and EINVAL) */
 
-    struct {
-        uint8_t *to;
-        const uint8_t *from;
-        uint64_t length;
-    } piece[MAX_IOV];
+    struct iovec piece[MAX_IOV];
     int pieces = 0, answered = 0;
     uint64_t end = offset + size;
 
@@ -417,34 +424,16 @@ static int serve_write(struct fastio *f, int fd, const uint8_t *req, size_t n)
     struct entry *e = find(f, fh);
     if (e == NULL || !(e->may & MAY_WRITE) || end < offset || end > e->size)
         goto out;
-    uint32_t lo = 0, hi = e->ntiles;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (e->tiles[mid].start + e->tiles[mid].length <= offset)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    uint64_t pos = offset;
-    for (uint32_t i = lo; i < e->ntiles && pos < end; i++) {
-        const struct tile *t = &e->tiles[i];
-        if (t->start > pos || pieces == MAX_IOV)
-            goto out;
-        uint64_t piece_end = t->start + t->length < end ? t->start + t->length : end;
-        piece[pieces].to = f->region + t->region + (pos - t->start);
-        piece[pieces].from = data + (pos - offset);
-        piece[pieces].length = piece_end - pos;
-        pieces++;
-        pos = piece_end;
-    }
-    if (pos < end || !can_record(f, fh))
+    if ((pieces = map_range(f, e, offset, end, piece, MAX_IOV)) < 0 || !can_record(f, fh))
         goto out;
     /* The lease checked just before the copy, as Python's _store does per piece
      * (a request is at most 1 MiB, one piece there). */
     if (now_ns() >= e->until_ns)
         goto out;
-    for (int i = 0; i < pieces; i++)
-        memcpy(piece[i].to, piece[i].from, piece[i].length);
+    for (int i = 0; i < pieces; i++) {
+        memcpy(piece[i].iov_base, data, piece[i].iov_len);
+        data += piece[i].iov_len;
+    }
     record_written(f, fh, offset, end);
     uint8_t reply[OUT_HEADER + WRITE_OUT];
     uint32_t length = OUT_HEADER + WRITE_OUT, zero = 0;
