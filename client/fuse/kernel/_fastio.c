@@ -316,6 +316,23 @@ static struct entry *find(struct fastio *f, uint64_t fh)
     return NULL;
 }
 
+/* What a READ and a WRITE start alike with: the request's id, then
+ * fuse_read_in's and fuse_write_in's first fields. */
+struct io_head {
+    uint64_t unique, fh, offset;
+    uint32_t size;
+};
+
+static struct io_head io_head(const uint8_t *req)
+{
+    struct io_head h;
+    memcpy(&h.unique, req + 8, 8);
+    memcpy(&h.fh, req + IN_HEADER, 8);
+    memcpy(&h.offset, req + IN_HEADER + 8, 8);
+    memcpy(&h.size, req + IN_HEADER + 16, 4);
+    return h;
+}
+
 /*
  * The region pieces holding bytes [offset, end) of ``e``'s file, in order,
  * into ``out`` (at most ``max``); their count, or -1 when a part is not
@@ -355,12 +372,9 @@ static int map_range(const struct fastio *f, const struct entry *e, uint64_t off
  */
 static int serve_read(struct fastio *f, int fd, const uint8_t *req)
 {
-    uint64_t unique, fh, offset;
-    uint32_t size;
-    memcpy(&unique, req + 8, 8);
-    memcpy(&fh, req + IN_HEADER, 8);
-    memcpy(&offset, req + IN_HEADER + 8, 8);
-    memcpy(&size, req + IN_HEADER + 16, 4);
+    const struct io_head h = io_head(req);
+    const uint64_t unique = h.unique, fh = h.fh, offset = h.offset;
+    const uint32_t size = h.size;
 
     struct iovec iov[MAX_IOV + 1];
     uint8_t header[OUT_HEADER];
@@ -406,12 +420,9 @@ out:
  */
 static int serve_write(struct fastio *f, int fd, const uint8_t *req, size_t n)
 {
-    uint64_t unique, fh, offset;
-    uint32_t size;
-    memcpy(&unique, req + 8, 8);
-    memcpy(&fh, req + IN_HEADER, 8);
-    memcpy(&offset, req + IN_HEADER + 8, 8);
-    memcpy(&size, req + IN_HEADER + 16, 4);
+    const struct io_head h = io_head(req);
+    const uint64_t unique = h.unique, fh = h.fh, offset = h.offset;
+    const uint32_t size = h.size;
     const uint8_t *data = req + IN_HEADER + WRITE_IN;
     if (size == 0 || (size_t)IN_HEADER + WRITE_IN + size > n)
         goto fallback; /* Python answers the odd ones (and EINVAL) */
