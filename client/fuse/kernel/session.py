@@ -22,6 +22,12 @@ with 8 readers; 12,200 IOPS and 69 µs with the token (one reader: 11-13k).
 Each thread owns its buffers: the request buffer (a WRITE's payload is
 handed to the operations in place); a READ reply points into the region
 mapping itself. All threads end when the file system is unmounted.
+
+Where the compiled data path is built (fastio.py), the token holder waits in
+it instead of in ``Channel.receive``: it answers the READs and WRITEs it can
+without the interpreter and hands every other request back here, which then
+shows it the handle as it stands (``_show``) and, before what publishes or
+ends a handle, takes what it wrote (``take_written``).
 """
 
 from __future__ import annotations
