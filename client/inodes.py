@@ -140,12 +140,10 @@ class Inode:
         """Bytes [start, end) were stored through an open file of this client."""
         with self._lock:
             self._version += 1
-            self._dirty = True
             if end > self.size:
                 self.size = end
                 self._notify_change()
-            if not _covered(self._written, start, end):
-                self._written = _merged(self._written, Span(start, end))
+            self._mark_written(start, end)
 
     def overwrote(self, start: int, end: int) -> None:
         """Bytes [start, end) were stored, and the size was not to change (a
@@ -156,9 +154,13 @@ class Inode:
             if start >= end:
                 return
             self._version += 1
-            self._dirty = True
-            if not _covered(self._written, start, end):
-                self._written = _merged(self._written, Span(start, end))
+            self._mark_written(start, end)
+
+    def _mark_written(self, start: int, end: int) -> None:
+        """Dirty (mtime at the next publication), and [start, end) for the next fsync."""
+        self._dirty = True
+        if not _covered(self._written, start, end):
+            self._written = _merged(self._written, Span(start, end))
 
     def grew(self, size: int) -> None:
         """A view was made over [0, size): the file is at least that large now."""
@@ -169,9 +171,11 @@ class Inode:
                 self.size = size
                 self._notify_change()
 
-    def _notify_change(self) -> None:
-        """Tell ``on_change``: the size (or the mode) moved."""
-        if self.on_change is not None:
+    def _notify_change(self, before: int | None = None) -> None:
+        """Tell ``on_change``: the size (or the mode) moved; with ``before``, only
+        if the size is not ``before`` any more (a GetAttr of an open file
+        confirms the size mostly, and each call drops every copy)."""
+        if self.on_change is not None and (before is None or before != self.size):
             self.on_change()
 
     # -- publishing ------------------------------------------------------------
@@ -197,8 +201,8 @@ class Inode:
         with self._lock:
             self._version += 1
             self._dirty = False
-            self.size = self.published
-            self._notify_change()
+            before, self.size = self.size, self.published
+            self._notify_change(before)
 
     # -- what the server said --------------------------------------------------
 
@@ -206,8 +210,9 @@ class Inode:
         """The server's size became ``size`` through this client (truncate, O_TRUNC)."""
         with self._lock:
             self._version += 1
-            self.size = self.published = size
-            self._notify_change()
+            before, self.size = self.size, size
+            self.published = size
+            self._notify_change(before)
             self._written = [
                 Span(s.start, min(s.end, size)) for s in self._written if s.start < size
             ]
@@ -217,8 +222,8 @@ class Inode:
         with self._lock:
             self._version += 1
             self.published = server_size
-            self.size = max(self.size, server_size)
-            self._notify_change()
+            before, self.size = self.size, max(self.size, server_size)
+            self._notify_change(before)
 
     def learn(self, server_size: int) -> None:
         """The server reported ``server_size`` (an open, a GetAttr) and no recall is pending.
@@ -229,9 +234,10 @@ class Inode:
         """
         with self._lock:
             self._version += 1
+            before = self.size
             self.size = max(self.size, server_size) if self.size > self.published else server_size
             self.published = server_size
-            self._notify_change()
+            self._notify_change(before)
 
     def unsure(self) -> None:
         """The size may be stale (a recall overtook the reply it came with): learn it again."""
@@ -256,13 +262,14 @@ class Inode:
         never saw it). Growth made while the GetAttr was in flight is kept.
         """
         with self._lock:
+            before = self.size
             if self._version == version:
                 self.size = server_size
             else:
                 self.size = max(self.size, server_size)
             self._version += 1
             self.published = server_size
-            self._notify_change()
+            self._notify_change(before)
             self.epoch = max(self.epoch, epoch)
 
     def add_writer(self, handle: int) -> None:

@@ -38,7 +38,7 @@ class LayoutCache:
         self._lock = threading.Lock()
         self._files: dict[InodeId, _FileTiles] = {}
         #: Called after every change (under the cache's lock): a copy taken of
-        #: it elsewhere (the mount's compiled READ path) must be dropped.
+        #: it elsewhere (the mount's compiled data path) must be dropped.
         self.on_change: Callable[[], None] | None = None
 
     def lookup(self, ino: InodeId, start: int, end: int) -> list[Extent] | None:

@@ -296,6 +296,23 @@ def test_a_truncate_by_another_guest_is_seen_by_the_next_read(
 
 @pytest.mark.fuse
 @needs_compiler
+def test_a_stat_that_finds_the_size_unchanged_keeps_the_loops_copy(mount: Mount) -> None:
+    data = os.urandom(64 * 1024)
+    (mount.path / "f").write_bytes(data)
+    fd = os.open(mount.path / "f", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == data[:4096]  # Python's: shows the loop the handle
+        before = iostats(mount)["compiled_reads"]
+        for i in range(20):
+            assert os.fstat(fd).st_size == len(data)  # a GetAttr, size confirmed
+            assert os.pread(fd, 4096, i * 3000) == data[i * 3000 : i * 3000 + 4096]
+        assert iostats(mount)["compiled_reads"] - before == 20
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.fuse
+@needs_compiler
 def test_growth_through_another_descriptor_is_read_at_once(mount: Mount) -> None:
     path = mount.path / "grows"
     w = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
