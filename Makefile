@@ -5,7 +5,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libpmem1 fio sqlite3 python3-venv
+# gcc and libc6-dev build the kernel front end's compiled data path on first use
+# (client/fuse/kernel/_fastio.c); without them the mount serves in Python.
+APT_PACKAGES := fuse3 libpmem1 fio sqlite3 python3-venv gcc libc6-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: all deps venv install proto demo test lint typecheck unit bench clean wheels compose-test \
