@@ -33,6 +33,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.errors import PermissionDenied, Unavailable
@@ -83,8 +84,17 @@ class FrameChannel:
         self._pid = os.getpid()
         self._skip_until = 0.0
 
-    def call(self, method: str, request: bytes, timeout: float) -> pb.FrameReply | None:
+    def call(
+        self,
+        method: str,
+        request: bytes,
+        timeout: float,
+        awaiting: Callable[[int, float], None] | None = None,
+    ) -> pb.FrameReply | None:
         """The server's reply to one call; None if the frame socket cannot be reached.
+
+        ``awaiting``, if given, is called with the connection's socket and
+        ``timeout`` once the request is sent, before the reply is read.
 
         Raises ``Unavailable`` when the connection fails after the request was
         sent or the reply misses the deadline, ``PermissionDenied`` when the
@@ -108,6 +118,8 @@ class FrameChannel:
                 conn.close()
                 raise Unavailable(f"frame socket {self.path}: {exc}") from None
             break
+        if awaiting is not None:
+            awaiting(conn.sock.fileno(), timeout)
         try:
             reply = pb.FrameReply.FromString(_reply(conn.frames))
         except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out: EAGAIN

@@ -51,6 +51,9 @@ class ReleaseQueue:
         self._busy = False
         self._closed = False
         self._worker: threading.Thread | None = None
+        #: Called before :meth:`drain` waits (the FUSE daemon hands its
+        #: /dev/fuse descriptor to another serving thread, as before an RPC).
+        self.before_wait: Callable[[], None] | None = None
 
     def defer(self, send: Callable[[], None]) -> None:
         """Run ``send`` after the caller returns (at once, here, once the queue is closed)."""
@@ -71,6 +74,12 @@ class ReleaseQueue:
         """
         if threading.current_thread() is self._worker:
             return
+        with self._cond:
+            if not (self._queue or self._busy):
+                return
+        hook = self.before_wait
+        if hook is not None:
+            hook()
         with self._cond:
             while self._queue or self._busy:
                 self._cond.wait()

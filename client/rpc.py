@@ -266,6 +266,14 @@ class Connection:
         #: Calls made, by method name (the mount reports them in its iostats).
         self.calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
+        #: Called before a call waits on gRPC (the FUSE daemon hands its
+        #: /dev/fuse descriptor to another serving thread).
+        self.before_blocking: Callable[[], None] | None = None
+        #: Called with the socket and the deadline (seconds) once a call's frame is
+        #: sent, before its reply is read: the FUSE daemon hands its /dev/fuse
+        #: descriptor over only if a request comes before the reply
+        #: (``KernelSession.await_reply``).
+        self.awaiting_reply: Callable[[int, float], None] | None = None
 
     def call(
         self, rpc: Rpc[Req, Rep], request: Req, *, timeout: float | None = None, wait: bool = True
@@ -278,10 +286,12 @@ class Connection:
             self.calls[rpc.name] += 1
         if self.frames is not None:
             framed = self.frames.call(
-                rpc.name, request.SerializeToString(), timeout or self.timeout
+                rpc.name, request.SerializeToString(), timeout or self.timeout, self.awaiting_reply
             )
             if framed is not None:
                 return self._framed_reply(rpc, framed)
+        if self.before_blocking is not None:
+            self.before_blocking()
         try:
             hook = self.on_invalidated
             if hook is None:
@@ -454,9 +464,6 @@ class Server:
         #: Releases of closed files, sent after close() returns and answered
         #: before this client's next call (client/release_queue.py).
         self.releases = ReleaseQueue()
-        #: Called before a call waits on the network (the FUSE daemon hands its
-        #: /dev/fuse descriptor to another serving thread).
-        self.before_blocking: Callable[[], None] | None = None
         #: Wire callers of other identities (the mount's callers), by identity
         #: and session: a request copies the one it names. Replaced whole when full.
         self._callers: dict[tuple[Identity, int], pb.Caller] = {}
@@ -499,8 +506,6 @@ class Server:
         open file, which no queued release can concern (the open that made it
         waited for them).
         """
-        if self.before_blocking is not None:
-            self.before_blocking()
         if method not in _BYTE_PATH:
             self.releases.drain()
         try:

@@ -409,8 +409,12 @@ def _serve_kernel(args: argparse.Namespace, client: Client, options: dict[str, A
             client.state.watch_copies(fast.bump)
             ops.iostats.compiled = fast.counts
         session = KernelSession(channel, dispatcher, fast=fast)
-        # The reader token goes to another serving thread before an RPC waits.
-        client.server.before_blocking = session.hand_over
+        # The reader token goes to another serving thread before a call waits
+        # on gRPC or on queued releases; over the frame socket, only if a
+        # request comes before the reply.
+        client.server.conn.before_blocking = session.hand_over
+        client.server.conn.awaiting_reply = session.await_reply
+        client.server.releases.before_wait = session.hand_over
         session.start()
         while session.running():
             if stop.wait(0.2):

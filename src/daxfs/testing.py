@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -353,6 +354,81 @@ def tcp_server(
         if proc.stderr is not None:
             proc.stderr.close()
         assert code == 0, f"server exited {code}"
+
+
+class FrameProxy:
+    """A real byte-forwarding proxy in front of a server's frame socket
+    (client/frames.py), scripted to hold replies.
+
+    Listens on ``path`` (give it ``<proxy's socket>.frames`` beside a
+    :class:`FaultyProxy`, so that a client of that proxy finds it) and opens
+    one connection to ``upstream`` per connection accepted. ``hold()``: the
+    next bytes the server sends wait until ``release()``; ``holding`` is set
+    once they do.
+    """
+
+    def __init__(self, upstream: str, path: str) -> None:
+        self._upstream = upstream
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(path)
+        self._listener.listen(16)
+        self._hold = threading.Event()
+        self._release = threading.Event()
+        self.holding = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []  # guarded by _lock
+        threading.Thread(target=self._accept, name="frame-proxy", daemon=True).start()
+
+    def hold(self) -> None:
+        self._release.clear()
+        self.holding.clear()
+        self._hold.set()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def close(self) -> None:
+        self._release.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            try:
+                upstream.connect(self._upstream)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst, replies in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, replies), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if replies and self._hold.is_set():
+                    self._hold.clear()
+                    self.holding.set()
+                    self._release.wait(30)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
 
 
 class FaultyProxy:
