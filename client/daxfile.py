@@ -776,7 +776,14 @@ class DaxFile(io.RawIOBase):
             self._inode.put_back(spans)
             raise
 
-    def close(self) -> None:
+    def close(self, *, release_later: bool = False) -> None:
+        """Publish what this handle wrote (size, mtime), then release it.
+
+        A reader's Release goes out after this returns (client/release_queue.py);
+        a writer's before, since it trims the file's preallocation, which every
+        guest sees. ``release_later``: a writer's goes out after too (the FUSE
+        mount: close(2) returned at FLUSH, before the kernel sent RELEASE).
+        """
         if self.closed:
             return
         self._closing = True
@@ -796,7 +803,7 @@ class DaxFile(io.RawIOBase):
                 # preallocation) then needs no recall.
                 lease_id = self.client.state.closed_file(self._inode)
                 if not self.session_lost:  # else the server forgot the handle already
-                    if self.mode_info.write:
+                    if self.mode_info.write and not release_later:
                         # A writer's release trims the file's preallocation,
                         # which every guest sees (st_blocks, free space): done
                         # before close returns.

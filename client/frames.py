@@ -33,7 +33,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared.errors import PermissionDenied, Unavailable
@@ -50,14 +50,16 @@ _TIMEVAL = struct.Struct("@ll")
 
 
 class _Connection:
-    """One connection of the pool: its socket, its reader and the deadline it has."""
+    """One connection of the pool: its socket, its reader, the deadline it has, and
+    whether its server answers calls sent before another in one frame."""
 
-    __slots__ = ("frames", "sock", "timeout")
+    __slots__ = ("answers_before", "frames", "sock", "timeout")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.frames = FrameReader(sock)
         self.timeout = -1.0
+        self.answers_before = False
 
     def set_timeout(self, timeout: float) -> None:
         """Each send and receive fails (EAGAIN) after ``timeout`` seconds without progress."""
@@ -90,31 +92,49 @@ class FrameChannel:
         request: bytes,
         timeout: float,
         awaiting: Callable[[int, float], None] | None = None,
+        before: Sequence[tuple[str, bytes]] = (),
     ) -> pb.FrameReply | None:
         """The server's reply to one call; None if the frame socket cannot be reached.
 
         ``awaiting``, if given, is called with the connection's socket and
         ``timeout`` once the request is sent, before the reply is read.
+        ``before``: calls (method, request) the server answers first, in order,
+        in the same frame (``FrameCall.before``; their answers are the reply's
+        ``before``). A server that does not answer them so (an older one) is
+        sent each alone first, on the same connection: the same order, the
+        same answers.
 
         Raises ``Unavailable`` when the connection fails after the request was
         sent or the reply misses the deadline, ``PermissionDenied`` when the
         server refuses the token.
         """
-        frame = pb.FrameCall(method=method, request=request).SerializeToString()
-        message = framed(frame)
+        first = [pb.FrameCall(method=m, request=r) for m, r in before]
         while True:
             conn, reused = self._take(timeout)
             if conn is None:
                 return None
+            carried = first if conn.answers_before else []
+            alone = [] if conn.answers_before else first
+            message = framed(
+                pb.FrameCall(method=method, request=request, before=carried).SerializeToString()
+            )
+            answers: list[pb.FrameReply] = []
+            sent = False
             try:
                 conn.set_timeout(timeout)
+                for one in alone:
+                    conn.sock.sendall(framed(one.SerializeToString()))
+                    sent = True
+                    answers.append(pb.FrameReply.FromString(_reply(conn.frames)))
                 conn.sock.sendall(message)
             except _GONE:
                 conn.close()
+                if sent:
+                    raise Unavailable(f"daxfs server at {self.path}: connection lost") from None
                 if reused:
                     continue  # the server of this pooled connection is gone: a fresh one
                 return None
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 conn.close()
                 raise Unavailable(f"frame socket {self.path}: {exc}") from None
             break
@@ -132,6 +152,8 @@ class FrameChannel:
             raise Unavailable(f"daxfs server at {self.path}: connection lost ({exc})") from None
         with self._lock:
             self._idle.append(conn)
+        if answers:
+            reply.before.extend(answers)
         return reply
 
     def close(self) -> None:
@@ -166,6 +188,7 @@ class FrameChannel:
             sock.sendall(framed(self._hello))
             answer = pb.FrameReply.FromString(_reply(conn.frames))
             sock.settimeout(None)  # blocking: the deadline is the kernel's from now on
+            conn.answers_before = answer.answers_before
         except (OSError, ValueError):
             sock.close()
             return None

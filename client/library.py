@@ -189,13 +189,17 @@ class Client:
     def _change(self, path: str, caller: Identity | None, *others: str) -> Pending | None:
         """Before a change whose reply the server grants (MetaCache.change).
 
-        The releases queued by earlier closes go first (the call would wait for
-        them anyway): a trailer of theirs moving the cache meanwhile would cost
-        this reply its keeping.
+        Over gRPC the releases queued by earlier closes go first (the call
+        would wait for them anyway): a trailer of theirs moving the cache
+        meanwhile would cost this reply its keeping. On the frame socket they
+        ride with the call instead (``ReleaseQueue.take``), and their trailers
+        are this client's own moves, which :meth:`MetaCache.changed` looks
+        through when they name nothing the reply depends on.
         """
         if not self.caches_metadata:
             return None
-        self.releases.drain()
+        if self.server.conn.frames is None:
+            self.releases.drain()
         return self.meta_cache.change(key_of(path, self._who(caller)), *others)
 
     def _changed(

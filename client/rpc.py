@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.message import Message
 
 from daxfs.client.frames import FrameChannel
-from daxfs.client.release_queue import ReleaseQueue
+from daxfs.client.release_queue import Carried, ReleaseQueue
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.shared.address import unix_path
@@ -258,8 +258,10 @@ class Connection:
         path = unix_path(address)
         if frames and path is not None:
             self.frames = FrameChannel(frame_path(path), secret)
-        #: Calls answered over the frame socket (the rest went over gRPC).
+        #: Round trips on the frame socket (the other calls went over gRPC).
         self.framed_calls = 0
+        #: Calls that rode with another (``before``): counted in ``calls``, not round trips.
+        self.carried_calls = 0
         #: Given the INVALIDATED_KEY trailer of a successful call, before it returns
         #: (set by a client that caches metadata).
         self.on_invalidated: Callable[[bytes], None] | None = None
@@ -276,20 +278,42 @@ class Connection:
         self.awaiting_reply: Callable[[int, float], None] | None = None
 
     def call(
-        self, rpc: Rpc[Req, Rep], request: Req, *, timeout: float | None = None, wait: bool = True
+        self,
+        rpc: Rpc[Req, Rep],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        wait: bool = True,
+        before: Sequence[Carried] = (),
     ) -> Rep:
         """One unary call. ``wait``: a server that is restarting (socket not there
         yet, connect backoff) is waited for up to the deadline instead of failing
         at once; the first call of a client (Hello) does not wait, so a wrong
-        address fails fast."""
+        address fails fast. ``before``: queued calls (releases) sent first, in
+        order, in the same frame on the frame socket, each alone before this
+        one over gRPC; their answers are dealt with as the release queue's
+        worker would (``ReleaseQueue.settle``), before this call's."""
         with self._calls_lock:
             self.calls[rpc.name] += 1
+            for carried in before:
+                self.calls[carried.method] += 1
+            self.carried_calls += len(before)
         if self.frames is not None:
             framed = self.frames.call(
-                rpc.name, request.SerializeToString(), timeout or self.timeout, self.awaiting_reply
+                rpc.name,
+                request.SerializeToString(),
+                timeout or self.timeout,
+                self.awaiting_reply,
+                [(c.method, c.request) for c in before],
             )
             if framed is not None:
+                with self._calls_lock:
+                    self.framed_calls += 1
+                for carried, answer in zip(before, framed.before, strict=False):
+                    ReleaseQueue.settle(carried, answer)
                 return self._framed_reply(rpc, framed)
+        for carried in before:
+            ReleaseQueue.send_alone(carried)
         if self.before_blocking is not None:
             self.before_blocking()
         try:
@@ -317,8 +341,6 @@ class Connection:
 
     def _framed_reply(self, rpc: Rpc[Req, Rep], framed: pb.FrameReply) -> Rep:
         """The reply of a call answered over the frame socket, or its error raised."""
-        with self._calls_lock:
-            self.framed_calls += 1
         if framed.status == 0:
             if framed.invalidated and self.on_invalidated is not None:
                 self.on_invalidated(framed.invalidated)
@@ -499,17 +521,23 @@ class Server:
 
         Calls that name a handle or a lease cannot be retried (those died with
         the session): they raise StaleHandle after the recovery. Releases queued
-        by earlier closes are answered first: this client sees them in order.
+        by earlier closes are answered first: this client sees them in order
+        (on the frame socket they ride with this call: ``ReleaseQueue.take``).
         Not before a layout call: one may be made under the fence's shared lock
         (a copy that lost its layout asks again), which a release that recalls
         this client's own lease would then wait for; and a layout call names an
         open file, which no queued release can concern (the open that made it
         waited for them).
         """
+        carried: list[Carried] = []
         if method not in _BYTE_PATH:
-            self.releases.drain()
+            taken = self.releases.take() if self.conn.frames is not None else None
+            if taken is None:
+                self.releases.drain()
+            else:
+                carried = taken
         try:
-            return self.conn.call(method, request, timeout=timeout)
+            return self.conn.call(method, request, timeout=timeout, before=carried)
         except UnknownSession:
             caller = getattr(request, "caller", None)
             stale = caller.client_id if caller is not None else 0
@@ -672,9 +700,13 @@ class Server:
         )
 
         def send() -> None:
-            self.call(RELEASE, request)
+            self.conn.call(RELEASE, request)
 
-        self.releases.defer(send)
+        def answered(reply: pb.FrameReply) -> None:
+            self.conn._framed_reply(RELEASE, reply)
+
+        carry = Carried(RELEASE.name, request.SerializeToString(), send, answered)
+        self.releases.defer(send, carry)
 
     def mkdir(self, path: str, mode: int, *, who: Identity | None = None) -> Attr:
         return attr_of(

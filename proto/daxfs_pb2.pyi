@@ -2178,19 +2178,32 @@ class FrameCall(_message.Message):
 
     METHOD_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """The method's name in service Daxfs ("GetAttr", "Create", ...)."""
     request: _builtins.bytes
     """Its request message, serialized."""
+    @_builtins.property
+    def before(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameCall]:
+        """Calls the server answers first, in this order, each as if sent alone
+        (their own "before" must be empty, else INVALID_ARGUMENT, EINVAL): a
+        client's queued releases ride with its next call instead of costing a
+        round trip each. Their answers come back in FrameReply.before, in the
+        same order; one failing stops neither the others nor this call. Only to
+        a server whose reply to FrameHello set answers_before (an older one
+        ignores the field).
+        """
+
     def __init__(
         self,
         *,
         method: _builtins.str = ...,
         request: _builtins.bytes = ...,
+        before: _abc.Iterable[Global___FrameCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "method", b"method", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2208,6 +2221,8 @@ class FrameReply(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     INVALIDATED_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    ANSWERS_BEFORE_FIELD_NUMBER: _builtins.int
     reply: _builtins.bytes
     """The reply message, serialized (status 0 only)."""
     status: _builtins.int
@@ -2220,6 +2235,12 @@ class FrameReply(_message.Message):
     """The status message."""
     invalidated: _builtins.bytes
     """What the "daxfs-invalidated-bin" trailer would carry (empty for none)."""
+    answers_before: _builtins.bool
+    """In the reply to FrameHello: this server answers FrameCall.before."""
+    @_builtins.property
+    def before(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameReply]:
+        """The answers to FrameCall.before, in its order."""
+
     def __init__(
         self,
         *,
@@ -2229,10 +2250,12 @@ class FrameReply(_message.Message):
         error: _builtins.str = ...,
         message: _builtins.str = ...,
         invalidated: _builtins.bytes = ...,
+        before: _abc.Iterable[Global___FrameReply] | None = ...,
+        answers_before: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errno", b"errno", "error", b"error", "invalidated", b"invalidated", "message", b"message", "reply", b"reply", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers_before", b"answers_before", "before", b"before", "errno", b"errno", "error", b"error", "invalidated", b"invalidated", "message", b"message", "reply", b"reply", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

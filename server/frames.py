@@ -232,7 +232,7 @@ class FrameServer:
                 )
                 conn.sendall(framed(refusal.SerializeToString()))
                 return None
-        conn.sendall(framed(pb.FrameReply().SerializeToString()))
+        conn.sendall(framed(pb.FrameReply(answers_before=True).SerializeToString()))
         if not hello.token:
             return ()
         return ((AUTHORIZATION_KEY, f"{AUTH_SCHEME} {hello.token}"),)
@@ -241,6 +241,27 @@ class FrameServer:
         self, frame: bytes, metadata: tuple[tuple[str, str], ...], peer: str
     ) -> pb.FrameReply:
         call = pb.FrameCall.FromString(frame)
+        if not call.before:
+            return self._answer(call, metadata, peer)
+        # The calls that ride with this one (a client's queued releases), first
+        # and in order, each answered as if sent alone.
+        answers = [
+            self._answer(first, metadata, peer)
+            if not first.before
+            else pb.FrameReply(
+                status=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                errno=errno.EINVAL,
+                message=f"{first.method}: a call sent before another cannot carry calls itself",
+            )
+            for first in call.before
+        ]
+        reply = self._answer(call, metadata, peer)
+        reply.before.extend(answers)
+        return reply
+
+    def _answer(
+        self, call: pb.FrameCall, metadata: tuple[tuple[str, str], ...], peer: str
+    ) -> pb.FrameReply:
         found = self._handlers.get(call.method)
         if found is None:
             return pb.FrameReply(

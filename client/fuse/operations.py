@@ -191,8 +191,10 @@ class IoStats:
             self.write_max = max(self.write_max, size)
             self.write_sizes[size] += 1
 
-    def to_json(self, rpcs: Mapping[str, int] | None = None) -> bytes:
-        """The counts as JSON; ``rpcs``: the client's calls by method, reported too.
+    def to_json(self, rpcs: Mapping[str, int] | None = None, carried: int = 0) -> bytes:
+        """The counts as JSON; ``rpcs``: the client's calls by method, reported
+        too, and ``carried``: how many of them rode with another call (a queued
+        release in the next call's frame) instead of a round trip of their own.
 
         READs a compiled path answered count as any other (and by themselves:
         ``compiled_reads``, with ``compiled_fallbacks`` it left to Python)."""
@@ -217,6 +219,7 @@ class IoStats:
                 "write_sizes": dict(write_sizes.most_common(5)),
                 "requests": dict(+requests),
                 "rpcs": dict(rpcs or {}),
+                "rpcs_carried": carried,
             }
         return json.dumps(doc, sort_keys=True).encode()
 
@@ -697,7 +700,10 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
             if h is None:
                 raise errors.BadHandle(f"no open file with FUSE handle {fh}")
         with h.lock:
-            h.file.close()  # publishes size and mtime, then Release
+            # Publishes size and mtime (done at FLUSH already, unless the file
+            # changed since), then queues the Release: close(2) returned at
+            # FLUSH, so it rides with this client's next call.
+            h.file.close(release_later=True)
         return 0
 
     @_edge
@@ -721,7 +727,8 @@ class DaxfsOperations(mfusepy.Operations):  # type: ignore[misc]
         if name == XATTR_IOSTATS:
             if not _may(self.client.attr(path, caller), caller, os.R_OK):
                 raise errors.PermissionDenied(f"{name} of {path} needs read permission")
-            return self.iostats.to_json(self.client.conn.calls)
+            conn = self.client.conn
+            return self.iostats.to_json(conn.calls, conn.carried_calls)
         if name == XATTR_EXTENTS:
             return "".join(
                 f"{e.file_offset} {e.region_offset} {e.length}\n"
