@@ -47,12 +47,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from daxfs.proto import daxfs_pb2 as pb
 from daxfs.shared import errors
 
 log = logging.getLogger(__name__)
+
+#: What a queued call may ride as (rpc.py's ``Carried``: method, request, answer handler).
+C = TypeVar("C")
 
 #: How long a release that may ride with the next call waits for one before the
 #: worker sends it alone (seconds). Short against a recall's patience, long
@@ -63,23 +65,10 @@ CARRY_WAIT_S = 0.005
 _LINGER_S = 0.1
 
 
-@dataclass(frozen=True, slots=True)
-class Carried:
-    """A queued call that may ride with this client's next call on the frame socket."""
-
-    #: The method's name in service Daxfs.
-    method: str
-    #: Its request, serialized.
-    request: bytes
-    #: Sends it alone (the worker; a call that goes over gRPC sends it so first).
-    send: Callable[[], None]
-    #: Given its answer when it rode with another call: raises what ``send`` would.
-    answered: Callable[[pb.FrameReply], None]
-
-
-class ReleaseQueue:
+class ReleaseQueue(Generic[C]):
     """Sends queued calls in order on one worker thread; :meth:`drain` waits for
-    them; :meth:`take` hands them to a call that carries them instead."""
+    them; :meth:`take` hands them to a call that carries them instead (as
+    ``C``: what the wire, rpc.py, needs to send them so)."""
 
     def __init__(self, name: str = "daxfs-release") -> None:
         self._name = name
@@ -89,9 +78,7 @@ class ReleaseQueue:
         #: :meth:`drain` and :meth:`take` wait on it for the worker.
         self._done = threading.Condition(self._lock)
         #: (call, how it may be carried, when it was queued: monotonic seconds).
-        self._queue: deque[tuple[Callable[[], None], Carried | None, float]] = (
-            deque()
-        )  # guarded by _lock
+        self._queue: deque[tuple[Callable[[], None], C | None, float]] = deque()  # guarded by _lock
         self._busy = False  # guarded by _lock
         self._closed = False  # guarded by _lock
         #: Set by drain: the worker sends what is queued without waiting for a carrier.
@@ -103,7 +90,7 @@ class ReleaseQueue:
         #: its /dev/fuse descriptor to another serving thread, as before an RPC).
         self.before_wait: Callable[[], None] | None = None
 
-    def defer(self, send: Callable[[], None], carry: Carried | None = None) -> None:
+    def defer(self, send: Callable[[], None], carry: C | None = None) -> None:
         """Run ``send`` after the caller returns (at once, here, once the queue is
         closed); with ``carry``, it may instead ride with the next call (:meth:`take`)."""
         with self._lock:
@@ -119,7 +106,7 @@ class ReleaseQueue:
                 return
         self._send(send)
 
-    def take(self) -> list[Carried] | None:
+    def take(self) -> list[C] | None:
         """The queued calls, for the caller's next call to carry, in order; None
         when one of them cannot ride (then the caller :meth:`drain` s instead).
 
@@ -214,14 +201,10 @@ class ReleaseQueue:
                     self._done.notify_all()
 
     @staticmethod
-    def settle(carried: Carried, answer: pb.FrameReply) -> None:
-        """The answer of a call that rode with another: dealt with as the worker would."""
-        ReleaseQueue._send(lambda: carried.answered(answer))
-
-    @staticmethod
-    def send_alone(carried: Carried) -> None:
-        """Send a taken call by itself (its carrier goes over gRPC), as the worker would."""
-        ReleaseQueue._send(carried.send)
+    def send_quietly(send: Callable[[], None]) -> None:
+        """Send a queued call (or deal with the answer of one that rode with
+        another) as the worker does: what nobody waits for is logged, not raised."""
+        ReleaseQueue._send(send)
 
     @staticmethod
     def _send(send: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ channel under it, and the ``Rpc`` table names each call with its wire types.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ import grpc
 from google.protobuf.message import Message
 
 from daxfs.client.frames import FrameChannel
-from daxfs.client.release_queue import Carried, ReleaseQueue
+from daxfs.client.release_queue import ReleaseQueue
 from daxfs.proto import daxfs_pb2 as pb
 from daxfs.proto import daxfs_pb2_grpc as pb_grpc
 from daxfs.shared.address import unix_path
@@ -198,6 +199,21 @@ def resolve_token(token: str | None, token_file: str | None) -> str | None:
         raise PermissionDenied(f"cannot read the token file {path}: {exc.strerror}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """A queued call (a release) that may ride with this client's next call on the
+    frame socket (``FrameCall.before``)."""
+
+    #: The method's name in service Daxfs.
+    method: str
+    #: Its request, serialized.
+    request: bytes
+    #: Sends it alone (the queue's worker; a carrier that goes over gRPC sends it so first).
+    send: Callable[[], None]
+    #: Given its answer when it rode with another call: raises what ``send`` would.
+    answered: Callable[[pb.FrameReply], None]
+
+
 class Connection:
     """A channel to one server. Thread-safe (gRPC channels are).
 
@@ -292,7 +308,7 @@ class Connection:
         address fails fast. ``before``: queued calls (releases) sent first, in
         order, in the same frame on the frame socket, each alone before this
         one over gRPC; their answers are dealt with as the release queue's
-        worker would (``ReleaseQueue.settle``), before this call's."""
+        worker would (``ReleaseQueue.send_quietly``), before this call's."""
         with self._calls_lock:
             self.calls[rpc.name] += 1
             for carried in before:
@@ -310,10 +326,10 @@ class Connection:
                 with self._calls_lock:
                     self.framed_calls += 1
                 for carried, answer in zip(before, framed.before, strict=False):
-                    ReleaseQueue.settle(carried, answer)
+                    ReleaseQueue.send_quietly(functools.partial(carried.answered, answer))
                 return self._framed_reply(rpc, framed)
         for carried in before:
-            ReleaseQueue.send_alone(carried)
+            ReleaseQueue.send_quietly(carried.send)
         if self.before_blocking is not None:
             self.before_blocking()
         try:
@@ -485,7 +501,7 @@ class Server:
         self.recover: Callable[[int], bool] | None = None
         #: Releases of closed files, sent after close() returns and answered
         #: before this client's next call (client/release_queue.py).
-        self.releases = ReleaseQueue()
+        self.releases: ReleaseQueue[Carried] = ReleaseQueue()
         #: Wire callers of other identities (the mount's callers), by identity
         #: and session: a request copies the one it names. Replaced whole when full.
         self._callers: dict[tuple[Identity, int], pb.Caller] = {}

@@ -264,17 +264,19 @@ def test_calls_sent_before_another_in_one_frame_are_answered_first_in_order(
         _send(s, pb.FrameHello().SerializeToString())
         assert _receive(s).answers_before
 
-        def call(method: str, request: object, *before: pb.FrameCall) -> pb.FrameCall:
+        def frame_call(method: str, request: object, *before: pb.FrameCall) -> pb.FrameCall:
             return pb.FrameCall(
                 method=method,
                 request=request.SerializeToString(),  # type: ignore[attr-defined]
                 before=list(before),
             )
 
-        mkdir = call("Mkdir", pb.MkdirRequest(caller=caller, path="/d", mode=0o755))
-        again = call("Mkdir", pb.MkdirRequest(caller=caller, path="/d", mode=0o755))
-        nested = call("Rmdir", pb.PathRequest(caller=caller, path="/d"), mkdir)
-        stat_d = call("GetAttr", pb.GetAttrRequest(caller=caller, path="/d"), mkdir, again, nested)
+        mkdir = frame_call("Mkdir", pb.MkdirRequest(caller=caller, path="/d", mode=0o755))
+        again = frame_call("Mkdir", pb.MkdirRequest(caller=caller, path="/d", mode=0o755))
+        nested = frame_call("Rmdir", pb.PathRequest(caller=caller, path="/d"), mkdir)
+        stat_d = frame_call(
+            "GetAttr", pb.GetAttrRequest(caller=caller, path="/d"), mkdir, again, nested
+        )
         _send(s, stat_d.SerializeToString())
         reply = _receive(s)
         assert reply.status == 0, reply.message
