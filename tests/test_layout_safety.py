@@ -263,7 +263,14 @@ def test_a_layout_reply_overtaken_by_its_recall_is_discarded(
         # The server granted /x's blocks; the reply is in flight. Free them and
         # give them to /y: the truncate recalls a's lease and a acknowledges
         # (it has nothing cached yet) before the reply arrives.
+        free = b.statfs()
         b.truncate("/x", 0)
+        # a's acknowledgement frees them (a loaded machine may deliver it after
+        # the truncate returned: till then they wait in quarantine).
+        wait_until(
+            lambda: b.statfs().blocks_free >= free.blocks_free + 4 * MIB // free.block_size,
+            "the recall's acknowledgement to free /x's blocks",
+        )
         write_file(b, "/y", b"\xee" * (4 * MIB))
         assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
         proxy.release_layout()
@@ -338,7 +345,14 @@ def test_a_layout_reply_that_outlives_its_session_is_not_used(
         # does the same): /x's blocks go back without a recall and /y takes them.
         b.evict(a.client_id)
         wait_until(lambda: a.session is not None and a.session.sessions_lost > 0, "a new session")
+        free = b.statfs()
         b.truncate("/x", 0)
+        # a's acknowledgement frees them (a loaded machine may deliver it after
+        # the truncate returned: till then they wait in quarantine).
+        wait_until(
+            lambda: b.statfs().blocks_free >= free.blocks_free + 4 * MIB // free.block_size,
+            "the recall's acknowledgement to free /x's blocks",
+        )
         write_file(b, "/y", b"\xee" * (4 * MIB))
         assert blocks_of(b, "/y") & old_blocks, "the test needs /y on /x's old blocks"
         proxy.release_layout()
