@@ -4,6 +4,10 @@ Every change of the namespace is one SQLite transaction (WAL, synchronous=FULL),
 so a crash leaves either the old or the new state. The free list is stored, not
 derived, so that fsck can check that free + used + quarantined tile the region
 exactly: a leaked or doubly used extent is then a detectable inconsistency.
+
+Inode rows and directory entries are also kept in memory, write-through
+(:class:`Metadata`, "The row cache"): a path walk reads dicts, not SQLite.
+SQLite stays the only record: fsck and a restarted server read it alone.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from daxfs.server import cache_grants
 from daxfs.server.cache_grants import Key
@@ -132,8 +136,43 @@ def _inode(row: tuple[object, ...]) -> InodeRow:
     return InodeRow(*row[:11], bool(row[11]))  # type: ignore[arg-type,call-arg]
 
 
+#: The columns ``update_inode`` may set whose cached value it can compute
+#: (integers, stored by SQLite as given); any other drops the cached row.
+_INT_COLS = frozenset(
+    ("generation", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns")
+)
+#: Rows of each kind the cache keeps; past it, it starts again empty (a
+#: bound on memory: a miss only costs the SELECT it saved).
+CACHE_LIMIT = 1 << 16
+
+
 class Metadata:
-    """The SQLite store. Not thread-safe by itself: the namespace serialises access."""
+    """The SQLite store. Not thread-safe by itself: the namespace serialises access.
+
+    The row cache. ``get_inode``, ``lookup``, ``entry_of`` and ``parent_of``
+    answer from three dicts (``_inodes``, ``_entries``, ``_entry_of``) when they
+    can, and from SQLite otherwise, keeping what it said. The invariant:
+
+        Whatever a dict holds is what the same SELECT through this connection
+        would return at that moment, inside an open transaction as well (its
+        own uncommitted changes included) as outside one.
+
+    It holds because (1) this class is the only writer of ``inodes`` and
+    ``dirents`` (through this connection: the volume lock keeps other
+    processes out, and fsck opens its own ``Metadata``); (2) every method that
+    writes a row updates or drops the cached copy of it once SQLite took the
+    statement, and records the key in ``_undo`` while a transaction is open;
+    (3) when a transaction ends in ROLLBACK (a refused call, a failed COMMIT,
+    SQLite's own rollback on a full disk) every key in ``_undo`` is dropped,
+    so rows changed by the rolled-back transaction are read from SQLite
+    again. A row only *read* inside a transaction is either one it changed
+    (its key is in ``_undo``) or one it did not (the committed value). A
+    dropped key is always safe: the next read asks SQLite. ``entry_of`` of a
+    non-directory with several links may keep another of its names than
+    SQLite's LIMIT 1 would pick; it is only asked about directories, which
+    have one. Each dict starts again empty past :data:`CACHE_LIMIT` rows.
+    ``tests/test_metadata_rows.py`` checks the cache against SQLite.
+    """
 
     def __init__(self, path: str, *, scratch: bool = False) -> None:
         """``scratch``: a throwaway volume only this connection opens (the protocol
@@ -147,6 +186,12 @@ class Metadata:
         #: What the open transaction changed, as cache-grant keys (see
         #: daxfs.server.cache_grants); the namespace takes it after the commit.
         self.touched: set[Key] = set()
+        # The row cache (see the class docstring); guarded like the connection.
+        self._inodes: dict[int, InodeRow] = {}
+        self._entries: dict[tuple[int, str], InodeId | None] = {}  # None: no such name
+        self._entry_of: dict[int, tuple[InodeId, str]] = {}
+        #: Cache keys written by the open transaction: dropped if it rolls back.
+        self._undo: list[tuple[dict[Any, Any], Any]] = []
         try:
             if scratch:
                 self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -215,15 +260,18 @@ class Metadata:
                 raise storage_error(self.path, exc) from None
             self._depth = 1
             self.touched = set()
+            self._undo = []
             try:
                 yield
                 self._conn.execute("COMMIT")
+                self._undo = []
             except BaseException as exc:
                 self.touched = set()
                 try:
                     self._conn.execute("ROLLBACK")
                 except sqlite3.DatabaseError:
                     pass  # SQLite rolled back by itself (e.g. on a full disk)
+                self._forget_undone()
                 if isinstance(exc, sqlite3.DatabaseError):
                     self._checkpoint()
                     raise storage_error(self.path, exc) from None
@@ -238,6 +286,23 @@ class Metadata:
             yield
         except sqlite3.DatabaseError as exc:
             raise storage_error(self.path, exc) from None
+
+    def _forget_undone(self) -> None:
+        """After a ROLLBACK: drop every cached row the transaction wrote."""
+        undo, self._undo = self._undo, []
+        for cache, key in undo:
+            cache.pop(key, None)
+
+    def _written(self, cache: dict[Any, Any], key: Any) -> None:
+        """``key`` of ``cache`` was just written: remember it for a rollback."""
+        if self._depth:
+            self._undo.append((cache, key))
+
+    def drop_cache(self) -> None:
+        """Forget every cached row (they are read from SQLite again)."""
+        self._inodes.clear()
+        self._entries.clear()
+        self._entry_of.clear()
 
     def _checkpoint(self) -> None:
         """Best effort after a storage error: fold the WAL back so its space can be reused."""
@@ -258,8 +323,22 @@ class Metadata:
     # -- inodes --------------------------------------------------------------
 
     def get_inode(self, ino: int) -> InodeRow | None:
+        cached = self._inodes.get(ino)
+        if cached is not None:
+            return cached
         row = self._conn.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino=?", (ino,)).fetchone()
-        return None if row is None else _inode(row)
+        if row is None:
+            return None
+        found = _inode(row)
+        self._keep(self._inodes, ino, found)
+        return found
+
+    @staticmethod
+    def _keep(cache: dict[Any, Any], key: Any, value: Any) -> None:
+        """Cache what SQLite just said (a read needs no undo: see the class docstring)."""
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
 
     def insert_inode(
         self,
@@ -280,7 +359,16 @@ class Metadata:
             (ino, generation, mode, uid, gid, nlink, size, now_ns, now_ns, now_ns, target),
         )
         assert cur.lastrowid is not None
-        return InodeId(cur.lastrowid)
+        new = InodeId(cur.lastrowid)
+        self._keep(
+            self._inodes,
+            new,
+            InodeRow(
+                new, generation, mode, uid, gid, nlink, size, now_ns, now_ns, now_ns, target, False
+            ),
+        )
+        self._written(self._inodes, new)
+        return new
 
     def update_inode(self, ino: int, **fields: object) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
@@ -288,12 +376,37 @@ class Metadata:
             self.touched.add(cache_grants.Perm(InodeId(ino)))
         cols = ", ".join(f"{k}=?" for k in fields)
         self._conn.execute(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
+        # Noted even when not cached: a read later in this transaction caches
+        # the uncommitted row, which a rollback must drop.
+        self._written(self._inodes, ino)
+        row = self._inodes.get(ino)
+        if row is None:
+            return
+        if all(k in _INT_COLS and type(v) is int for k, v in fields.items()):
+            self._inodes[ino] = InodeRow(
+                row.ino,
+                fields.get("generation", row.generation),  # type: ignore[arg-type]
+                fields.get("mode", row.mode),  # type: ignore[arg-type]
+                fields.get("uid", row.uid),  # type: ignore[arg-type]
+                fields.get("gid", row.gid),  # type: ignore[arg-type]
+                fields.get("nlink", row.nlink),  # type: ignore[arg-type]
+                fields.get("size", row.size),  # type: ignore[arg-type]
+                fields.get("atime_ns", row.atime_ns),  # type: ignore[arg-type]
+                fields.get("mtime_ns", row.mtime_ns),  # type: ignore[arg-type]
+                fields.get("ctime_ns", row.ctime_ns),  # type: ignore[arg-type]
+                row.target,
+                row.keep_prealloc,
+            )
+        else:
+            del self._inodes[ino]  # e.g. keep_prealloc: read back as SQLite stores it
 
     def delete_inode(self, ino: int) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
         self.touched.add(cache_grants.Xattrs(InodeId(ino)))
         self._conn.execute("DELETE FROM inodes WHERE ino=?", (ino,))
         self._conn.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
+        self._inodes.pop(ino, None)
+        self._written(self._inodes, ino)
 
     def orphans(self) -> list[InodeId]:
         """Inodes with no directory entry left (unlinked while open before a restart)."""
@@ -310,24 +423,46 @@ class Metadata:
     # -- directory entries ---------------------------------------------------
 
     def lookup(self, parent: int, name: str) -> InodeId | None:
+        key = (parent, name)
+        try:
+            return self._entries[key]
+        except KeyError:
+            pass
         row = self._conn.execute(
             "SELECT ino FROM dirents WHERE parent=? AND name=?", (parent, name)
         ).fetchone()
-        return None if row is None else InodeId(row[0])
+        found = None if row is None else InodeId(row[0])
+        self._keep(self._entries, key, found)
+        return found
+
+    def _set_entry(self, parent: int, name: str, ino: int | None, old: int | None) -> None:
+        """The cache after (parent, name) went from naming ``old`` to naming ``ino``."""
+        key = (parent, name)
+        self._keep(self._entries, key, None if ino is None else InodeId(ino))
+        self._written(self._entries, key)
+        for moved in (old, ino):
+            if moved is not None:
+                self._entry_of.pop(moved, None)
+                self._written(self._entry_of, moved)
 
     def add_dirent(self, parent: int, name: str, ino: int) -> None:
         self.touched.add(cache_grants.Entry(InodeId(parent), name))
         self._conn.execute("INSERT INTO dirents VALUES (?, ?, ?)", (parent, name, ino))
+        self._set_entry(parent, name, ino, None)
 
     def set_dirent(self, parent: int, name: str, ino: int) -> None:
         self.touched.add(cache_grants.Entry(InodeId(parent), name))
+        old = self.lookup(parent, name)
         self._conn.execute(
             "UPDATE dirents SET ino=? WHERE parent=? AND name=?", (ino, parent, name)
         )
+        self._set_entry(parent, name, ino if old is not None else None, old)
 
     def remove_dirent(self, parent: int, name: str) -> None:
         self.touched.add(cache_grants.Entry(InodeId(parent), name))
+        old = self.lookup(parent, name)
         self._conn.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
+        self._set_entry(parent, name, None, old)
 
     def list_dir(self, parent: int) -> list[tuple[str, InodeId]]:
         rows = self._conn.execute(
@@ -341,15 +476,21 @@ class Metadata:
 
     def parent_of(self, ino: int) -> InodeId | None:
         """The directory holding a directory inode (directories have one entry)."""
-        row = self._conn.execute("SELECT parent FROM dirents WHERE ino=? LIMIT 1", (ino,))
-        found = row.fetchone()
-        return None if found is None else InodeId(found[0])
+        entry = self.entry_of(ino)
+        return None if entry is None else entry[0]
 
     def entry_of(self, ino: int) -> tuple[InodeId, str] | None:
         """(parent, name) of a directory inode's one entry; None for the root or a removed one."""
+        cached = self._entry_of.get(ino)
+        if cached is not None:
+            return cached
         row = self._conn.execute("SELECT parent, name FROM dirents WHERE ino=? LIMIT 1", (ino,))
         found = row.fetchone()
-        return None if found is None else (InodeId(found[0]), str(found[1]))
+        if found is None:
+            return None
+        entry = (InodeId(found[0]), str(found[1]))
+        self._keep(self._entry_of, ino, entry)
+        return entry
 
     def all_dirents(self) -> list[tuple[InodeId, str, InodeId]]:
         rows = self._conn.execute("SELECT parent, name, ino FROM dirents").fetchall()
