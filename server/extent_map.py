@@ -145,7 +145,8 @@ class ExtentMap:
         for ext in self.meta.extents(ino):
             assert ext.region_offset is not None
             freed.append(Freed(ext.file_offset, ext.length, ext.region_offset))
-        self.meta.delete_extents(ino)
+        if freed:  # an empty map has nothing to delete (and changed no attribute)
+            self.meta.delete_extents(ino)
         return freed
 
     def zero(self, ino: InodeId, start: int, end: int) -> None:

@@ -497,9 +497,12 @@ class Namespace:
         row = self._inode(ino)
         nlink = row.nlink - (2 if stat.S_ISDIR(row.mode) else 1)
         nlink = max(nlink, 0)
-        self.meta.update_inode(ino, nlink=nlink, ctime_ns=self.clock())
         if nlink == 0 and self.opens.count(ino) == 0:
+            # The row goes in this transaction: its last nlink and ctime need
+            # no write first (delete_inode touches Attr(ino) as the update would).
             self._destroy(row, caller)  # by its number: what changed since does not matter
+            return
+        self.meta.update_inode(ino, nlink=nlink, ctime_ns=self.clock())
 
     @property
     def open_files(self) -> int:
@@ -893,8 +896,30 @@ class Namespace:
 
     def release(self, fh: FileHandle, caller: Caller) -> None:
         """close(): on the last close, trim speculative preallocation; destroy if unlinked."""
-        with self._txn():
-            self._release(self._open_file(fh, caller), caller)
+        with self._lock:
+            with self._reading():
+                of = self._open_file(fh, caller)
+                if not self._release_writes(of):
+                    # Most closes change nothing in SQLite (another open
+                    # remains, or no block lies past EOF): no write transaction.
+                    self.opens.remove(of)
+                    return
+            with self._txn():
+                self._release(of, caller)
+
+    def _release_writes(self, of: OpenFile) -> bool:
+        """Whether closing ``of`` changes SQLite: what ``_release`` would write."""
+        if self.opens.count(of.ino) > 1:
+            return False
+        row = self.meta.get_inode(of.ino)
+        if row is None:
+            return False
+        if row.nlink == 0:
+            return True
+        if stat.S_ISREG(row.mode) and not row.keep_prealloc:
+            end, _held = self.meta.extent_summary(row.ino)
+            return end > align_up(row.size, self.block_size)
+        return False
 
     def _release(self, of: OpenFile, caller: Caller) -> None:
         if not self.opens.remove(of):
@@ -1066,7 +1091,8 @@ class Namespace:
                 self._touch(src.ino, mtime=False)
                 self._touch(dst.ino, mtime=False)
                 self._touch(src_parent.ino)
-                self._touch(dst_parent.ino)
+                if dst_parent.ino != src_parent.ino:
+                    self._touch(dst_parent.ino)
                 self._reply_grant(caller, *self._listings_held(caller, src_parent, dst_parent))
                 return
             if dst is not None:
@@ -1094,7 +1120,8 @@ class Namespace:
                 self.meta.update_inode(dst_parent.ino, nlink=self._inode(dst_parent.ino).nlink + 1)
             self._touch(src.ino, mtime=False)
             self._touch(src_parent.ino)
-            self._touch(dst_parent.ino)
+            if dst_parent.ino != src_parent.ino:  # one directory: touched once
+                self._touch(dst_parent.ino)
             self._reply_grant(caller, *self._listings_held(caller, src_parent, dst_parent))
 
     def _descends(self, ino: InodeId, ancestor: InodeId) -> bool:
