@@ -127,6 +127,9 @@ def _setid_cleared(mode: int) -> int:
     return mode
 
 
+#: Inode generations reserved by one write of ``next_generation`` (``Namespace._gen``).
+GENERATION_BLOCK = 64
+
 _SPECIAL = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG)
 
 
@@ -172,7 +175,12 @@ class Namespace:
         self.opens = OpenFiles()
         #: Extended attributes and ACLs (xattrs.py).
         self.xattrs = Xattrs(meta)
+        #: The next inode generation to hand out, and the bound SQLite records
+        #: (``next_generation``): every generation handed out is below it, so
+        #: the next instance, which starts there, never repeats one (``_gen``).
+        #: Guarded by self._lock.
         self._next_generation = int(meta.get_meta("next_generation") or "1")
+        self._generation_bound = self._next_generation
         #: Notified whenever recalls or invalidations complete; waits release self._lock.
         self._recalls_done = self.lifecycle.changed
         self._last_sweep = self.leases.now()  # monotonic ns; guarded by self._lock
@@ -221,6 +229,8 @@ class Namespace:
                 if outer:
                     self.lifecycle.rollback()
                     self._local.reply = None
+                    # The bound this transaction may have written is gone with it.
+                    self._generation_bound = 0
                 with self.meta.reading():
                     self.allocator.reload()
                 raise
@@ -377,9 +387,15 @@ class Namespace:
                 self._recalls_done.notify_all()
 
     def _gen(self) -> int:
+        """A new inode's generation. SQLite records a bound ``GENERATION_BLOCK``
+        ahead rather than each one (a write per create less); a crash skips at
+        most that many. A rolled-back transaction takes its bound back with it:
+        ``_txn`` then makes the next call write one again."""
         gen = self._next_generation
         self._next_generation += 1
-        self.meta.set_meta("next_generation", str(self._next_generation))
+        if gen >= self._generation_bound:
+            self._generation_bound = gen + GENERATION_BLOCK
+            self.meta.set_meta("next_generation", str(self._generation_bound))
         return gen
 
     def _inode(self, ino: InodeId) -> InodeRow:

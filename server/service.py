@@ -270,7 +270,8 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 context,
                 ReadOnly(f"credential {cred.name} is read-only: {change} refused"),
             )
-        claimed = (msg.uid, msg.gid, tuple(msg.groups))
+        # (An empty repeated field converts to a tuple slowly: most calls have none.)
+        claimed = (msg.uid, msg.gid, tuple(msg.groups) if msg.groups else ())
         if self.peers is not None:
             peer = self.peers.lookup(context.peer())
             if peer is None:  # only the relay reaches gRPC's socket: fail closed
