@@ -452,11 +452,28 @@ class Namespace:
     def _resolve(self, path: str, caller: Caller) -> InodeRow:
         return self._walk(split_path(path), caller)
 
-    def _resolve_parent(self, path: str, caller: Caller) -> tuple[InodeRow, str]:
+    def _resolve_parent(
+        self,
+        path: str,
+        caller: Caller,
+        *,
+        beside: str | None = None,
+        walked: InodeRow | None = None,
+    ) -> tuple[InodeRow, str]:
+        """The directory that holds ``path``'s last name, and that name.
+
+        ``beside``, ``walked``: another path of the same call and the parent
+        this call resolved for it (under the lock, nothing changed since): a
+        path in the same directory reuses it instead of walking again (the
+        walk would find the same row and grant the same keys).
+        """
         parts = split_path(path)
         if not parts:
             raise errors.Busy("the root directory has no parent")
-        parent = self._walk(parts[:-1], caller)
+        if walked is not None and beside is not None and split_path(beside)[:-1] == parts[:-1]:
+            parent = walked
+        else:
+            parent = self._walk(parts[:-1], caller)
         if not stat.S_ISDIR(parent.mode):
             raise errors.NotADirectory(f"{path!r}: parent is not a directory")
         return parent, parts[-1]
@@ -804,8 +821,13 @@ class Namespace:
         )
         self.meta.add_dirent(parent.ino, name, ino)
         if stat.S_ISDIR(mode):
-            self.meta.update_inode(parent.ino, nlink=parent.nlink + 1)
-        self._touch(parent.ino)
+            # Its ".." links the parent; one write with _touch's times.
+            touched = self.clock()
+            self.meta.update_inode(
+                parent.ino, nlink=parent.nlink + 1, mtime_ns=touched, ctime_ns=touched
+            )
+        else:
+            self._touch(parent.ino)
         # The row as inserted (only the parent's changed since): no need to read it back.
         size = initial_size(mode, target)
         return InodeRow(
@@ -1060,8 +1082,11 @@ class Namespace:
                 raise errors.DirectoryNotEmpty(f"{path} is not empty")
             self._may_modify_dir(parent, row, caller)
             self.meta.remove_dirent(parent.ino, name)
-            self.meta.update_inode(parent.ino, nlink=self._inode(parent.ino).nlink - 1)
-            self._touch(parent.ino)
+            # Its ".." linked the parent; one write with _touch's times.
+            now = self.clock()
+            self.meta.update_inode(
+                parent.ino, nlink=self._inode(parent.ino).nlink - 1, mtime_ns=now, ctime_ns=now
+            )
             self._unref(row.ino, caller)
             self._reply_grant(caller, *self._listings_held(caller, parent))
 
@@ -1073,7 +1098,7 @@ class Namespace:
             raise errors.InvalidArgument(f"unsupported rename flags {flags:#x}")
         with self._txn():
             src_parent, src_name = self._resolve_parent(old, caller)
-            dst_parent, dst_name = self._resolve_parent(new, caller)
+            dst_parent, dst_name = self._resolve_parent(new, caller, beside=old, walked=src_parent)
             src = self._walk_one(src_parent, src_name, caller)
             dst_ino = self.meta.lookup(dst_parent.ino, dst_name)
             dst = None if dst_ino is None else self._inode(dst_ino)
