@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -141,6 +142,29 @@ def _inode(row: tuple[object, ...]) -> InodeRow:
 _INT_COLS = frozenset(
     ("generation", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns")
 )
+_ROW_FIELDS = (
+    "ino", "generation", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns",
+    "ctime_ns", "target", "keep_prealloc",
+)  # fmt: skip
+#: A cached row's values in InodeRow's order, in one C call.
+_ROW_VALUES = operator.attrgetter(*_ROW_FIELDS)
+
+
+def _update_plan(names: tuple[str, ...]) -> tuple[str, bool, tuple[int, ...] | None]:
+    """For an update of the columns ``names``: its statement, whether it changes
+    the permission attributes, and where the values go in a cached row (None:
+    a column the cache does not compute)."""
+    sql = f"UPDATE inodes SET {', '.join(f'{k}=?' for k in names)} WHERE ino=?"
+    perm = bool({"mode", "uid", "gid"} & set(names))
+    positions = (
+        tuple(_ROW_FIELDS.index(k) for k in names) if all(k in _INT_COLS for k in names) else None
+    )
+    return sql, perm, positions
+
+
+#: update_inode's plans by column names (a few shapes; guarded like the connection).
+_UPDATES: dict[tuple[str, ...], tuple[str, bool, tuple[int, ...] | None]] = {}
+
 #: Rows of each kind the cache keeps; past it, it starts again empty (a
 #: bound on memory: a miss only costs the SELECT it saved).
 CACHE_LIMIT = 1 << 16
@@ -371,34 +395,32 @@ class Metadata:
         return new
 
     def update_inode(self, ino: int, **fields: object) -> None:
+        names = tuple(fields)
+        plan = _UPDATES.get(names)
+        if plan is None:
+            plan = _UPDATES[names] = _update_plan(names)
+        sql, perm, positions = plan
         self.touched.add(cache_grants.Attr(InodeId(ino)))
-        if fields.keys() & {"mode", "uid", "gid"}:
+        if perm:
             self.touched.add(cache_grants.Perm(InodeId(ino)))
-        cols = ", ".join(f"{k}=?" for k in fields)
-        self._conn.execute(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
+        values = fields.values()
+        self._conn.execute(sql, (*values, ino))
         # Noted even when not cached: a read later in this transaction caches
         # the uncommitted row, which a rollback must drop.
         self._written(self._inodes, ino)
         row = self._inodes.get(ino)
         if row is None:
             return
-        if all(k in _INT_COLS and type(v) is int for k, v in fields.items()):
-            self._inodes[ino] = InodeRow(
-                row.ino,
-                fields.get("generation", row.generation),  # type: ignore[arg-type]
-                fields.get("mode", row.mode),  # type: ignore[arg-type]
-                fields.get("uid", row.uid),  # type: ignore[arg-type]
-                fields.get("gid", row.gid),  # type: ignore[arg-type]
-                fields.get("nlink", row.nlink),  # type: ignore[arg-type]
-                fields.get("size", row.size),  # type: ignore[arg-type]
-                fields.get("atime_ns", row.atime_ns),  # type: ignore[arg-type]
-                fields.get("mtime_ns", row.mtime_ns),  # type: ignore[arg-type]
-                fields.get("ctime_ns", row.ctime_ns),  # type: ignore[arg-type]
-                row.target,
-                row.keep_prealloc,
-            )
-        else:
-            del self._inodes[ino]  # e.g. keep_prealloc: read back as SQLite stores it
+        if positions is not None:
+            new = list(_ROW_VALUES(row))
+            for at, value in zip(positions, values, strict=True):
+                if type(value) is not int:
+                    break
+                new[at] = value
+            else:
+                self._inodes[ino] = InodeRow(*new)
+                return
+        del self._inodes[ino]  # e.g. keep_prealloc: read back as SQLite stores it
 
     def delete_inode(self, ino: int) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
