@@ -173,16 +173,17 @@ CACHE_LIMIT = 1 << 16
 class Metadata:
     """The SQLite store. Not thread-safe by itself: the namespace serialises access.
 
-    The row cache. ``get_inode``, ``lookup``, ``entry_of`` and ``parent_of``
-    answer from three dicts (``_inodes``, ``_entries``, ``_entry_of``) when they
-    can, and from SQLite otherwise, keeping what it said. The invariant:
+    The row cache. ``get_inode``, ``lookup``, ``entry_of``, ``parent_of`` and
+    ``allocated_bytes`` answer from four dicts (``_inodes``, ``_entries``,
+    ``_entry_of``, ``_allocated``) when they can, and from SQLite otherwise,
+    keeping what it said. The invariant:
 
         Whatever a dict holds is what the same SELECT through this connection
         would return at that moment, inside an open transaction as well (its
         own uncommitted changes included) as outside one.
 
-    It holds because (1) this class is the only writer of ``inodes`` and
-    ``dirents`` (through this connection: the volume lock keeps other
+    It holds because (1) this class is the only writer of ``inodes``,
+    ``dirents`` and ``extents`` (through this connection: the volume lock keeps other
     processes out, and fsck opens its own ``Metadata``); (2) every method that
     writes a row updates or drops the cached copy of it once SQLite took the
     statement, and records the key in ``_undo`` while a transaction is open;
@@ -214,6 +215,7 @@ class Metadata:
         self._inodes: dict[int, InodeRow] = {}
         self._entries: dict[tuple[int, str], InodeId | None] = {}  # None: no such name
         self._entry_of: dict[int, tuple[InodeId, str]] = {}
+        self._allocated: dict[int, int] = {}  # bytes of extents, by inode
         #: Cache keys written by the open transaction: dropped if it rolls back.
         self._undo: list[tuple[dict[Any, Any], Any]] = []
         try:
@@ -327,6 +329,7 @@ class Metadata:
         self._inodes.clear()
         self._entries.clear()
         self._entry_of.clear()
+        self._allocated.clear()
 
     def _checkpoint(self) -> None:
         """Best effort after a storage error: fold the WAL back so its space can be reused."""
@@ -562,14 +565,22 @@ class Metadata:
             "INSERT INTO extents VALUES (?, ?, ?, ?)",
             (ino, ext.file_offset, ext.region_offset, ext.length),
         )
+        self._written(self._allocated, ino)
+        held = self._allocated.get(ino)
+        if held is not None:
+            self._allocated[ino] = held + ext.length
 
     def delete_extent(self, ino: int, file_offset: int) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
         self._conn.execute("DELETE FROM extents WHERE ino=? AND file_offset=?", (ino, file_offset))
+        self._written(self._allocated, ino)
+        self._allocated.pop(ino, None)  # (its length is not known here)
 
     def delete_extents(self, ino: int) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
         self._conn.execute("DELETE FROM extents WHERE ino=?", (ino,))
+        self._written(self._allocated, ino)
+        self._keep(self._allocated, ino, 0)
 
     def all_extents(self) -> list[tuple[InodeId, Extent]]:
         rows = self._conn.execute(
@@ -578,8 +589,13 @@ class Metadata:
         return [(InodeId(i), Extent(f, n, r)) for i, f, n, r in rows]
 
     def allocated_bytes(self, ino: int) -> int:
+        held = self._allocated.get(ino)
+        if held is not None:
+            return held
         row = self._conn.execute("SELECT coalesce(sum(length), 0) FROM extents WHERE ino=?", (ino,))
-        return int(row.fetchone()[0])
+        found = int(row.fetchone()[0])
+        self._keep(self._allocated, ino, found)
+        return found
 
     # -- free list and quarantine -------------------------------------------
 

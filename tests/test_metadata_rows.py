@@ -1,7 +1,7 @@
 """The metadata store's row cache never disagrees with SQLite (server/metadata.py).
 
-``Metadata`` answers ``get_inode``, ``lookup``, ``entry_of`` and ``parent_of``
-from memory when it can. Each test here compares those answers with what a
+``Metadata`` answers ``get_inode``, ``lookup``, ``entry_of``, ``parent_of`` and
+``allocated_bytes`` from memory when it can. Each test here compares those answers with what a
 second, raw SQLite connection reads from the file, after committed and after
 rolled-back transactions: a cache that kept a row of a rolled-back
 transaction fails them.
@@ -21,7 +21,7 @@ from daxfs.server import metadata
 from daxfs.server.metadata import ROOT_INO, InodeRow, Metadata
 from daxfs.server.volume import format_volume
 from daxfs.shared.errors import DaxfsError
-from daxfs.shared.extent import InodeId
+from daxfs.shared.extent import Extent, InodeId
 from daxfs.shared.format import MIB
 
 
@@ -51,6 +51,15 @@ def raw_inode(path: str, ino: int) -> InodeRow | None:
     return None if row is None else InodeRow(*row[:11], bool(row[11]))
 
 
+def raw_allocated(path: str, ino: int) -> int:
+    with sqlite3.connect(path) as db:
+        (held,) = db.execute(
+            "SELECT coalesce(sum(length), 0) FROM extents WHERE ino=?", (ino,)
+        ).fetchone()
+    db.close()
+    return int(held)
+
+
 def raw_dirents(path: str) -> dict[tuple[int, str], int]:
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT parent, name, ino FROM dirents").fetchall()
@@ -63,6 +72,7 @@ def assert_exact(m: Metadata, inos: set[int], names: set[tuple[int, str]]) -> No
     dirents = raw_dirents(m.path)
     for ino in inos:
         assert m.get_inode(ino) == raw_inode(m.path, ino), f"inode {ino}"
+        assert m.allocated_bytes(ino) == raw_allocated(m.path, ino), f"extents of {ino}"
         entries = sorted((p, n) for (p, n), i in dirents.items() if i == ino)
         got = m.entry_of(ino)
         if not entries:
@@ -90,7 +100,16 @@ def test_a_rolled_back_transaction_leaves_no_row_of_it_in_the_cache(meta: Metada
     names = {(ROOT_INO, "a"), (a, "f"), (a, "g"), (ROOT_INO, "b")}
     inos = {ROOT_INO, a, f}
     assert_exact(meta, inos, names)  # everything cached now
+    with meta.transaction():
+        meta.add_extent(f, Extent(0, 4096, 1 << 20))
+        meta.add_extent(f, Extent(8192, 4096, 2 << 20))
+    assert_exact(meta, inos, names)
     with pytest.raises(Refused), meta.transaction():
+        meta.add_extent(f, Extent(4096, 4096, 3 << 20))
+        meta.delete_extent(f, 0)
+        assert meta.allocated_bytes(f) == 8192
+        meta.delete_extents(f)
+        assert meta.allocated_bytes(f) == 0
         meta.update_inode(f, size=4096, mtime_ns=3)
         meta.update_inode(a, nlink=3)
         meta.update_inode(ROOT_INO, keep_prealloc=1)  # a column the cache drops
@@ -149,14 +168,25 @@ def test_random_transactions_keep_the_cache_exact(
                         meta.remove_dirent(parent, name)
                     elif there is not None and op < 0.7:
                         meta.set_dirent(parent, name, rng.choice(dirs))
-                    elif op < 0.9:
+                    elif op < 0.8:
                         meta.update_inode(rng.choice(dirs), nlink=rng.randint(1, 9), size=step)
+                    elif op < 0.9:
+                        ino = rng.choice(dirs)
+                        kind = rng.random()
+                        if kind < 0.5:
+                            offset = rng.randint(0, 1 << 20) * 4096
+                            meta.add_extent(ino, Extent(offset, 4096, (step << 32) + offset))
+                        elif kind < 0.8 and (ext := meta.extents(ino)):
+                            meta.delete_extent(ino, rng.choice(ext).file_offset)
+                        else:
+                            meta.delete_extents(ino)
+                        meta.allocated_bytes(rng.choice(dirs))
                     else:
                         meta.get_inode(rng.choice(dirs))
                         meta.entry_of(rng.choice(dirs))
                 if rng.random() < 0.33:
                     raise Refused
-        except Refused:
+        except (Refused, DaxfsError):  # a refused statement rolls back too
             pass
         assert_exact(meta, inos, names)
 
@@ -174,3 +204,23 @@ def test_a_row_first_read_after_its_change_is_dropped_by_the_rollback(meta: Meta
         assert meta.entry_of(a) is None
         raise Refused
     assert_exact(meta, {a}, {(ROOT_INO, "a")})
+
+
+def test_a_rolled_back_extent_leaves_the_bytes_held_as_they_were(meta: Metadata) -> None:
+    with meta.transaction():
+        f = meta.insert_inode(
+            generation=8, mode=stat.S_IFREG | 0o644, uid=1, gid=1, nlink=1, now_ns=2
+        )
+        meta.add_extent(f, Extent(0, 4096, 1 << 20))
+    assert meta.allocated_bytes(f) == 4096  # cached
+    for change in ("add", "delete one", "delete all"):
+        with pytest.raises(Refused), meta.transaction():
+            if change == "add":
+                meta.add_extent(f, Extent(4096, 4096, 2 << 20))
+            elif change == "delete one":
+                meta.delete_extent(f, 0)
+            else:
+                meta.delete_extents(f)
+            meta.allocated_bytes(f)  # cached inside the transaction
+            raise Refused
+        assert_exact(meta, {f}, set())
