@@ -141,6 +141,8 @@ class ExtentMap:
 
     def drop(self, ino: InodeId) -> list[Freed]:
         """Take the whole map of a file away (the inode is being destroyed)."""
+        if not self.meta.allocated_bytes(ino):  # (often cached: nothing to read or delete)
+            return []
         freed = []
         for ext in self.meta.extents(ino):
             assert ext.region_offset is not None

@@ -955,6 +955,8 @@ class Namespace:
         if row.nlink == 0:
             return True
         if stat.S_ISREG(row.mode) and not row.keep_prealloc:
+            if not self.meta.allocated_bytes(row.ino):  # (often cached: no blocks at all)
+                return False
             end, _held = self.meta.extent_summary(row.ino)
             return end > align_up(row.size, self.block_size)
         return False
