@@ -57,41 +57,111 @@ from dataclasses import dataclass, field
 
 from daxfs.shared.extent import ClientId, InodeId
 
+# The keys are immutable values like the dataclasses elsewhere, but tuples
+# underneath: a call hashes and compares a few dozen of them (its walk's
+# grants, what it touched, the revocations), and a tuple does both in C where
+# a dataclass runs its generated ``__hash__`` and ``__eq__`` in Python. Each
+# kind's first item is its own tag, so keys of different kinds never compare
+# equal (``Attr(5) != Perm(5)``).
 
-@dataclass(frozen=True, slots=True)
-class Attr:
+
+class Attr(tuple[int, InodeId]):
     """All attributes of inode ``ino``."""
 
-    ino: InodeId
+    __slots__ = ()
+
+    def __new__(cls, ino: InodeId) -> Attr:
+        return super().__new__(cls, (0, ino))
+
+    def __getnewargs__(self) -> tuple[InodeId]:
+        return (self[1],)
+
+    @property
+    def ino(self) -> InodeId:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Attr(ino={self[1]!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Perm:
+class Perm(tuple[int, InodeId]):
     """Mode, owner and group of directory ``ino`` (what a path walk checks)."""
 
-    ino: InodeId
+    __slots__ = ()
+
+    def __new__(cls, ino: InodeId) -> Perm:
+        return super().__new__(cls, (1, ino))
+
+    def __getnewargs__(self) -> tuple[InodeId]:
+        return (self[1],)
+
+    @property
+    def ino(self) -> InodeId:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Perm(ino={self[1]!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(tuple[int, InodeId, str]):
     """The name ``name`` in directory ``dir``: which inode it names, or that it is absent."""
 
-    dir: InodeId
-    name: str
+    __slots__ = ()
+
+    def __new__(cls, dir: InodeId, name: str) -> Entry:
+        return super().__new__(cls, (2, dir, name))
+
+    def __getnewargs__(self) -> tuple[InodeId, str]:
+        return (self[1], self[2])
+
+    @property
+    def dir(self) -> InodeId:
+        return self[1]
+
+    @property
+    def name(self) -> str:
+        return self[2]
+
+    def __repr__(self) -> str:
+        return f"Entry(dir={self[1]!r}, name={self[2]!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Xattrs:
+class Xattrs(tuple[int, InodeId]):
     """The extended attributes of inode ``ino``: which names it has, and their values."""
 
-    ino: InodeId
+    __slots__ = ()
+
+    def __new__(cls, ino: InodeId) -> Xattrs:
+        return super().__new__(cls, (3, ino))
+
+    def __getnewargs__(self) -> tuple[InodeId]:
+        return (self[1],)
+
+    @property
+    def ino(self) -> InodeId:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Xattrs(ino={self[1]!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Names:
+class Names(tuple[int, InodeId]):
     """Every name in directory ``dir``: its holder knows a name it does not list is absent."""
 
-    dir: InodeId
+    __slots__ = ()
+
+    def __new__(cls, dir: InodeId) -> Names:
+        return super().__new__(cls, (4, dir))
+
+    def __getnewargs__(self) -> tuple[InodeId]:
+        return (self[1],)
+
+    @property
+    def dir(self) -> InodeId:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Names(dir={self[1]!r})"
 
 
 Key = Attr | Perm | Entry | Names | Xattrs

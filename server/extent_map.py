@@ -141,11 +141,14 @@ class ExtentMap:
 
     def drop(self, ino: InodeId) -> list[Freed]:
         """Take the whole map of a file away (the inode is being destroyed)."""
+        if not self.meta.allocated_bytes(ino):  # (often cached: nothing to read or delete)
+            return []
         freed = []
         for ext in self.meta.extents(ino):
             assert ext.region_offset is not None
             freed.append(Freed(ext.file_offset, ext.length, ext.region_offset))
-        self.meta.delete_extents(ino)
+        if freed:  # an empty map has nothing to delete (and changed no attribute)
+            self.meta.delete_extents(ino)
         return freed
 
     def zero(self, ino: InodeId, start: int, end: int) -> None:

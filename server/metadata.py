@@ -4,17 +4,22 @@ Every change of the namespace is one SQLite transaction (WAL, synchronous=FULL),
 so a crash leaves either the old or the new state. The free list is stored, not
 derived, so that fsck can check that free + used + quarantined tile the region
 exactly: a leaked or doubly used extent is then a detectable inconsistency.
+
+Inode rows and directory entries are also kept in memory, write-through
+(:class:`Metadata`, "The row cache"): a path walk reads dicts, not SQLite.
+SQLite stays the only record: fsck and a restarted server read it alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from daxfs.server import cache_grants
 from daxfs.server.cache_grants import Key
@@ -132,8 +137,67 @@ def _inode(row: tuple[object, ...]) -> InodeRow:
     return InodeRow(*row[:11], bool(row[11]))  # type: ignore[arg-type,call-arg]
 
 
+#: The columns ``update_inode`` may set whose cached value it can compute
+#: (integers, stored by SQLite as given); any other drops the cached row.
+_INT_COLS = frozenset(
+    ("generation", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns")
+)
+_ROW_FIELDS = (
+    "ino", "generation", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns",
+    "ctime_ns", "target", "keep_prealloc",
+)  # fmt: skip
+#: A cached row's values in InodeRow's order, in one C call.
+_ROW_VALUES = operator.attrgetter(*_ROW_FIELDS)
+
+
+def _update_plan(names: tuple[str, ...]) -> tuple[str, bool, tuple[int, ...] | None]:
+    """For an update of the columns ``names``: its statement, whether it changes
+    the permission attributes, and where the values go in a cached row (None:
+    a column the cache does not compute)."""
+    sql = f"UPDATE inodes SET {', '.join(f'{k}=?' for k in names)} WHERE ino=?"
+    perm = bool({"mode", "uid", "gid"} & set(names))
+    positions = (
+        tuple(_ROW_FIELDS.index(k) for k in names) if all(k in _INT_COLS for k in names) else None
+    )
+    return sql, perm, positions
+
+
+#: update_inode's plans by column names (a few shapes; guarded like the connection).
+_UPDATES: dict[tuple[str, ...], tuple[str, bool, tuple[int, ...] | None]] = {}
+
+#: Rows of each kind the cache keeps; past it, it starts again empty (a
+#: bound on memory: a miss only costs the SELECT it saved).
+CACHE_LIMIT = 1 << 16
+
+
 class Metadata:
-    """The SQLite store. Not thread-safe by itself: the namespace serialises access."""
+    """The SQLite store. Not thread-safe by itself: the namespace serialises access.
+
+    The row cache. ``get_inode``, ``lookup``, ``entry_of``, ``parent_of`` and
+    ``allocated_bytes`` answer from four dicts (``_inodes``, ``_entries``,
+    ``_entry_of``, ``_allocated``) when they can, and from SQLite otherwise,
+    keeping what it said. The invariant:
+
+        Whatever a dict holds is what the same SELECT through this connection
+        would return at that moment, inside an open transaction as well (its
+        own uncommitted changes included) as outside one.
+
+    It holds because (1) this class is the only writer of ``inodes``,
+    ``dirents`` and ``extents`` (through this connection: the volume lock keeps other
+    processes out, and fsck opens its own ``Metadata``); (2) every method that
+    writes a row updates or drops the cached copy of it once SQLite took the
+    statement, and records the key in ``_undo`` while a transaction is open;
+    (3) when a transaction ends in ROLLBACK (a refused call, a failed COMMIT,
+    SQLite's own rollback on a full disk) every key in ``_undo`` is dropped,
+    so rows changed by the rolled-back transaction are read from SQLite
+    again. A row only *read* inside a transaction is either one it changed
+    (its key is in ``_undo``) or one it did not (the committed value). A
+    dropped key is always safe: the next read asks SQLite. ``entry_of`` of a
+    non-directory with several links may keep another of its names than
+    SQLite's LIMIT 1 would pick; it is only asked about directories, which
+    have one. Each dict starts again empty past :data:`CACHE_LIMIT` rows.
+    ``tests/test_metadata_rows.py`` checks the cache against SQLite.
+    """
 
     def __init__(self, path: str, *, scratch: bool = False) -> None:
         """``scratch``: a throwaway volume only this connection opens (the protocol
@@ -147,6 +211,13 @@ class Metadata:
         #: What the open transaction changed, as cache-grant keys (see
         #: daxfs.server.cache_grants); the namespace takes it after the commit.
         self.touched: set[Key] = set()
+        # The row cache (see the class docstring); guarded like the connection.
+        self._inodes: dict[int, InodeRow] = {}
+        self._entries: dict[tuple[int, str], InodeId | None] = {}  # None: no such name
+        self._entry_of: dict[int, tuple[InodeId, str]] = {}
+        self._allocated: dict[int, int] = {}  # bytes of extents, by inode
+        #: Cache keys written by the open transaction: dropped if it rolls back.
+        self._undo: list[tuple[dict[Any, Any], Any]] = []
         try:
             if scratch:
                 self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -215,15 +286,18 @@ class Metadata:
                 raise storage_error(self.path, exc) from None
             self._depth = 1
             self.touched = set()
+            self._undo = []
             try:
                 yield
                 self._conn.execute("COMMIT")
+                self._undo = []
             except BaseException as exc:
                 self.touched = set()
                 try:
                     self._conn.execute("ROLLBACK")
                 except sqlite3.DatabaseError:
                     pass  # SQLite rolled back by itself (e.g. on a full disk)
+                self._forget_undone()
                 if isinstance(exc, sqlite3.DatabaseError):
                     self._checkpoint()
                     raise storage_error(self.path, exc) from None
@@ -238,6 +312,24 @@ class Metadata:
             yield
         except sqlite3.DatabaseError as exc:
             raise storage_error(self.path, exc) from None
+
+    def _forget_undone(self) -> None:
+        """After a ROLLBACK: drop every cached row the transaction wrote."""
+        undo, self._undo = self._undo, []
+        for cache, key in undo:
+            cache.pop(key, None)
+
+    def _written(self, cache: dict[Any, Any], key: Any) -> None:
+        """``key`` of ``cache`` was just written: remember it for a rollback."""
+        if self._depth:
+            self._undo.append((cache, key))
+
+    def drop_cache(self) -> None:
+        """Forget every cached row (they are read from SQLite again)."""
+        self._inodes.clear()
+        self._entries.clear()
+        self._entry_of.clear()
+        self._allocated.clear()
 
     def _checkpoint(self) -> None:
         """Best effort after a storage error: fold the WAL back so its space can be reused."""
@@ -258,8 +350,22 @@ class Metadata:
     # -- inodes --------------------------------------------------------------
 
     def get_inode(self, ino: int) -> InodeRow | None:
+        cached = self._inodes.get(ino)
+        if cached is not None:
+            return cached
         row = self._conn.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino=?", (ino,)).fetchone()
-        return None if row is None else _inode(row)
+        if row is None:
+            return None
+        found = _inode(row)
+        self._keep(self._inodes, ino, found)
+        return found
+
+    @staticmethod
+    def _keep(cache: dict[Any, Any], key: Any, value: Any) -> None:
+        """Cache what SQLite just said (a read needs no undo: see the class docstring)."""
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
 
     def insert_inode(
         self,
@@ -280,20 +386,52 @@ class Metadata:
             (ino, generation, mode, uid, gid, nlink, size, now_ns, now_ns, now_ns, target),
         )
         assert cur.lastrowid is not None
-        return InodeId(cur.lastrowid)
+        new = InodeId(cur.lastrowid)
+        self._keep(
+            self._inodes,
+            new,
+            InodeRow(
+                new, generation, mode, uid, gid, nlink, size, now_ns, now_ns, now_ns, target, False
+            ),
+        )
+        self._written(self._inodes, new)
+        return new
 
     def update_inode(self, ino: int, **fields: object) -> None:
+        names = tuple(fields)
+        plan = _UPDATES.get(names)
+        if plan is None:
+            plan = _UPDATES[names] = _update_plan(names)
+        sql, perm, positions = plan
         self.touched.add(cache_grants.Attr(InodeId(ino)))
-        if fields.keys() & {"mode", "uid", "gid"}:
+        if perm:
             self.touched.add(cache_grants.Perm(InodeId(ino)))
-        cols = ", ".join(f"{k}=?" for k in fields)
-        self._conn.execute(f"UPDATE inodes SET {cols} WHERE ino=?", (*fields.values(), ino))
+        values = fields.values()
+        self._conn.execute(sql, (*values, ino))
+        # Noted even when not cached: a read later in this transaction caches
+        # the uncommitted row, which a rollback must drop.
+        self._written(self._inodes, ino)
+        row = self._inodes.get(ino)
+        if row is None:
+            return
+        if positions is not None:
+            new = list(_ROW_VALUES(row))
+            for at, value in zip(positions, values, strict=True):
+                if type(value) is not int:
+                    break
+                new[at] = value
+            else:
+                self._inodes[ino] = InodeRow(*new)
+                return
+        del self._inodes[ino]  # e.g. keep_prealloc: read back as SQLite stores it
 
     def delete_inode(self, ino: int) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
         self.touched.add(cache_grants.Xattrs(InodeId(ino)))
         self._conn.execute("DELETE FROM inodes WHERE ino=?", (ino,))
         self._conn.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
+        self._inodes.pop(ino, None)
+        self._written(self._inodes, ino)
 
     def orphans(self) -> list[InodeId]:
         """Inodes with no directory entry left (unlinked while open before a restart)."""
@@ -310,24 +448,46 @@ class Metadata:
     # -- directory entries ---------------------------------------------------
 
     def lookup(self, parent: int, name: str) -> InodeId | None:
+        key = (parent, name)
+        try:
+            return self._entries[key]
+        except KeyError:
+            pass
         row = self._conn.execute(
             "SELECT ino FROM dirents WHERE parent=? AND name=?", (parent, name)
         ).fetchone()
-        return None if row is None else InodeId(row[0])
+        found = None if row is None else InodeId(row[0])
+        self._keep(self._entries, key, found)
+        return found
+
+    def _set_entry(self, parent: int, name: str, ino: int | None, old: int | None) -> None:
+        """The cache after (parent, name) went from naming ``old`` to naming ``ino``."""
+        key = (parent, name)
+        self._keep(self._entries, key, None if ino is None else InodeId(ino))
+        self._written(self._entries, key)
+        for moved in (old, ino):
+            if moved is not None:
+                self._entry_of.pop(moved, None)
+                self._written(self._entry_of, moved)
 
     def add_dirent(self, parent: int, name: str, ino: int) -> None:
         self.touched.add(cache_grants.Entry(InodeId(parent), name))
         self._conn.execute("INSERT INTO dirents VALUES (?, ?, ?)", (parent, name, ino))
+        self._set_entry(parent, name, ino, None)
 
     def set_dirent(self, parent: int, name: str, ino: int) -> None:
         self.touched.add(cache_grants.Entry(InodeId(parent), name))
+        old = self.lookup(parent, name)
         self._conn.execute(
             "UPDATE dirents SET ino=? WHERE parent=? AND name=?", (ino, parent, name)
         )
+        self._set_entry(parent, name, ino if old is not None else None, old)
 
     def remove_dirent(self, parent: int, name: str) -> None:
         self.touched.add(cache_grants.Entry(InodeId(parent), name))
+        old = self.lookup(parent, name)
         self._conn.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
+        self._set_entry(parent, name, None, old)
 
     def list_dir(self, parent: int) -> list[tuple[str, InodeId]]:
         rows = self._conn.execute(
@@ -341,15 +501,21 @@ class Metadata:
 
     def parent_of(self, ino: int) -> InodeId | None:
         """The directory holding a directory inode (directories have one entry)."""
-        row = self._conn.execute("SELECT parent FROM dirents WHERE ino=? LIMIT 1", (ino,))
-        found = row.fetchone()
-        return None if found is None else InodeId(found[0])
+        entry = self.entry_of(ino)
+        return None if entry is None else entry[0]
 
     def entry_of(self, ino: int) -> tuple[InodeId, str] | None:
         """(parent, name) of a directory inode's one entry; None for the root or a removed one."""
+        cached = self._entry_of.get(ino)
+        if cached is not None:
+            return cached
         row = self._conn.execute("SELECT parent, name FROM dirents WHERE ino=? LIMIT 1", (ino,))
         found = row.fetchone()
-        return None if found is None else (InodeId(found[0]), str(found[1]))
+        if found is None:
+            return None
+        entry = (InodeId(found[0]), str(found[1]))
+        self._keep(self._entry_of, ino, entry)
+        return entry
 
     def all_dirents(self) -> list[tuple[InodeId, str, InodeId]]:
         rows = self._conn.execute("SELECT parent, name, ino FROM dirents").fetchall()
@@ -399,14 +565,22 @@ class Metadata:
             "INSERT INTO extents VALUES (?, ?, ?, ?)",
             (ino, ext.file_offset, ext.region_offset, ext.length),
         )
+        self._written(self._allocated, ino)
+        held = self._allocated.get(ino)
+        if held is not None:
+            self._allocated[ino] = held + ext.length
 
     def delete_extent(self, ino: int, file_offset: int) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
         self._conn.execute("DELETE FROM extents WHERE ino=? AND file_offset=?", (ino, file_offset))
+        self._written(self._allocated, ino)
+        self._allocated.pop(ino, None)  # (its length is not known here)
 
     def delete_extents(self, ino: int) -> None:
         self.touched.add(cache_grants.Attr(InodeId(ino)))
         self._conn.execute("DELETE FROM extents WHERE ino=?", (ino,))
+        self._written(self._allocated, ino)
+        self._keep(self._allocated, ino, 0)
 
     def all_extents(self) -> list[tuple[InodeId, Extent]]:
         rows = self._conn.execute(
@@ -415,8 +589,13 @@ class Metadata:
         return [(InodeId(i), Extent(f, n, r)) for i, f, n, r in rows]
 
     def allocated_bytes(self, ino: int) -> int:
+        held = self._allocated.get(ino)
+        if held is not None:
+            return held
         row = self._conn.execute("SELECT coalesce(sum(length), 0) FROM extents WHERE ino=?", (ino,))
-        return int(row.fetchone()[0])
+        found = int(row.fetchone()[0])
+        self._keep(self._allocated, ino, found)
+        return found
 
     # -- free list and quarantine -------------------------------------------
 

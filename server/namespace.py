@@ -127,6 +127,9 @@ def _setid_cleared(mode: int) -> int:
     return mode
 
 
+#: Inode generations reserved by one write of ``next_generation`` (``Namespace._gen``).
+GENERATION_BLOCK = 64
+
 _SPECIAL = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG)
 
 
@@ -172,7 +175,12 @@ class Namespace:
         self.opens = OpenFiles()
         #: Extended attributes and ACLs (xattrs.py).
         self.xattrs = Xattrs(meta)
+        #: The next inode generation to hand out, and the bound SQLite records
+        #: (``next_generation``): every generation handed out is below it, so
+        #: the next instance, which starts there, never repeats one (``_gen``).
+        #: Guarded by self._lock.
         self._next_generation = int(meta.get_meta("next_generation") or "1")
+        self._generation_bound = self._next_generation
         #: Notified whenever recalls or invalidations complete; waits release self._lock.
         self._recalls_done = self.lifecycle.changed
         self._last_sweep = self.leases.now()  # monotonic ns; guarded by self._lock
@@ -221,6 +229,8 @@ class Namespace:
                 if outer:
                     self.lifecycle.rollback()
                     self._local.reply = None
+                    # The bound this transaction may have written is gone with it.
+                    self._generation_bound = 0
                 with self.meta.reading():
                     self.allocator.reload()
                 raise
@@ -377,9 +387,15 @@ class Namespace:
                 self._recalls_done.notify_all()
 
     def _gen(self) -> int:
+        """A new inode's generation. SQLite records a bound ``GENERATION_BLOCK``
+        ahead rather than each one (a write per create less); a crash skips at
+        most that many. A rolled-back transaction takes its bound back with it:
+        ``_txn`` then makes the next call write one again."""
         gen = self._next_generation
         self._next_generation += 1
-        self.meta.set_meta("next_generation", str(self._next_generation))
+        if gen >= self._generation_bound:
+            self._generation_bound = gen + GENERATION_BLOCK
+            self.meta.set_meta("next_generation", str(self._generation_bound))
         return gen
 
     def _inode(self, ino: InodeId) -> InodeRow:
@@ -436,11 +452,28 @@ class Namespace:
     def _resolve(self, path: str, caller: Caller) -> InodeRow:
         return self._walk(split_path(path), caller)
 
-    def _resolve_parent(self, path: str, caller: Caller) -> tuple[InodeRow, str]:
+    def _resolve_parent(
+        self,
+        path: str,
+        caller: Caller,
+        *,
+        beside: str | None = None,
+        walked: InodeRow | None = None,
+    ) -> tuple[InodeRow, str]:
+        """The directory that holds ``path``'s last name, and that name.
+
+        ``beside``, ``walked``: another path of the same call and the parent
+        this call resolved for it (under the lock, nothing changed since): a
+        path in the same directory reuses it instead of walking again (the
+        walk would find the same row and grant the same keys).
+        """
         parts = split_path(path)
         if not parts:
             raise errors.Busy("the root directory has no parent")
-        parent = self._walk(parts[:-1], caller)
+        if walked is not None and beside is not None and split_path(beside)[:-1] == parts[:-1]:
+            parent = walked
+        else:
+            parent = self._walk(parts[:-1], caller)
         if not stat.S_ISDIR(parent.mode):
             raise errors.NotADirectory(f"{path!r}: parent is not a directory")
         return parent, parts[-1]
@@ -497,9 +530,12 @@ class Namespace:
         row = self._inode(ino)
         nlink = row.nlink - (2 if stat.S_ISDIR(row.mode) else 1)
         nlink = max(nlink, 0)
-        self.meta.update_inode(ino, nlink=nlink, ctime_ns=self.clock())
         if nlink == 0 and self.opens.count(ino) == 0:
+            # The row goes in this transaction: its last nlink and ctime need
+            # no write first (delete_inode touches Attr(ino) as the update would).
             self._destroy(row, caller)  # by its number: what changed since does not matter
+            return
+        self.meta.update_inode(ino, nlink=nlink, ctime_ns=self.clock())
 
     @property
     def open_files(self) -> int:
@@ -785,8 +821,13 @@ class Namespace:
         )
         self.meta.add_dirent(parent.ino, name, ino)
         if stat.S_ISDIR(mode):
-            self.meta.update_inode(parent.ino, nlink=parent.nlink + 1)
-        self._touch(parent.ino)
+            # Its ".." links the parent; one write with _touch's times.
+            touched = self.clock()
+            self.meta.update_inode(
+                parent.ino, nlink=parent.nlink + 1, mtime_ns=touched, ctime_ns=touched
+            )
+        else:
+            self._touch(parent.ino)
         # The row as inserted (only the parent's changed since): no need to read it back.
         size = initial_size(mode, target)
         return InodeRow(
@@ -893,8 +934,32 @@ class Namespace:
 
     def release(self, fh: FileHandle, caller: Caller) -> None:
         """close(): on the last close, trim speculative preallocation; destroy if unlinked."""
-        with self._txn():
-            self._release(self._open_file(fh, caller), caller)
+        with self._lock:
+            with self._reading():
+                of = self._open_file(fh, caller)
+                if not self._release_writes(of):
+                    # Most closes change nothing in SQLite (another open
+                    # remains, or no block lies past EOF): no write transaction.
+                    self.opens.remove(of)
+                    return
+            with self._txn():
+                self._release(of, caller)
+
+    def _release_writes(self, of: OpenFile) -> bool:
+        """Whether closing ``of`` changes SQLite: what ``_release`` would write."""
+        if self.opens.count(of.ino) > 1:
+            return False
+        row = self.meta.get_inode(of.ino)
+        if row is None:
+            return False
+        if row.nlink == 0:
+            return True
+        if stat.S_ISREG(row.mode) and not row.keep_prealloc:
+            if not self.meta.allocated_bytes(row.ino):  # (often cached: no blocks at all)
+                return False
+            end, _held = self.meta.extent_summary(row.ino)
+            return end > align_up(row.size, self.block_size)
+        return False
 
     def _release(self, of: OpenFile, caller: Caller) -> None:
         if not self.opens.remove(of):
@@ -1019,8 +1084,11 @@ class Namespace:
                 raise errors.DirectoryNotEmpty(f"{path} is not empty")
             self._may_modify_dir(parent, row, caller)
             self.meta.remove_dirent(parent.ino, name)
-            self.meta.update_inode(parent.ino, nlink=self._inode(parent.ino).nlink - 1)
-            self._touch(parent.ino)
+            # Its ".." linked the parent; one write with _touch's times.
+            now = self.clock()
+            self.meta.update_inode(
+                parent.ino, nlink=self._inode(parent.ino).nlink - 1, mtime_ns=now, ctime_ns=now
+            )
             self._unref(row.ino, caller)
             self._reply_grant(caller, *self._listings_held(caller, parent))
 
@@ -1032,7 +1100,7 @@ class Namespace:
             raise errors.InvalidArgument(f"unsupported rename flags {flags:#x}")
         with self._txn():
             src_parent, src_name = self._resolve_parent(old, caller)
-            dst_parent, dst_name = self._resolve_parent(new, caller)
+            dst_parent, dst_name = self._resolve_parent(new, caller, beside=old, walked=src_parent)
             src = self._walk_one(src_parent, src_name, caller)
             dst_ino = self.meta.lookup(dst_parent.ino, dst_name)
             dst = None if dst_ino is None else self._inode(dst_ino)
@@ -1066,7 +1134,8 @@ class Namespace:
                 self._touch(src.ino, mtime=False)
                 self._touch(dst.ino, mtime=False)
                 self._touch(src_parent.ino)
-                self._touch(dst_parent.ino)
+                if dst_parent.ino != src_parent.ino:
+                    self._touch(dst_parent.ino)
                 self._reply_grant(caller, *self._listings_held(caller, src_parent, dst_parent))
                 return
             if dst is not None:
@@ -1094,7 +1163,8 @@ class Namespace:
                 self.meta.update_inode(dst_parent.ino, nlink=self._inode(dst_parent.ino).nlink + 1)
             self._touch(src.ino, mtime=False)
             self._touch(src_parent.ino)
-            self._touch(dst_parent.ino)
+            if dst_parent.ino != src_parent.ino:  # one directory: touched once
+                self._touch(dst_parent.ino)
             self._reply_grant(caller, *self._listings_held(caller, src_parent, dst_parent))
 
     def _descends(self, ino: InodeId, ancestor: InodeId) -> bool:

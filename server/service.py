@@ -16,11 +16,11 @@ from __future__ import annotations
 import errno
 import functools
 import itertools
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, TypeVar
 
 import grpc
@@ -33,7 +33,7 @@ from daxfs.server.auth import Keyring
 from daxfs.server.cache_grants import Invalidation
 from daxfs.server.failed import FailedVolume, recovery_advice
 from daxfs.server.leases import RecallNotice
-from daxfs.server.namespace import Caller, Namespace
+from daxfs.server.namespace import Caller, Namespace, OwnInvalidation
 from daxfs.server.peercred import PeerTable
 from daxfs.server.sessions import SessionHub, StreamEnd
 from daxfs.shared.attr import Attr
@@ -97,6 +97,26 @@ def _abort(context: grpc.ServicerContext, exc: DaxfsError) -> None:
     context.abort(STATUS_FOR.get(code, grpc.StatusCode.INTERNAL), str(exc))
 
 
+def _invalidated(own: OwnInvalidation) -> bytes:
+    """The own-invalidation trailer: what ``json.dumps`` makes of ``{"inos": [...],
+    "paths": [...]}`` (and ``"xattrs_kept"`` when there are any), byte for byte,
+    without building an encoder per call."""
+    parts = [
+        '{"inos": [',
+        ", ".join(map(str, sorted(set(own.inos)))),
+        '], "paths": [',
+        ", ".join(map(_json_string, sorted(set(own.paths)))),
+        "]",
+    ]
+    if own.xattrs_kept:
+        parts += ', "xattrs_kept": [', ", ".join(map(str, sorted(set(own.xattrs_kept)))), "]"
+    parts.append("}")
+    blob = "".join(parts)
+    if len(blob) > MAX_INVALIDATED_TRAILER:  # gRPC caps metadata at 8 KiB
+        blob = '{"all": true}'
+    return blob.encode()
+
+
 def _edge(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: DaxfsServicer, request: Any, context: grpc.ServicerContext) -> Any:
@@ -108,16 +128,7 @@ def _edge(fn: F) -> F:
             reply = fn(self, request, context)
             own = self.core.take_own_invalidation()
             if own is not None:
-                stale: dict[str, Any] = {
-                    "inos": sorted(set(own.inos)),
-                    "paths": sorted(set(own.paths)),
-                }
-                if own.xattrs_kept:
-                    stale["xattrs_kept"] = sorted(set(own.xattrs_kept))
-                blob = json.dumps(stale)
-                if len(blob) > MAX_INVALIDATED_TRAILER:  # gRPC caps metadata at 8 KiB
-                    blob = '{"all": true}'
-                context.set_trailing_metadata(((INVALIDATED_KEY, blob.encode()),))
+                context.set_trailing_metadata(((INVALIDATED_KEY, _invalidated(own)),))
             return reply
         except VolumeFailed as exc:
             # Found by this call (the metadata failed under it), or refused by
@@ -259,7 +270,8 @@ class DaxfsServicer(pb_grpc.DaxfsServicer):
                 context,
                 ReadOnly(f"credential {cred.name} is read-only: {change} refused"),
             )
-        claimed = (msg.uid, msg.gid, tuple(msg.groups))
+        # (An empty repeated field converts to a tuple slowly: most calls have none.)
+        claimed = (msg.uid, msg.gid, tuple(msg.groups) if msg.groups else ())
         if self.peers is not None:
             peer = self.peers.lookup(context.peer())
             if peer is None:  # only the relay reaches gRPC's socket: fail closed
