@@ -20,7 +20,7 @@ import pytest
 from daxfs.client import Client, connect
 from daxfs.shared import errors
 from daxfs.shared.extent import MAX_FILE_SIZE
-from daxfs.testing import ServerProc, fuse_mount
+from daxfs.testing import ServerProc, fuse_mount, wait_until
 
 pytestmark = [
     pytest.mark.fuse,
@@ -420,6 +420,13 @@ def test_zero_range_zeroes_and_grows_unless_keep_size(mnt: Path) -> None:
 def test_punch_hole_recalls_another_clients_layout(server: ServerProc) -> None:
     """The freed blocks go through recall and quarantine: the reader sees zeros, never reuse."""
     with connect(server.address) as a, connect(server.address) as b:
+        # The server recalls through attached session streams only (one still
+        # attaching is waited for by nobody: its lease just runs out, and the
+        # blocks stay in quarantine till then); b's attaches in the background.
+        wait_until(
+            lambda: any(s.attached for s in b.sessions() if s.client_id == b.client_id),
+            "b's session stream to attach",
+        )
         with a.open("/f", "w+b") as w:
             w.write(b"p" * (256 * 1024))
         reader = b.open("/f", "rb")
