@@ -15,7 +15,8 @@ unlink of small files, the same without the write (metadata alone), and
 mkdir + rename + rmdir. Prints best and median, each daxfs front end's ratio
 to the naive FUSE (best / best and median / median), the daemons' CPU per
 unit of work (``/proc/PID/stat``, all threads), the daxfs kernel mount's
-server calls per unit of work (its ``user.daxfs.iostats``), and the load
+server round trips and the server's CPU per unit of work (its ``user.daxfs.iostats``: calls, less
+those that rode with another), and the load
 average at the start. ``--only stat,create`` runs the tests whose names
 contain one of the words. After a stat test, the kernel mount and the naive
 FUSE are compared once more in blocks of 2,000 stats taking turns in one
@@ -114,9 +115,10 @@ def mkdir_rename_rmdir_per_s(path: Path, n: int = 100) -> tuple[float, float]:
 
 
 def server_calls(path: Path) -> int:
-    """Server calls the daxfs mount holding ``path`` has made (its iostats)."""
+    """Server round trips the daxfs mount holding ``path`` has made (its iostats):
+    its calls less those that rode with another (a closed file's Release)."""
     doc = json.loads(os.getxattr(path.parent, "user.daxfs.iostats"))
-    return sum(int(v) for v in doc.get("rpcs", {}).values())
+    return sum(int(v) for v in doc.get("rpcs", {}).values()) - int(doc.get("rpcs_carried", 0))
 
 
 def daemon_requests(path: Path) -> dict[str, int]:
@@ -159,6 +161,8 @@ def main() -> int:
     if words:
         tests = {t: v for t, v in tests.items() if any(w in t for w in words)}
     calls: dict[str, list[float]] = {}
+    #: The server's CPU per unit while the daxfs kernel mount ran a test.
+    server_cpus: dict[str, list[float]] = {}
     rates: dict[tuple[str, str], list[float]] = {}
     cpus: dict[tuple[str, str], list[float]] = {}
     names = ("daxfs kernel", "daxfs libfuse", "naive mfusepy")
@@ -197,11 +201,14 @@ def main() -> int:
                     for name in names[r % 3 :] + names[: r % 3]:
                         path, pid = targets[name]
                         c0 = cpu_seconds(pid)
+                        s0 = cpu_seconds(server.proc.pid)
                         k0 = server_calls(path) if name == "daxfs kernel" else 0
                         rate, units = fn(path)
                         cpu = (cpu_seconds(pid) - c0) * scale / units
                         if name == "daxfs kernel":
                             calls.setdefault(test, []).append((server_calls(path) - k0) / units)
+                            served = (cpu_seconds(server.proc.pid) - s0) * scale / units
+                            server_cpus.setdefault(test, []).append(served)
                         rates.setdefault((test, name), []).append(rate)
                         cpus.setdefault((test, name), []).append(cpu)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
@@ -229,7 +236,7 @@ def main() -> int:
         "| operation | daxfs kernel best / median | daxfs libfuse best / median "
         "| naive best / median | kernel / naive (best, median) "
         "| libfuse / naive (best, median) | daemon CPU kernel / libfuse / naive (median) "
-        "| daxfs kernel server calls per unit (median) |"
+        "| daxfs kernel: server round trips, server CPU per unit (median) |"
     )
     print("|---|---|---|---|---|---|---|---|")  # fmt: skip
     for test, (_, unit, _) in tests.items():
@@ -245,7 +252,8 @@ def main() -> int:
         c = [statistics.median(cpus[(test, x)]) for x in names]
         print(f"| {test} | {cell(k)} | {cell(lf)} | {cell(n)} | {ratio(k, n)} | {ratio(lf, n)} "
               f"| {c[0]:,.1f} / {c[1]:,.1f} / {c[2]:,.1f} {unit} "
-              f"| {statistics.median(calls[test]):.2f} |")  # fmt: skip
+              f"| {statistics.median(calls[test]):.2f}, "
+              f"{statistics.median(server_cpus[test]):,.1f} {unit} |")  # fmt: skip
     if paired:
         done = sum(len(v) for v in paired.values()) * 2000
         print()
