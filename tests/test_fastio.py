@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +118,34 @@ def test_a_read_of_an_installed_handle_is_answered_from_its_tiles(loop: Loop) ->
     assert loop.answered(read_request(3, 7, 10000, 4096)) == b""  # at EOF
     counts = loop.fast.counts()
     assert (counts.reads, counts.read_bytes, counts.sizes) == (3, 4096 + 2000, {4096: 3})
+
+
+@needs_compiler
+def test_after_an_answer_the_loop_waits_awake_for_the_next_request(loop: Loop) -> None:
+    """It polls for up to the spin time before it sleeps in read(2): a request
+    already there is caught awake; one that comes later is read after a miss.
+    With no spin time it never polls."""
+    assert loop.fast.install(7, loop.fast.generation(), copy(8192, [(0, 8192, 0)]), FAR)
+    loop.fast.set_spin(1000)  # 1 ms
+    loop.kernel.send(read_request(1, 7, 0, 4096))
+    loop.kernel.send(read_request(2, 7, 4096, 4096))
+    loop.answered(read_request(3, 7, 0, 100))  # then a GETATTR for Python
+    assert loop.fast.spins() == (3, 0)  # after each READ, the next was there
+    for _ in range(2):  # the replies to READs 2 and 3 (answered() took 1's)
+        loop.kernel.recv(2 * MIB)
+    later = threading.Timer(
+        0.2, lambda: loop.kernel.send(IN_HEADER.pack(IN_HEADER.size, GETATTR, 9, 1, 0, 0, 0, 0, 0))
+    )
+    loop.kernel.send(read_request(4, 7, 0, 4096))
+    later.start()
+    returned = loop.fast.serve(loop.daemon.fileno(), ctypes.addressof(loop.buf), len(loop.buf))
+    later.join()
+    assert returned == IN_HEADER.size
+    assert loop.fast.spins() == (3, 1)  # the GETATTR came after the spin ran out
+    loop.fast.set_spin(0)
+    loop.kernel.recv(2 * MIB)
+    loop.answered(read_request(5, 7, 0, 4096))
+    assert loop.fast.spins() == (3, 1)
 
 
 @needs_compiler

@@ -27,7 +27,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +78,10 @@ struct fastio {
     uint64_t region_length;
     uint32_t next_victim;
     uint64_t reads, read_bytes, fallbacks, refused;
+    /* How long the loop polls for the next request after serving one, before
+     * it sleeps in read(2) (ns; 0: never); and how often that caught one. */
+    int64_t spin_ns;
+    uint64_t spin_caught, spin_missed;
     uint64_t sizes[SIZES][2]; /* (request size, count); size 0: free */
     struct entry slots[SLOTS];
 };
@@ -474,10 +480,45 @@ fallback:
  * return the length of the first request it cannot (for Python), 0 once
  * unmounted (ENODEV), or -errno.
  */
+void fio_set_spin(void *p, int64_t ns)
+{
+    ((struct fastio *)p)->spin_ns = ns;
+}
+
+void fio_spins(void *p, uint64_t *out)
+{
+    struct fastio *f = p;
+    out[0] = f->spin_caught;
+    out[1] = f->spin_missed;
+}
+
+/* After a request served here, wait for the next one awake for up to spin_ns:
+ * a synchronous reader sends it a few microseconds after our reply, and a
+ * thread that slept in read(2) is woken on another CPU, which costs more
+ * than the whole request on a virtual machine (fio psync 4 KiB reads here:
+ * 25,000 per second across CPUs, 135,000 with both on one). Yields between
+ * polls, so a task waiting for this CPU (the reader itself) runs first. */
+static void spin(struct fastio *f, int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int64_t until = now_ns() + f->spin_ns;
+    do {
+        if (poll(&p, 1, 0) > 0) {
+            f->spin_caught++;
+            return;
+        }
+        sched_yield();
+    } while (now_ns() < until);
+    f->spin_missed++;
+}
+
 ssize_t fio_serve(void *p, int fd, uint8_t *buf, size_t buflen)
 {
     struct fastio *f = p;
+    int served = 0; /* the last request was answered here: the next may be close */
     for (;;) {
+        if (served && f->spin_ns > 0)
+            spin(f, fd);
         ssize_t n = read(fd, buf, buflen);
         if (n < 0) {
             if (errno == ENODEV)
@@ -499,5 +540,6 @@ ssize_t fio_serve(void *p, int fd, uint8_t *buf, size_t buflen)
             return n;
         if (r == 0)
             return n;
+        served = 1;
     }
 }
