@@ -122,9 +122,10 @@ def test_a_read_of_an_installed_handle_is_answered_from_its_tiles(loop: Loop) ->
 
 @needs_compiler
 def test_after_an_answer_the_loop_waits_awake_for_the_next_request(loop: Loop) -> None:
-    """It polls for up to the spin time before it sleeps in read(2): a request
-    already there is caught awake; one that comes later is read after a miss.
-    With no spin time it never polls."""
+    """It polls for up to the spin time before it sleeps in read(2), after a
+    request it answered or one Python just answered: a request already there
+    is caught awake; one that comes later is read after a miss. With no spin
+    time it never polls."""
     assert loop.fast.install(7, loop.fast.generation(), copy(8192, [(0, 8192, 0)]), FAR)
     loop.fast.set_spin(1000)  # 1 ms
     loop.kernel.send(read_request(1, 7, 0, 4096))
@@ -142,10 +143,16 @@ def test_after_an_answer_the_loop_waits_awake_for_the_next_request(loop: Loop) -
     later.join()
     assert returned == IN_HEADER.size
     assert loop.fast.spins() == (3, 1)  # the GETATTR came after the spin ran out
+    # Python answered the GETATTR: called in with ``answered``, it waits awake first.
+    loop.kernel.send(IN_HEADER.pack(IN_HEADER.size, GETATTR, 10, 1, 0, 0, 0, 0, 0))
+    returned = loop.fast.serve(
+        loop.daemon.fileno(), ctypes.addressof(loop.buf), len(loop.buf), answered=True
+    )
+    assert returned == IN_HEADER.size and loop.fast.spins() == (4, 1)
     loop.fast.set_spin(0)
     loop.kernel.recv(2 * MIB)
     loop.answered(read_request(5, 7, 0, 4096))
-    assert loop.fast.spins() == (3, 1)
+    assert loop.fast.spins() == (4, 1)
 
 
 @needs_compiler

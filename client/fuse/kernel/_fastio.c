@@ -492,7 +492,8 @@ void fio_spins(void *p, uint64_t *out)
     out[1] = f->spin_missed;
 }
 
-/* After a request served here, wait for the next one awake for up to spin_ns:
+/* After a request answered (here, or by Python just before it called in), wait
+ * for the next one awake for up to spin_ns:
  * a synchronous reader sends it a few microseconds after our reply, and a
  * thread that slept in read(2) is woken on another CPU, which costs more
  * than the whole request on a virtual machine (fio psync 4 KiB reads here:
@@ -512,10 +513,12 @@ static void spin(struct fastio *f, int fd)
     f->spin_missed++;
 }
 
-ssize_t fio_serve(void *p, int fd, uint8_t *buf, size_t buflen)
+/* ``answered``: the caller (Python) has just answered a request, so the next
+ * may be close too: wait awake for it as after one answered here. */
+ssize_t fio_serve(void *p, int fd, uint8_t *buf, size_t buflen, int answered)
 {
     struct fastio *f = p;
-    int served = 0; /* the last request was answered here: the next may be close */
+    int served = answered; /* the last request was answered: the next may be close */
     for (;;) {
         if (served && f->spin_ns > 0)
             spin(f, fd);

@@ -63,8 +63,9 @@ _SLOTS = 64
 _MAY_READ = 1
 _MAY_WRITE = 2
 
-#: How long the loop stays awake polling for the next request after answering
-#: one, before it sleeps in read(2) (µs; ``$DAXFS_FASTIO_SPIN_US``, 0: never).
+#: How long the loop stays awake polling for the next request after a request
+#: was answered (by it, or by Python just before), before it sleeps in
+#: read(2) (µs; ``$DAXFS_FASTIO_SPIN_US``, 0: never).
 #: A sleeping thread is woken on another CPU, which on a virtual machine costs
 #: more than the request (fio psync 4 KiB reads here: 25,000/s against
 #: 135,000/s with reader and daemon on one CPU); a synchronous reader's next
@@ -163,7 +164,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.fio_counts.argtypes, lib.fio_counts.restype = [vp, ctypes.POINTER(u64)], None
     lib.fio_take_written.argtypes = [vp, ctypes.POINTER(u64), u32]
     lib.fio_take_written.restype = u32
-    lib.fio_serve.argtypes = [vp, ctypes.c_int, vp, ctypes.c_size_t]
+    lib.fio_serve.argtypes = [vp, ctypes.c_int, vp, ctypes.c_size_t, ctypes.c_int]
     lib.fio_serve.restype = ctypes.c_ssize_t
     lib.fio_set_spin.argtypes, lib.fio_set_spin.restype = [vp, i64], None
     lib.fio_spins.argtypes, lib.fio_spins.restype = [vp, ctypes.POINTER(u64)], None
@@ -191,10 +192,12 @@ class FastPath:
         self._lib.fio_spins(self._state, out)
         return int(out[0]), int(out[1])
 
-    def serve(self, fd: int, buf: int, length: int) -> int:
+    def serve(self, fd: int, buf: int, length: int, answered: bool = False) -> int:
         """Answer READs and WRITEs until a request for Python arrives: its length (in ``buf``),
-        0 once unmounted; raises OSError if /dev/fuse cannot be read. Runs without the GIL."""
-        n = int(self._lib.fio_serve(self._state, fd, buf, length))
+        0 once unmounted; raises OSError if /dev/fuse cannot be read. Runs without the GIL.
+        ``answered``: the caller just answered a request, so the loop first waits
+        awake for the next one (:meth:`set_spin`), as after one it answered."""
+        n = int(self._lib.fio_serve(self._state, fd, buf, length, int(answered)))
         if n < 0:
             raise OSError(-n, os.strerror(-n))
         return n

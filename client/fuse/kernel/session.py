@@ -173,9 +173,16 @@ class KernelSession:
         while True:
             self._reader.acquire()
             local.reading = True
+            # This thread answered the last request itself: a synchronous
+            # caller's next one comes a few microseconds after the reply, and
+            # the compiled loop waits awake for it (FastPath.serve).
+            answered = False
             try:
                 while local.reading:
-                    n = receive(data) if fast is None else fast.serve(fd, address, REQUEST_BUFFER)
+                    if fast is None:
+                        n = receive(data)
+                    else:
+                        n = fast.serve(fd, address, REQUEST_BUFFER, answered)
                     if n == 0:
                         return
                     opcode = opcode_of(data, 4)[0]
@@ -183,6 +190,7 @@ class KernelSession:
                         handle_io(data[:n], send)
                         if fast is not None:
                             self._show(fast, data, opcode)
+                        answered = True
                         continue
                     if fast is not None and opcode in _TAKES_WRITTEN:
                         self.take_written()
@@ -195,6 +203,9 @@ class KernelSession:
                     reply = self.dispatcher.handle(Request(data[:n], address, self._send))
                     if reply is not None:
                         self._send(reply)
+                    # A FORGET has no reply and nobody waiting; a RELEASE is
+                    # answered before its work, inside the handler.
+                    answered = reply is not None or opcode == Opcode.RELEASE
             finally:
                 self.hand_over()
 
