@@ -198,7 +198,7 @@ class Client:
         """
         if not self.caches_metadata:
             return None
-        if self.server.conn.frames is None:
+        if not self.server.releases_ride:
             self.releases.drain()
         return self.meta_cache.change(key_of(path, self._who(caller)), *others)
 

@@ -81,6 +81,8 @@ class ReleaseQueue(Generic[C]):
         self._queue: deque[tuple[Callable[[], None], C | None, float]] = deque()  # guarded by _lock
         self._busy = False  # guarded by _lock
         self._closed = False  # guarded by _lock
+        #: Calls taken by a carrier whose answer has not come yet (:meth:`carried`).
+        self._riding = 0  # guarded by _lock
         #: Set by drain: the worker sends what is queued without waiting for a carrier.
         self._urgent = False  # guarded by _lock
         #: The worker waits with no deadline: a defer must wake it.
@@ -104,14 +106,16 @@ class ReleaseQueue(Generic[C]):
                 if self._idle or carry is None:
                     self._work.notify()
                 return
-        self._send(send)
+        self.send_quietly(send)
 
     def take(self) -> list[C] | None:
         """The queued calls, for the caller's next call to carry, in order; None
         when one of them cannot ride (then the caller :meth:`drain` s instead).
 
         A call the worker is sending is waited for first: it goes before them.
-        Empty on the worker itself (what it sends is not carried).
+        Empty on the worker itself (what it sends is not carried). The caller
+        says :meth:`carried` once their answers came (or the call failed):
+        :meth:`drain` waits for that too.
         """
         if threading.current_thread() is self._worker:
             return []
@@ -128,8 +132,16 @@ class ReleaseQueue(Generic[C]):
                 return None
             taken = [carry for _, carry, _ in self._queue if carry is not None]
             self._queue.clear()
-            self._done.notify_all()  # a drain waiting for these is done
+            self._riding += len(taken)
             return taken
+
+    def carried(self, n: int) -> None:
+        """``n`` calls :meth:`take` handed out were answered with their carrier
+        (or lost with it)."""
+        if n:
+            with self._lock:
+                self._riding -= n
+                self._done.notify_all()
 
     def drain(self) -> None:
         """Return once every call queued before now has been answered.
@@ -139,14 +151,14 @@ class ReleaseQueue(Generic[C]):
         if threading.current_thread() is self._worker:
             return
         with self._lock:
-            if not (self._queue or self._busy):
+            if not (self._queue or self._busy or self._riding):
                 return
             self._urgent = True
             self._work.notify()
         if self.before_wait is not None:
             self.before_wait()
         with self._lock:
-            while self._queue or self._busy:
+            while self._queue or self._busy or self._riding:
                 self._done.wait()
 
     def close(self) -> None:
@@ -161,9 +173,9 @@ class ReleaseQueue(Generic[C]):
 
     @property
     def pending(self) -> int:
-        """Calls queued or in flight."""
+        """Calls queued or in flight (sent by the worker, or riding with a call)."""
         with self._lock:
-            return len(self._queue) + self._busy
+            return len(self._queue) + self._busy + self._riding
 
     def _run(self) -> None:
         empty_since: float | None = None
@@ -194,7 +206,7 @@ class ReleaseQueue(Generic[C]):
                 send, _, _ = self._queue.popleft()
                 self._busy = True
             try:
-                self._send(send)
+                self.send_quietly(send)
             finally:
                 with self._lock:
                     self._busy = False
@@ -204,10 +216,6 @@ class ReleaseQueue(Generic[C]):
     def send_quietly(send: Callable[[], None]) -> None:
         """Send a queued call (or deal with the answer of one that rode with
         another) as the worker does: what nobody waits for is logged, not raised."""
-        ReleaseQueue._send(send)
-
-    @staticmethod
-    def _send(send: Callable[[], None]) -> None:
         try:
             send()
         except errors.StaleHandle:  # UnknownSession too

@@ -547,13 +547,16 @@ class Server:
         """
         carried: list[Carried] = []
         if method not in _BYTE_PATH:
-            taken = self.releases.take() if self.conn.frames is not None else None
+            taken = self.releases.take() if self.releases_ride else None
             if taken is None:
                 self.releases.drain()
             else:
                 carried = taken
         try:
-            return self.conn.call(method, request, timeout=timeout, before=carried)
+            try:
+                return self.conn.call(method, request, timeout=timeout, before=carried)
+            finally:
+                self.releases.carried(len(carried))  # answered, or lost with the call
         except UnknownSession:
             caller = getattr(request, "caller", None)
             stale = caller.client_id if caller is not None else 0
@@ -567,6 +570,12 @@ class Server:
             assert caller is not None
             caller.client_id = self.client_id
             return self.conn.call(method, request, timeout=timeout)
+
+    @property
+    def releases_ride(self) -> bool:
+        """Queued releases ride with this client's next call (the frame socket)
+        instead of being answered before it is sent (``ReleaseQueue.take``)."""
+        return self.conn.frames is not None
 
     # -- sessions --------------------------------------------------------------
 

@@ -93,3 +93,17 @@ def test_wait_released_sends_a_waiting_release_at_once(
     start = time.monotonic()
     client.wait_released()
     assert client.server.releases.pending == 0 and time.monotonic() - start < 30
+
+
+def test_drain_waits_for_calls_riding_with_another_until_their_carrier_is_answered() -> None:
+    q: ReleaseQueue[str] = ReleaseQueue()
+    q.defer(lambda: None, "release 1")
+    assert q.take() == ["release 1"] and q.pending == 1
+    drained = threading.Event()
+    waiter = threading.Thread(target=lambda: (q.drain(), drained.set()))
+    waiter.start()
+    assert not drained.wait(0.2), "drain returned while the carrier was still out"
+    q.carried(1)
+    assert drained.wait(10) and q.pending == 0
+    waiter.join()
+    q.close()
