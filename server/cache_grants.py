@@ -54,6 +54,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar, Self
 
 from daxfs.shared.extent import ClientId, InodeId
 
@@ -65,42 +66,45 @@ from daxfs.shared.extent import ClientId, InodeId
 # equal (``Attr(5) != Perm(5)``).
 
 
-class Attr(tuple[int, InodeId]):
+class _OneInode(tuple[int, InodeId]):
+    """A key naming one inode: (its kind's tag, the inode)."""
+
+    __slots__ = ()
+    #: The kind's tag, its first item (unique per kind).
+    _TAG: ClassVar[int]
+    #: What the inode is to the key, in its repr ("ino", "dir").
+    _FIELD: ClassVar[str] = "ino"
+
+    def __new__(cls, ino: InodeId) -> Self:
+        return super().__new__(cls, (cls._TAG, ino))
+
+    def __getnewargs__(self) -> tuple[InodeId]:
+        return (self[1],)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._FIELD}={self[1]!r})"
+
+
+class _OfInode(_OneInode):
+    __slots__ = ()
+
+    @property
+    def ino(self) -> InodeId:
+        return self[1]
+
+
+class Attr(_OfInode):
     """All attributes of inode ``ino``."""
 
     __slots__ = ()
-
-    def __new__(cls, ino: InodeId) -> Attr:
-        return super().__new__(cls, (0, ino))
-
-    def __getnewargs__(self) -> tuple[InodeId]:
-        return (self[1],)
-
-    @property
-    def ino(self) -> InodeId:
-        return self[1]
-
-    def __repr__(self) -> str:
-        return f"Attr(ino={self[1]!r})"
+    _TAG = 0
 
 
-class Perm(tuple[int, InodeId]):
+class Perm(_OfInode):
     """Mode, owner and group of directory ``ino`` (what a path walk checks)."""
 
     __slots__ = ()
-
-    def __new__(cls, ino: InodeId) -> Perm:
-        return super().__new__(cls, (1, ino))
-
-    def __getnewargs__(self) -> tuple[InodeId]:
-        return (self[1],)
-
-    @property
-    def ino(self) -> InodeId:
-        return self[1]
-
-    def __repr__(self) -> str:
-        return f"Perm(ino={self[1]!r})"
+    _TAG = 1
 
 
 class Entry(tuple[int, InodeId, str]):
@@ -126,42 +130,23 @@ class Entry(tuple[int, InodeId, str]):
         return f"Entry(dir={self[1]!r}, name={self[2]!r})"
 
 
-class Xattrs(tuple[int, InodeId]):
+class Xattrs(_OfInode):
     """The extended attributes of inode ``ino``: which names it has, and their values."""
 
     __slots__ = ()
-
-    def __new__(cls, ino: InodeId) -> Xattrs:
-        return super().__new__(cls, (3, ino))
-
-    def __getnewargs__(self) -> tuple[InodeId]:
-        return (self[1],)
-
-    @property
-    def ino(self) -> InodeId:
-        return self[1]
-
-    def __repr__(self) -> str:
-        return f"Xattrs(ino={self[1]!r})"
+    _TAG = 3
 
 
-class Names(tuple[int, InodeId]):
+class Names(_OneInode):
     """Every name in directory ``dir``: its holder knows a name it does not list is absent."""
 
     __slots__ = ()
-
-    def __new__(cls, dir: InodeId) -> Names:
-        return super().__new__(cls, (4, dir))
-
-    def __getnewargs__(self) -> tuple[InodeId]:
-        return (self[1],)
+    _TAG = 4
+    _FIELD = "dir"
 
     @property
     def dir(self) -> InodeId:
         return self[1]
-
-    def __repr__(self) -> str:
-        return f"Names(dir={self[1]!r})"
 
 
 Key = Attr | Perm | Entry | Names | Xattrs
