@@ -16,11 +16,11 @@ from __future__ import annotations
 import errno
 import functools
 import itertools
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, TypeVar
 
 import grpc
@@ -98,20 +98,13 @@ def _abort(context: grpc.ServicerContext, exc: DaxfsError) -> None:
 
 
 def _invalidated(own: OwnInvalidation) -> bytes:
-    """The own-invalidation trailer: what ``json.dumps`` makes of ``{"inos": [...],
-    "paths": [...]}`` (and ``"xattrs_kept"`` when there are any), byte for byte,
-    without building an encoder per call."""
-    parts = [
-        '{"inos": [',
-        ", ".join(map(str, sorted(set(own.inos)))),
-        '], "paths": [',
-        ", ".join(map(_json_string, sorted(set(own.paths)))),
-        "]",
-    ]
+    """The own-invalidation trailer (``client/session.py`` reads it): JSON of the
+    inodes, the paths and the inodes whose xattrs the caller keeps; everything
+    (``{"all": true}``) when it would not fit in gRPC's metadata."""
+    stale: dict[str, Any] = {"inos": sorted(set(own.inos)), "paths": sorted(set(own.paths))}
     if own.xattrs_kept:
-        parts += ', "xattrs_kept": [', ", ".join(map(str, sorted(set(own.xattrs_kept)))), "]"
-    parts.append("}")
-    blob = "".join(parts)
+        stale["xattrs_kept"] = sorted(set(own.xattrs_kept))
+    blob = json.dumps(stale)
     if len(blob) > MAX_INVALIDATED_TRAILER:  # gRPC caps metadata at 8 KiB
         blob = '{"all": true}'
     return blob.encode()
