@@ -285,3 +285,30 @@ def test_calls_sent_before_another_in_one_frame_are_answered_first_in_order(
         assert (made.status, exists.errno, refused.errno) == (0, errno.EEXIST, errno.EINVAL)
         assert "cannot carry" in refused.message
         s.close()
+
+
+def test_to_a_server_that_does_not_answer_calls_before_another_they_go_alone_first(
+    server: ServerProc,
+) -> None:
+    """An older server ignores ``FrameCall.before``: the channel then sends each
+    carried call by itself first, on the same connection, and gives back the
+    same answers in the same places."""
+    with connect(server.address) as c:  # a session the calls name
+        caller = c.server.caller
+        channel = FrameChannel(frames_of(server), None)
+        try:
+            # The frame socket names its calls (the typed table is in rpc.py).
+            stats, get_attr, make = "Stats", "GetAttr", "Mkdir"
+            assert channel.call(stats, b"", 30) is not None
+            (pooled,) = channel._idle
+            assert pooled.answers_before
+            pooled.answers_before = False  # as an older server's hello reply says
+            mkdir = pb.MkdirRequest(caller=caller, path="/d", mode=0o755).SerializeToString()
+            again = mkdir
+            stat_d = pb.GetAttrRequest(caller=caller, path="/d").SerializeToString()
+            reply = channel.call(get_attr, stat_d, 30, before=[(make, mkdir), (make, again)])
+            assert reply is not None and reply.status == 0
+            assert stat.S_ISDIR(pb.Attr.FromString(reply.reply).mode)
+            assert [(a.status, a.errno) for a in reply.before] == [(0, 0), (6, errno.EEXIST)]
+        finally:
+            channel.close()
